@@ -1,0 +1,15 @@
+//! The guard bundle that stands between a bottle and the world.
+//!
+//! * [`policy`]: the serialisable policy every guard reads (hosts, routes, DLP).
+//! * [`scanner`]: the secret scanner shared by the proxy and git-gate.
+//! * [`proxy`]: firewall + DLP + credential-injecting HTTP(S) proxy.
+//! * [`gitgate`]: the git:// gate that mirrors fetches and scans pushes.
+//!
+//! Every guard serves any `AsyncRead + AsyncWrite` stream, so the same code runs
+//! on a netstack forward (VM backend) or on a unix socket (Docker backend).
+#![deny(unsafe_code)]
+
+pub mod gitgate;
+pub mod policy;
+pub mod proxy;
+pub mod scanner;

@@ -1,0 +1,1 @@
+//! Docker backend: the same bottle on dockerd with no container network.

@@ -1,0 +1,4 @@
+//! The `Backend` trait and its two implementations.
+
+#[allow(dead_code)]
+pub mod docker;
