@@ -1,7 +1,4 @@
-//! `bottle`: run an AI coding agent in a microVM (or container) whose only way
-//! out is a set of host-side guards.
+//! `bottle` command-line entry point.
 #![deny(unsafe_code)]
-
-mod backend;
 
 fn main() {}

@@ -1,4 +1,3 @@
 //! The `Backend` trait and its two implementations.
 
-#[allow(dead_code)]
 pub mod docker;

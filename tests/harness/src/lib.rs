@@ -6,3 +6,6 @@
 //! skipped feature can never pass CI unnoticed.
 
 pub mod skip;
+pub mod netns;
+pub mod sshd;
+pub mod tls;

@@ -1,0 +1,6 @@
+//! `bottle`: run an AI coding agent in a microVM (or container) whose only way
+//! out is a set of host-side guards. The binary in `main.rs` is a thin shell
+//! over this library so integration tests can reach every module.
+#![deny(unsafe_code)]
+
+pub mod backend;

@@ -1,0 +1,1 @@
+//! Network namespaces and TAP devices for netstack tests (filled by the netstack work).
