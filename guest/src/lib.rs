@@ -1,2 +1,14 @@
 //! The in-VM / in-container agent and the host<->guest exec protocol.
+//!
+//! - [`proto`] and [`frame`]: the wire format, used by both sides.
+//! - [`agent`]: the guest side (the `bottle-guest` binary's code).
+//! - [`host`]: the host side: the mux, the client, and the terminal attach.
 #![deny(unsafe_code)]
+
+pub mod agent;
+pub mod frame;
+pub mod host;
+pub mod proto;
+mod sys;
+
+pub use proto::{ExecRequest, ExitStatus, User, PROTOCOL_VERSION};

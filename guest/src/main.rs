@@ -1,1 +1,222 @@
-fn main() {}
+//! `bottle-guest`: the agent inside the VM (as PID 1) or container.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use bottle_guest::agent::{self, channel::Target, cmdline, forward::Forward, init, reaper::Reaper};
+
+const USAGE: &str = "usage:
+  bottle-guest init                      run as the VM's init (default when PID 1)
+  bottle-guest serve --connect unix:PATH [--forward ADDR:PORT=unix:PATH]...
+  bottle-guest forward --listen ADDR:PORT --to unix:PATH [--listen .. --to ..]...
+  bottle-guest version";
+
+#[derive(Debug)]
+enum Mode {
+    Init { stage2: bool },
+    Serve { connect: Target, forwards: Vec<Forward> },
+    Forward { forwards: Vec<Forward> },
+    Version,
+}
+
+fn parse_args(args: &[String]) -> Result<Mode, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        return if std::process::id() == 1 { Ok(Mode::Init { stage2: false }) } else { Err("no command".into()) };
+    };
+    match cmd.as_str() {
+        "init" => Ok(Mode::Init { stage2: rest.iter().any(|a| a == "--stage2") }),
+        "version" | "--version" => Ok(Mode::Version),
+        "serve" => {
+            let mut connect = None;
+            let mut forwards = Vec::new();
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--connect" => connect = Some(value.parse::<Target>().map_err(|e| e.to_string())?),
+                    "--forward" => {
+                        let (listen, to) = value.split_once('=').ok_or_else(|| format!("bad --forward {value:?}"))?;
+                        forwards.push(Forward::parse(listen, to).map_err(|e| e.to_string())?);
+                    }
+                    other => return Err(format!("unknown flag {other}")),
+                }
+            }
+            Ok(Mode::Serve { connect: connect.ok_or("serve needs --connect")?, forwards })
+        }
+        "forward" => {
+            let mut forwards = Vec::new();
+            let mut listen: Option<&String> = None;
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--listen" => listen = Some(value),
+                    "--to" => {
+                        let l = listen.take().ok_or("--to must follow --listen")?;
+                        forwards.push(Forward::parse(l, value).map_err(|e| e.to_string())?);
+                    }
+                    other => return Err(format!("unknown flag {other}")),
+                }
+            }
+            if listen.is_some() || forwards.is_empty() {
+                return Err("each --listen needs a --to".into());
+            }
+            Ok(Mode::Forward { forwards })
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match parse_args(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("bottle-guest: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match mode {
+        Mode::Version => {
+            println!("{} (protocol {})", agent::server::SOFTWARE, bottle_guest::proto::PROTOCOL_VERSION);
+            ExitCode::SUCCESS
+        }
+        Mode::Init { stage2 } => run_init(stage2),
+        Mode::Serve { connect, forwards } => {
+            let _ = nix::sys::prctl::set_child_subreaper(true);
+            run_runtime(async move {
+                start_forwards(forwards).await?;
+                let reaper = Reaper::start().map_err(|e| e.to_string())?;
+                agent::run(connect, reaper, announce_stdout).await;
+                Ok(())
+            })
+        }
+        Mode::Forward { forwards } => run_runtime(async move {
+            start_forwards(forwards).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }),
+    }
+}
+
+async fn start_forwards(forwards: Vec<Forward>) -> Result<(), String> {
+    for f in forwards {
+        agent::forward::start(f).await.map_err(|e| format!("{e}: {}", source_of(&e)))?;
+    }
+    Ok(())
+}
+
+fn source_of(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn run_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bottle-guest: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bottle-guest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn announce_stdout() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", agent::READY_MARKER);
+    let _ = out.flush();
+}
+
+fn announce_console() {
+    if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+        let _ = writeln!(c, "{}", agent::READY_MARKER);
+    } else {
+        announce_stdout();
+    }
+}
+
+/// Reports a fatal init error and powers off: PID 1 must never exit.
+fn fatal(what: &str, e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("bottle-guest: init failed: {what}: {e}: {}", source_of(e));
+    init::power_off(false);
+    loop {
+        std::thread::park();
+    }
+}
+
+fn run_init(stage2: bool) -> ExitCode {
+    let read_cmdline = || std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !stage2 {
+        if let Err(e) = init::mount_early() {
+            return fatal("mounts", &e);
+        }
+        let cfg = match cmdline::parse(&read_cmdline()) {
+            Ok(c) => c,
+            Err(e) => return fatal("kernel command line", &e),
+        };
+        if let Some(dev) = init::root_device(&cfg) {
+            if let Err(e) = init::switch_root(dev) {
+                return fatal("root switch", &e);
+            }
+            if std::path::Path::new("/sbin/bottle-guest").exists() {
+                use std::os::unix::process::CommandExt;
+                let err = std::process::Command::new("/sbin/bottle-guest").args(["init", "--stage2"]).exec();
+                eprintln!("bottle-guest: exec /sbin/bottle-guest: {err}; continuing");
+            }
+        }
+    }
+    if let Err(e) = init::mount_tmp() {
+        return fatal("/tmp", &e);
+    }
+    let cfg = match cmdline::parse(&read_cmdline()) {
+        Ok(c) => c,
+        Err(e) => return fatal("kernel command line", &e),
+    };
+    if let Err(e) = init::configure_network(cfg.net, cfg.mtu) {
+        return fatal("network", &e);
+    }
+    if let Err(e) = init::write_files(&cfg) {
+        return fatal("guest files", &e);
+    }
+    let code = run_runtime(async move {
+        let reaper = Reaper::start().map_err(|e| e.to_string())?;
+        agent::run(Target::Boot(cfg.channel), reaper, announce_console).await;
+        Ok(())
+    });
+    if std::process::id() == 1 {
+        init::power_off(false);
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn serve_takes_a_socket_and_forwards() {
+        let m = parse_args(&args("serve --connect unix:/run/bottle/agent.sock --forward 127.0.0.1:8888=unix:/run/bottle/proxy.sock")).unwrap();
+        let Mode::Serve { connect, forwards } = m else { panic!("{m:?}") };
+        assert_eq!(connect, Target::Unix("/run/bottle/agent.sock".into()));
+        assert_eq!(forwards.len(), 1);
+    }
+
+    #[test]
+    fn forward_pairs_listen_with_to() {
+        let m = parse_args(&args("forward --listen 127.0.0.1:1 --to unix:/a --listen 127.0.0.1:2 --to unix:/b")).unwrap();
+        let Mode::Forward { forwards } = m else { panic!("{m:?}") };
+        assert_eq!(forwards.len(), 2);
+        assert!(parse_args(&args("forward --listen 127.0.0.1:1")).is_err());
+        assert!(parse_args(&args("serve")).is_err());
+    }
+}

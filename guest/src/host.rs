@@ -1,0 +1,11 @@
+//! The host side: the mux between the guest's one stream and any number of
+//! CLI clients, the client API, and attaching a session to a terminal.
+
+pub mod attach;
+pub mod client;
+pub mod mux;
+mod tree;
+
+pub use attach::{attach, terminal_size, AttachError};
+pub use client::{Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry};
+pub use mux::{run_mux, MuxError};

@@ -1,0 +1,169 @@
+//! Host-side file trees: walking a directory to send it, and writing a tree
+//! received from the (untrusted) guest into a fresh directory without ever
+//! writing outside it.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::proto::EntryKind;
+
+/// One entry of a host directory, in pre-order (a directory before its contents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostEntry {
+    pub rel: String,
+    pub abs: PathBuf,
+    pub mode: u32,
+    pub kind: EntryKind,
+}
+
+/// Walks `root` without following symlinks; sockets, fifos and devices are skipped.
+pub(crate) fn walk(root: &Path) -> std::io::Result<Vec<HostEntry>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), root.to_path_buf())];
+    while let Some((rel, abs)) = stack.pop() {
+        let meta = fs::symlink_metadata(&abs)?;
+        let mode = meta.mode() & 0o7777;
+        let kind = if meta.file_type().is_symlink() {
+            EntryKind::Symlink { target: fs::read_link(&abs)?.to_string_lossy().into_owned() }
+        } else if meta.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(&abs)?.filter_map(|d| d.ok()).map(|d| d.file_name()).collect();
+            names.sort();
+            for name in names.into_iter().rev() {
+                let n = name.to_string_lossy();
+                let child_rel = if rel.is_empty() { n.into_owned() } else { format!("{rel}/{n}") };
+                stack.push((child_rel, abs.join(&name)));
+            }
+            EntryKind::Dir
+        } else if meta.is_file() {
+            EntryKind::File { len: meta.len() }
+        } else {
+            continue;
+        };
+        out.push(HostEntry { rel, abs, mode, kind });
+    }
+    Ok(out)
+}
+
+/// Errors writing a received tree.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("unsafe path {0:?} from the guest")]
+    UnsafePath(String),
+    #[error("{0:?} is below a symlink")]
+    BelowSymlink(String),
+    #[error("{path}")]
+    Io { path: String, #[source] source: std::io::Error },
+}
+
+/// Writes entries into `dest`, which must not exist yet. Paths must be
+/// relative and plain; nothing is written through a symlink; set-id bits are
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct SafeWriter {
+    dest: PathBuf,
+    symlinks: HashSet<PathBuf>,
+}
+
+impl SafeWriter {
+    pub fn new(dest: &Path) -> SafeWriter {
+        SafeWriter { dest: dest.to_path_buf(), symlinks: HashSet::new() }
+    }
+
+    fn target(&self, rel: &str) -> Result<(PathBuf, PathBuf), TreeError> {
+        let rel_path = Path::new(rel);
+        if rel.contains('\0') || !rel_path.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(TreeError::UnsafePath(rel.to_string()));
+        }
+        let mut prefix = PathBuf::new();
+        for c in rel_path.parent().into_iter().flat_map(|p| p.components()) {
+            prefix.push(c);
+            if self.symlinks.contains(&prefix) {
+                return Err(TreeError::BelowSymlink(rel.to_string()));
+            }
+        }
+        Ok((self.dest.join(rel_path), rel_path.to_path_buf()))
+    }
+
+    pub fn write(&mut self, rel: &str, mode: u32, kind: &EntryKind, data: &[u8]) -> Result<(), TreeError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| TreeError::Io { path, source }
+        };
+        let mode = mode & 0o777;
+        if rel.is_empty() {
+            return match kind {
+                EntryKind::Dir => fs::DirBuilder::new().mode(0o700).create(&self.dest).map_err(io(&self.dest)),
+                _ => Err(TreeError::UnsafePath("a non-directory as the root".into())),
+            };
+        }
+        let (path, rel_path) = self.target(rel)?;
+        match kind {
+            EntryKind::Dir => fs::DirBuilder::new().mode(mode | 0o700).create(&path).map_err(io(&path)),
+            EntryKind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
+                self.symlinks.insert(rel_path);
+                Ok(())
+            }
+            EntryKind::File { .. } => {
+                use std::io::Write;
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.write_all(data).map_err(io(&path))
+            }
+        }
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_lists_directories_before_their_contents_and_keeps_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join(".git/objects")).unwrap();
+        fs::write(d.path().join(".git/HEAD"), "ref").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
+        let rels: Vec<_> = walk(d.path()).unwrap().into_iter().map(|e| e.rel).collect();
+        assert_eq!(rels, ["", ".git", ".git/HEAD", ".git/objects", "link"]);
+    }
+
+    #[test]
+    fn guest_paths_cannot_escape_the_destination() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SafeWriter::new(&d.path().join("out"));
+        w.write("", 0o755, &EntryKind::Dir, b"").unwrap();
+        let file = EntryKind::File { len: 1 };
+        assert!(matches!(w.write("../x", 0o644, &file, b"x"), Err(TreeError::UnsafePath(_))));
+        assert!(matches!(w.write("/etc/x", 0o644, &file, b"x"), Err(TreeError::UnsafePath(_))));
+        assert!(matches!(w.write("a/./b", 0o644, &file, b"x"), Err(TreeError::UnsafePath(_))));
+        w.write("l", 0o777, &EntryKind::Symlink { target: d.path().display().to_string() }, b"").unwrap();
+        assert!(matches!(w.write("l/x", 0o644, &file, b"x"), Err(TreeError::BelowSymlink(_))));
+        assert!(!d.path().join("x").exists());
+    }
+
+    #[test]
+    fn existing_destination_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SafeWriter::new(d.path());
+        assert!(w.write("", 0o755, &EntryKind::Dir, b"").is_err());
+    }
+
+    #[test]
+    fn set_id_bits_are_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SafeWriter::new(&d.path().join("o"));
+        w.write("", 0o755, &EntryKind::Dir, b"").unwrap();
+        w.write("s", 0o4755, &EntryKind::File { len: 0 }, b"").unwrap();
+        assert_eq!(fs::metadata(d.path().join("o/s")).unwrap().mode() & 0o7000, 0);
+    }
+}

@@ -1,0 +1,4 @@
+//! Platform code: the only place with `unsafe`.
+#[allow(unsafe_code)]
+mod linux;
+pub use linux::*;
