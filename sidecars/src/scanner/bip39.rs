@@ -1,0 +1,232 @@
+//! BIP-39 English seed phrases: 12, 15, 18, 21 or 24 consecutive wordlist
+//! words whose checksum (first `n/3` bits of SHA-256 of the entropy) holds.
+//!
+//! The wordlist is `rules/bip39-english.txt`, taken from the `bip39` crate
+//! (v2.2.2) and checked against the published SHA-256 of BIP-39's
+//! `english.txt` (see the tests).
+
+use std::sync::LazyLock;
+
+use sha2::{Digest, Sha256};
+
+/// Rule id of the detector.
+pub(crate) const RULE_ID: &str = "bip39-seed-phrase";
+/// Human description of the detector.
+pub(crate) const DESCRIPTION: &str = "BIP-39 mnemonic seed phrase (checksum valid)";
+
+const WORDLIST_TXT: &str = include_str!("../../rules/bip39-english.txt");
+/// Longest word in the list; longer letter runs cannot be words.
+const MAX_WORD: usize = 8;
+const MIN_WORD: usize = 3;
+/// Longest gap of non-letters between two words of one phrase.
+const MAX_GAP: usize = 16;
+/// Phrase lengths, longest first so the longest valid phrase wins.
+const LENGTHS: [usize; 5] = [24, 21, 18, 15, 12];
+
+static WORDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| WORDLIST_TXT.lines().collect());
+
+/// Index of a lower-case word in the list.
+fn index_of(word: &[u8]) -> Option<u16> {
+    let i = WORDS.binary_search_by(|w| w.as_bytes().cmp(word)).ok()?;
+    u16::try_from(i).ok()
+}
+
+/// Whether the 11-bit indices form a phrase with a valid checksum.
+fn checksum_ok(indices: &[u16]) -> bool {
+    let n = indices.len();
+    if !LENGTHS.contains(&n) {
+        return false;
+    }
+    // 24 words × 11 bits = 264 bits = 33 bytes at most.
+    let mut buf = [0u8; 33];
+    let mut bit = 0usize;
+    for &ix in indices {
+        for k in (0..11).rev() {
+            if (ix >> k) & 1 == 1 {
+                buf[bit / 8] |= 0x80 >> (bit % 8);
+            }
+            bit += 1;
+        }
+    }
+    let ent_bytes = n * 4 / 3;
+    let cs_bits = n / 3;
+    let digest = Sha256::digest(&buf[..ent_bytes]);
+    let shift = 8 - cs_bits;
+    digest[0] >> shift == buf[ent_bytes] >> shift
+}
+
+/// One word found in the input.
+#[derive(Debug, Clone, Copy)]
+struct Word {
+    index: u16,
+    start: usize,
+    end: usize,
+}
+
+/// Byte ranges of checksum-valid phrases in `data`, in order.
+pub(crate) fn find(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut run: Vec<Word> = Vec::new();
+    let mut i = 0;
+    let mut last_end = 0;
+    while i < data.len() {
+        if !data[i].is_ascii_alphabetic() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < data.len() && data[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let token = &data[start..i];
+        let word = lookup(token).map(|index| Word {
+            index,
+            start,
+            end: i,
+        });
+        match word {
+            Some(w) if run.is_empty() || start - last_end <= MAX_GAP => run.push(w),
+            Some(w) => {
+                flush(&run, &mut out);
+                run.clear();
+                run.push(w);
+            }
+            None => {
+                flush(&run, &mut out);
+                run.clear();
+            }
+        }
+        last_end = i;
+    }
+    flush(&run, &mut out);
+    out
+}
+
+fn lookup(token: &[u8]) -> Option<u16> {
+    if !(MIN_WORD..=MAX_WORD).contains(&token.len()) {
+        return None;
+    }
+    let mut lower = [0u8; MAX_WORD];
+    for (d, s) in lower.iter_mut().zip(token) {
+        *d = s.to_ascii_lowercase();
+    }
+    index_of(&lower[..token.len()])
+}
+
+/// Report the valid phrases in a run of consecutive words.
+fn flush(run: &[Word], out: &mut Vec<(usize, usize)>) {
+    if run.len() < 12 {
+        return;
+    }
+    let mut indices = [0u16; 24];
+    let mut i = 0;
+    'outer: while i + 12 <= run.len() {
+        for &n in &LENGTHS {
+            if i + n > run.len() {
+                continue;
+            }
+            for (d, w) in indices.iter_mut().zip(&run[i..i + n]) {
+                *d = w.index;
+            }
+            if checksum_ok(&indices[..n]) {
+                out.push((run[i].start, run[i + n - 1].end));
+                i += n;
+                continue 'outer;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// Whether the embedded wordlist is the complete, sorted BIP-39 list.
+pub(crate) fn wordlist_ok() -> bool {
+    WORDS.len() == 2048 && WORDS.windows(2).all(|w| w[0] < w[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phrase(words: &str) -> Vec<(usize, usize)> {
+        find(words.as_bytes())
+    }
+
+    #[test]
+    fn the_wordlist_is_the_published_bip39_english_list() {
+        assert!(wordlist_ok());
+        let hex = hex::encode(Sha256::digest(WORDLIST_TXT.as_bytes()));
+        assert_eq!(
+            hex,
+            "2f5eed53a4727b4bf8880d8f3f199efc90e58503646d9ff8eff3a2ed3b24dbda"
+        );
+        assert_eq!(WORDS[0], "abandon");
+        assert_eq!(WORDS[2047], "zoo");
+    }
+
+    #[test]
+    fn the_abandon_about_vector_is_found() {
+        let p = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+        assert_eq!(phrase(p), vec![(0, p.len())]);
+    }
+
+    #[test]
+    fn a_wrong_checksum_is_not_a_phrase() {
+        let p = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon";
+        assert!(phrase(p).is_empty());
+    }
+
+    #[test]
+    fn published_vectors_of_every_length_are_found() {
+        for p in [
+            "legal winner thank year wave sausage worth useful legal winner thank yellow",
+            "zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo wrong",
+            "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon agent",
+            "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art",
+            "scheme spot photo card baby mountain device kick cradle pact join borrow",
+        ] {
+            assert_eq!(phrase(p), vec![(0, p.len())], "{p}");
+        }
+    }
+
+    #[test]
+    fn the_longest_valid_phrase_wins() {
+        let p = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art";
+        assert_eq!(phrase(p).len(), 1);
+    }
+
+    #[test]
+    fn phrases_are_found_in_numbered_lists_json_and_capitals() {
+        let p = "1. Legal 2. Winner 3. Thank 4. Year 5. Wave 6. Sausage\n7. Worth 8. Useful 9. Legal 10. Winner 11. Thank 12. Yellow";
+        assert_eq!(phrase(p).len(), 1);
+        let j = r#"{"m":["legal","winner","thank","year","wave","sausage","worth","useful","legal","winner","thank","yellow"]}"#;
+        assert_eq!(phrase(j).len(), 1);
+    }
+
+    #[test]
+    fn a_phrase_inside_prose_is_found_at_its_words() {
+        let p = "seed: legal winner thank year wave sausage worth useful legal winner thank yellow. done";
+        let found = phrase(p);
+        assert_eq!(found.len(), 1);
+        let (s, e) = found[0];
+        assert!(p[s..e].starts_with("legal") && p[s..e].ends_with("yellow"));
+    }
+
+    #[test]
+    fn a_non_word_or_a_long_gap_breaks_the_phrase() {
+        let p = "legal winner thank year wave sausage the worth useful legal winner thank yellow";
+        assert!(phrase(p).is_empty());
+        let gap = format!(
+            "legal winner thank year wave sausage{}worth useful legal winner thank yellow",
+            " ".repeat(40)
+        );
+        assert!(phrase(&gap).is_empty());
+    }
+
+    #[test]
+    fn eleven_words_are_not_enough() {
+        assert!(
+            phrase("legal winner thank year wave sausage worth useful legal winner thank")
+                .is_empty()
+        );
+    }
+}
