@@ -5,7 +5,7 @@
 
 mod host;
 
-pub use host::{HostPattern, HostPatternError};
+pub use host::{normalize_host, HostPattern, HostPatternError};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,2 +1,276 @@
 //! HTTP(S) guard proxy: allowlist, TLS interception, DLP, SSRF guard and
 //! credential injection in one hop.
+//!
+//! Pipeline (see `docs/proxy.md`): CONNECT or absolute-form request → target
+//! parse → host/port/IP-literal allowlist → (CONNECT) SNI == CONNECT host →
+//! passthrough splice, or TLS terminated with a leaf of the bottle CA → Host
+//! == SNI → method/path rules and git push → body read within the cap and
+//! decoded → DLP on URL, headers, body (placeholders and real route tokens
+//! included) → route header injected → resolve, SSRF check, dial the checked
+//! address (pooled) → response (route hosts: real token redacted) → audit line.
+
+pub mod audit;
+mod ca;
+pub mod clienthello;
+mod conn;
+pub mod decide;
+pub mod dlp;
+mod handler;
+pub mod net;
+mod ratelimit;
+pub mod routes;
+pub mod target;
+mod upstream;
+
+pub use ca::{BottleCa, LEAF_CACHE_CAP};
+pub use net::{Dialer, IpAllowlist, Resolver, SystemResolver, TcpDialer};
+pub use upstream::ConnectError;
+
+use crate::policy::Policy;
+use crate::scanner::{Scanner, ScannerError};
+use audit::{AuditError, AuditLog, AuditRecord};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use ratelimit::RateLimitedLog;
+use routes::{Literals, ResolvedRoute, TokenError};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use upstream::{Connector, Upstream};
+
+/// Default cap on request bodies (and decoded bodies) the proxy scans: 16 MiB.
+pub const DEFAULT_BODY_CAP: usize = 16 << 20;
+
+/// Why the proxy could not be built or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot make the bottle CA or a leaf certificate")]
+    Ca(#[source] rcgen::Error),
+    #[error("cannot load a leaf key into rustls")]
+    LeafKey(#[source] rustls::Error),
+    #[error("upstream TLS roots: {0}")]
+    Roots(String),
+    #[error(transparent)]
+    AllowIps(#[from] net::BadNet),
+    #[error("egress route token")]
+    Token(#[from] TokenError),
+    #[error("DLP rules")]
+    Scanner(#[from] ScannerError),
+    #[error("audit log")]
+    Audit(#[from] AuditError),
+}
+
+/// Everything the proxy needs besides the CA and the scanner.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Bottle identity, written in every audit line.
+    pub identity: String,
+    pub policy: Policy,
+    /// PEM roots trusted for upstream TLS besides the system roots.
+    pub extra_root_pems: Vec<String>,
+    /// Whether the system roots are trusted (tests turn this off).
+    pub system_roots: bool,
+    /// Where the chained audit log is appended; `None` keeps no log.
+    pub audit_path: Option<PathBuf>,
+    pub resolver: Arc<dyn Resolver>,
+    pub dialer: Arc<dyn Dialer>,
+    /// Largest request body (raw and decoded) that is scanned; larger is refused.
+    pub body_cap: usize,
+    /// Offer HTTP/2 to clients inside intercepted TLS.
+    pub http2: bool,
+}
+
+impl ProxyConfig {
+    /// Defaults: system resolver and roots, 16 MiB body cap, HTTP/2 on, no audit file.
+    pub fn new(identity: impl Into<String>, policy: Policy) -> Self {
+        Self {
+            identity: identity.into(),
+            policy,
+            extra_root_pems: Vec::new(),
+            system_roots: true,
+            audit_path: None,
+            resolver: Arc::new(SystemResolver),
+            dialer: Arc::new(TcpDialer),
+            body_cap: DEFAULT_BODY_CAP,
+            http2: true,
+        }
+    }
+}
+
+/// The policy in force, compiled; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct State {
+    pub policy: Policy,
+    pub ips: IpAllowlist,
+    pub routes: Vec<ResolvedRoute>,
+    pub route_names: Vec<String>,
+    pub literals: Literals,
+    pub scanner: Scanner,
+}
+
+impl State {
+    fn build(policy: Policy, base: &Scanner, previous: Option<&State>) -> Result<Self, ProxyError> {
+        let ips = IpAllowlist::parse(&policy.allow_ips)?;
+        let mut routes = Vec::with_capacity(policy.routes.len());
+        for route in &policy.routes {
+            let reused = previous
+                .and_then(|p| p.routes.iter().find(|r| &r.route == route))
+                .cloned();
+            routes.push(match reused {
+                Some(r) => r,
+                None => routes::resolve(route)?,
+            });
+        }
+        let literal_secrets = routes
+            .iter()
+            .map(|r| {
+                (
+                    format!("route-token:{}", r.route.name),
+                    r.token.expose().as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let scanner = base
+            .clone()
+            .disable_rules(&policy.dlp.disable_rules)?
+            .with_literal_secrets(literal_secrets);
+        Ok(Self {
+            ips,
+            route_names: routes.iter().map(|r| r.route.name.clone()).collect(),
+            literals: Literals::new(&routes),
+            routes,
+            scanner,
+            policy,
+        })
+    }
+}
+
+type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// One bottle's proxy. Serve client connections with [`Proxy::serve`].
+#[derive(Debug)]
+pub struct Proxy {
+    identity: String,
+    ca: BottleCa,
+    base_scanner: Scanner,
+    state: Arc<RwLock<Arc<State>>>,
+    upstream: Arc<Upstream>,
+    client: HttpClient,
+    audit: AuditLog,
+    body_cap: usize,
+    http2: bool,
+    log: RateLimitedLog,
+}
+
+impl Proxy {
+    /// Build the proxy; reads every route token now (a missing source fails here).
+    pub fn new(
+        config: ProxyConfig,
+        ca: BottleCa,
+        scanner: Scanner,
+    ) -> Result<Arc<Self>, ProxyError> {
+        let state = State::build(config.policy, &scanner, None)?;
+        let state = Arc::new(RwLock::new(Arc::new(state)));
+        let tls = upstream::client_config(config.system_roots, &config.extra_root_pems)
+            .map_err(ProxyError::Roots)?;
+        let upstream = Arc::new(Upstream {
+            resolver: config.resolver,
+            dialer: config.dialer,
+            tls: Arc::new(tls),
+            state: state.clone(),
+        });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(Connector(upstream.clone()));
+        let audit = match &config.audit_path {
+            Some(path) => AuditLog::open(path)?,
+            None => AuditLog::disabled(),
+        };
+        Ok(Arc::new(Self {
+            identity: config.identity,
+            ca,
+            base_scanner: scanner,
+            state,
+            upstream,
+            client,
+            audit,
+            body_cap: config.body_cap,
+            http2: config.http2,
+            log: RateLimitedLog::new(20, Duration::from_secs(10)),
+        }))
+    }
+
+    /// Swap in a new policy; open connections keep working, new requests
+    /// are decided by it. Tokens of unchanged routes are not read again.
+    pub fn reload(&self, policy: Policy) -> Result<(), ProxyError> {
+        let current = self.current();
+        let next = State::build(policy, &self.base_scanner, Some(&current))?;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.current().policy.clone()
+    }
+
+    /// The bottle CA (for its PEM and fingerprint).
+    pub fn ca(&self) -> &BottleCa {
+        &self.ca
+    }
+
+    fn current(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        peer: &str,
+        method: &str,
+        host: &str,
+        path: &str,
+        decision: &str,
+        rule: &str,
+        bytes: u64,
+    ) {
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let record = AuditRecord {
+            time,
+            identity: self.identity.clone(),
+            peer: peer.to_string(),
+            method: method.to_string(),
+            host: host.to_string(),
+            path: path.to_string(),
+            decision: decision.to_string(),
+            rule: rule.to_string(),
+            bytes,
+            prev: String::new(),
+        };
+        if let Err(e) = self.audit.append(record) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+/// Accept connections forever, one task each (tests and benchmarks).
+pub async fn serve_tcp(proxy: Arc<Proxy>, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let proxy = proxy.clone();
+                tokio::spawn(async move { proxy.serve(stream, peer.to_string()).await });
+            }
+            Err(e) => {
+                proxy.log.warn(format_args!("accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

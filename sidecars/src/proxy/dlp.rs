@@ -1,0 +1,275 @@
+//! Data-loss prevention on requests: decode bodies (within a cap), then look
+//! for secrets, route placeholders and real route tokens in the URL, the
+//! headers and the body.
+
+use super::routes::{LiteralKind, Literals};
+use crate::scanner::Scanner;
+use bytes::Bytes;
+use http::HeaderMap;
+use std::io::Read;
+
+/// Why a body cannot be scanned (and so is refused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is larger than the {cap}-byte scanning cap")]
+    TooLarge { cap: usize },
+    #[error("body with content-encoding `{encoding}` cannot be decoded")]
+    Undecodable { encoding: String },
+}
+
+/// Decode a body through its `Content-Encoding` list (applied in order, so
+/// undone in reverse), refusing results larger than `cap`.
+pub fn decode(encodings: &str, body: Bytes, cap: usize) -> Result<Bytes, BodyError> {
+    if body.len() > cap {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut data = body;
+    for enc in encodings
+        .split(',')
+        .map(|e| e.trim().to_ascii_lowercase())
+        .rev()
+    {
+        data = match enc.as_str() {
+            "" | "identity" => data,
+            "gzip" | "x-gzip" => {
+                read_capped(flate2::read::MultiGzDecoder::new(&data[..]), cap, &enc)?
+            }
+            "deflate" => read_capped(flate2::read::ZlibDecoder::new(&data[..]), cap, &enc)
+                .or_else(|e| match e {
+                    BodyError::Undecodable { .. } => {
+                        read_capped(flate2::read::DeflateDecoder::new(&data[..]), cap, &enc)
+                    }
+                    other => Err(other),
+                })?,
+            "br" => read_capped(brotli::Decompressor::new(&data[..], 4096), cap, &enc)?,
+            "zstd" => {
+                let dec = zstd::stream::read::Decoder::new(&data[..]).map_err(|_| {
+                    BodyError::Undecodable {
+                        encoding: enc.clone(),
+                    }
+                })?;
+                read_capped(dec, cap, &enc)?
+            }
+            _ => return Err(BodyError::Undecodable { encoding: enc }),
+        };
+    }
+    Ok(data)
+}
+
+fn read_capped(reader: impl Read, cap: usize, enc: &str) -> Result<Bytes, BodyError> {
+    let mut out = Vec::new();
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    reader
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|_| BodyError::Undecodable {
+            encoding: enc.to_string(),
+        })?;
+    if out.len() > cap {
+        return Err(BodyError::TooLarge { cap });
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Percent-decoding (and `+` as space for forms), lossy on bad escapes.
+pub fn percent_decode(data: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'%' => {
+                let hex = data
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// What was found where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hit {
+    /// A scanner finding (`rule_id`, place, redacted value).
+    Secret {
+        rule: String,
+        place: String,
+        redacted: String,
+    },
+    /// A route placeholder outside its own header on its own host.
+    Placeholder { route: String, place: String },
+    /// A real route token sent by the agent.
+    Token { route: String, place: String },
+}
+
+impl Hit {
+    /// The audit/refusal rule name.
+    pub fn rule(&self) -> String {
+        match self {
+            Hit::Secret { rule, .. } => format!("dlp:{rule}"),
+            Hit::Placeholder { .. } => "placeholder-misuse".into(),
+            Hit::Token { route, .. } => format!("route-token:{route}"),
+        }
+    }
+
+    pub fn place(&self) -> &str {
+        match self {
+            Hit::Secret { place, .. }
+            | Hit::Placeholder { place, .. }
+            | Hit::Token { place, .. } => place,
+        }
+    }
+}
+
+/// The scanning context of one bottle.
+#[derive(Debug)]
+pub struct Dlp<'a> {
+    pub scanner: &'a Scanner,
+    pub literals: &'a Literals,
+    pub route_names: &'a [String],
+}
+
+impl Dlp<'_> {
+    /// Scan one piece; `place` names it in messages.
+    pub fn scan(&self, place: &str, data: &[u8], hits: &mut Vec<Hit>) {
+        for f in self.scanner.scan(data) {
+            hits.push(Hit::Secret {
+                rule: f.rule_id,
+                place: place.into(),
+                redacted: f.redacted,
+            });
+        }
+        for (route, kind) in self.literals.find(data) {
+            let route = self.route_names.get(route).cloned().unwrap_or_default();
+            hits.push(match kind {
+                LiteralKind::Placeholder => Hit::Placeholder {
+                    route,
+                    place: place.into(),
+                },
+                LiteralKind::Token => Hit::Token {
+                    route,
+                    place: place.into(),
+                },
+            });
+        }
+    }
+
+    /// Scan the request target, headers and decoded body.
+    pub fn scan_request(&self, path_and_query: &str, headers: &HeaderMap, body: &[u8]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        let url = path_and_query.as_bytes();
+        self.scan("URL", url, &mut hits);
+        let decoded = percent_decode(url, true);
+        if decoded != url {
+            self.scan("URL (decoded)", &decoded, &mut hits);
+        }
+        for (name, value) in headers {
+            let mut line = Vec::with_capacity(name.as_str().len() + 2 + value.len());
+            line.extend_from_slice(name.as_str().as_bytes());
+            line.extend_from_slice(b": ");
+            line.extend_from_slice(value.as_bytes());
+            self.scan(&format!("header {name}"), &line, &mut hits);
+        }
+        if !body.is_empty() {
+            self.scan("body", body, &mut hits);
+            let is_form = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| {
+                    ct.to_ascii_lowercase()
+                        .starts_with("application/x-www-form-urlencoded")
+                });
+            if is_form {
+                let decoded = percent_decode(body, true);
+                if decoded != body {
+                    self.scan("body (form-decoded)", &decoded, &mut hits);
+                }
+            }
+        }
+        hits.dedup();
+        hits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const CAP: usize = 1 << 20;
+
+    #[test]
+    fn every_supported_encoding_round_trips() {
+        let plain = b"hello AKIA secret body".repeat(10);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(decode("gzip", gz.clone().into(), CAP).unwrap(), plain);
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zl.write_all(&plain).unwrap();
+        assert_eq!(
+            decode("deflate", zl.finish().unwrap().into(), CAP).unwrap(),
+            plain
+        );
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(&plain).unwrap();
+        assert_eq!(
+            decode("Deflate", raw.finish().unwrap().into(), CAP).unwrap(),
+            plain
+        );
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22)
+            .write_all(&plain)
+            .unwrap();
+        assert_eq!(decode("br", br.into(), CAP).unwrap(), plain);
+        let zs = zstd::encode_all(&plain[..], 3).unwrap();
+        assert_eq!(decode("zstd", zs.into(), CAP).unwrap(), plain);
+        // Stacked: gzip applied first, then zstd.
+        let stacked = zstd::encode_all(&gz[..], 3).unwrap();
+        assert_eq!(decode("gzip, zstd", stacked.into(), CAP).unwrap(), plain);
+        assert_eq!(
+            decode("identity", Bytes::from_static(b"x"), CAP).unwrap(),
+            &b"x"[..]
+        );
+    }
+
+    #[test]
+    fn bombs_over_the_cap_and_garbage_are_refused() {
+        let zeros = vec![0u8; 4 << 20];
+        let zs = zstd::encode_all(&zeros[..], 3).unwrap();
+        assert_eq!(
+            decode("zstd", zs.into(), CAP),
+            Err(BodyError::TooLarge { cap: CAP })
+        );
+        assert!(matches!(
+            decode("gzip", Bytes::from_static(b"not gzip"), CAP),
+            Err(BodyError::Undecodable { .. })
+        ));
+        assert!(matches!(
+            decode("compress", Bytes::from_static(b"x"), CAP),
+            Err(BodyError::Undecodable { .. })
+        ));
+        assert_eq!(
+            decode("", Bytes::from(vec![1u8; 11]), 10),
+            Err(BodyError::TooLarge { cap: 10 })
+        );
+    }
+
+    #[test]
+    fn percent_decoding_handles_forms_and_bad_escapes() {
+        assert_eq!(percent_decode(b"a%41+b%zz%", true), b"aA b%zz%");
+        assert_eq!(percent_decode(b"a+b", false), b"a+b");
+    }
+}

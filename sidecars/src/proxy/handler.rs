@@ -1,0 +1,388 @@
+//! One HTTP request to an allowed target: policy re-check (reload-aware),
+//! method/path rules, body within the cap, DLP, route injection, the pooled
+//! upstream call, response redaction for route hosts, audit.
+
+use super::decide::{self, Refusal};
+use super::dlp::{self, Dlp, Hit};
+use super::target::Target;
+use super::upstream::ConnectError;
+use super::{Proxy, State};
+use crate::policy::DlpAction;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// Response bodies handed to hyper.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Whether the request arrived in plain HTTP or inside an intercepted tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// The proxy's own answer to a refused request.
+pub fn refusal_response(refusal: &Refusal) -> Response<Body> {
+    let mut resp = Response::new(full(refusal.body()));
+    *resp.status_mut() = refusal.status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(rule) = HeaderValue::from_str(&refusal.rule) {
+        headers.insert(HeaderName::from_static("x-bottle-rule"), rule);
+    }
+    resp
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+impl Proxy {
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        target: Arc<Target>,
+        scheme: Scheme,
+        peer: Arc<String>,
+    ) -> Response<Body> {
+        let state = self.current();
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let deny = |refusal: Refusal, bytes: u64| {
+            self.record(
+                &peer,
+                &method,
+                &target.host,
+                &path,
+                "deny",
+                &refusal.rule,
+                bytes,
+            );
+            refusal_response(&refusal)
+        };
+        if let Err(r) = decide::check_target(&state.policy, &state.ips, &target) {
+            return deny(r, 0);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        if let Err(r) = decide::check_request(&state.policy, &target, &method, &pq) {
+            return deny(r, 0);
+        }
+        let (mut parts, body) = req.into_parts();
+        let raw = match Limited::new(body, self.body_cap).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                return deny(
+                    Refusal::forbidden(
+                        "body-too-large",
+                        format!(
+                        "the request body is larger than the {}-byte scanning cap or was cut off",
+                        self.body_cap
+                    ),
+                    ),
+                    0,
+                )
+            }
+        };
+        let bytes = u64::try_from(raw.len()).unwrap_or(u64::MAX);
+        let encoding = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let decoded = match dlp::decode(&encoding, raw.clone(), self.body_cap) {
+            Ok(d) => d,
+            Err(e) => {
+                return deny(
+                    Refusal::forbidden("body-unscannable", format!("{e}; it cannot be scanned")),
+                    bytes,
+                )
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        let routes: Vec<_> = state
+            .routes
+            .iter()
+            .filter(|r| target.ip.is_none() && r.route.host.matches_normalized(&target.host))
+            .collect();
+        for r in &routes {
+            parts.headers.remove(&r.header);
+        }
+        let dlp = Dlp {
+            scanner: &state.scanner,
+            literals: &state.literals,
+            route_names: &state.route_names,
+        };
+        let hits = dlp.scan_request(&pq, &parts.headers, &decoded);
+        let mut warned = None;
+        for hit in &hits {
+            let blocking =
+                !matches!(hit, Hit::Secret { .. }) || state.policy.dlp.action == DlpAction::Block;
+            if blocking {
+                return deny(hit_refusal(hit, &target), bytes);
+            }
+            warned.get_or_insert_with(|| hit.rule());
+        }
+        for r in &routes {
+            if let Some(value) = r.header_value() {
+                parts.headers.insert(r.header.clone(), value);
+            }
+        }
+        if !routes.is_empty() {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let scheme_str = match scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let uri = match Uri::builder()
+            .scheme(scheme_str)
+            .authority(target.authority())
+            .path_and_query(pq.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                return deny(
+                    Refusal::bad_request("bad-target", format!("request URI: {e}")),
+                    bytes,
+                )
+            }
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&target.authority()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        let upstream_req = Request::from_parts(parts, Full::new(raw));
+        let resp = match self.client.request(upstream_req).await {
+            Ok(resp) => resp,
+            Err(e) => return self.upstream_failure(&e, &peer, &method, &target, &path, bytes),
+        };
+        let (decision, rule) = match &warned {
+            Some(rule) => ("warn", rule.as_str()),
+            None => ("allow", if routes.is_empty() { "allow" } else { "route" }),
+        };
+        self.record(&peer, &method, &target.host, &path, decision, rule, bytes);
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if routes.is_empty() {
+            return Response::from_parts(parts, body.boxed());
+        }
+        self.redacted_response(parts, body, &state).await
+    }
+
+    /// Route hosts: the body is read (within the cap), decoded, and every real
+    /// token in headers and body is replaced by its placeholder.
+    async fn redacted_response(
+        &self,
+        mut parts: http::response::Parts,
+        body: Incoming,
+        state: &State,
+    ) -> Response<Body> {
+        let raw = match Limited::new(body, self.body_cap).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                return bad_gateway("the route host's response is larger than the scanning cap")
+            }
+        };
+        let encoding = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let decoded = match dlp::decode(&encoding, raw, self.body_cap) {
+            Ok(d) => d,
+            Err(e) => {
+                return bad_gateway(&format!("the route host's response cannot be scanned: {e}"))
+            }
+        };
+        parts.headers.remove(header::CONTENT_ENCODING);
+        let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
+        for name in names {
+            let values: Vec<HeaderValue> = parts.headers.get_all(&name).iter().cloned().collect();
+            let mut changed = false;
+            let mut replaced = Vec::with_capacity(values.len());
+            for v in values {
+                match state.literals.redact_tokens(v.as_bytes(), &state.routes) {
+                    Some(new) => {
+                        changed = true;
+                        replaced.push(
+                            HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static("")),
+                        );
+                    }
+                    None => replaced.push(v),
+                }
+            }
+            if changed {
+                parts.headers.remove(&name);
+                for v in replaced {
+                    parts.headers.append(name.clone(), v);
+                }
+            }
+        }
+        let body = match state.literals.redact_tokens(&decoded, &state.routes) {
+            Some(new) => Bytes::from(new),
+            None => decoded,
+        };
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Response::from_parts(parts, full(body))
+    }
+
+    fn upstream_failure(
+        &self,
+        e: &hyper_util::client::legacy::Error,
+        peer: &str,
+        method: &str,
+        target: &Target,
+        path: &str,
+        bytes: u64,
+    ) -> Response<Body> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(ce) = err.downcast_ref::<ConnectError>() {
+                let refusal = match ce {
+                    ConnectError::Ssrf { .. } => Refusal::forbidden(
+                        "ssrf",
+                        format!(
+                            "{ce}. Internal addresses are refused; to allow one, add it to `allow_ips` \
+                             in the bottle's manifest"
+                        ),
+                    ),
+                    other => Refusal {
+                        status: StatusCode::BAD_GATEWAY,
+                        rule: "upstream-error".into(),
+                        message: error_chain(other),
+                    },
+                };
+                self.record(
+                    peer,
+                    method,
+                    &target.host,
+                    path,
+                    "deny",
+                    &refusal.rule,
+                    bytes,
+                );
+                if refusal.rule != "ssrf" {
+                    self.log
+                        .warn(format_args!("upstream {target}: {}", refusal.message));
+                }
+                return refusal_response(&refusal);
+            }
+            source = err.source();
+        }
+        let message = error_chain(e);
+        self.log.warn(format_args!("upstream {target}: {message}"));
+        self.record(
+            peer,
+            method,
+            &target.host,
+            path,
+            "deny",
+            "upstream-error",
+            bytes,
+        );
+        refusal_response(&Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            rule: "upstream-error".into(),
+            message,
+        })
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn bad_gateway(message: &str) -> Response<Body> {
+    refusal_response(&Refusal {
+        status: StatusCode::BAD_GATEWAY,
+        rule: "response-unscannable".into(),
+        message: message.into(),
+    })
+}
+
+fn hit_refusal(hit: &Hit, target: &Target) -> Refusal {
+    let message = match hit {
+        Hit::Secret { rule, place, redacted } => format!(
+            "a secret matching DLP rule `{rule}` ({redacted}) is in the {place} of a request to `{}`. \
+             Remove it; if this is a false positive, add \"{rule}\" to `dlp.disable_rules` in the \
+             bottle's manifest or set `dlp.action = \"warn\"`.",
+            target.host
+        ),
+        Hit::Placeholder { route, place } => format!(
+            "the placeholder of route `{route}` is in the {place} of a request to `{}`; a placeholder \
+             is only replaced in the route's own header on the route's own host and may not appear anywhere else.",
+            target.host
+        ),
+        Hit::Token { route, place } => format!(
+            "the real credential of route `{route}` is in the {place} of a request to `{}`; it is never \
+             allowed to leave through the agent.",
+            target.host
+        ),
+    };
+    Refusal::forbidden(hit.rule(), message)
+}

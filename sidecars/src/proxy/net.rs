@@ -1,0 +1,305 @@
+//! Name resolution, the SSRF guard and dialing: resolve once, check every
+//! address, dial exactly the checked addresses in order.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use tokio::net::TcpStream;
+
+/// A boxed future, for the object-safe traits below.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Resolves host names. The default asks the system; tests map names to loopback.
+pub trait Resolver: Send + Sync + fmt::Debug {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>>;
+}
+
+/// Opens TCP connections. The default dials for real; tests can refuse
+/// anything that is not loopback, so a bug can never send packets elsewhere.
+pub trait Dialer: Send + Sync + fmt::Debug {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>>;
+}
+
+/// `getaddrinfo` through tokio.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
+/// Plain `connect(2)` with `TCP_NODELAY`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpDialer;
+
+impl Dialer for TcpDialer {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    }
+}
+
+/// Why an `allow_ips` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` in allow_ips is not an address or CIDR such as 10.1.0.0/16")]
+pub struct BadNet(pub String);
+
+/// An address block from `allow_ips`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(raw: &str) -> Result<Self, BadNet> {
+        let bad = || BadNet(raw.to_string());
+        let (addr, prefix) = match raw.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (raw.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if a.get(..full) != b.get(..full) {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    match (a.get(full), b.get(full)) {
+        (Some(x), Some(y)) => x & mask == y & mask,
+        _ => false,
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) seen as the IPv4 address it carries.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Why an address is not a public unicast destination, or `None` when it is.
+pub fn special_purpose(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => special_v6(v6),
+    }
+}
+
+fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    Some(match o {
+        [169, 254, 169, 254] => "cloud metadata",
+        [0, ..] => "unspecified (0.0.0.0/8)",
+        [127, ..] => "loopback",
+        [10, ..] => "private (10.0.0.0/8)",
+        [172, b, ..] if (16..32).contains(&b) => "private (172.16.0.0/12)",
+        [192, 168, ..] => "private (192.168.0.0/16)",
+        [169, 254, ..] => "link-local",
+        [100, b, ..] if (64..128).contains(&b) => "carrier-grade NAT (100.64.0.0/10)",
+        [192, 0, 0, _] => "IETF protocol assignments (192.0.0.0/24)",
+        [198, b, ..] if b == 18 || b == 19 => "benchmarking (198.18.0.0/15)",
+        [a, ..] if (224..240).contains(&a) => "multicast",
+        [a, ..] if a >= 240 => "reserved or broadcast",
+        _ => return None,
+    })
+}
+
+fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        return Some("cloud metadata");
+    }
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    let seg = ip.segments();
+    let embedded_v4 = |ip: Ipv6Addr| {
+        let o = ip.octets();
+        Ipv4Addr::new(o[12], o[13], o[14], o[15])
+    };
+    // IPv4-mapped, IPv4-compatible and NAT64 forms carry an IPv4 address.
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return special_v4(v4).map(|_| "IPv4-mapped non-public address");
+    }
+    if seg[..6] == [0, 0, 0, 0, 0, 0] {
+        return Some("IPv4-compatible (deprecated)");
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return special_v4(embedded_v4(ip)).map(|_| "NAT64 of a non-public address");
+    }
+    if seg[0] == 0x2002 {
+        let v4 = Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        );
+        return special_v4(v4).map(|_| "6to4 of a non-public address");
+    }
+    match seg[0] {
+        s if s & 0xfe00 == 0xfc00 => Some("unique local (fc00::/7)"),
+        s if s & 0xffc0 == 0xfe80 => Some("link-local"),
+        s if s & 0xffc0 == 0xfec0 => Some("site-local (deprecated)"),
+        s if s & 0xff00 == 0xff00 => Some("multicast"),
+        _ => None,
+    }
+}
+
+/// Addresses that are exempt from the SSRF guard.
+#[derive(Debug, Clone, Default)]
+pub struct IpAllowlist(Vec<IpNet>);
+
+impl IpAllowlist {
+    pub fn parse(entries: &[String]) -> Result<Self, BadNet> {
+        entries
+            .iter()
+            .map(|e| IpNet::parse(e))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+
+    /// `Err(reason)` when the address may not be dialed.
+    pub fn check(&self, ip: IpAddr) -> Result<(), &'static str> {
+        match special_purpose(ip) {
+            Some(why) if !self.contains(ip) => Err(why),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn non_public_addresses_are_classified() {
+        for a in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fd00:ec2::254",
+            "fc00::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+        ] {
+            assert!(special_purpose(ip(a)).is_some(), "{a} should be refused");
+        }
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        for a in [
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert_eq!(special_purpose(ip(a)), None, "{a} should pass");
+        }
+    }
+
+    #[test]
+    fn metadata_is_named_as_such() {
+        assert_eq!(
+            special_purpose(ip("169.254.169.254")),
+            Some("cloud metadata")
+        );
+        assert_eq!(special_purpose(ip("fd00:ec2::254")), Some("cloud metadata"));
+    }
+
+    #[test]
+    fn allowlisted_nets_exempt_addresses_including_mapped_forms() {
+        let allow = IpAllowlist::parse(&["127.0.0.1".into(), "10.1.0.0/16".into()]).unwrap();
+        assert!(allow.check(ip("127.0.0.1")).is_ok());
+        assert!(allow.check(ip("::ffff:127.0.0.1")).is_ok());
+        assert!(allow.check(ip("10.1.200.3")).is_ok());
+        assert!(allow.check(ip("10.2.0.1")).is_err());
+        assert!(allow.check(ip("127.0.0.2")).is_err());
+        assert!(allow.check(ip("::1")).is_err());
+    }
+
+    #[test]
+    fn bad_allow_ips_entries_are_refused() {
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+        assert!(IpNet::parse("example.com").is_err());
+        assert!(IpNet::parse("::/129").is_err());
+        assert!(IpNet::parse("::/0").unwrap().contains(ip("fe80::1")));
+        assert!(IpNet::parse("[::1]").unwrap().contains(ip("::1")));
+    }
+}
