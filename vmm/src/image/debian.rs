@@ -1,0 +1,423 @@
+//! The Debian root image: mmdebstrap (minbase + the agent's tools) into a
+//! read-only ext4 or erofs file with `/sbin/bottle-guest` inside, plus the
+//! same tree as a tarball for the Docker backend.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::store::ImageStore;
+use crate::VmmError;
+
+/// Packages every Debian image has, on top of minbase.
+pub const BASE_PACKAGES: &[&str] = &[
+    "ca-certificates",
+    "git",
+    "curl",
+    "openssh-client",
+    "nodejs",
+    "npm",
+];
+
+/// File system of the root image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootFormat {
+    /// Uncompressed ext4 without a journal (default: see docs/vm.md).
+    Ext4,
+    /// erofs with lz4hc compression: smaller, slower to read under TCG.
+    Erofs,
+}
+
+impl RootFormat {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            RootFormat::Ext4 => "root.ext4",
+            RootFormat::Erofs => "root.erofs",
+        }
+    }
+}
+
+/// What goes into a Debian image. Its JSON form is the cache key's input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebianOpts {
+    pub name: String,
+    pub suite: String,
+    /// Packages beyond [`BASE_PACKAGES`].
+    pub extra_packages: Vec<String>,
+    /// `npm install -g @anthropic-ai/claude-code` inside the image.
+    pub claude: bool,
+    pub format: RootFormat,
+    /// Debian mirror URL; none = mmdebstrap's default (the host's sources).
+    pub mirror: Option<String>,
+}
+
+impl Default for DebianOpts {
+    fn default() -> Self {
+        DebianOpts {
+            name: "debian".into(),
+            suite: "bookworm".into(),
+            extra_packages: Vec::new(),
+            claude: false,
+            format: RootFormat::Ext4,
+            mirror: None,
+        }
+    }
+}
+
+impl DebianOpts {
+    fn validate(&self) -> Result<(), VmmError> {
+        let ok_word = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.+_".contains(c))
+        };
+        if !ok_word(&self.name) || self.name.starts_with('.') || self.name == "tiny" {
+            return Err(VmmError::ImageBuild(format!(
+                "bad image name '{}': use letters, digits, - . _",
+                self.name
+            )));
+        }
+        if !ok_word(&self.suite) {
+            return Err(VmmError::ImageBuild(format!("bad suite '{}'", self.suite)));
+        }
+        if let Some(p) = self
+            .extra_packages
+            .iter()
+            .find(|p| !ok_word(p) || p.starts_with('-'))
+        {
+            return Err(VmmError::ImageBuild(format!("bad package name '{p}'")));
+        }
+        Ok(())
+    }
+
+    /// Hash of the definition alone (the mmdebstrap output depends on it only).
+    pub fn def_key(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json))[..16].to_string()
+    }
+
+    /// The mmdebstrap argument vector writing a tarball to `out`.
+    pub fn mmdebstrap_args(&self, out: &Path) -> Vec<String> {
+        let mut pkgs: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        pkgs.extend(self.extra_packages.iter().cloned());
+        let mut a = vec![
+            "--variant=minbase".to_string(),
+            "--mode=root".to_string(),
+            "--format=tar".to_string(),
+            format!("--include={}", pkgs.join(",")),
+            "--dpkgopt=path-exclude=/usr/share/man/*".to_string(),
+            "--dpkgopt=path-exclude=/usr/share/doc/*".to_string(),
+            "--dpkgopt=path-exclude=/usr/share/locale/*".to_string(),
+        ];
+        if self.claude {
+            a.push(
+                "--customize-hook=chroot \"$1\" sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code && claude --version' \
+                 || { echo 'bottle: installing Claude Code from npm failed (is registry.npmjs.org reachable?)' >&2; exit 1; }"
+                    .to_string(),
+            );
+        }
+        a.push("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*".to_string());
+        a.push(self.suite.clone());
+        a.push(out.to_string_lossy().into_owned());
+        if let Some(m) = &self.mirror {
+            a.push(m.clone());
+        }
+        a
+    }
+}
+
+/// Runs `cmd`, passing each stderr/stdout line to `progress`; on failure the
+/// error carries the last lines.
+fn run_logged(
+    what: &str,
+    cmd: &mut Command,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), VmmError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| VmmError::ImageBuild(format!("{what}: cannot start: {e}")))?;
+    let mut tail: VecDeque<String> = VecDeque::new();
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            progress(&line);
+            if tail.len() == 15 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| VmmError::ImageBuild(format!("{what}: {e}")))?;
+    if !status.success() {
+        let t: Vec<String> = tail.into_iter().collect();
+        return Err(VmmError::ImageBuild(format!(
+            "{what} failed ({status}):\n{}",
+            t.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+fn need(prog: &'static str, pkg: &'static str) -> Result<(), VmmError> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(VmmError::MissingProgram(prog, pkg))
+    }
+}
+
+/// Builds (or finds cached) the Debian image `opts.name` with `guest_bin`
+/// as `/sbin/bottle-guest`. Returns the image directory holding the root
+/// image (`root.ext4` or `root.erofs`) and `rootfs.tar`.
+pub fn build_debian(
+    opts: &DebianOpts,
+    guest_bin: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, VmmError> {
+    opts.validate()?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(VmmError::ImageBuild(
+            "building the Debian image needs root (mmdebstrap root mode keeps file owners); run it with sudo".into(),
+        ));
+    }
+    need("mmdebstrap", "apt-get install mmdebstrap")?;
+    match opts.format {
+        RootFormat::Ext4 => need("mkfs.ext4", "apt-get install e2fsprogs")?,
+        RootFormat::Erofs => need("mkfs.erofs", "apt-get install erofs-utils")?,
+    }
+    let agent = std::fs::read(guest_bin).map_err(VmmError::io("read guest agent", guest_bin))?;
+    if !super::is_static_elf(&agent) {
+        return Err(VmmError::ImageBuild(format!(
+            "{} is not a static binary",
+            guest_bin.display()
+        )));
+    }
+    let store = ImageStore::open();
+    let def_key = opts.def_key();
+    let mut h = Sha256::new();
+    h.update(def_key.as_bytes());
+    h.update(&agent);
+    let key = hex::encode(h.finalize())[..16].to_string();
+    let dir = store.dir_for(&opts.name, &key);
+    if store.is_complete(&dir) {
+        progress(&format!("cached: {}", dir.display()));
+        return Ok(dir);
+    }
+
+    // 1. The Debian tree as a tarball, cached by the definition alone so a
+    //    new guest agent only repeats the cheap steps.
+    let base_dir = store.root().join(".base");
+    std::fs::create_dir_all(&base_dir).map_err(VmmError::io("create image cache", &base_dir))?;
+    let base = base_dir.join(format!("{def_key}.tar"));
+    if !base.is_file() {
+        progress(&format!(
+            "mmdebstrap {} (minbase + {}) ...",
+            opts.suite,
+            BASE_PACKAGES.join(" ")
+        ));
+        let tmp = base_dir.join(format!("{def_key}.tar.tmp"));
+        run_logged(
+            "mmdebstrap",
+            Command::new("mmdebstrap").args(opts.mmdebstrap_args(&tmp)),
+            progress,
+        )?;
+        std::fs::rename(&tmp, &base).map_err(VmmError::io("install base tarball", &base))?;
+    }
+
+    // 2. Unpack, add the agent, make the image and the export tarball.
+    let work = store.root().join(format!(".work-{}-{key}", opts.name));
+    let _ = std::fs::remove_dir_all(&work);
+    let tree = work.join("rootfs");
+    std::fs::create_dir_all(&tree).map_err(VmmError::io("create work dir", &tree))?;
+    let result = (|| {
+        progress("unpacking root tree ...");
+        run_logged(
+            "tar -x",
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&base)
+                .arg("-C")
+                .arg(&tree)
+                .args(["--numeric-owner", "--exclude=./dev/*"]),
+            progress,
+        )?;
+        let sbin = tree.join("sbin/bottle-guest");
+        // usr-merged Debian: /sbin is a symlink to usr/sbin.
+        let real = tree.join("usr/sbin/bottle-guest");
+        let dest = if tree.join("sbin").is_symlink() {
+            real
+        } else {
+            sbin
+        };
+        std::fs::write(&dest, &agent).map_err(VmmError::io("install guest agent", &dest))?;
+        set_mode(&dest, 0o755)?;
+        let staged = work.join("out");
+        std::fs::create_dir_all(&staged).map_err(VmmError::io("create work dir", &staged))?;
+        let img = staged.join(opts.format.file_name());
+        progress(&format!("making {} ...", opts.format.file_name()));
+        match opts.format {
+            RootFormat::Ext4 => {
+                let bytes = tree_size(&tree);
+                let size_mib = bytes / (1 << 20) * 5 / 4 + 64;
+                run_logged(
+                    "mkfs.ext4",
+                    Command::new("mkfs.ext4")
+                        .args([
+                            "-q",
+                            "-F",
+                            "-L",
+                            "bottle-root",
+                            "-O",
+                            "^has_journal",
+                            "-m",
+                            "0",
+                            "-d",
+                        ])
+                        .arg(&tree)
+                        .arg(&img)
+                        .arg(format!("{size_mib}M")),
+                    progress,
+                )?;
+            }
+            RootFormat::Erofs => run_logged(
+                "mkfs.erofs",
+                Command::new("mkfs.erofs")
+                    .args(["-zlz4hc", "-Lbottle-root"])
+                    .arg(&img)
+                    .arg(&tree),
+                progress,
+            )?,
+        }
+        progress("writing rootfs.tar for the Docker backend ...");
+        run_logged(
+            "tar -c",
+            Command::new("tar")
+                .arg("-cf")
+                .arg(staged.join("rootfs.tar"))
+                .args(["--numeric-owner", "-C"])
+                .arg(&tree)
+                .arg("."),
+            progress,
+        )?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&staged, &dir).map_err(VmmError::io("install image", &dir))?;
+        store.mark_complete(
+            &dir,
+            &opts.name,
+            &key,
+            serde_json::to_value(opts).unwrap_or_default(),
+        )
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    progress(&format!("built: {}", dir.display()));
+    Ok(dir)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), VmmError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(VmmError::io("chmod", p))
+}
+
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            total += m.len().max(4096);
+        }
+    }
+    total
+}
+
+/// The rootfs tarball of image `name` (same tree as its root image, agent
+/// included), for `docker import`.
+pub fn export_rootfs_tar(name: &str) -> Result<PathBuf, VmmError> {
+    let dir = ImageStore::open()
+        .path_of(name)
+        .ok_or_else(|| VmmError::ImageMissing(name.into()))?;
+    let tar = dir.join("rootfs.tar");
+    if tar.is_file() {
+        Ok(tar)
+    } else {
+        Err(VmmError::ImageMissing(name.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mmdebstrap_args_carry_minbase_packages_and_output() {
+        let a = DebianOpts::default().mmdebstrap_args(Path::new("/tmp/out.tar"));
+        assert!(a.contains(&"--variant=minbase".to_string()));
+        assert!(
+            a.contains(&"--include=ca-certificates,git,curl,openssh-client,nodejs,npm".to_string())
+        );
+        assert_eq!(
+            a[a.len() - 2..],
+            ["bookworm".to_string(), "/tmp/out.tar".to_string()]
+        );
+        assert!(!a.iter().any(|x| x.contains("claude-code")));
+    }
+
+    #[test]
+    fn claude_option_adds_the_npm_hook() {
+        let o = DebianOpts {
+            claude: true,
+            ..DebianOpts::default()
+        };
+        assert!(o
+            .mmdebstrap_args(Path::new("/o"))
+            .iter()
+            .any(|x| x.contains("@anthropic-ai/claude-code")));
+    }
+
+    #[test]
+    fn definition_change_changes_the_key() {
+        let a = DebianOpts::default();
+        let b = DebianOpts {
+            claude: true,
+            ..DebianOpts::default()
+        };
+        assert_ne!(a.def_key(), b.def_key());
+        assert_eq!(a.def_key(), DebianOpts::default().def_key());
+    }
+
+    #[test]
+    fn option_like_package_names_are_refused() {
+        let o = DebianOpts {
+            extra_packages: vec!["--hook=x".into()],
+            ..DebianOpts::default()
+        };
+        assert!(o.validate().is_err());
+        let o = DebianOpts {
+            name: "../x".into(),
+            ..DebianOpts::default()
+        };
+        assert!(o.validate().is_err());
+    }
+}

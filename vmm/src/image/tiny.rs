@@ -1,0 +1,193 @@
+//! The tiny image: a gzip'd newc initramfs with busybox-static and the
+//! static guest agent as `/init` (and `/sbin/bottle-guest`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use super::cpio::CpioWriter;
+use crate::spec::READY_MARKER;
+use crate::VmmError;
+
+/// Default busybox; `BOTTLE_BUSYBOX` overrides it.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Used as /init when no guest agent is given: mounts the basics, prints the
+/// ready marker and holds. `bottle.test=poweroff` on the cmdline makes it
+/// power off right after the marker.
+pub const PLACEHOLDER_INIT: &str = "#!/bin/busybox sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+echo BOTTLE-GUEST-READY
+case \" $(cat /proc/cmdline) \" in *' bottle.test=poweroff '*) reboot -f ;; esac
+while :; do sleep 3600; done
+";
+
+fn busybox_path() -> PathBuf {
+    std::env::var_os("BOTTLE_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| BUSYBOX.into())
+}
+
+/// True when `elf` is an ELF executable without a program interpreter.
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    let rd16 = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let rd32 = |o: usize| {
+        elf.get(o..o + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let rd64 = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd64(0x20), rd16(0x36), rd16(0x38)) else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let at = phoff.saturating_add(i.saturating_mul(phentsize));
+        matches!(rd32(at), Some(t) if t != 3 /* PT_INTERP */)
+    })
+}
+
+fn read_static(what: &'static str, p: &Path) -> Result<Vec<u8>, VmmError> {
+    let bytes = std::fs::read(p).map_err(VmmError::io(what, p))?;
+    if !is_static_elf(&bytes) {
+        return Err(VmmError::ImageBuild(format!(
+            "{} is not a static x86-64 ELF binary",
+            p.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The cache key of the tiny image for these inputs.
+pub fn tiny_key(guest_bin: Option<&Path>) -> Result<String, VmmError> {
+    let bb = busybox_path();
+    let mut h = Sha256::new();
+    h.update(b"tiny-v1\n");
+    h.update(std::fs::read(&bb).map_err(VmmError::io("read busybox", &bb))?);
+    match guest_bin {
+        Some(g) => h.update(std::fs::read(g).map_err(VmmError::io("read guest agent", g))?),
+        None => h.update(PLACEHOLDER_INIT.as_bytes()),
+    }
+    Ok(hex::encode(h.finalize())[..16].to_string())
+}
+
+/// Writes the tiny initramfs to `out`. Without `guest_bin`, `/init` is
+/// [`PLACEHOLDER_INIT`] (boots to the marker; serves nothing).
+pub fn build_tiny(guest_bin: Option<&Path>, out: &Path) -> Result<(), VmmError> {
+    let bb_path = busybox_path();
+    let busybox = read_static("read busybox", &bb_path)
+        .map_err(|e| VmmError::ImageBuild(format!("{e}; install busybox-static")))?;
+    let guest = guest_bin
+        .map(|g| read_static("read guest agent", g))
+        .transpose()?;
+    let list = Command::new(&bb_path)
+        .arg("--list-full")
+        .output()
+        .map_err(|_| VmmError::MissingProgram("busybox", "apt-get install busybox-static"))?;
+    let applets = String::from_utf8_lossy(&list.stdout).into_owned();
+
+    let tmp = out.with_extension("tmp");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(VmmError::io("create image dir", dir))?;
+    }
+    let file = std::fs::File::create(&tmp).map_err(VmmError::io("create initramfs", &tmp))?;
+    let gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::new(6));
+    let mut w = CpioWriter::new(gz);
+    let io = VmmError::io("write initramfs", &tmp);
+    let res = (move || -> std::io::Result<()> {
+        for d in [
+            "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc",
+            "root", "mnt", "newroot",
+        ] {
+            w.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
+        }
+        w.char_dev("dev/console", 0o600, 5, 1)?;
+        w.char_dev("dev/null", 0o666, 1, 3)?;
+        w.file("bin/busybox", 0o755, &busybox)?;
+        for applet in applets
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains(".."))
+        {
+            if applet == "bin/busybox" {
+                continue;
+            }
+            let depth = applet.matches('/').count();
+            let target = format!("{}bin/busybox", "../".repeat(depth));
+            w.symlink(applet, &target)?;
+        }
+        w.file("etc/bottle-marker", 0o644, READY_MARKER.as_bytes())?;
+        match &guest {
+            Some(g) => {
+                w.file("init", 0o755, g)?;
+                w.file("sbin/bottle-guest", 0o755, g)?;
+            }
+            None => w.file("init", 0o755, PLACEHOLDER_INIT.as_bytes())?,
+        }
+        let mut buf = w.finish()?.finish()?;
+        buf.flush()
+    })();
+    res.map_err(io)?;
+    std::fs::rename(&tmp, out).map_err(VmmError::io("install initramfs", out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_or_foreign_bytes_are_not_static_elf() {
+        assert!(!is_static_elf(b""));
+        assert!(!is_static_elf(b"\x7fELF\x02\x01\x01"));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn dynamic_binary_is_not_static() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(!is_static_elf(&sh));
+    }
+
+    #[test]
+    fn tiny_image_holds_init_busybox_and_console() {
+        if !Path::new(BUSYBOX).exists() || !Path::new("/usr/bin/cpio").exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tiny.cpio.gz");
+        build_tiny(None, &out).unwrap();
+        let listing = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("zcat {} | cpio -t --quiet", out.display()))
+            .output()
+            .unwrap();
+        let l = String::from_utf8_lossy(&listing.stdout);
+        for want in [
+            "init",
+            "bin/busybox",
+            "dev/console",
+            "bin/sh",
+            "sbin/reboot",
+        ] {
+            assert!(l.lines().any(|x| x == want), "missing {want}");
+        }
+    }
+}
