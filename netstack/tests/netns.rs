@@ -1,0 +1,418 @@
+//! Real tools in a network namespace whose only link is a TAP to our stack.
+//!
+//! Needs root, `/dev/net/tun`, iproute2, dnsutils (dig), curl, udhcpc,
+//! netcat-openbsd and a `ping` (iputils-ping or busybox). Skips otherwise
+//! (fails in CI, where `BOTTLE_TEST_STRICT=1`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bottle_netstack::{spawn, Forward, GuestStream, NetConfig, NetstackHandle, TapTransport};
+use bottle_test_harness::netns::{have_tun, Netns};
+use bottle_test_harness::skip::{require, require_programs, require_root};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const GW: &str = "10.0.2.2";
+
+fn ready() -> bool {
+    require_root("netstack namespace tests")
+        && require(have_tun(), "/dev/net/tun is missing (modprobe tun)")
+        && require_programs(&[
+            ("ip", "iproute2"),
+            ("dig", "dnsutils"),
+            ("curl", "curl"),
+            ("udhcpc", "udhcpc"),
+            ("nc", "netcat-openbsd"),
+        ])
+        && require(
+            ping().is_some(),
+            "no ping (apt-get install iputils-ping or busybox-static)",
+        )
+}
+
+/// `ping` or `busybox ping`.
+fn ping() -> Option<Vec<&'static str>> {
+    if bottle_test_harness::skip::have_program("ping") {
+        Some(vec!["ping"])
+    } else if bottle_test_harness::skip::have_program("busybox") {
+        Some(vec!["busybox", "ping"])
+    } else {
+        None
+    }
+}
+
+struct Lab {
+    // Field order matters: the stack stops before the namespace goes away.
+    stack: NetstackHandle,
+    ns: Netns,
+}
+
+impl Lab {
+    fn start(prefix: &str, forwards: BTreeMap<u16, Forward>, configure: bool) -> Lab {
+        let ns = Netns::new(prefix).expect("create namespace");
+        let tap = TapTransport::open_in_netns(&ns.path(), "tap0").expect("open TAP in namespace");
+        let stack = spawn(NetConfig::default(), tap, forwards).expect("start netstack");
+        if configure {
+            ns.configure("tap0", "10.0.2.15/24", GW, 1500)
+                .expect("configure tap0");
+        } else {
+            ns.run(&["ip", "link", "set", "tap0", "up"])
+                .expect("tap0 up");
+        }
+        Lab { stack, ns }
+    }
+
+    /// Runs `argv` in the namespace without blocking the runtime.
+    async fn run(&self, argv: &[&str]) -> std::process::Output {
+        let mut cmd = tokio::process::Command::from(self.ns.command(argv[0]));
+        cmd.args(&argv[1..]).kill_on_drop(true);
+        tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("command hung")
+            .expect("command runs")
+    }
+
+    async fn stdout(&self, argv: &[&str]) -> String {
+        String::from_utf8_lossy(&self.run(argv).await.stdout).into_owned()
+    }
+}
+
+/// Answers one HTTP request with the path it asked for.
+fn http_handler() -> Forward {
+    Forward::Handler(Arc::new(|mut s: GuestStream, _info| {
+        tokio::spawn(async move {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&req);
+            let path = text.split_whitespace().nth(1).unwrap_or("?").to_owned();
+            let body = format!("hello from handler {path}\n");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }))
+}
+
+fn echo_handler() -> Forward {
+    Forward::Handler(Arc::new(|mut s: GuestStream, _info| {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown().await;
+        });
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dhcp_client_gets_the_one_lease() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::start("dhcp", BTreeMap::new(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lease");
+    let script = dir.path().join("script.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 ip=$ip router=$router dns=$dns subnet=$subnet mtu=$mtu\" >> {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let res = lab
+        .run(&[
+            "udhcpc",
+            "-i",
+            "tap0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "4",
+            "-T",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+        ])
+        .await;
+    let lease = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        res.status.success(),
+        "udhcpc failed: {}\n{lease}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let bound = lease
+        .lines()
+        .find(|l| l.starts_with("bound"))
+        .expect("a bound event");
+    assert_eq!(
+        bound,
+        "bound ip=10.0.2.15 router=10.0.2.2 dns=10.0.2.2 subnet=255.255.255.0 mtu=1500"
+    );
+    assert!(lab.stack.counters().dhcp_replies >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_proxy_internal_and_nothing_else() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::start("dns", BTreeMap::new(), true);
+    let dig = |args: &'static [&'static str]| {
+        let mut v = vec!["dig", "@10.0.2.2", "+time=2", "+tries=2"];
+        v.extend_from_slice(args);
+        v
+    };
+    assert_eq!(
+        lab.stdout(&dig(&["+short", "proxy.internal"])).await.trim(),
+        GW
+    );
+    assert_eq!(
+        lab.stdout(&dig(&["+short", "+tcp", "PROXY.internal"]))
+            .await
+            .trim(),
+        GW
+    );
+    assert!(lab
+        .stdout(&dig(&["example.com"]))
+        .await
+        .contains("status: NXDOMAIN"));
+    assert!(lab
+        .stdout(&dig(&["proxy.internal.example.com"]))
+        .await
+        .contains("status: NXDOMAIN"));
+    let aaaa = lab.stdout(&dig(&["AAAA", "proxy.internal"])).await;
+    assert!(
+        aaaa.contains("status: NOERROR") && aaaa.contains("ANSWER: 0"),
+        "{aaaa}"
+    );
+    assert!(lab
+        .stdout(&dig(&["MX", "proxy.internal"]))
+        .await
+        .contains("status: NOTIMP"));
+    // Nothing is forwarded: another resolver is simply unreachable.
+    let other = lab
+        .run(&["dig", "@1.1.1.1", "+time=1", "+tries=1", "x"])
+        .await;
+    assert!(!other.status.success());
+    assert!(!String::from_utf8_lossy(&other.stdout).contains("status:"));
+    let c = lab.stack.counters();
+    assert!(c.dns_answered >= 6 && c.drop_other_address >= 1, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_the_in_process_handler_by_name() {
+    if !ready() {
+        return;
+    }
+    let forwards = BTreeMap::from([(8080, http_handler()), (7, echo_handler())]);
+    let lab = Lab::start("curl", forwards, true);
+    lab.ns.set_resolv_conf("nameserver 10.0.2.2\n").unwrap();
+    let body = lab
+        .stdout(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "http://proxy.internal:8080/hello",
+        ])
+        .await;
+    assert_eq!(body, "hello from handler /hello\n");
+    // Raw bytes and half-close through the echo handler.
+    let mut cmd = tokio::process::Command::from(lab.ns.command("nc"));
+    cmd.args(["-N", "-w", "5", GW, "7"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.kill_on_drop(true).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ping through the stack\n")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ping through the stack\n"
+    );
+    let c = lab.stack.counters();
+    assert!(c.flows_accepted >= 2, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_ports_and_addresses_are_refused() {
+    if !ready() {
+        return;
+    }
+    // A listener of our own on the host's loopback: the guest must never reach it.
+    let bait = TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let port = bait.local_addr().unwrap().port().to_string();
+    let lab = Lab::start("refuse", BTreeMap::from([(8080, http_handler())]), true);
+    let refused = lab
+        .run(&["curl", "-sS", "--max-time", "5", "http://10.0.2.2:81/"])
+        .await;
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    for host in [
+        "127.0.0.1",
+        "10.0.2.2",
+        "10.0.2.3",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.0.1",
+        "169.254.169.254",
+    ] {
+        let url = format!("http://{host}:{port}/");
+        let res = lab.run(&["curl", "-sS", "--max-time", "3", &url]).await;
+        assert!(!res.status.success(), "{url} answered");
+    }
+    let metadata = lab
+        .run(&["curl", "-sS", "--max-time", "3", "http://169.254.169.254/"])
+        .await;
+    assert!(!metadata.status.success());
+    assert!(bait.accept().is_err(), "the host listener got a connection");
+    let c = lab.stack.counters();
+    assert!(c.rst_other_address >= 5, "{c:?}");
+    assert_eq!(c.flows_accepted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_gets_nothing() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::start("ipv6", BTreeMap::from([(8080, http_handler())]), true);
+    let res = lab
+        .run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://[fe80::2%tap0]:8080/",
+        ])
+        .await;
+    assert!(!res.status.success());
+    let res = lab
+        .run(&["curl", "-sS", "--max-time", "3", "http://[fd00::2]:8080/"])
+        .await;
+    assert!(!res.status.success());
+    assert!(lab.stack.counters().drop_ipv6 > 0, "no IPv6 frame was seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reaches_the_gateway_and_nothing_else() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::start("ping", BTreeMap::new(), true);
+    let ping = ping().unwrap();
+    let with = |target: &'static str, wait: &'static str| {
+        let mut v = ping.clone();
+        v.extend_from_slice(&["-c", "2", "-W", wait, target]);
+        v
+    };
+    let ok = lab.run(&with(GW, "3")).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    for target in ["10.0.2.3", "1.1.1.1", "169.254.169.254"] {
+        assert!(
+            !lab.run(&with(target, "1")).await.status.success(),
+            "{target} answered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_flows_all_echo() {
+    if !ready() {
+        return;
+    }
+    const FLOWS: usize = 500;
+    const THREADS: usize = 5;
+    let lab = Lab::start("flows", BTreeMap::from([(7, echo_handler())]), true);
+    let path = lab.ns.path();
+    let gw: SocketAddr = "10.0.2.2:7".parse().unwrap();
+    let streams = tokio::task::spawn_blocking(move || {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    bottle_netstack::sys::in_netns(&path, || {
+                        (0..FLOWS / THREADS)
+                            .map(|_| TcpStream::connect_timeout(&gw, Duration::from_secs(20)))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(
+                w.join()
+                    .unwrap()
+                    .unwrap()
+                    .expect("connect through the stack"),
+            );
+        }
+        all
+    })
+    .await
+    .unwrap();
+    assert_eq!(streams.len(), FLOWS);
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut streams = streams;
+        for (i, s) in streams.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(format!("flow {i:04}\n").as_bytes()).unwrap();
+        }
+        // Every flow is still open here: read each answer back.
+        for (i, s) in streams.iter_mut().enumerate() {
+            let mut got = [0u8; 10];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(&got, format!("flow {i:04}\n").as_bytes());
+        }
+        streams.len()
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, FLOWS);
+    let c = lab.stack.counters();
+    assert_eq!(c.flows_accepted, FLOWS as u64, "{c:?}");
+    assert_eq!(c.flows_rejected, 0);
+    assert_eq!(c.flows_active, FLOWS as u64);
+}
