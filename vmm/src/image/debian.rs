@@ -294,7 +294,7 @@ pub fn build_debian(
             RootFormat::Erofs => run_logged(
                 "mkfs.erofs",
                 Command::new("mkfs.erofs")
-                    .args(["-zlz4hc", "-Lbottle-root"])
+                    .args(["--quiet", "-zlz4hc"])
                     .arg(&img)
                     .arg(&tree),
                 progress,

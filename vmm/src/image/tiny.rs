@@ -15,17 +15,33 @@ use crate::VmmError;
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Used as /init when no guest agent is given: mounts the basics, prints the
-/// ready marker and holds. `bottle.test=poweroff` on the cmdline makes it
-/// power off right after the marker.
-pub const PLACEHOLDER_INIT: &str = "#!/bin/busybox sh
+/// ready marker and holds. With `bottle.root=DEV` it first mounts DEV
+/// read-only under a tmpfs overlay and switches root to it (as the guest
+/// agent does); `bottle.test=tools` then prints node's and git's versions
+/// before the marker. `bottle.test=poweroff` (no root) powers off right
+/// after the marker.
+pub const PLACEHOLDER_INIT: &str = r#"#!/bin/busybox sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+cmdline=" $(cat /proc/cmdline) "
+root=""
+for w in $cmdline; do case "$w" in bottle.root=*) root="${w#bottle.root=}" ;; esac; done
+if [ -n "$root" ]; then
+  mkdir -p /ro /rw /newroot
+  mount -o ro "$root" /ro || { echo "bottle-init: cannot mount $root"; reboot -f; }
+  mount -t tmpfs -o mode=0755 rw /rw && mkdir -p /rw/upper /rw/work
+  mount -t overlay overlay -o lowerdir=/ro,upperdir=/rw/upper,workdir=/rw/work /newroot
+  for m in dev proc sys; do mount --move /$m /newroot/$m; done
+  check=""
+  case "$cmdline" in *" bottle.test=tools "*) check="node --version; git --version;" ;; esac
+  exec switch_root /newroot /bin/sh -c "$check cat /etc/debian_version; echo BOTTLE-GUEST-READY; exec sleep infinity"
+fi
 echo BOTTLE-GUEST-READY
-case \" $(cat /proc/cmdline) \" in *' bottle.test=poweroff '*) reboot -f ;; esac
+case "$cmdline" in *" bottle.test=poweroff "*) reboot -f ;; esac
 while :; do sleep 3600; done
-";
+"#;
 
 fn busybox_path() -> PathBuf {
     std::env::var_os("BOTTLE_BUSYBOX")
