@@ -270,6 +270,7 @@ impl Client {
         for e in &entries {
             writer.write(&e.path, e.mode, &e.kind, &e.data)?;
         }
+        writer.finish()?;
         Ok(entries.len() as u64)
     }
 
@@ -287,13 +288,14 @@ impl Client {
     /// Waits until the guest agent answers through the mux.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<GuestInfo, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = "no answer".to_string();
         loop {
-            let last = match tokio::time::timeout_at(deadline, self.probe()).await {
+            match tokio::time::timeout_at(deadline, self.probe()).await {
                 Ok(Ok(info)) => return Ok(info),
-                Ok(Err(ClientError::Remote(e))) => e,
+                Ok(Err(ClientError::Remote(e))) => last = e,
                 Ok(Err(e)) => return Err(e),
-                Err(_) => "no answer".to_string(),
-            };
+                Err(_) => {}
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::NotReady(timeout, last));
             }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::proto::EntryKind;
@@ -64,16 +64,18 @@ pub enum TreeError {
 pub(crate) struct SafeWriter {
     dest: PathBuf,
     symlinks: HashSet<PathBuf>,
+    dirs: Vec<(PathBuf, u32)>,
 }
 
 impl SafeWriter {
     pub fn new(dest: &Path) -> SafeWriter {
-        SafeWriter { dest: dest.to_path_buf(), symlinks: HashSet::new() }
+        SafeWriter { dest: dest.to_path_buf(), symlinks: HashSet::new(), dirs: Vec::new() }
     }
 
     fn target(&self, rel: &str) -> Result<(PathBuf, PathBuf), TreeError> {
         let rel_path = Path::new(rel);
-        if rel.contains('\0') || !rel_path.components().all(|c| matches!(c, Component::Normal(_))) {
+        let plain = rel.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if rel.contains('\0') || !plain || !rel_path.components().all(|c| matches!(c, Component::Normal(_))) {
             return Err(TreeError::UnsafePath(rel.to_string()));
         }
         let mut prefix = PathBuf::new();
@@ -94,13 +96,21 @@ impl SafeWriter {
         let mode = mode & 0o777;
         if rel.is_empty() {
             return match kind {
-                EntryKind::Dir => fs::DirBuilder::new().mode(0o700).create(&self.dest).map_err(io(&self.dest)),
+                EntryKind::Dir => {
+                    fs::DirBuilder::new().mode(0o700).create(&self.dest).map_err(io(&self.dest))?;
+                    self.dirs.push((self.dest.clone(), mode));
+                    Ok(())
+                }
                 _ => Err(TreeError::UnsafePath("a non-directory as the root".into())),
             };
         }
         let (path, rel_path) = self.target(rel)?;
         match kind {
-            EntryKind::Dir => fs::DirBuilder::new().mode(mode | 0o700).create(&path).map_err(io(&path)),
+            EntryKind::Dir => {
+                fs::DirBuilder::new().mode(0o700).create(&path).map_err(io(&path))?;
+                self.dirs.push((path, mode));
+                Ok(())
+            }
             EntryKind::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
                 self.symlinks.insert(rel_path);
@@ -119,9 +129,18 @@ impl SafeWriter {
             }
         }
     }
+
+    /// Applies directory modes (deferred so read-only directories can be filled).
+    pub fn finish(self) -> Result<(), TreeError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in self.dirs.iter().rev() {
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                .map_err(|source| TreeError::Io { path: path.display().to_string(), source })?;
+        }
+        Ok(())
+    }
 }
 
-use std::os::unix::fs::DirBuilderExt;
 
 #[cfg(test)]
 mod tests {
