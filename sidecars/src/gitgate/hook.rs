@@ -1,0 +1,339 @@
+//! The pre-receive hook, in two halves.
+//!
+//! * [`run_hook`]: what git runs (through the hook command). A thin client: it
+//!   sends the ref updates and the quarantine location to the gate over a
+//!   per-push unix socket (path in [`SOCKET_ENV`], set by the gate on
+//!   `receive-pack`, never by the guest), prints the gate's answer and exits
+//!   with its verdict. Any failure rejects the push.
+//! * [`check_and_forward`]: what the gate does with it, in its own process,
+//!   with its configured scanner and the SSH key: policy check, secret scan,
+//!   then `git push` to upstream. Local refs move only when this returns ok.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::mirror::{self, Mirror};
+use super::scan::{self, GitRunner, RefUpdate};
+use crate::scanner::Scanner;
+
+/// Environment variable naming the gate's socket for this push.
+pub const SOCKET_ENV: &str = "BOTTLE_GITGATE_SOCKET";
+
+/// Most findings listed in a rejection message.
+const MAX_LISTED: usize = 20;
+
+/// What the hook sends to the gate.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HookRequest {
+    /// The hook's stdin: `<old> <new> <ref>` lines.
+    pub updates: String,
+    /// `GIT_OBJECT_DIRECTORY` (the quarantine) as set by receive-pack.
+    pub object_dir: Option<PathBuf>,
+}
+
+/// The gate's verdict.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HookReply {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// The hook entry point: `env` is the process environment, `stdin` the ref
+/// updates from git, `stderr` goes to the pusher (as `remote: …`). Returns the
+/// exit code: 0 accepts the push, anything else rejects it.
+pub fn run_hook(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+    stderr: &mut dyn Write,
+) -> i32 {
+    match ask_gate(env, stdin) {
+        Ok(reply) => {
+            let _ = stderr.write_all(reply.message.as_bytes());
+            if !reply.message.ends_with('\n') && !reply.message.is_empty() {
+                let _ = stderr.write_all(b"\n");
+            }
+            if reply.ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "git-gate: push refused: {e}");
+            1
+        }
+    }
+}
+
+/// [`run_hook`] on the real process environment, stdin and stderr.
+pub fn run_hook_main() -> std::process::ExitCode {
+    let code = run_hook(
+        &|k| std::env::var(k).ok(),
+        &mut std::io::stdin().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn ask_gate(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+) -> Result<HookReply, String> {
+    let socket = env(SOCKET_ENV)
+        .ok_or_else(|| format!("{SOCKET_ENV} is not set (hook not started by the gate)"))?;
+    let mut updates = String::new();
+    stdin
+        .read_to_string(&mut updates)
+        .map_err(|e| format!("cannot read ref updates: {e}"))?;
+    let request = HookRequest {
+        updates,
+        object_dir: env("GIT_OBJECT_DIRECTORY").map(PathBuf::from),
+    };
+    let mut line = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    let mut stream =
+        UnixStream::connect(&socket).map_err(|e| format!("cannot reach the gate: {e}"))?;
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("cannot talk to the gate: {e}"))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| format!("no answer from the gate: {e}"))?;
+    serde_json::from_str(&reply).map_err(|_| "no verdict from the gate".to_string())
+}
+
+/// Git run against the mirror with the push's quarantined objects visible.
+#[derive(Debug)]
+pub struct QuarantineGit {
+    pub repo: PathBuf,
+    pub quarantine: Option<PathBuf>,
+}
+
+impl GitRunner for QuarantineGit {
+    fn command(&self) -> Command {
+        let mut c = mirror::git(&self.repo);
+        if let Some(q) = &self.quarantine {
+            c.env("GIT_OBJECT_DIRECTORY", q)
+                .env("GIT_QUARANTINE_PATH", q)
+                .env(
+                    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+                    self.repo.join("objects"),
+                );
+        }
+        c
+    }
+}
+
+/// The quarantine must be a directory inside the mirror's object store.
+pub fn check_quarantine(repo: &Path, object_dir: Option<&Path>) -> Result<Option<PathBuf>, String> {
+    let Some(dir) = object_dir else {
+        return Ok(None);
+    };
+    let objects = repo
+        .join("objects")
+        .canonicalize()
+        .map_err(|e| format!("mirror objects: {e}"))?;
+    let q = dir
+        .canonicalize()
+        .map_err(|_| "the push's object directory does not exist".to_string())?;
+    if q.parent() == Some(objects.as_path())
+        && q.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("tmp_objdir-incoming-"))
+    {
+        Ok(Some(q))
+    } else {
+        Err("the push's object directory is not a quarantine of this mirror".into())
+    }
+}
+
+/// Check a push against the remote's policy, scan it, and forward it.
+pub fn check_and_forward(mirror: &Mirror, scanner: &Scanner, request: &HookRequest) -> HookReply {
+    match check_and_forward_inner(mirror, scanner, request) {
+        Ok(message) => HookReply { ok: true, message },
+        Err(message) => HookReply { ok: false, message },
+    }
+}
+
+fn check_and_forward_inner(
+    mirror: &Mirror,
+    scanner: &Scanner,
+    request: &HookRequest,
+) -> Result<String, String> {
+    let refused = |why: String| format!("git-gate: push refused: {why}");
+    let updates = scan::parse_updates(&request.updates).map_err(refused)?;
+    if updates.is_empty() {
+        return Ok(String::new());
+    }
+    let quarantine =
+        check_quarantine(&mirror.path, request.object_dir.as_deref()).map_err(refused)?;
+    let git = QuarantineGit {
+        repo: mirror.path.clone(),
+        quarantine,
+    };
+
+    let forced = forced_updates(&git, &updates).map_err(refused)?;
+    if !mirror.remote.allow_force_push {
+        if let Some(u) = updates.iter().find(|u| u.is_delete()) {
+            return Err(refused(format!(
+                "deleting {} is not allowed for remote `{}` (allow_force_push is off)",
+                u.name, mirror.remote.name
+            )));
+        }
+        if let Some(u) = forced.first() {
+            return Err(refused(format!(
+                "{} is not a fast-forward; force pushes are not allowed for remote `{}` (allow_force_push is off)",
+                u.name, mirror.remote.name
+            )));
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let (findings, stats) = scan::scan_updates(&git, scanner, &updates).map_err(refused)?;
+    tracing::info!(
+        remote = %mirror.remote.name,
+        commits = stats.commits,
+        bytes = stats.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        findings = findings.len(),
+        "git-gate scanned push"
+    );
+    if !findings.is_empty() {
+        let mut msg = format!(
+            "git-gate: push refused: {} secret(s) found in the pushed commits; nothing was sent upstream.\n",
+            findings.len()
+        );
+        for f in findings.iter().take(MAX_LISTED) {
+            msg.push_str(&format!("git-gate:   {f}\n"));
+        }
+        if findings.len() > MAX_LISTED {
+            msg.push_str(&format!(
+                "git-gate:   … and {} more\n",
+                findings.len() - MAX_LISTED
+            ));
+        }
+        msg.push_str("git-gate: remove the secret from every commit (e.g. `git rebase -i`, then amend) and push again.\n");
+        return Err(msg);
+    }
+
+    forward(&git, mirror, &updates, &forced)
+}
+
+/// The updates that are not fast-forwards (deletions excluded).
+fn forced_updates<'a>(
+    git: &QuarantineGit,
+    updates: &'a [RefUpdate],
+) -> Result<Vec<&'a RefUpdate>, String> {
+    let mut out = Vec::new();
+    for u in updates.iter().filter(|u| !u.is_create() && !u.is_delete()) {
+        let status = git
+            .command()
+            .args(["merge-base", "--is-ancestor", &u.old, &u.new])
+            .status()
+            .map_err(|e| format!("cannot run git merge-base: {e}"))?;
+        match status.code() {
+            Some(0) => {}
+            Some(1) => out.push(u),
+            _ => return Err(format!("cannot tell whether {} is a fast-forward", u.name)),
+        }
+    }
+    Ok(out)
+}
+
+/// `git push <upstream> <sha>:<ref>…` over the pinned SSH transport; the
+/// upstream's answer is passed back verbatim.
+fn forward(
+    git: &QuarantineGit,
+    mirror: &Mirror,
+    updates: &[RefUpdate],
+    forced: &[&RefUpdate],
+) -> Result<String, String> {
+    let ssh = mirror
+        .ssh
+        .command()
+        .map_err(|e| format!("git-gate: push refused: {e}"))?;
+    let refspecs: Vec<String> = updates
+        .iter()
+        .map(|u| {
+            if u.is_delete() {
+                format!(":{}", u.name)
+            } else if forced.iter().any(|f| f.name == u.name) {
+                format!("+{}:{}", u.new, u.name)
+            } else {
+                format!("{}:{}", u.new, u.name)
+            }
+        })
+        .collect();
+    let mut cmd = git.command();
+    cmd.env("GIT_SSH_COMMAND", ssh)
+        .args([
+            "push",
+            "--no-verify",
+            "--porcelain",
+            "--atomic",
+            "--",
+            &mirror.remote.upstream,
+        ])
+        .args(&refspecs);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("git-gate: cannot run git push: {e}"))?;
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    if out.status.success() {
+        Ok(format!(
+            "git-gate: scanned clean, forwarded to upstream `{}`:\n{text}",
+            mirror.remote.name
+        ))
+    } else {
+        Err(format!(
+            "git-gate: upstream `{}` rejected the push (nothing was updated here):\n{text}",
+            mirror.remote.name
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_without_socket_rejects_the_push() {
+        let mut err = Vec::new();
+        let code = run_hook(&|_| None, &mut &b""[..], &mut err);
+        assert_eq!(code, 1);
+        assert!(String::from_utf8_lossy(&err).contains(SOCKET_ENV));
+    }
+
+    #[test]
+    fn hook_with_dead_socket_rejects_the_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock").to_string_lossy().into_owned();
+        let mut err = Vec::new();
+        let code = run_hook(
+            &|k| (k == SOCKET_ENV).then(|| sock.clone()),
+            &mut &b""[..],
+            &mut err,
+        );
+        assert_eq!(code, 1);
+        assert!(String::from_utf8_lossy(&err).contains("cannot reach the gate"));
+    }
+
+    #[test]
+    fn quarantine_outside_the_mirror_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("m.git");
+        std::fs::create_dir_all(repo.join("objects/tmp_objdir-incoming-x")).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        assert!(check_quarantine(&repo, Some(&dir.path().join("elsewhere"))).is_err());
+        assert!(check_quarantine(&repo, Some(&repo.join("objects"))).is_err());
+        let ok =
+            check_quarantine(&repo, Some(&repo.join("objects/tmp_objdir-incoming-x"))).unwrap();
+        assert!(ok.is_some());
+    }
+}
