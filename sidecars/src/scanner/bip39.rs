@@ -25,10 +25,72 @@ const LENGTHS: [usize; 5] = [24, 21, 18, 15, 12];
 
 static WORDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| WORDLIST_TXT.lines().collect());
 
-/// Index of a lower-case word in the list.
-fn index_of(word: &[u8]) -> Option<u16> {
-    let i = WORDS.binary_search_by(|w| w.as_bytes().cmp(word)).ok()?;
-    u16::try_from(i).ok()
+/// Open-addressing table from a packed word (see [`pack`]) to its index:
+/// one multiply and usually one probe per token, since every token of the
+/// input is looked up.
+struct Table {
+    keys: Vec<u64>,
+    values: Vec<u16>,
+}
+
+const TABLE_BITS: u32 = 12;
+
+static TABLE: LazyLock<Table> = LazyLock::new(|| {
+    let size = 1usize << TABLE_BITS;
+    let mut t = Table {
+        keys: vec![0; size],
+        values: vec![0; size],
+    };
+    for (i, w) in WORDS.iter().enumerate() {
+        let (Some(key), Ok(value)) = (pack(w.as_bytes()), u16::try_from(i)) else {
+            continue;
+        };
+        let mut s = slot(key);
+        while t.keys[s] != 0 {
+            s = (s + 1) & (size - 1);
+        }
+        t.keys[s] = key;
+        t.values[s] = value;
+    }
+    t
+});
+
+/// A token of 1..=8 ASCII letters as a non-zero integer, lower-cased.
+fn pack(token: &[u8]) -> Option<u64> {
+    if token.is_empty() || token.len() > MAX_WORD {
+        return None;
+    }
+    Some(
+        token
+            .iter()
+            .fold(0u64, |k, &b| (k << 8) | u64::from(b | 0x20)),
+    )
+}
+
+fn slot(key: u64) -> usize {
+    // Fibonacci hashing: the top TABLE_BITS bits of key × 2^64/φ.
+    let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BITS);
+    usize::try_from(h).unwrap_or(0)
+}
+
+/// Index of a word (any ASCII case) in the list.
+#[cfg(test)]
+fn index_of(token: &[u8]) -> Option<u16> {
+    lookup_key(pack(token)?)
+}
+
+/// Index of the word packed as `key`.
+fn lookup_key(key: u64) -> Option<u16> {
+    let table = &*TABLE;
+    let mask = table.keys.len() - 1;
+    let mut s = slot(key);
+    loop {
+        match table.keys[s] {
+            0 => return None,
+            k if k == key => return Some(table.values[s]),
+            _ => s = (s + 1) & mask,
+        }
+    }
 }
 
 /// Whether the 11-bit indices form a phrase with a valid checksum.
@@ -67,50 +129,54 @@ struct Word {
 pub(crate) fn find(data: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut run: Vec<Word> = Vec::new();
-    let mut i = 0;
     let mut last_end = 0;
-    while i < data.len() {
-        if !data[i].is_ascii_alphabetic() {
+    let mut i = 0;
+    let n = data.len();
+    while i < n {
+        // Skip to the next letter.
+        while i < n && !data[i].is_ascii_alphabetic() {
             i += 1;
-            continue;
         }
+        if i == n {
+            break;
+        }
+        // Read the letter run, packing its first MAX_WORD letters.
         let start = i;
-        while i < data.len() && data[i].is_ascii_alphabetic() {
+        let mut key = 0u64;
+        while i < n && data[i].is_ascii_alphabetic() {
+            if i - start < MAX_WORD {
+                key = (key << 8) | u64::from(data[i] | 0x20);
+            }
             i += 1;
         }
-        let token = &data[start..i];
-        let word = lookup(token).map(|index| Word {
-            index,
-            start,
-            end: i,
-        });
+        let len = i - start;
+        let word = if (MIN_WORD..=MAX_WORD).contains(&len) {
+            lookup_key(key)
+        } else {
+            None
+        };
         match word {
-            Some(w) if run.is_empty() || start - last_end <= MAX_GAP => run.push(w),
-            Some(w) => {
+            Some(index) => {
+                if !run.is_empty() && start - last_end > MAX_GAP {
+                    flush(&run, &mut out);
+                    run.clear();
+                }
+                run.push(Word {
+                    index,
+                    start,
+                    end: i,
+                });
+            }
+            None if !run.is_empty() => {
                 flush(&run, &mut out);
                 run.clear();
-                run.push(w);
             }
-            None => {
-                flush(&run, &mut out);
-                run.clear();
-            }
+            None => {}
         }
         last_end = i;
     }
     flush(&run, &mut out);
     out
-}
-
-fn lookup(token: &[u8]) -> Option<u16> {
-    if !(MIN_WORD..=MAX_WORD).contains(&token.len()) {
-        return None;
-    }
-    let mut lower = [0u8; MAX_WORD];
-    for (d, s) in lower.iter_mut().zip(token) {
-        *d = s.to_ascii_lowercase();
-    }
-    index_of(&lower[..token.len()])
 }
 
 /// Report the valid phrases in a run of consecutive words.
@@ -146,6 +212,21 @@ pub(crate) fn wordlist_ok() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_word_is_found_at_its_index_in_any_case() {
+        for (i, w) in WORDS.iter().enumerate() {
+            assert_eq!(index_of(w.as_bytes()), u16::try_from(i).ok(), "{w}");
+            assert_eq!(
+                index_of(w.to_uppercase().as_bytes()),
+                u16::try_from(i).ok(),
+                "{w}"
+            );
+        }
+        assert_eq!(index_of(b"the"), None);
+        assert_eq!(index_of(b"abandons"), None);
+        assert_eq!(index_of(b"zooo"), None);
+    }
 
     fn phrase(words: &str) -> Vec<(usize, usize)> {
         find(words.as_bytes())

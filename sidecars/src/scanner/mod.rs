@@ -21,7 +21,7 @@ mod rules;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use allowlist::{Allowlist, Candidate};
 use redact::{redact, LineCounter};
@@ -279,6 +279,9 @@ impl Scanner {
             let ac = AhoCorasickBuilder::new()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
+                // A full DFA: one table lookup per input byte, since the
+                // keyword pass touches every byte of every scan.
+                .kind(Some(AhoCorasickKind::DFA))
                 .build(&patterns)
                 .map_err(|e| ScannerError::BadRule {
                     id: "keywords".into(),
