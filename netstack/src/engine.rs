@@ -20,7 +20,7 @@ use crate::counters::LiveCounters;
 use crate::device::QueueDevice;
 use crate::flow::{ConnInfo, Flow};
 use crate::forward::Forward;
-use crate::gate::{Gate, Verdict};
+use crate::gate::{DnsService, Gate, Verdict};
 use crate::transport::{DropKind, FrameTransport, Recv, TransportError};
 
 /// Frames read from the transport per engine turn.
@@ -76,16 +76,16 @@ impl<T: FrameTransport> Engine<T> {
         tuning: Tuning,
         transport: T,
         forwards: BTreeMap<u16, Forward>,
-        gate: Gate,
+        dns: Arc<DnsService>,
         counters: Arc<LiveCounters>,
         stop: Arc<Stop>,
-        seed: u64,
     ) -> Self {
+        let gate = Gate::new(config.clone(), dns, Arc::clone(&counters));
         let mut device = QueueDevice::new(config.mtu, tuning.tx_queue_frames);
         let mut ic = Config::new(HardwareAddress::Ethernet(EthernetAddress(
             config.gateway_mac,
         )));
-        ic.random_seed = seed;
+        ic.random_seed = rand::random::<u64>();
         let epoch = std::time::Instant::now();
         let mut iface = Interface::new(ic, &mut device, SmolInstant::from_micros(0));
         iface.update_ip_addrs(|addrs| {

@@ -36,7 +36,7 @@ pub use transport::{
 
 use counters::LiveCounters;
 use engine::{Engine, Stop};
-use gate::{DnsService, Gate};
+use gate::DnsService;
 
 /// Starting or running the stack failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,18 +130,15 @@ pub fn spawn_tuned(
     forwards
         .entry(53)
         .or_insert_with(|| forward::dns_tcp(Arc::clone(&dns)));
-    let gate = Gate::new(config.clone(), dns, Arc::clone(&counters));
     let stop = Arc::new(Stop::default());
-    let seed = rand::random::<u64>();
     let mut engine = Engine::new(
         config,
         tuning,
         transport,
         forwards,
-        gate,
+        dns,
         Arc::clone(&counters),
         Arc::clone(&stop),
-        seed,
     );
     let task = rt.spawn(async move { std::future::poll_fn(|cx| engine.poll_turn(cx)).await });
     Ok(NetstackHandle {

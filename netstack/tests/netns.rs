@@ -4,6 +4,8 @@
 //! netcat-openbsd and a `ping` (iputils-ping or busybox). Skips otherwise
 //! (fails in CI, where `BOTTLE_TEST_STRICT=1`).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
