@@ -4,3 +4,14 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bundle;
+pub mod cli;
+pub mod commands;
+pub mod identity;
+pub mod images;
+pub mod launch;
+pub mod manifest;
+pub mod plan;
+pub mod policy;
+pub mod provision;
+pub mod state;

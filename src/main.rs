@@ -1,4 +1,9 @@
-//! `bottle` command-line entry point.
+//! `bottle` command-line entry point: parse, dispatch, map errors to exit codes.
 #![deny(unsafe_code)]
 
-fn main() {}
+use bottle::commands;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    commands::main()
+}

@@ -14,7 +14,7 @@ mod paths;
 pub mod probe;
 pub mod proc_scan;
 pub mod qemu;
-mod select;
+pub mod select;
 mod spec;
 mod sys;
 

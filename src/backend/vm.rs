@@ -1,0 +1,234 @@
+//! The VM backend: a microVM (libkrun or QEMU microvm) whose only network is
+//! the bundle's netstack. The bundle process starts and supervises the VM, so
+//! launching here means writing the bundle's config and starting it.
+
+use super::{Availability, Backend, BackendError, Found};
+use crate::bundle::{BundleConfig, Mode, VmLaunch};
+use crate::commands::doctor::Check;
+use crate::manifest::{BackendName, EngineName};
+use crate::plan::Plan;
+use crate::state::{Metadata, StateDir};
+use bottle_vmm::probe::{self, ProbeResult};
+use bottle_vmm::{Accel, EngineChoice, EngineKind};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct VmBackend;
+
+/// Kernel and initramfs every VM boots.
+fn boot_assets() -> Result<(PathBuf, PathBuf), (String, String)> {
+    let kernel = bottle_vmm::kernel::locate().map_err(|e| (format!("no guest kernel: {e}"), "run scripts/build-kernel.sh (builds it from Debian's linux-source-6.1, a few minutes, cached)".to_string()))?;
+    let initramfs = bottle_vmm::image::find_tiny().ok_or_else(|| {
+        (
+            "the tiny image (initramfs with the guest agent) is not built".to_string(),
+            "run `bottle image build tiny` (needs scripts/build-guest.sh first)".to_string(),
+        )
+    })?;
+    Ok((kernel, initramfs))
+}
+
+/// A probe result only if one is cached (planning must not boot anything).
+fn cached_probe(engine: EngineKind, accel: Accel, kernel: &std::path::Path) -> Option<ProbeResult> {
+    let version = match probe::engine_version(engine) {
+        Ok(v) => v,
+        Err(why) => {
+            return Some(ProbeResult {
+                ok: false,
+                reason: why,
+                boot_ms: None,
+            })
+        }
+    };
+    let key = probe::cache_key(engine, accel, &version, kernel);
+    probe::cached(&bottle_vmm::cache_root().join("probes.json"), &key)
+}
+
+fn engine_choice(plan: &Plan) -> EngineChoice {
+    match plan.engine.as_deref() {
+        Some("libkrun") => EngineChoice::Libkrun,
+        Some("qemu") => EngineChoice::Qemu,
+        _ => match plan.source.bottle.as_ref().map(|b| b.vm.engine) {
+            Some(EngineName::Libkrun) => EngineChoice::Libkrun,
+            Some(EngineName::Qemu) => EngineChoice::Qemu,
+            _ => EngineChoice::Auto,
+        },
+    }
+}
+
+impl Backend for VmBackend {
+    fn name(&self) -> BackendName {
+        BackendName::Vm
+    }
+
+    fn availability(&self) -> Availability {
+        let (kernel, _) = match boot_assets() {
+            Ok(a) => a,
+            Err((why, fix)) => return Availability::Unavailable { why, fix },
+        };
+        let qemu = probe::engine_version(EngineKind::Qemu);
+        let krun = probe::engine_version(EngineKind::Libkrun);
+        match (&qemu, &krun) {
+            (Err(q), Err(k)) => Availability::Unavailable {
+                why: format!("no VM engine: qemu: {q}; libkrun: {k}"),
+                fix: "apt-get install qemu-system-x86 (or install libkrun)".to_string(),
+            },
+            _ => {
+                let tcg_ok = cached_probe(EngineKind::Qemu, Accel::Tcg, &kernel);
+                if let Some(r) = tcg_ok.filter(|r| !r.ok) {
+                    if krun.is_err() {
+                        return Availability::Unavailable {
+                            why: format!("qemu cannot boot the guest here: {}", r.reason),
+                            fix: "run `bottle doctor` for details".to_string(),
+                        };
+                    }
+                }
+                Availability::Ready {
+                    detail: format!("guest kernel {}", kernel.display()),
+                }
+            }
+        }
+    }
+
+    fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
+        if plan.image != "tiny" {
+            let store = bottle_vmm::image::ImageStore::open();
+            if store.path_of(&plan.image).is_none() {
+                return Err(BackendError::Unavailable(format!(
+                    "image `{}` is not built; run `bottle image build {}`",
+                    plan.image, plan.image
+                )));
+            }
+        }
+        let choice = engine_choice(plan);
+        let kernel = bottle_vmm::kernel::locate().ok();
+        let decided = kernel.as_ref().and_then(|k| {
+            let krun = cached_probe(EngineKind::Libkrun, Accel::Kvm, k)?;
+            let kvm = if std::env::var("BOTTLE_ACCEL").is_ok_and(|v| v == "tcg") {
+                ProbeResult {
+                    ok: false,
+                    reason: "BOTTLE_ACCEL=tcg".into(),
+                    boot_ms: None,
+                }
+            } else {
+                cached_probe(EngineKind::Qemu, Accel::Kvm, k)?
+            };
+            let qemu_present = probe::engine_version(EngineKind::Qemu).map(|_| ());
+            bottle_vmm::select::decide(choice, &|| krun.clone(), &|| kvm.clone(), qemu_present).ok()
+        });
+        match decided {
+            Some(sel) => {
+                plan.engine = Some(format!("{}-{}", sel.engine.as_str(), sel.accel.as_str()));
+                plan.engine_reason = Some(sel.reason);
+                if let Some(w) = sel.warning {
+                    plan.warnings.push(w);
+                }
+            }
+            None => {
+                plan.engine = Some(format!("{choice:?}").to_lowercase());
+                plan.engine_reason = Some(
+                    "decided at launch by boot probes (libkrun, else qemu with KVM, else qemu TCG)"
+                        .to_string(),
+                );
+            }
+        }
+        if plan.supervise {
+            plan.warnings.push(
+                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
+        let (kernel, initramfs) = boot_assets()
+            .map_err(|(why, fix)| BackendError::Unavailable(format!("{why}; {fix}")))?;
+        let root_disk = if plan.image == "tiny" {
+            None
+        } else {
+            let dir = bottle_vmm::image::ImageStore::open().path_of(&plan.image);
+            Some(
+                dir.as_deref()
+                    .and_then(crate::images::root_disk)
+                    .ok_or_else(|| {
+                        BackendError::Unavailable(format!(
+                            "image `{}` is not built; run `bottle image build {}`",
+                            plan.image, plan.image
+                        ))
+                    })?,
+            )
+        };
+        let gateway = plan
+            .network
+            .gateway
+            .parse()
+            .map_err(|e| BackendError::failed("bad gateway address", e))?;
+        let guest = plan
+            .network
+            .guest
+            .parse()
+            .map_err(|e| BackendError::failed("bad guest address", e))?;
+        let prefix_len = plan
+            .network
+            .subnet
+            .rsplit('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(24);
+        let mut mac = [0x02, 0, 0, 0, 0, 0];
+        let seed: [u8; 4] = rand::random();
+        mac[2..].copy_from_slice(&seed);
+        let config = BundleConfig {
+            identity: plan.identity.clone(),
+            mode: Mode::Vm(VmLaunch {
+                engine: engine_choice(plan),
+                cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
+                memory_mib: plan.memory_mib,
+                kernel,
+                initramfs,
+                root_disk,
+                gateway,
+                guest,
+                prefix_len,
+                mtu: plan.network.mtu,
+                guest_mac: mac,
+            }),
+            policy: crate::policy::policy_for(plan)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            git: crate::provision::git_remotes(plan),
+            extra_root_pems: crate::policy::upstream_ca_pems(plan)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+        };
+        crate::launch::start_bundle(state, &config, Duration::from_secs(120))?;
+        Ok(())
+    }
+
+    fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
+        Ok(crate::launch::bundle_processes()
+            .into_iter()
+            .map(|(pid, identity)| Found {
+                identity,
+                handle: pid.to_string(),
+                running: true,
+            })
+            .collect())
+    }
+
+    fn teardown(&self, _meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
+        // The VM and the bundle are processes: `launch::teardown` stops them.
+        Ok(())
+    }
+}
+
+/// The VM backend's lines in `bottle doctor`.
+pub fn doctor_checks() -> Vec<Check> {
+    bottle_vmm::doctor()
+        .into_iter()
+        .map(|c| Check {
+            name: c.name,
+            ok: c.ok,
+            detail: c.detail,
+            fix: c.fix,
+        })
+        .collect()
+}

@@ -1,0 +1,384 @@
+//! The per-bottle bundle process (`bottle __bundle STATE_DIR`): the guards
+//! (proxy, git-gate), the guest-agent mux and, for the VM backend, the
+//! netstack and the VM process it supervises — all in one process.
+//!
+//! The launcher writes `bundle.json` (no secrets: token sources only), starts
+//! this process with stdout on a pipe and waits for one `READY …` line. The
+//! bundle lives until SIGTERM, until the VM exits, or until the netstack's
+//! transport closes; then it stops the VM and exits. The VM process dies with
+//! the bundle (parent-death signal), so `kill -9` of either leaves neither.
+
+use anyhow::Context;
+use bottle_sidecars::policy::{GitRemote, Policy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+/// File names inside a bottle's state directory.
+pub mod files {
+    pub const CONFIG: &str = "bundle.json";
+    pub const LOG: &str = "bundle.log";
+    pub const CA: &str = "ca.pem";
+    pub const AUDIT: &str = "audit.jsonl";
+    pub const CONTROL: &str = "control.sock";
+    pub const GUEST: &str = "guest.sock";
+    pub const NET: &str = "net.sock";
+    pub const CONSOLE: &str = "console.log";
+    pub const MIRRORS: &str = "git";
+    /// Docker: the directory bind-mounted into the container.
+    pub const SOCK_DIR: &str = "sock";
+}
+
+/// How the guest reaches the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Mode {
+    /// A microVM on the netstack; the bundle starts and supervises it.
+    Vm(VmLaunch),
+    /// A container with no network; guards on unix sockets in `sock/`.
+    Docker,
+}
+
+/// What the bundle needs to boot the VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmLaunch {
+    pub engine: bottle_vmm::EngineChoice,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub root_disk: Option<PathBuf>,
+    pub gateway: std::net::Ipv4Addr,
+    pub guest: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub mtu: u32,
+    pub guest_mac: [u8; 6],
+}
+
+/// `bundle.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleConfig {
+    pub identity: String,
+    pub mode: Mode,
+    pub policy: Policy,
+    pub git: Vec<GitRemote>,
+    /// PEM roots trusted for upstream TLS besides the system's.
+    #[serde(default)]
+    pub extra_root_pems: Vec<String>,
+}
+
+/// The line the bundle prints when it is serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub ca_fingerprint: String,
+    pub vm_pid: Option<u32>,
+    pub engine: Option<String>,
+}
+
+impl Ready {
+    pub fn to_line(&self) -> String {
+        format!(
+            "READY fp={} vm_pid={} engine={}\n",
+            self.ca_fingerprint,
+            self.vm_pid
+                .map_or_else(|| "-".to_string(), |p| p.to_string()),
+            self.engine.as_deref().unwrap_or("-")
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("READY ")?;
+        let fields: BTreeMap<&str, &str> = rest
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Some(Self {
+            ca_fingerprint: fields.get("fp")?.to_string(),
+            vm_pid: fields.get("vm_pid").and_then(|p| p.parse().ok()),
+            engine: fields
+                .get("engine")
+                .filter(|e| **e != "-")
+                .map(|e| e.to_string()),
+        })
+    }
+}
+
+/// Entry point of `bottle __bundle STATE_DIR`.
+pub fn run(state_dir: &Path) -> anyhow::Result<()> {
+    let config_path = state_dir.join(files::CONFIG);
+    let bytes = std::fs::read(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config: BundleConfig = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a bundle config", config_path.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("bundle")
+        .build()
+        .context("cannot start the bundle's runtime")?;
+    runtime.block_on(serve(state_dir.to_path_buf(), config))
+}
+
+async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
+    use bottle_sidecars::proxy::{BottleCa, Proxy, ProxyConfig};
+    let ca = BottleCa::generate(&config.identity).context("cannot make the bottle CA")?;
+    let fingerprint = ca.fingerprint_sha256();
+    crate::state::write_atomic(&dir.join(files::CA), ca.cert_pem().as_bytes())?;
+    let scanner = bottle_sidecars::scanner::Scanner::builtin()
+        .context("cannot load the secret scanner rules")?;
+    let mut proxy_config = ProxyConfig::new(config.identity.clone(), config.policy.clone());
+    proxy_config.audit_path = Some(dir.join(files::AUDIT));
+    proxy_config.extra_root_pems = config.extra_root_pems.clone();
+    let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
+    let gate = if config.git.is_empty() {
+        None
+    } else {
+        let exe =
+            std::env::current_exe().context("cannot find the bottle binary for git-gate's hook")?;
+        let gate_config = bottle_sidecars::gitgate::GitGateConfig {
+            mirrors_dir: dir.join(files::MIRRORS),
+            remotes: config.git.clone(),
+            hook_command: vec![exe.display().to_string(), "__git-hook".to_string()],
+        };
+        Some(
+            bottle_sidecars::gitgate::GitGate::new(gate_config, scanner)
+                .context("cannot start git-gate")?,
+        )
+    };
+
+    let (guest_sock, control_sock) = match config.mode {
+        Mode::Vm(_) => (dir.join(files::GUEST), dir.join(files::CONTROL)),
+        Mode::Docker => (
+            dir.join(files::SOCK_DIR).join("agent.sock"),
+            dir.join(files::CONTROL),
+        ),
+    };
+    if matches!(config.mode, Mode::Docker) {
+        std::fs::create_dir_all(dir.join(files::SOCK_DIR))?;
+    }
+    let guest_listener = bind(&guest_sock)?;
+    let control_listener = bind(&control_sock)?;
+    tokio::spawn(async move {
+        if let Err(e) = bottle_guest::host::run_mux(guest_listener, control_listener).await {
+            tracing::error!("guest mux stopped: {e}");
+        }
+    });
+
+    let mut ready = Ready {
+        ca_fingerprint: fingerprint,
+        vm_pid: None,
+        engine: None,
+    };
+    match config.mode.clone() {
+        Mode::Docker => {
+            let sock_dir = dir.join(files::SOCK_DIR);
+            let proxy_listener = bind(&sock_dir.join("proxy.sock"))?;
+            let proxy2 = proxy.clone();
+            tokio::spawn(accept_loop(proxy_listener, move |s| {
+                let p = proxy2.clone();
+                tokio::spawn(async move { p.serve(s, "container".to_string()).await });
+            }));
+            if let Some(gate) = gate.clone() {
+                let listener = bind(&sock_dir.join("git.sock"))?;
+                tokio::spawn(accept_loop(listener, move |s| {
+                    let g = gate.clone();
+                    tokio::spawn(async move { g.serve(s, "container".to_string()).await });
+                }));
+            }
+            announce(&ready)?;
+            wait_for_stop_signal().await;
+            Ok(())
+        }
+        Mode::Vm(vm) => serve_vm(dir, config.identity, vm, proxy, gate, &mut ready).await,
+    }
+}
+
+async fn serve_vm(
+    dir: PathBuf,
+    identity: String,
+    vm: VmLaunch,
+    proxy: Arc<bottle_sidecars::proxy::Proxy>,
+    gate: Option<Arc<bottle_sidecars::gitgate::GitGate>>,
+    ready: &mut Ready,
+) -> anyhow::Result<()> {
+    use bottle_netstack::{Forward, NetConfig};
+    let net_listener = bind(&dir.join(files::NET))?;
+    let (engine, selection) =
+        tokio::task::spawn_blocking(move || bottle_vmm::select_engine(vm.engine))
+            .await
+            .context("engine selection panicked")??;
+    if let Some(warning) = &selection.warning {
+        eprintln!("bottle: warning: {warning}");
+    }
+    let spec = bottle_vmm::VmSpec {
+        cpus: vm.cpus,
+        memory_mib: vm.memory_mib,
+        kernel: vm.kernel.clone(),
+        initramfs: vm.initramfs.clone(),
+        root_disk: vm.root_disk.clone(),
+        cmdline_extra: vec![
+            format!("bottle.net={}/{},{}", vm.guest, vm.prefix_len, vm.gateway),
+            format!("bottle.mtu={}", vm.mtu),
+            format!("bottle.hostname={identity}"),
+            format!(
+                "bottle.root={}",
+                if vm.root_disk.is_some() {
+                    "/dev/vda"
+                } else {
+                    "initramfs"
+                }
+            ),
+        ],
+        net_socket: dir.join(files::NET),
+        agent_socket: dir.join(files::GUEST),
+        console_log: dir.join(files::CONSOLE),
+        guest_mac: bottle_vmm::MacAddr(vm.guest_mac),
+    };
+    let mut process = engine.spawn(&spec).context("cannot start the VM")?;
+    ready.vm_pid = Some(process.pid());
+    ready.engine = Some(format!(
+        "{}-{}",
+        selection.engine.as_str(),
+        selection.accel.as_str()
+    ));
+    let transport = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        bottle_netstack::accept_unix_stream(&net_listener),
+    )
+    .await
+    .context("the VM did not attach to the network within 60 s")?
+    .context("the VM's network attachment failed")?;
+    let mut net = NetConfig::default();
+    net.gateway = vm.gateway;
+    net.guest = vm.guest;
+    net.prefix_len = vm.prefix_len;
+    net.mtu = usize::try_from(vm.mtu).unwrap_or(1500);
+    net.guest_mac = Some(vm.guest_mac);
+    let mut forwards = BTreeMap::new();
+    let p = proxy.clone();
+    forwards.insert(
+        crate::plan::PROXY_PORT,
+        Forward::Handler(Arc::new(move |stream, info| {
+            let p = p.clone();
+            tokio::spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
+        })),
+    );
+    if let Some(gate) = gate {
+        forwards.insert(
+            crate::plan::GIT_PORT,
+            Forward::Handler(Arc::new(move |stream, info| {
+                let g = gate.clone();
+                tokio::spawn(async move { g.serve(stream, info.guest_addr.to_string()).await });
+            })),
+        );
+    }
+    let netstack =
+        bottle_netstack::spawn(net, transport, forwards).context("cannot start the netstack")?;
+    announce(ready)?;
+
+    // Live until the VM exits, the stack's transport closes, or we are told to stop.
+    let vm_exit = tokio::task::spawn_blocking(move || {
+        let status = process.wait();
+        (process, status)
+    });
+    tokio::select! {
+        result = vm_exit => {
+            if let Ok((_, status)) = result {
+                eprintln!("bottle: the VM exited ({status:?}); stopping the bundle");
+            }
+        }
+        _ = wait_for_stop_signal() => {
+            eprintln!("bottle: stop requested; stopping the VM");
+            if let Some(pid) = ready.vm_pid {
+                crate::launch::stop_process(pid, "", std::time::Duration::from_secs(2));
+            }
+        }
+    }
+    netstack.request_shutdown();
+    Ok(())
+}
+
+/// Bind a unix listener, replacing a stale socket file, mode 0600.
+fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    mut handle: impl FnMut(tokio::net::UnixStream) + Send + 'static,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => handle(stream),
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Print the READY line on stdout (the launcher's pipe) and detach from it.
+fn announce(ready: &Ready) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(ready.to_line().as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// `bottle __git-hook …`: git-gate's pre-receive hook.
+pub fn git_hook(args: &[String]) -> anyhow::Result<()> {
+    let _ = args;
+    let code = bottle_sidecars::gitgate::run_hook(
+        &|k| std::env::var(k).ok(),
+        &mut std::io::stdin().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_round_trips() {
+        let r = Ready {
+            ca_fingerprint: "ab:cd".into(),
+            vm_pid: Some(42),
+            engine: Some("qemu-tcg".into()),
+        };
+        assert_eq!(Ready::parse(&r.to_line()), Some(r));
+        let r = Ready {
+            ca_fingerprint: "ab".into(),
+            vm_pid: None,
+            engine: None,
+        };
+        assert_eq!(Ready::parse(&r.to_line()), Some(r));
+        assert_eq!(Ready::parse("error: x"), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! Command-line interface (clap derive).
+
+use crate::manifest::{BackendName, EngineName};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+Examples:
+  bottle run --vm demo                 boot the demo bottle from the built-in manifest
+  bottle run claude -- bash            run bash instead of the agent's command
+  bottle plan claude --json            print the launch plan, touch nothing
+  bottle ls                            list bottles on this host
+  bottle exec claude-x1y2z -- git log  run a command in a running bottle
+  bottle stop claude-x1y2z             stop it and remove everything it made
+  bottle doctor                        check what this host can run";
+
+#[derive(Debug, Parser)]
+#[command(name = "bottle", version, about = "Run an AI coding agent in a microVM whose only way out is a set of guards", after_help = EXAMPLES)]
+pub struct Cli {
+    /// Manifest to use (default: ./bottle.toml, then $XDG_CONFIG_HOME/bottle/bottle.toml, then the built-in demo).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--vm` / `--docker`.
+#[derive(Debug, Args, Clone, Copy, Default)]
+#[group(multiple = false)]
+pub struct BackendFlags {
+    /// Run in a microVM (libkrun, or QEMU microvm).
+    #[arg(long)]
+    pub vm: bool,
+    /// Run in a Docker container with no network (runc or gVisor).
+    #[arg(long)]
+    pub docker: bool,
+    /// VM engine (overrides the manifest's `[bottles.NAME.vm] engine`).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub engine: Option<EngineArg>,
+}
+
+impl BackendFlags {
+    pub fn backend(self) -> Option<BackendName> {
+        if self.vm {
+            Some(BackendName::Vm)
+        } else if self.docker {
+            Some(BackendName::Docker)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum EngineArg {
+    Auto,
+    Libkrun,
+    Qemu,
+}
+
+impl From<EngineArg> for EngineName {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Auto => EngineName::Auto,
+            EngineArg::Libkrun => EngineName::Libkrun,
+            EngineArg::Qemu => EngineName::Qemu,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan, confirm and launch a bottle, then run the agent in it.
+    #[command(
+        after_help = "Examples:\n  bottle run --vm demo\n  bottle run --yes claude\n  bottle run claude --dry-run\n  bottle run claude -- bash -l"
+    )]
+    Run {
+        /// Agent name from the manifest.
+        agent: String,
+        #[command(flatten)]
+        backend: BackendFlags,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Print the plan and stop; touches nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave the bottle running when the command ends (attach again with `bottle attach`).
+        #[arg(long)]
+        detach: bool,
+        /// Command to run instead of the agent's.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print the launch plan for an agent; touches nothing.
+    Plan {
+        agent: String,
+        #[command(flatten)]
+        backend: BackendFlags,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List bottles on this host (tab-separated: backend, identity, agent, status, started).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach a terminal to a running bottle's agent session.
+    Attach { id: String },
+    /// Run a command in a running bottle.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Stop a bottle and remove everything it made.
+    Stop { id: String },
+    /// Run the agent again in a bottle that is still up.
+    Resume { id: String },
+    /// Print a bottle's audit log (verifying its hash chain).
+    Logs { id: String },
+    /// Remove orphans: state without a live bottle, bottles without state.
+    Cleanup {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check what this host can run, and how to fix what it cannot.
+    Doctor {
+        /// Also list the secret scanner's rule ids.
+        #[arg(long)]
+        rules: bool,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Build, list and remove guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Internal: the per-bottle guard bundle process.
+    #[command(name = "__bundle", hide = true)]
+    Bundle { state_dir: PathBuf },
+    /// Internal: git-gate's pre-receive hook.
+    #[command(name = "__git-hook", hide = true)]
+    GitHook {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image (`tiny` or `debian`).
+    Build {
+        name: String,
+        /// Add Claude Code (from npm) to the Debian image.
+        #[arg(long)]
+        claude: bool,
+    },
+    /// List built images.
+    Ls,
+    /// Remove a built image.
+    Rm { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vm_and_docker_flags_conflict() {
+        assert!(Cli::try_parse_from(["bottle", "run", "--vm", "--docker", "demo"]).is_err());
+    }
+
+    #[test]
+    fn command_after_double_dash_replaces_the_agents() {
+        let cli = Cli::try_parse_from(["bottle", "run", "demo", "--", "ls", "-la"]).unwrap();
+        match cli.command {
+            Command::Run { command, .. } => assert_eq!(command, ["ls", "-la"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

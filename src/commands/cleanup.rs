@@ -1,0 +1,74 @@
+//! `bottle cleanup`: remove orphans — state whose bottle is gone (or whose
+//! metadata is broken), and bottles the backends still run without state.
+
+use super::print;
+use crate::backend::backend_for;
+use crate::manifest::BackendName;
+use crate::state::{self, Entry};
+
+pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
+    let root = state::state_root()?;
+    let mut removed = 0usize;
+    let mut known = std::collections::BTreeSet::new();
+    for entry in state::list(&root)? {
+        known.insert(entry.identity().to_string());
+        let (dir, why, meta) = match entry {
+            Entry::Broken { dir, reason } => (dir, reason, None),
+            Entry::Ok(dir, meta) => {
+                if crate::launch::is_alive(&meta) {
+                    continue;
+                }
+                (dir, "its processes are gone".to_string(), Some(meta))
+            }
+        };
+        print(&format!(
+            "{}: {why}{}\n",
+            dir.identity(),
+            if dry_run {
+                " (would remove)"
+            } else {
+                ": removing"
+            }
+        ))?;
+        if !dry_run {
+            if let Some(meta) = &meta {
+                crate::launch::teardown(meta, &dir)?;
+            }
+            dir.remove()?;
+            removed += 1;
+        }
+    }
+    for name in [BackendName::Vm, BackendName::Docker] {
+        let backend = backend_for(name);
+        if !backend.availability().is_ready() {
+            continue;
+        }
+        for found in backend.enumerate().unwrap_or_default() {
+            if known.contains(&found.identity) {
+                continue;
+            }
+            print(&format!(
+                "{}: {} {} has no state{}\n",
+                found.identity,
+                name.as_str(),
+                found.handle,
+                if dry_run {
+                    " (would remove)"
+                } else {
+                    ": removing"
+                }
+            ))?;
+            if !dry_run {
+                crate::launch::remove_orphan(name, &found)?;
+                removed += 1;
+            }
+        }
+    }
+    if !dry_run {
+        print(&format!(
+            "removed {removed} orphan{}\n",
+            if removed == 1 { "" } else { "s" }
+        ))?;
+    }
+    Ok(())
+}

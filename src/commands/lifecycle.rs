@@ -1,0 +1,56 @@
+//! `attach`, `exec`, `stop`, `resume`, `logs` and `image` on existing bottles.
+
+use super::{print, ExitStatusError};
+use crate::cli::ImageCommand;
+use crate::state::{self, StateDir};
+use anyhow::Context;
+
+fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
+    let root = state::state_root()?;
+    let dir = StateDir::open(&root, id)?;
+    let meta = dir
+        .read_metadata()
+        .with_context(|| format!("bottle `{id}` has broken state; `bottle cleanup` removes it"))?;
+    Ok((dir, meta))
+}
+
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(ExitStatusError(u8::try_from(code.clamp(1, 255)).unwrap_or(1)).into())
+    }
+}
+
+pub fn attach(id: &str) -> anyhow::Result<()> {
+    let (dir, meta) = open(id)?;
+    exit_with(crate::launch::run_in(&dir, &meta, meta.command.clone())?)
+}
+
+pub fn exec(id: &str, command: Vec<String>) -> anyhow::Result<()> {
+    let (dir, meta) = open(id)?;
+    exit_with(crate::launch::run_in(&dir, &meta, command)?)
+}
+
+pub fn resume(id: &str) -> anyhow::Result<()> {
+    attach(id)
+}
+
+pub fn stop(id: &str) -> anyhow::Result<()> {
+    let root = state::state_root()?;
+    let dir = StateDir::open(&root, id)?;
+    if let Ok(meta) = dir.read_metadata() {
+        crate::launch::teardown(&meta, &dir)?;
+    }
+    dir.remove()?;
+    print(&format!("stopped {id}\n"))
+}
+
+pub fn logs(id: &str) -> anyhow::Result<()> {
+    let (dir, _) = open(id)?;
+    crate::launch::print_audit(&dir)
+}
+
+pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {
+    crate::images::run(cmd)
+}

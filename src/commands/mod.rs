@@ -1,0 +1,127 @@
+//! One module per subcommand; `main` dispatches and maps errors to exit codes:
+//! 0 success, 1 failure, 2 usage or configuration error, and a command's own
+//! status for `run` and `exec`. A broken pipe on output counts as success.
+
+mod cleanup;
+pub mod doctor;
+mod lifecycle;
+mod ls;
+mod run;
+
+use crate::cli::{Cli, Command};
+use clap::{CommandFactory, Parser};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// A usage or configuration error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A command's own exit status, passed through.
+#[derive(Debug, thiserror::Error)]
+#[error("command exited with status {0}")]
+pub struct ExitStatusError(pub u8);
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let manifest = cli.manifest;
+    match cli.command {
+        Command::Run {
+            agent,
+            backend,
+            yes,
+            dry_run,
+            detach,
+            command,
+        } => run::run(run::RunArgs {
+            manifest,
+            agent,
+            backend,
+            yes,
+            dry_run,
+            detach,
+            command,
+        }),
+        Command::Plan {
+            agent,
+            backend,
+            json,
+        } => run::plan(manifest, &agent, backend, json),
+        Command::Ls { json } => ls::ls(json),
+        Command::Attach { id } => lifecycle::attach(&id),
+        Command::Exec { id, command } => lifecycle::exec(&id, command),
+        Command::Stop { id } => lifecycle::stop(&id),
+        Command::Resume { id } => lifecycle::resume(&id),
+        Command::Logs { id } => lifecycle::logs(&id),
+        Command::Cleanup { dry_run } => cleanup::cleanup(dry_run),
+        Command::Doctor { rules } => doctor::doctor(rules),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bottle", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Image(cmd) => lifecycle::image(cmd),
+        Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
+        Command::GitHook { args } => crate::bundle::git_hook(&args),
+    }
+}
+
+/// Print an error as one paragraph (the chain, without a debug dump) and pick
+/// the exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(ExitStatusError(code)) = err.downcast_ref::<ExitStatusError>() {
+        return ExitCode::from(*code);
+    }
+    if err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        return ExitCode::SUCCESS;
+    }
+    let mut stderr = std::io::stderr().lock();
+    let mut first = true;
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if first {
+            let _ = writeln!(stderr, "error: {text}");
+            first = false;
+        } else {
+            let _ = writeln!(stderr, "  caused by: {text}");
+        }
+    }
+    if is_usage(err) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.is::<crate::manifest::ManifestError>()
+            || e.is::<crate::plan::PlanError>()
+            || e.is::<crate::backend::selection::SelectionError>()
+    })
+}
+
+/// Write to stdout, treating a closed pipe as the end of output.
+pub(crate) fn print_text(text: &str) -> anyhow::Result<()> {
+    print(text)
+}
+
+/// Write to stdout.
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! Launching a bottle and tearing it down: state dir, bundle process, backend,
+//! provisioning, the agent's session. Shared by both backends.
+
+use crate::backend::{backend_for, BackendError, Found};
+use crate::manifest::BackendName;
+use crate::plan::Plan;
+use crate::state::{self, Metadata, StateDir, Status};
+use anyhow::Context;
+use std::path::Path;
+use std::time::Duration;
+
+/// Whether a pid is a live process whose command line mentions `needle`
+/// (so a recycled pid is never mistaken for ours).
+pub fn pid_matches(pid: u32, needle: &str) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => needle.is_empty() || String::from_utf8_lossy(&cmdline).contains(needle),
+        Err(_) => false,
+    }
+}
+
+/// Whether the bottle's processes (or container) are still there.
+pub fn is_alive(meta: &Metadata) -> bool {
+    match meta.backend.as_str() {
+        "vm" | "docker" => meta
+            .bundle_pid
+            .is_some_and(|pid| pid_matches(pid, &meta.identity)),
+        _ => false,
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
+    }
+}
+
+/// Stop a process we started: SIGTERM, wait up to `grace`, then SIGKILL.
+pub fn stop_process(pid: u32, needle: &str, grace: Duration) {
+    if !pid_matches(pid, needle) {
+        return;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if !pid_matches(pid, needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    for _ in 0..40 {
+        if !pid_matches(pid, needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stop everything a bottle made. Idempotent.
+pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
+    let backend = match meta.backend.as_str() {
+        "docker" => BackendName::Docker,
+        _ => BackendName::Vm,
+    };
+    let result = backend_for(backend).teardown(meta, dir);
+    if let Some(pid) = meta.vm_pid {
+        stop_process(pid, &meta.identity, Duration::from_secs(2));
+    }
+    if let Some(pid) = meta.bundle_pid {
+        stop_process(pid, &meta.identity, Duration::from_secs(3));
+    }
+    result
+}
+
+/// Remove a bottle a backend runs that has no state.
+pub fn remove_orphan(backend: BackendName, found: &Found) -> Result<(), BackendError> {
+    let meta = Metadata {
+        version: state::METADATA_VERSION,
+        identity: found.identity.clone(),
+        agent: String::new(),
+        bottle: String::new(),
+        cwd: Default::default(),
+        backend: backend.as_str().to_string(),
+        engine: None,
+        started_at: String::new(),
+        status: Status::Stopped,
+        bundle_pid: None,
+        vm_pid: None,
+        container_id: Some(found.handle.clone()),
+        command: Vec::new(),
+    };
+    let tmp = std::env::temp_dir();
+    let dir = StateDir::open(&tmp, &found.identity)
+        .or_else(|_| StateDir::create(&tmp, &found.identity))
+        .map_err(|e| BackendError::failed("cannot make a scratch dir", e))?;
+    let result = backend_for(backend).teardown(&meta, &dir);
+    let _ = dir.remove();
+    result
+}
+
+/// The last `lines` lines of a log file, for failure reports.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(_) => format!("({} is missing)", path.display()),
+    }
+}
+
+/// Spawn the bundle process for a bottle and wait for its READY line.
+/// Records its pid (and the VM's) in the metadata.
+pub fn start_bundle(
+    dir: &StateDir,
+    config: &crate::bundle::BundleConfig,
+    timeout: Duration,
+) -> Result<crate::bundle::Ready, BackendError> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let bytes = serde_json::to_vec_pretty(config)
+        .map_err(|e| BackendError::failed("cannot encode the bundle config", e))?;
+    state::write_atomic(&dir.file(crate::bundle::files::CONFIG), &bytes)
+        .map_err(|e| BackendError::failed("cannot write the bundle config", e))?;
+    let log_path = dir.file(crate::bundle::files::LOG);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| BackendError::failed(format!("cannot open {}", log_path.display()), e))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| BackendError::failed("cannot find the bottle binary", e))?;
+    let mut child = Command::new(exe)
+        .arg("__bundle")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        // Its own process group: a Ctrl-C on the terminal is for the agent, not the guards.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| BackendError::failed("cannot start the bundle process", e))?;
+    let pid = child.id();
+    dir.update_metadata(|m| m.bundle_pid = Some(pid))
+        .map_err(|e| BackendError::failed("cannot record the bundle pid", e))?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let _ = tx.send(line);
+    });
+    let mut failure = |why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        BackendError::Unavailable(format!(
+            "{why}\n--- bundle log ({}) ---\n{}\n--- VM console ({}) ---\n{}",
+            log_path.display(),
+            log_tail(&log_path, 25),
+            dir.file(crate::bundle::files::CONSOLE).display(),
+            log_tail(&dir.file(crate::bundle::files::CONSOLE), 15)
+        ))
+    };
+    match rx.recv_timeout(timeout) {
+        Ok(line) => match crate::bundle::Ready::parse(&line) {
+            Some(ready) => {
+                dir.update_metadata(|m| {
+                    m.vm_pid = ready.vm_pid;
+                    if ready.engine.is_some() {
+                        m.engine = ready.engine.clone();
+                    }
+                })
+                .map_err(|e| BackendError::failed("cannot record the VM pid", e))?;
+                // The child is reaped by nobody once we exit; it was re-parented
+                // to its own process group and keeps running as a daemon.
+                std::mem::forget(child);
+                Ok(ready)
+            }
+            None => Err(failure("the bundle process failed to start".to_string())),
+        },
+        Err(_) => Err(failure(format!(
+            "the bundle process did not get ready within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+fn backend_name(plan: &Plan) -> BackendName {
+    match plan.backend {
+        "docker" => BackendName::Docker,
+        _ => BackendName::Vm,
+    }
+}
+
+/// Launch a bottle for `plan`, run its command, tear it down unless detached.
+/// Returns the command's exit code.
+pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
+    let backend = backend_for(backend_name(plan));
+    let root = state::state_root()?;
+    let dir = StateDir::create(&root, &plan.identity)?;
+    let meta = Metadata {
+        version: state::METADATA_VERSION,
+        identity: plan.identity.clone(),
+        agent: plan.agent.clone(),
+        bottle: plan.bottle.clone(),
+        cwd: plan.cwd.clone(),
+        backend: plan.backend.to_string(),
+        engine: plan.engine.clone(),
+        started_at: state::now_rfc3339(),
+        status: Status::Starting,
+        bundle_pid: None,
+        vm_pid: None,
+        container_id: None,
+        command: plan.command.clone(),
+    };
+    dir.write_metadata(&meta)?;
+    let fail = |e: anyhow::Error| -> anyhow::Error {
+        let meta = dir.read_metadata().unwrap_or_else(|_| meta.clone());
+        let _ = teardown(&meta, &dir);
+        let _ = dir.clone().remove();
+        e
+    };
+    let timing = std::time::Instant::now();
+    if let Err(e) = backend.launch(plan, &dir) {
+        return Err(fail(
+            anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
+        ));
+    }
+    eprintln!(
+        "bottle: {} launched in {} ms; waiting for the guest agent",
+        plan.identity,
+        timing.elapsed().as_millis()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ready = runtime.block_on(async {
+        let client =
+            bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
+        client.wait_ready(guest_timeout()).await?;
+        eprintln!(
+            "bottle: guest agent ready after {} ms",
+            timing.elapsed().as_millis()
+        );
+        let ca = crate::provision::read_ca(dir.path())?;
+        crate::provision::provision(&client, plan, &ca).await?;
+        anyhow::Ok(client)
+    });
+    let client = match ready {
+        Ok(c) => c,
+        Err(e) => {
+            let tails = format!(
+                "--- bundle log ---\n{}\n--- VM console ---\n{}",
+                log_tail(&dir.file(crate::bundle::files::LOG), 20),
+                log_tail(&dir.file(crate::bundle::files::CONSOLE), 20)
+            );
+            return Err(fail(e.context(format!(
+                "{} started but could not be provisioned\n{tails}",
+                plan.identity
+            ))));
+        }
+    };
+    dir.update_metadata(|m| m.status = Status::Running)?;
+    eprintln!(
+        "bottle: {} provisioned in {} ms; running {}",
+        plan.identity,
+        timing.elapsed().as_millis(),
+        plan.command.join(" ")
+    );
+    let session = SessionSpec {
+        env: crate::provision::agent_env(plan),
+        cwd: crate::provision::agent_cwd(plan),
+    };
+    let code = match serde_json::to_vec(&session) {
+        Ok(bytes) => {
+            state::write_atomic(&dir.file(SESSION_FILE), &bytes)?;
+            runtime.block_on(run_session(&client, &session, plan.command.clone()))
+        }
+        Err(e) => Err(e.into()),
+    };
+    drop(client);
+    if detach {
+        eprintln!(
+            "bottle: {} keeps running (bottle attach {0}, bottle stop {0})",
+            plan.identity
+        );
+    } else {
+        let meta = dir.read_metadata().unwrap_or(meta);
+        teardown(&meta, &dir)?;
+        dir.remove()?;
+    }
+    code
+}
+
+/// How long to wait for the guest agent (a TCG boot is slower).
+fn guest_timeout() -> Duration {
+    std::env::var("BOTTLE_GUEST_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(90), Duration::from_secs)
+}
+
+/// Run `command` as the agent on this terminal (or plain pipes); its exit code.
+async fn run_session(
+    client: &bottle_guest::host::Client,
+    session: &SessionSpec,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    let tty = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        Some(bottle_guest::host::terminal_size().unwrap_or((24, 80)))
+    } else {
+        None
+    };
+    let mut env = session.env.clone();
+    if tty.is_some() {
+        env.push((
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into()),
+        ));
+    }
+    let request = bottle_guest::proto::ExecRequest {
+        argv: command,
+        env,
+        cwd: Some(session.cwd.clone()),
+        user: Some(bottle_guest::proto::User::Uid(crate::provision::AGENT_UID)),
+        tty,
+    };
+    let session = client.exec(request).await?;
+    let status = bottle_guest::host::attach(session).await?;
+    Ok(status.shell_code())
+}
+
+/// Run a command in a running bottle on the user's terminal; its exit code.
+pub fn run_in(dir: &StateDir, meta: &Metadata, command: Vec<String>) -> anyhow::Result<i32> {
+    if !is_alive(meta) {
+        anyhow::bail!(
+            "bottle {} is not running (its bundle process is gone); `bottle cleanup` removes it",
+            meta.identity
+        );
+    }
+    let path = dir.file(SESSION_FILE);
+    let session: SessionSpec = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client =
+            bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
+        run_session(&client, &session, command).await
+    })
+}
+
+/// How commands run in a bottle (environment, directory), kept for `exec` and `attach`.
+pub const SESSION_FILE: &str = "session.json";
+
+/// The agent's environment and working directory in the guest.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionSpec {
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+}
+
+/// Print and verify a bottle's audit log.
+pub fn print_audit(dir: &StateDir) -> anyhow::Result<()> {
+    let path = dir.file(crate::bundle::files::AUDIT);
+    let records = bottle_sidecars::proxy::audit::read_verified(&path)
+        .with_context(|| format!("audit log {} failed verification", path.display()))?;
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&serde_json::to_string(&r)?);
+        out.push('\n');
+    }
+    crate::commands::print_text(&out)
+}
+
+/// Bundle processes running on this host: (pid, identity), found in /proc by
+/// their command line `… __bundle <state dir>`.
+pub fn bundle_processes() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if let Some(pos) = args.iter().position(|a| *a == b"__bundle") {
+            if let Some(dir) = args.get(pos + 1) {
+                let dir = Path::new(std::str::from_utf8(dir).unwrap_or_default());
+                if let Some(identity) = dir.file_name().and_then(|n| n.to_str()) {
+                    if crate::identity::is_identity(identity) {
+                        found.push((pid, identity.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,183 @@
+//! The TOML manifest: where it is found, how it is checked, what it holds.
+//!
+//! Loading runs three passes and reports every problem of all of them at once:
+//! the TOML syntax, the structure against the schema ([`structure`]: unknown
+//! and removed keys, value types), and the semantics ([`validate`]:
+//! references, exclusive keys, host patterns, pinned host keys).
+
+mod diag;
+mod structure;
+mod suggest;
+mod types;
+pub mod validate;
+
+pub use diag::{line_col, Diagnostics, Problem};
+pub use suggest::did_you_mean;
+pub use types::*;
+
+use std::path::{Path, PathBuf};
+
+/// The manifest compiled into the binary: a `demo` bottle and agent.
+pub const DEFAULT_MANIFEST: &str = include_str!("default.toml");
+/// How the embedded default is named in messages.
+pub const EMBEDDED_ORIGIN: &str = "<embedded default manifest>";
+
+/// Why a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest {0} given with --manifest does not exist")]
+    NotFound(PathBuf),
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Where the manifest in use came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `--manifest PATH`.
+    Flag(PathBuf),
+    /// `./bottle.toml`.
+    WorkingDir(PathBuf),
+    /// `$XDG_CONFIG_HOME/bottle/bottle.toml`.
+    UserConfig(PathBuf),
+    /// The built-in default.
+    Embedded,
+}
+
+impl Origin {
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Origin::Flag(p) | Origin::WorkingDir(p) | Origin::UserConfig(p) => Some(p),
+            Origin::Embedded => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self.path() {
+            Some(p) => p.display().to_string(),
+            None => EMBEDDED_ORIGIN.to_string(),
+        }
+    }
+
+    /// Directory that relative paths in the manifest are resolved against.
+    pub fn base_dir(&self, cwd: &Path) -> PathBuf {
+        self.path().and_then(Path::parent).map_or_else(
+            || cwd.to_path_buf(),
+            |p| {
+                if p.as_os_str().is_empty() {
+                    cwd.to_path_buf()
+                } else {
+                    cwd.join(p)
+                }
+            },
+        )
+    }
+}
+
+/// A manifest that passed every check, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    pub origin: Origin,
+}
+
+/// Find the manifest: `--manifest`, else `./bottle.toml`, else the user's
+/// config dir, else the embedded default.
+pub fn locate(
+    flag: Option<&Path>,
+    cwd: &Path,
+    config_home: Option<&Path>,
+) -> Result<Origin, ManifestError> {
+    if let Some(path) = flag {
+        return if path.exists() {
+            Ok(Origin::Flag(path.to_path_buf()))
+        } else {
+            Err(ManifestError::NotFound(path.to_path_buf()))
+        };
+    }
+    let local = cwd.join("bottle.toml");
+    if local.is_file() {
+        return Ok(Origin::WorkingDir(local));
+    }
+    if let Some(config) = config_home {
+        let user = config.join("bottle").join("bottle.toml");
+        if user.is_file() {
+            return Ok(Origin::UserConfig(user));
+        }
+    }
+    Ok(Origin::Embedded)
+}
+
+/// Read and check the manifest at `origin`.
+pub fn load(origin: Origin) -> Result<Loaded, ManifestError> {
+    let text = match origin.path() {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?,
+        None => DEFAULT_MANIFEST.to_string(),
+    };
+    let manifest = parse(&origin.describe(), &text)?;
+    Ok(Loaded { manifest, origin })
+}
+
+/// Parse and check manifest text; `origin` names it in messages.
+pub fn parse(origin: &str, text: &str) -> Result<Manifest, ManifestError> {
+    let invalid = |problems: Vec<Problem>| {
+        ManifestError::Invalid(Diagnostics::new(origin.to_string(), text, problems))
+    };
+    let doc = match toml_edit::ImDocument::parse(text.to_string()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Err(invalid(vec![Problem::new(
+                "(syntax)".to_string(),
+                e.span(),
+                e.message().trim().to_string(),
+                Some("this is not valid TOML; see https://toml.io for the syntax".to_string()),
+            )]))
+        }
+    };
+    let problems = structure::check(&doc);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    let manifest: Manifest = match toml::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(invalid(vec![Problem::new(
+                "(value)".to_string(),
+                e.span(),
+                e.message().trim().to_string(),
+                None,
+            )]))
+        }
+    };
+    let scanner = bottle_sidecars::scanner::Scanner::builtin().ok();
+    let known_rule = |id: &str| {
+        scanner
+            .as_ref()
+            .is_some_and(|s| s.rule_ids().any(|r| r == id))
+    };
+    let problems = validate::check(&manifest, &doc, &known_rule);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    Ok(manifest)
+}
+
+/// Name of a route: its `name`, else its host with dots as dashes.
+pub fn route_name(route: &Route) -> String {
+    route
+        .name
+        .clone()
+        .unwrap_or_else(|| route.host.trim_start_matches("*.").replace('.', "-"))
+}
+
+#[cfg(test)]
+mod tests;

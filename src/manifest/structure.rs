@@ -1,0 +1,408 @@
+//! Structural pass over the raw TOML document: every key is checked against the
+//! schema (unknown keys with a "did you mean", removed keys with a migration
+//! hint, wrong value types), and all problems are collected at once with their
+//! byte spans. Only a document that passes is handed to serde.
+
+use super::diag::Problem;
+use super::suggest::did_you_mean;
+use std::ops::Range;
+use toml_edit::{Item, TableLike, Value};
+
+/// The expected shape of one value.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    StrArray,
+    IntArray,
+    Table(&'static Schema),
+    ArrayOfTables(&'static Schema),
+    /// A table whose keys are free names and whose values are tables.
+    Named(&'static Schema),
+    /// A table of free keys with string values.
+    StrMap,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::Int => "an integer",
+            Kind::Bool => "true or false",
+            Kind::StrArray => "an array of strings",
+            Kind::IntArray => "an array of integers",
+            Kind::Table(_) | Kind::Named(_) | Kind::StrMap => "a table",
+            Kind::ArrayOfTables(_) => "an array of tables (`[[...]]`)",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Schema {
+    fields: &'static [(&'static str, Kind)],
+    /// Keys that older versions (the Python tool) accepted, with what to write now.
+    removed: &'static [(&'static str, &'static str)],
+}
+
+static TOKEN: Schema = Schema {
+    fields: &[
+        ("env", Kind::Str),
+        ("file", Kind::Str),
+        ("command", Kind::StrArray),
+    ],
+    removed: &[],
+};
+static ROUTE: Schema = Schema {
+    fields: &[
+        ("name", Kind::Str),
+        ("host", Kind::Str),
+        ("header", Kind::Str),
+        ("prefix", Kind::Str),
+        ("token", Kind::Table(&TOKEN)),
+    ],
+    removed: &[
+        (
+            "token_ref",
+            "write `token = { env = \"VAR\" }` (or `file`/`command`)",
+        ),
+        (
+            "role",
+            "roles were removed; a route only names host, header and token",
+        ),
+    ],
+};
+static RULE: Schema = Schema {
+    fields: &[
+        ("host", Kind::Str),
+        ("methods", Kind::StrArray),
+        ("paths", Kind::StrArray),
+    ],
+    removed: &[],
+};
+static GIT: Schema = Schema {
+    fields: &[
+        ("name", Kind::Str),
+        ("upstream", Kind::Str),
+        ("identity_file", Kind::Str),
+        ("known_host_key", Kind::Str),
+        ("extra_hosts", Kind::StrMap),
+        ("allow_force_push", Kind::Bool),
+    ],
+    removed: &[],
+};
+static DLP: Schema = Schema {
+    fields: &[("action", Kind::Str), ("disable_rules", Kind::StrArray)],
+    removed: &[],
+};
+static VM: Schema = Schema {
+    fields: &[("engine", Kind::Str), ("libkrunfw", Kind::Bool)],
+    removed: &[],
+};
+static DOCKER: Schema = Schema {
+    fields: &[("runtime", Kind::Str), ("pids_limit", Kind::Int)],
+    removed: &[],
+};
+static NETWORK: Schema = Schema {
+    fields: &[("subnet", Kind::Str), ("mtu", Kind::Int)],
+    removed: &[],
+};
+static BOTTLE: Schema = Schema {
+    fields: &[
+        ("image", Kind::Str),
+        ("cpus", Kind::Int),
+        ("memory_mib", Kind::Int),
+        ("allow", Kind::StrArray),
+        ("allow_ports", Kind::IntArray),
+        ("passthrough", Kind::StrArray),
+        ("allow_ips", Kind::StrArray),
+        ("upstream_ca", Kind::StrArray),
+        ("dlp", Kind::Table(&DLP)),
+        ("routes", Kind::ArrayOfTables(&ROUTE)),
+        ("rules", Kind::ArrayOfTables(&RULE)),
+        ("git", Kind::ArrayOfTables(&GIT)),
+        ("supervise", Kind::Bool),
+        ("backend", Kind::Str),
+        ("vm", Kind::Table(&VM)),
+        ("docker", Kind::Table(&DOCKER)),
+        ("network", Kind::Table(&NETWORK)),
+    ],
+    removed: &[
+        (
+            "cred_proxy",
+            "the credential proxy is now part of the one proxy: move each route to \
+             `[[bottles.NAME.routes]]` with `host`, `header` and `token = { env = \"VAR\" }`",
+        ),
+        ("egress", "write its routes as `[[bottles.NAME.routes]]` and its hosts in `allow`"),
+        ("egress_proxy", "write its routes as `[[bottles.NAME.routes]]`"),
+        (
+            "runtime",
+            "the container runtime moved to `[bottles.NAME.docker] runtime = \"auto\" | \"runc\" | \"runsc\"` \
+             (auto picks gVisor when dockerd has it)",
+        ),
+        ("ssh", "raw SSH access was removed; declare the remote in `[[bottles.NAME.git]]` so pushes go through git-gate"),
+        ("allowlist", "the key is now `allow`"),
+        ("dlp_action", "write `dlp = { action = \"block\" | \"warn\" }`"),
+    ],
+};
+static AGENT: Schema = Schema {
+    fields: &[
+        ("bottle", Kind::Str),
+        ("command", Kind::StrArray),
+        ("prompt", Kind::Str),
+        ("prompt_file", Kind::Str),
+        ("skills", Kind::StrArray),
+        ("env", Kind::StrMap),
+        ("copy_cwd", Kind::Bool),
+    ],
+    removed: &[
+        ("cwd", "the working directory is the one `bottle run` starts in; use `copy_cwd = false` to not copy it"),
+        ("runtime", "the container runtime is set on the bottle: `[bottles.NAME.docker] runtime = ...`"),
+    ],
+};
+static ROOT: Schema = Schema {
+    fields: &[
+        ("bottles", Kind::Named(&BOTTLE)),
+        ("agents", Kind::Named(&AGENT)),
+    ],
+    removed: &[],
+};
+
+/// Check the whole document; returns every problem found.
+pub fn check(doc: &toml_edit::ImDocument<String>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    check_table(
+        doc.as_table(),
+        &ROOT,
+        "",
+        doc.as_table().span(),
+        &mut problems,
+    );
+    problems
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn check_table(
+    table: &dyn TableLike,
+    schema: &Schema,
+    path: &str,
+    table_span: Option<Range<usize>>,
+    problems: &mut Vec<Problem>,
+) {
+    for (key, item) in table.iter() {
+        let key_span = table
+            .get_key_value(key)
+            .and_then(|(k, _)| k.span())
+            .or_else(|| item.span());
+        let key_path = join(path, key);
+        if let Some((_, kind)) = schema.fields.iter().find(|(name, _)| *name == key) {
+            check_item(item, *kind, &key_path, key_span, problems);
+        } else if let Some((_, hint)) = schema.removed.iter().find(|(name, _)| *name == key) {
+            problems.push(Problem::new(
+                key_path,
+                key_span.or_else(|| table_span.clone()),
+                "this key was removed".to_string(),
+                Some((*hint).to_string()),
+            ));
+        } else {
+            let known: Vec<&str> = schema.fields.iter().map(|(name, _)| *name).collect();
+            let hint = match did_you_mean(key, &known) {
+                Some(best) => format!(
+                    "did you mean `{best}`? Known keys here: {}",
+                    known.join(", ")
+                ),
+                None => format!("known keys here: {}", known.join(", ")),
+            };
+            problems.push(Problem::new(
+                key_path,
+                key_span.or_else(|| table_span.clone()),
+                "unknown key".to_string(),
+                Some(hint),
+            ));
+        }
+    }
+}
+
+fn check_item(
+    item: &Item,
+    kind: Kind,
+    path: &str,
+    key_span: Option<Range<usize>>,
+    problems: &mut Vec<Problem>,
+) {
+    let span = item.span().or_else(|| key_span.clone());
+    let wrong = |problems: &mut Vec<Problem>, found: &str| {
+        problems.push(Problem::new(
+            path.to_string(),
+            span.clone(),
+            format!("expected {}, found {found}", kind.describe()),
+            None,
+        ));
+    };
+    match kind {
+        Kind::Str => match item.as_value() {
+            Some(Value::String(_)) => {}
+            other => wrong(problems, describe_found(item, other)),
+        },
+        Kind::Int => match item.as_value() {
+            Some(Value::Integer(_)) => {}
+            other => wrong(problems, describe_found(item, other)),
+        },
+        Kind::Bool => match item.as_value() {
+            Some(Value::Boolean(_)) => {}
+            other => wrong(problems, describe_found(item, other)),
+        },
+        Kind::StrArray | Kind::IntArray => match item.as_value() {
+            Some(Value::Array(array)) => {
+                for (index, element) in array.iter().enumerate() {
+                    let ok = match kind {
+                        Kind::StrArray => matches!(element, Value::String(_)),
+                        _ => matches!(element, Value::Integer(_)),
+                    };
+                    if !ok {
+                        problems.push(Problem::new(
+                            format!("{path}[{index}]"),
+                            element.span().or_else(|| span.clone()),
+                            format!(
+                                "expected {}, found {}",
+                                if matches!(kind, Kind::StrArray) {
+                                    "a string"
+                                } else {
+                                    "an integer"
+                                },
+                                describe_value(element)
+                            ),
+                            None,
+                        ));
+                    }
+                }
+            }
+            other => wrong(problems, describe_found(item, other)),
+        },
+        Kind::Table(schema) => match item.as_table_like() {
+            Some(table) => check_table(table, schema, path, span, problems),
+            None => wrong(problems, describe_found(item, item.as_value())),
+        },
+        Kind::Named(schema) => match item.as_table_like() {
+            Some(table) => {
+                for (name, sub) in table.iter() {
+                    let sub_path = join(path, name);
+                    let sub_span = sub.span().or_else(|| span.clone());
+                    if !valid_name(name) {
+                        problems.push(Problem::new(
+                            sub_path.clone(),
+                            sub_span.clone(),
+                            format!("`{name}` is not a valid name"),
+                            Some(
+                                "use letters, digits, `-` and `_` only, starting with a letter"
+                                    .into(),
+                            ),
+                        ));
+                    }
+                    match sub.as_table_like() {
+                        Some(sub_table) => {
+                            check_table(sub_table, schema, &sub_path, sub_span, problems)
+                        }
+                        None => problems.push(Problem::new(
+                            sub_path,
+                            sub_span,
+                            format!(
+                                "expected a table, found {}",
+                                describe_found(sub, sub.as_value())
+                            ),
+                            Some(format!("write it as `[{path}.{name}]`")),
+                        )),
+                    }
+                }
+            }
+            None => wrong(problems, describe_found(item, item.as_value())),
+        },
+        Kind::StrMap => match item.as_table_like() {
+            Some(table) => {
+                for (name, sub) in table.iter() {
+                    if !matches!(sub.as_value(), Some(Value::String(_))) {
+                        problems.push(Problem::new(
+                            join(path, name),
+                            sub.span().or_else(|| span.clone()),
+                            format!(
+                                "expected a string, found {}",
+                                describe_found(sub, sub.as_value())
+                            ),
+                            None,
+                        ));
+                    }
+                }
+            }
+            None => wrong(problems, describe_found(item, item.as_value())),
+        },
+        Kind::ArrayOfTables(schema) => {
+            if let Some(array) = item.as_array_of_tables() {
+                for (index, table) in array.iter().enumerate() {
+                    check_table(
+                        table,
+                        schema,
+                        &format!("{path}[{index}]"),
+                        table.span(),
+                        problems,
+                    );
+                }
+            } else if let Some(Value::Array(array)) = item.as_value() {
+                for (index, element) in array.iter().enumerate() {
+                    match element.as_inline_table() {
+                        Some(table) => check_table(
+                            table,
+                            schema,
+                            &format!("{path}[{index}]"),
+                            element.span(),
+                            problems,
+                        ),
+                        None => problems.push(Problem::new(
+                            format!("{path}[{index}]"),
+                            element.span(),
+                            format!("expected a table, found {}", describe_value(element)),
+                            None,
+                        )),
+                    }
+                }
+            } else {
+                wrong(problems, describe_found(item, item.as_value()));
+            }
+        }
+    }
+}
+
+/// Names of bottles and agents: they become parts of identities and paths.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.len() <= 40
+}
+
+fn describe_found(item: &Item, value: Option<&Value>) -> &'static str {
+    match (item, value) {
+        (_, Some(v)) => describe_value(v),
+        (Item::Table(_), None) => "a table",
+        (Item::ArrayOfTables(_), None) => "an array of tables",
+        _ => "nothing",
+    }
+}
+
+fn describe_value(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "a table",
+    }
+}

@@ -1,0 +1,245 @@
+//! Typed manifest values, deserialised with serde after the structural pass
+//! in [`super::structure`] has accepted the document.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A whole `bottle.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub bottles: BTreeMap<String, Bottle>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, Agent>,
+}
+
+/// `backend = "vm" | "docker"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Vm,
+    Docker,
+}
+
+impl BackendName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vm => "vm",
+            Self::Docker => "docker",
+        }
+    }
+}
+
+/// `[bottles.NAME]`: the policy and shape of one sandbox.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bottle {
+    #[serde(default = "default_image")]
+    pub image: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default = "default_allow_ports")]
+    pub allow_ports: Vec<u16>,
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// PEM files with extra roots the proxy trusts for upstream TLS.
+    #[serde(default)]
+    pub upstream_ca: Vec<PathBuf>,
+    #[serde(default)]
+    pub dlp: Dlp,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub rules: Vec<RequestRule>,
+    #[serde(default)]
+    pub git: Vec<GitRemote>,
+    #[serde(default)]
+    pub supervise: bool,
+    pub backend: Option<BackendName>,
+    #[serde(default)]
+    pub vm: VmSection,
+    #[serde(default)]
+    pub docker: DockerSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+}
+
+pub fn default_image() -> String {
+    "tiny".to_string()
+}
+pub fn default_cpus() -> u32 {
+    2
+}
+pub fn default_memory_mib() -> u32 {
+    1024
+}
+pub fn default_allow_ports() -> Vec<u16> {
+    vec![443, 80]
+}
+
+/// `dlp = { action = "block" | "warn", disable_rules = [...] }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dlp {
+    #[serde(default)]
+    pub action: DlpAction,
+    #[serde(default)]
+    pub disable_rules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    #[default]
+    Block,
+    Warn,
+}
+
+/// `[[bottles.NAME.routes]]`: credential injection for one host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Optional name; defaults to the host with dots replaced by dashes.
+    pub name: Option<String>,
+    pub host: String,
+    pub header: String,
+    #[serde(default)]
+    pub prefix: String,
+    pub token: TokenSpec,
+}
+
+/// `token = { env = "..." }` / `{ file = "..." }` / `{ command = [...] }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+    pub command: Option<Vec<String>>,
+}
+
+/// `[[bottles.NAME.rules]]`: restrict methods and paths on a host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRule {
+    pub host: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// `[[bottles.NAME.git]]`: a remote served through git-gate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitRemote {
+    pub name: String,
+    pub upstream: String,
+    pub identity_file: Option<PathBuf>,
+    pub known_host_key: Option<String>,
+    #[serde(default)]
+    pub extra_hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_force_push: bool,
+}
+
+/// `[bottles.NAME.vm]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSection {
+    #[serde(default)]
+    pub engine: EngineName,
+    /// Boot libkrun with the system libkrunfw kernel instead of bottle's own.
+    #[serde(default)]
+    pub libkrunfw: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineName {
+    #[default]
+    Auto,
+    Libkrun,
+    Qemu,
+}
+
+/// `[bottles.NAME.docker]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSection {
+    #[serde(default)]
+    pub runtime: DockerRuntime,
+    /// Maximum number of processes in the container.
+    #[serde(default = "default_pids_limit")]
+    pub pids_limit: i64,
+}
+
+pub fn default_pids_limit() -> i64 {
+    1024
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerRuntime {
+    #[default]
+    Auto,
+    Runc,
+    Runsc,
+}
+
+/// `[bottles.NAME.network]`: the guest-side addresses of the netstack.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    #[serde(default = "default_subnet")]
+    pub subnet: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            subnet: default_subnet(),
+            mtu: default_mtu(),
+        }
+    }
+}
+
+pub fn default_subnet() -> String {
+    "10.0.2.0/24".to_string()
+}
+pub fn default_mtu() -> u32 {
+    1500
+}
+
+/// `[agents.NAME]`: what runs in a bottle.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub bottle: String,
+    #[serde(default = "default_command")]
+    pub command: Vec<String>,
+    pub prompt: Option<String>,
+    pub prompt_file: Option<PathBuf>,
+    #[serde(default)]
+    pub skills: Vec<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_true")]
+    pub copy_cwd: bool,
+}
+
+pub fn default_command() -> Vec<String> {
+    vec!["claude".to_string()]
+}
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,360 @@
+//! Provisioning a launched bottle through the guest agent, the same for both
+//! backends and always in this order: CA → proxy env → prompt → skills →
+//! workspace → git config → route placeholders → agent settings. Each step is
+//! idempotent (it writes whole files) and logged on stderr.
+
+use crate::plan::{Plan, RoutePlan};
+use bottle_guest::host::Client;
+use bottle_guest::proto::User;
+use std::path::Path;
+
+/// Where the guest finds the bottle CA.
+pub const GUEST_CA: &str = "/etc/bottle/ca.pem";
+/// The agent's home and workspace in the guest.
+pub const AGENT_HOME: &str = "/home/agent";
+pub const WORKSPACE: &str = "/workspace";
+/// The agent user.
+pub const AGENT_UID: u32 = 1000;
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("provisioning step `{step}` failed")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: bottle_guest::host::ClientError,
+    },
+    #[error("provisioning step `{step}` failed: {why}")]
+    Host { step: &'static str, why: String },
+}
+
+fn step(step: &'static str) -> impl FnOnce(bottle_guest::host::ClientError) -> ProvisionError {
+    move |source| ProvisionError::Step { step, source }
+}
+
+/// Environment variables that carry route placeholders in the guest: the
+/// variable the real token is read from on the host (for `env` sources), plus
+/// the names Claude Code reads when a route covers Anthropic's API.
+pub fn placeholder_env(routes: &[RoutePlan]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for route in routes {
+        if let Some(var) = route.token_from.strip_prefix("env ") {
+            env.push((var.to_string(), route.placeholder.clone()));
+        }
+        if route.host.eq_ignore_ascii_case("api.anthropic.com") {
+            let var = if route.header.eq_ignore_ascii_case("authorization") {
+                "CLAUDE_CODE_OAUTH_TOKEN"
+            } else {
+                "ANTHROPIC_API_KEY"
+            };
+            env.push((var.to_string(), route.placeholder.clone()));
+        }
+    }
+    env.sort();
+    env.dedup_by(|a, b| a.0 == b.0);
+    env
+}
+
+/// The agent's whole environment in the guest (no real secret is ever in it).
+pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
+    let proxy = format!("http://proxy.internal:{}", crate::plan::PROXY_PORT);
+    let mut env: Vec<(String, String)> = vec![
+        ("HTTPS_PROXY".into(), proxy.clone()),
+        ("HTTP_PROXY".into(), proxy.clone()),
+        ("https_proxy".into(), proxy.clone()),
+        ("http_proxy".into(), proxy),
+        ("NO_PROXY".into(), "proxy.internal".into()),
+        ("no_proxy".into(), "proxy.internal".into()),
+        ("NODE_EXTRA_CA_CERTS".into(), GUEST_CA.into()),
+        ("SSL_CERT_FILE".into(), GUEST_CA.into()),
+        ("REQUESTS_CA_BUNDLE".into(), GUEST_CA.into()),
+        ("GIT_SSL_CAINFO".into(), GUEST_CA.into()),
+        // Telemetry and auto-update off: they would only be refused anyway.
+        ("DISABLE_TELEMETRY".into(), "1".into()),
+        ("DISABLE_AUTOUPDATER".into(), "1".into()),
+        ("DISABLE_ERROR_REPORTING".into(), "1".into()),
+        (
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
+            "1".into(),
+        ),
+        ("BOTTLE_IDENTITY".into(), plan.identity.clone()),
+    ];
+    env.extend(placeholder_env(&plan.routes));
+    if let Some(agent) = &plan.source.agent {
+        env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    env
+}
+
+fn agent_user() -> Option<User> {
+    Some(User::Uid(AGENT_UID))
+}
+
+/// The working directory the agent's command starts in.
+pub fn agent_cwd(plan: &Plan) -> String {
+    if plan.copy_cwd {
+        WORKSPACE.to_string()
+    } else {
+        AGENT_HOME.to_string()
+    }
+}
+
+/// Run every provisioning step.
+pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(), ProvisionError> {
+    let log = |what: String| eprintln!("bottle: provision: {what}");
+    let root = Some(User::Uid(0));
+
+    // 1. CA into the trust store (and a stable path for the env variables).
+    client
+        .write_file(GUEST_CA, ca_pem.as_bytes(), 0o644, root.clone())
+        .await
+        .map_err(step("ca"))?;
+    client
+        .write_file(
+            "/usr/local/share/ca-certificates/bottle.crt",
+            ca_pem.as_bytes(),
+            0o644,
+            root.clone(),
+        )
+        .await
+        .map_err(step("ca"))?;
+    let update = client
+        .run_capture(
+            vec!["/bin/sh".into(), "-c".into(), CA_TRUST_SCRIPT.into()],
+            Vec::new(),
+            None,
+            root.clone(),
+        )
+        .await
+        .map_err(step("ca"))?;
+    if update.status.shell_code() != 0 {
+        return Err(ProvisionError::Host {
+            step: "ca",
+            why: String::from_utf8_lossy(&update.stderr).into_owned(),
+        });
+    }
+    log(format!(
+        "bottle CA installed in the guest trust store ({GUEST_CA})"
+    ));
+
+    // 2. Proxy environment, for login shells too.
+    let env = agent_env(plan);
+    let profile: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+        .collect();
+    client
+        .write_file(
+            "/etc/profile.d/bottle.sh",
+            profile.as_bytes(),
+            0o644,
+            root.clone(),
+        )
+        .await
+        .map_err(step("env"))?;
+    log("HTTP(S)_PROXY=http://proxy.internal:8888 and CA variables set".to_string());
+
+    // 3. Prompt, where Claude Code reads the user's memory.
+    let agent = plan
+        .source
+        .agent
+        .clone()
+        .unwrap_or_else(|| crate::manifest::Agent {
+            bottle: plan.bottle.clone(),
+            command: plan.command.clone(),
+            prompt: None,
+            prompt_file: None,
+            skills: Vec::new(),
+            env: Default::default(),
+            copy_cwd: plan.copy_cwd,
+        });
+    let prompt = match (&agent.prompt, &agent.prompt_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => {
+            let path = plan.source.base_dir.join(f);
+            Some(
+                std::fs::read_to_string(&path).map_err(|e| ProvisionError::Host {
+                    step: "prompt",
+                    why: format!("cannot read {}: {e}", path.display()),
+                })?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(prompt) = prompt {
+        client
+            .write_file(
+                &format!("{AGENT_HOME}/.claude/CLAUDE.md"),
+                prompt.as_bytes(),
+                0o644,
+                agent_user(),
+            )
+            .await
+            .map_err(step("prompt"))?;
+        log("prompt written to ~/.claude/CLAUDE.md".to_string());
+    }
+
+    // 4. Skills.
+    for skill in &plan.skills {
+        let name = skill
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "skill".into());
+        if !skill.is_dir() {
+            return Err(ProvisionError::Host {
+                step: "skills",
+                why: format!("{} is not a directory", skill.display()),
+            });
+        }
+        client
+            .copy_dir_in(
+                skill,
+                &format!("{AGENT_HOME}/.claude/skills/{name}"),
+                agent_user(),
+            )
+            .await
+            .map_err(step("skills"))?;
+        log(format!("skill `{name}` copied"));
+    }
+
+    // 5. Workspace (a copy: the host tree is never written by the guest).
+    if plan.copy_cwd {
+        let entries = client
+            .copy_dir_in(&plan.cwd, WORKSPACE, agent_user())
+            .await
+            .map_err(step("workspace"))?;
+        log(format!(
+            "workspace {} copied to {WORKSPACE} ({entries} entries)",
+            plan.cwd.display()
+        ));
+    }
+
+    // 6. git config: every declared upstream goes through git-gate.
+    let mut gitconfig = String::from(
+        "[user]\n\tname = bottle agent\n\temail = agent@bottle.invalid\n[safe]\n\tdirectory = *\n",
+    );
+    gitconfig.push_str(&bottle_sidecars::gitgate::agent_git_config(&git_remotes(
+        plan,
+    )));
+    client
+        .write_file(
+            &format!("{AGENT_HOME}/.gitconfig"),
+            gitconfig.as_bytes(),
+            0o644,
+            agent_user(),
+        )
+        .await
+        .map_err(step("git"))?;
+    log(format!(
+        "git config written ({} remote{} through git-gate)",
+        plan.git.len(),
+        if plan.git.len() == 1 { "" } else { "s" }
+    ));
+
+    // 7. Route placeholders are in the environment (step 2); say which.
+    for route in &plan.routes {
+        log(format!(
+            "route {}: the agent holds {}",
+            route.host, route.placeholder
+        ));
+    }
+
+    // 8. Agent settings: no telemetry or auto-update.
+    let settings = serde_json::json!({
+        "env": { "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1" },
+    });
+    client
+        .write_file(
+            &format!("{AGENT_HOME}/.claude/settings.json"),
+            settings.to_string().as_bytes(),
+            0o644,
+            agent_user(),
+        )
+        .await
+        .map_err(step("settings"))?;
+    Ok(())
+}
+
+/// Rebuild the system trust store where the image has the tools for it, and
+/// always make the CA visible at the standard bundle path.
+const CA_TRUST_SCRIPT: &str = "set -e
+if command -v update-ca-certificates >/dev/null 2>&1; then
+  update-ca-certificates >/dev/null 2>&1
+else
+  mkdir -p /etc/ssl/certs
+  cat /etc/bottle/ca.pem >> /etc/ssl/certs/ca-certificates.crt
+fi";
+
+/// The manifest's git remotes of this plan, as policy values.
+pub fn git_remotes(plan: &Plan) -> Vec<bottle_sidecars::policy::GitRemote> {
+    plan.source.bottle.as_ref().map_or_else(Vec::new, |b| {
+        b.git
+            .iter()
+            .map(|g| bottle_sidecars::policy::GitRemote {
+                name: g.name.clone(),
+                upstream: g.upstream.clone(),
+                identity_file: g
+                    .identity_file
+                    .as_ref()
+                    .map(|p| crate::plan::expand_home(&plan.source.base_dir, p)),
+                known_host_key: g.known_host_key.clone().unwrap_or_default(),
+                extra_hosts: g.extra_hosts.clone(),
+                allow_force_push: g.allow_force_push,
+            })
+            .collect()
+    })
+}
+
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// Read the CA the bundle wrote.
+pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
+    let path = state_dir.join(crate::bundle::files::CA);
+    std::fs::read_to_string(&path).map_err(|e| ProvisionError::Host {
+        step: "ca",
+        why: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, header: &str, from: &str) -> RoutePlan {
+        RoutePlan {
+            name: "r".into(),
+            host: host.into(),
+            header: header.into(),
+            prefix: String::new(),
+            token_from: from.into(),
+            placeholder: "bottle-placeholder-r".into(),
+        }
+    }
+
+    #[test]
+    fn anthropic_api_key_route_gives_placeholder_api_key() {
+        let env = placeholder_env(&[route("api.anthropic.com", "x-api-key", "file /k")]);
+        assert_eq!(
+            env,
+            vec![(
+                "ANTHROPIC_API_KEY".to_string(),
+                "bottle-placeholder-r".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn anthropic_bearer_route_gives_oauth_placeholder_and_env_source_name() {
+        let env = placeholder_env(&[route("api.anthropic.com", "Authorization", "env MY_TOKEN")]);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["CLAUDE_CODE_OAUTH_TOKEN", "MY_TOKEN"]);
+    }
+
+    #[test]
+    fn shell_quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+}
