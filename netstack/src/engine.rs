@@ -219,7 +219,8 @@ impl<T: FrameTransport> Engine<T> {
         let mut more = false;
         for i in 0..=RX_BATCH {
             if i == RX_BATCH || self.device.tx_full() {
-                more = !self.device.tx_full();
+                // Come back for the rest once the transport has taken frames.
+                more = true;
                 break;
             }
             match self.transport.poll_recv(cx, &mut self.rxbuf) {
@@ -289,6 +290,7 @@ impl<T: FrameTransport> Engine<T> {
     fn abort_all(&mut self) {
         for (h, _) in &self.flows {
             self.sockets.get_mut::<tcp::Socket>(*h).abort();
+            LiveCounters::dec(&self.counters.flows_active);
         }
         let now = self.now();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
@@ -320,7 +322,9 @@ impl<T: FrameTransport> Engine<T> {
             Err(TransportError::Closed) => return Poll::Ready(Ok(())),
             Err(e) => return Poll::Ready(Err(e)),
         };
-        if more || !self.device.rx.is_empty() {
+        // A full transmit queue means the transport returned Pending and will
+        // wake us; otherwise there is more to read now.
+        if (more || !self.device.rx.is_empty()) && !self.device.tx_full() {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
