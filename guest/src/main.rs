@@ -9,6 +9,7 @@ const USAGE: &str = "usage:
   bottle-guest init                      run as the VM's init (default when PID 1)
   bottle-guest serve --connect unix:PATH [--forward ADDR:PORT=unix:PATH]...
   bottle-guest forward --listen ADDR:PORT --to unix:PATH [--listen .. --to ..]...
+  bottle-guest net 'bottle.net=IP/PREFIX,GW bottle.mtu=N'   configure lo and eth0 only (testing aid)
   bottle-guest version";
 
 #[derive(Debug)]
@@ -16,6 +17,7 @@ enum Mode {
     Init { stage2: bool },
     Serve { connect: Target, forwards: Vec<Forward> },
     Forward { forwards: Vec<Forward> },
+    Net { cmdline: String },
     Version,
 }
 
@@ -26,6 +28,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     match cmd.as_str() {
         "init" => Ok(Mode::Init { stage2: rest.iter().any(|a| a == "--stage2") }),
         "version" | "--version" => Ok(Mode::Version),
+        "net" => Ok(Mode::Net { cmdline: rest.join(" ") }),
         "serve" => {
             let mut connect = None;
             let mut forwards = Vec::new();
@@ -82,6 +85,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Mode::Init { stage2 } => run_init(stage2),
+        Mode::Net { cmdline } => {
+            let result = cmdline::parse(&cmdline)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| init::configure_network(cfg.net, cfg.mtu).map_err(|e| format!("{e}: {}", source_of(&e))));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bottle-guest: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Mode::Serve { connect, forwards } => {
             let _ = nix::sys::prctl::set_child_subreaper(true);
             run_runtime(async move {

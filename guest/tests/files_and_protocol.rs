@@ -1,5 +1,7 @@
 //! File copy both ways, handshake refusals, malformed frames, reconnection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

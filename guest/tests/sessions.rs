@@ -1,5 +1,7 @@
 //! Exec sessions end to end: client -> mux -> real agent binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bottle_guest::host::Event;
@@ -157,4 +159,35 @@ async fn poweroff_is_refused_outside_init() {
     let err = client.poweroff(false).await.unwrap_err();
     assert!(err.to_string().contains("init"), "{err}");
     assert!(client.probe().await.is_ok());
+}
+
+fn zombie_children(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.first() == Some(&"Z") && f.get(1) == Some(&pid.to_string().as_str())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn orphaned_grandchildren_are_reaped_by_the_agent() {
+    let (rig, client) = Rig::start().await;
+    let agent_pid = rig.agent.as_ref().unwrap().id().unwrap();
+    // The background child outlives its parent and is re-parented to the
+    // agent (a child subreaper); when it exits the agent must reap it.
+    let out = client.run_capture(sh("sleep 0.2 >/dev/null 2>&1 & echo $!"), vec![], None, None).await.unwrap();
+    let orphan: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    for _ in 0..500 {
+        if !std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+            assert!(zombie_children(agent_pid).is_empty());
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("orphan {orphan} was not reaped: {:?}", zombie_children(agent_pid));
 }

@@ -109,7 +109,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, reader.read()).await.ok()?.ok()??;
+    // QEMU connects its chardev before the guest boots, so the guest's hello
+    // may come much later (a slow TCG boot): only clients get a deadline.
+    let first = match role {
+        Role::Guest => reader.read().await.ok()??,
+        Role::Client => tokio::time::timeout(HELLO_TIMEOUT, reader.read()).await.ok()?.ok()??,
+    };
     let refusal = match first {
         Ok(Frame::Control { msg: Msg::Hello { version, role: r, .. }, .. }) => {
             if version != PROTOCOL_VERSION {

@@ -1,5 +1,5 @@
 //! A mux in process and the real `bottle-guest` binary in `serve` mode.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
