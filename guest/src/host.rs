@@ -7,5 +7,7 @@ pub mod mux;
 mod tree;
 
 pub use attach::{attach, terminal_size, AttachError};
-pub use client::{Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry};
+pub use client::{
+    Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry,
+};
 pub use mux::{run_mux, MuxError};

@@ -113,7 +113,10 @@ pub async fn attach(mut session: Session) -> Result<ExitStatus, AttachError> {
     result
 }
 
-async fn write_all(w: &mut (impl tokio::io::AsyncWrite + Unpin), b: &[u8]) -> Result<(), AttachError> {
+async fn write_all(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    b: &[u8],
+) -> Result<(), AttachError> {
     match w.write_all(b).await.and(w.flush().await) {
         // The reader went away (`| head`): keep running, drop output.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
