@@ -426,3 +426,67 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod concurrency_tests {
+    use super::*;
+
+    const CHILD_ENV: &str = "BOTTLE_STATE_STRESS_DIR";
+    const ROUNDS: usize = 200;
+
+    /// Run by the child processes of the test below.
+    #[test]
+    fn state_stress_child() {
+        let Some(path) = std::env::var_os(CHILD_ENV) else { return };
+        let path = PathBuf::from(path);
+        let dir = StateDir { identity: path.file_name().unwrap().to_string_lossy().into_owned(), path };
+        for _ in 0..ROUNDS {
+            dir.update_metadata(|m| m.command.push(std::process::id().to_string())).unwrap();
+        }
+    }
+
+    #[test]
+    fn two_processes_updating_metadata_lose_nothing() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "s-stres").unwrap();
+        let mut meta = tests_meta("s-stres");
+        meta.command.clear();
+        dir.write_metadata(&meta).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args(["--exact", "state::concurrency_tests::state_stress_child", "--nocapture"])
+                    .env(CHILD_ENV, dir.path())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let meta = dir.read_metadata().unwrap();
+        assert_eq!(meta.command.len(), 2 * ROUNDS, "an update was lost");
+    }
+
+    fn tests_meta(identity: &str) -> Metadata {
+        Metadata {
+            version: METADATA_VERSION,
+            identity: identity.into(),
+            agent: "s".into(),
+            bottle: "b".into(),
+            cwd: "/".into(),
+            backend: "vm".into(),
+            engine: None,
+            started_at: now_rfc3339(),
+            status: Status::Running,
+            bundle_pid: None,
+            vm_pid: None,
+            container_id: None,
+            command: vec![],
+        }
+    }
+}
