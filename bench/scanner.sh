@@ -2,7 +2,7 @@
 # Secret-scanner throughput and recall: bottle's scanner vs detect-secrets
 # (PyPI) and, when installed, ripsecrets (crates.io), on one generated corpus.
 #
-#   bench/scanner.sh                 # 64 MB corpus, 240 planted secrets
+#   bench/scanner.sh                 # 50 MB corpus, 240 planted secrets
 #   SIZE_MB=16 PLANTS=120 bench/scanner.sh
 #   RIPSECRETS_INSTALL=1 bench/scanner.sh   # also `cargo install ripsecrets --locked`
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/bench/out/scanner}
-SIZE_MB=${SIZE_MB:-64}
+SIZE_MB=${SIZE_MB:-50}
 PLANTS=${PLANTS:-240}
 SEED=${SEED:-7}
 CORPUS=$OUT/corpus
@@ -25,8 +25,8 @@ log() { printf '%s\n' "$*" >&2; }
 # ---------------------------------------------------------------- corpus
 log "== generating ${SIZE_MB} MB corpus with ${PLANTS} planted secrets"
 rm -rf "$CORPUS"
-python3 - "$CORPUS" "$SIZE_MB" "$PLANTS" "$SEED" "$OUT/plants.tsv" <<'PY'
-import base64, json, os, random, string, sys
+BIP39_WORDLIST=$ROOT/sidecars/rules/bip39-english.txt python3 - "$CORPUS" "$SIZE_MB" "$PLANTS" "$SEED" "$OUT/plants.tsv" <<'PY'
+import base64, hashlib, json, os, random, string, sys
 corpus, size_mb, plants, seed, plants_tsv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 r = random.Random(seed)
 B62 = string.ascii_letters + string.digits
@@ -48,7 +48,10 @@ def line():
     if k == 5: return f"{ind}return {ident()}.{ident()}({ident()})"
     if k == 6: return f"{ind}for {ident()} in {ident()}:"
     if k == 7: return f"{ind}logger.info(\"{ident()} %s\", {ident()})"
-    if k == 8: return f"{ind}commit = \"{rnd(HEX, 40)}\""
+    if k == 8:
+        # Hashes are rarer than this in most code: one line in ~700.
+        if r.random() < 0.02: return f"{ind}commit = \"{rnd(HEX, 40)}\""
+        return f"{ind}{ident()} = {ident()}.get(\"{ident()}\")"
     if k == 9: return f"{ind}{{\"id\": {r.randint(1, 9999)}, \"name\": \"{ident()}\", \"enabled\": true}},"
     if k == 10: return f"{ind}const {ident()} = require('./{ident()}');"
     if k == 11: return f"{ind}self.{ident()} = {ident()}({ident()}, timeout={r.randint(1, 60)})"
@@ -56,10 +59,13 @@ def line():
     return f"{ind}{ident()}.{ident()}()"
 pool = [line() for _ in range(20000)]
 
-BIP39 = ["legal winner thank year wave sausage worth useful legal winner thank yellow",
-         "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about",
-         "letter advice cage absurd amount doctor acoustic avoid letter advice cage above",
-         "scheme spot photo card baby mountain device kick cradle pact join borrow"]
+WORDLIST = open(os.path.join(os.environ["BIP39_WORDLIST"])).read().split()
+def mnemonic(nbytes):
+    # A fresh random BIP-39 phrase: entropy, then SHA-256 checksum bits.
+    ent = bytes(r.randrange(256) for _ in range(nbytes))
+    bits = bin(int.from_bytes(ent, "big"))[2:].zfill(nbytes * 8)
+    bits += f"{hashlib.sha256(ent).digest()[0]:08b}"[:nbytes // 4]
+    return " ".join(WORDLIST[int(bits[i:i + 11], 2)] for i in range(0, len(bits), 11))
 def b64u(b): return base64.urlsafe_b64encode(b).decode().rstrip("=")
 def plant(kind):
     if kind == "aws-access-key-id": return [f'AWS_ACCESS_KEY_ID = "AKIA{rnd("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)}"']
@@ -78,7 +84,7 @@ def plant(kind):
     if kind == "private-key":
         body = base64.b64encode(bytes(r.randrange(256) for _ in range(240))).decode()
         return ["-----BEGIN RSA PRIVATE KEY-----"] + [body[i:i + 64] for i in range(0, len(body), 64)] + ["-----END RSA PRIVATE KEY-----"]
-    if kind == "bip39-seed-phrase": return [f"# wallet seed: {r.choice(BIP39)}"]
+    if kind == "bip39-seed-phrase": return [f"# wallet seed: {mnemonic(r.choice([16, 24, 32]))}"]
     raise SystemExit(kind)
 KINDS = ["aws-access-key-id", "github-pat", "slack-bot-token", "stripe-secret-key", "openai-api-key",
          "anthropic-api-key", "npm-access-token", "sendgrid-api-key", "jwt", "generic-password",

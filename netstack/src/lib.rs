@@ -30,8 +30,8 @@ pub use counters::Counters;
 pub use flow::{ConnInfo, GuestStream};
 pub use forward::{Forward, HandlerFn};
 pub use transport::{
-    accept_unix_stream, FrameTransport, TapTransport, TransportError, UnixDatagramTransport,
-    UnixStreamTransport,
+    accept_unix_stream, ChannelTransport, FrameTransport, TapTransport, TransportError,
+    UnixDatagramTransport, UnixStreamTransport,
 };
 
 use counters::LiveCounters;

@@ -8,10 +8,12 @@
 use std::fmt::Debug;
 use std::task::{Context, Poll};
 
+mod channel;
 mod tap;
 mod unix_dgram;
 mod unix_stream;
 
+pub use channel::ChannelTransport;
 pub use tap::TapTransport;
 pub use unix_dgram::UnixDatagramTransport;
 pub use unix_stream::{accept_unix_stream, UnixStreamTransport};

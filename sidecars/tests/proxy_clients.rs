@@ -2,6 +2,7 @@
 //! python3 urllib) against local upstreams on loopback. Names are resolved by
 //! a test resolver and every dial goes through a dialer that refuses anything
 //! but loopback, so no packet can leave the machine even if the proxy is wrong.
+#![allow(clippy::unwrap_used)] // a test crate: helpers may unwrap too
 
 use bottle_sidecars::policy::{
     DlpAction, DlpPolicy, HostPattern, Policy, RequestRule, Route, TokenSource,
@@ -448,7 +449,7 @@ fn secrets_in_query_header_json_form_multipart_and_gzip_body_are_blocked() {
     let header = format!("X-Key: {GH_TOKEN}");
     let json = format!("{{\"aws\":\"{AWS_KEY}\"}}");
     let form = format!("key={AWS_KEY}&x=1");
-    let multipart = format!("file=@-;filename=x.txt");
+    let multipart = "file=@-;filename=x.txt";
     let gz_body = format!("@{}", gz.display());
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("query", vec![&query]),
@@ -484,7 +485,7 @@ fn secrets_in_query_header_json_form_multipart_and_gzip_body_are_blocked() {
     let mut child = Command::new("curl")
         .args(["-sS", "--proxy", &env.proxy_url, "--cacert"])
         .arg(&env.bottle_ca)
-        .args(["-F", &multipart, "-o", "-", "-w", "\n%{http_code}", &url])
+        .args(["-F", multipart, "-o", "-", "-w", "\n%{http_code}", &url])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -476,16 +476,23 @@ impl Literals {
     }
 }
 
-/// The line holding `data[start..end]` (without its newline).
+/// How far the `line` allowlist target reaches on either side of a match,
+/// so a megabyte-long minified line costs the same as a short one.
+const LINE_CONTEXT: usize = 1024;
+
+/// The line holding `data[start..end]` (without its newline), cut to
+/// [`LINE_CONTEXT`] bytes either side of the match.
 fn line_around(data: &[u8], start: usize, end: usize) -> &[u8] {
-    let from = data[..start]
+    let lo = start.saturating_sub(LINE_CONTEXT);
+    let from = data[lo..start]
         .iter()
         .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1);
-    let to = data[end..]
+        .map_or(lo, |p| lo + p + 1);
+    let hi = end.saturating_add(LINE_CONTEXT).min(data.len());
+    let to = data[end..hi]
         .iter()
         .position(|&b| b == b'\n')
-        .map_or(data.len(), |p| end + p);
+        .map_or(hi, |p| end + p);
     &data[from..to]
 }
 
@@ -636,15 +643,29 @@ regexTarget = "line"
     fn builtin_includes_the_seed_phrase_detector_and_can_disable_it() {
         let s = Scanner::builtin().unwrap();
         assert!(s.rule_ids().any(|id| id == BIP39_RULE_ID));
-        let p = b"abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+        let p = b"legal winner thank year wave sausage worth useful legal winner thank yellow";
         assert_eq!(ids(&s.scan(p)), vec![BIP39_RULE_ID]);
         let off = s.disable_rules(&[BIP39_RULE_ID.to_string()]).unwrap();
         assert!(off.scan(p).is_empty());
     }
 
     #[test]
+    fn a_scanner_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<Scanner>();
+        let s = Scanner::from_toml(TWO_RULES).unwrap();
+        let t = {
+            let s = s.clone();
+            std::thread::spawn(move || s.scan(b"tok_abcdef0123456789").len())
+        };
+        assert_eq!(t.join().unwrap(), 1);
+    }
+
+    #[test]
     fn the_line_around_a_match_excludes_its_newlines() {
         assert_eq!(line_around(b"a\nbXc\nd", 3, 4), b"bXc");
         assert_eq!(line_around(b"X", 0, 1), b"X");
+        let long = [b"a".repeat(5000), b"X".to_vec(), b"b".repeat(5000)].concat();
+        assert_eq!(line_around(&long, 5000, 5001).len(), 2 * LINE_CONTEXT + 1);
     }
 }

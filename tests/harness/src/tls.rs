@@ -6,6 +6,10 @@
 //! `127.0.0.1:0` that echoes each request back: the body lists the request
 //! line and headers, every request header is repeated as `x-echo-<name>`, and
 //! every request is recorded for assertions.
+//!
+//! Setup failures panic with a message, as a failing test would: this module
+//! only runs inside tests and benchmarks.
+#![allow(clippy::expect_used)]
 
 use bytes::Bytes;
 use http::{Request, Response};
