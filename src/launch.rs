@@ -240,7 +240,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let ready = runtime.block_on(async {
         let client =
             bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
-        client.wait_ready(guest_timeout()).await?;
+        wait_for_guest(&client, &dir).await?;
         eprintln!(
             "bottle: guest agent ready after {} ms",
             timing.elapsed().as_millis()
@@ -307,7 +307,10 @@ async fn wait_for_guest(client: &bottle_guest::host::Client, dir: &StateDir) -> 
                     anyhow::bail!("the bundle process exited before the guest agent answered (the VM stopped)");
                 }
                 if std::time::Instant::now() >= deadline {
-                    return Err(anyhow::Error::new(e).context(format!("the guest agent did not answer within {} s", guest_timeout().as_secs())));
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "the guest agent did not answer within {} s",
+                        guest_timeout().as_secs()
+                    )));
                 }
             }
         }

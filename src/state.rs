@@ -270,7 +270,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// What `list` found in one directory.
 #[derive(Debug)]
 pub enum Entry {
-    Ok(StateDir, Metadata),
+    Ok(StateDir, Box<Metadata>),
     /// The directory exists but its metadata is missing or unreadable.
     Broken {
         dir: StateDir,
@@ -303,7 +303,7 @@ pub fn list(root: &Path) -> Result<Vec<Entry>, StateError> {
             identity: name,
         };
         match dir.read_metadata() {
-            Ok(meta) => entries.push(Entry::Ok(dir, meta)),
+            Ok(meta) => entries.push(Entry::Ok(dir, Box::new(meta))),
             Err(e) => {
                 let reason = match &e {
                     StateError::Io { source, .. }
@@ -437,11 +437,17 @@ mod concurrency_tests {
     /// Run by the child processes of the test below.
     #[test]
     fn state_stress_child() {
-        let Some(path) = std::env::var_os(CHILD_ENV) else { return };
+        let Some(path) = std::env::var_os(CHILD_ENV) else {
+            return;
+        };
         let path = PathBuf::from(path);
-        let dir = StateDir { identity: path.file_name().unwrap().to_string_lossy().into_owned(), path };
+        let dir = StateDir {
+            identity: path.file_name().unwrap().to_string_lossy().into_owned(),
+            path,
+        };
         for _ in 0..ROUNDS {
-            dir.update_metadata(|m| m.command.push(std::process::id().to_string())).unwrap();
+            dir.update_metadata(|m| m.command.push(std::process::id().to_string()))
+                .unwrap();
         }
     }
 
@@ -459,8 +465,13 @@ mod concurrency_tests {
         let children: Vec<_> = (0..2)
             .map(|_| {
                 std::process::Command::new(&exe)
-                    .args(["--exact", "state::concurrency_tests::state_stress_child", "--nocapture"])
+                    .args([
+                        "--exact",
+                        "state::concurrency_tests::state_stress_child",
+                        "--nocapture",
+                    ])
                     .env(CHILD_ENV, dir.path())
+                    .stdout(std::process::Stdio::null())
                     .spawn()
                     .unwrap()
             })

@@ -1,6 +1,8 @@
 //! The CLI's contract, through the real binary: plans, dry runs, preflight,
 //! manifest errors and exit codes. No VM or Docker needed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -17,7 +19,9 @@ fn plan_json_works_on_the_embedded_default() {
     assert!(plan["identity"].as_str().unwrap().starts_with("demo-"));
     assert_eq!(plan["network"]["dns_name"], "proxy.internal");
     assert_eq!(plan["tls_interception"]["enabled"], true);
-    assert!(plan["backend_reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(plan["backend_reason"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
 }
 
 #[test]
@@ -29,7 +33,10 @@ fn dry_run_touches_nothing() {
     assert!(stdout(&out).contains("dry run: nothing was started or written"));
     assert!(stdout(&out).contains("bottle plan for agent `demo`"));
     assert_eq!(walk(sb.dir.path()), before, "a dry run wrote files");
-    assert!(sb.state_entries().is_empty(), "state dir created by a dry run");
+    assert!(
+        sb.state_entries().is_empty(),
+        "state dir created by a dry run"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -47,7 +54,12 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn run_without_a_terminal_or_yes_refuses_with_usage_error() {
     let sb = Sandbox::new();
-    let out = sb.bottle().args(["run", "demo"]).stdin(std::process::Stdio::null()).output().unwrap();
+    let out = sb
+        .bottle()
+        .args(["run", "demo"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("pass --yes"), "{}", stderr(&out));
     assert!(sb.state_entries().is_empty());
@@ -57,12 +69,24 @@ fn run_without_a_terminal_or_yes_refuses_with_usage_error() {
 fn manifest_problems_exit_2_with_file_line_and_fix() {
     let sb = Sandbox::new();
     let m = sb.manifest("[bottles.b]\nalow = []\n[agents.a]\nbottle = \"b\"\n");
-    let out = sb.bottle().arg("--manifest").arg(&m).args(["plan", "a"]).output().unwrap();
+    let out = sb
+        .bottle()
+        .arg("--manifest")
+        .arg(&m)
+        .args(["plan", "a"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains(&format!("{}:2:1: bottles.b.alow: unknown key", m.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:2:1: bottles.b.alow: unknown key", m.display())),
+        "{err}"
+    );
     assert!(err.contains("did you mean `allow`"), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("Error {"), "no debug print: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Error {"),
+        "no debug print: {err}"
+    );
 }
 
 #[test]
@@ -71,7 +95,11 @@ fn unknown_agent_is_a_usage_error_with_suggestion() {
     let out = sb.run(&["plan", "dmeo"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no agent `dmeo`"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("did you mean `demo`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did you mean `demo`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -85,15 +113,28 @@ fn missing_manifest_flag_file_is_a_usage_error() {
 #[test]
 fn bad_backend_env_is_a_usage_error() {
     let sb = Sandbox::new();
-    let out = sb.bottle().env("BOTTLE_BACKEND", "lxc").args(["plan", "demo"]).output().unwrap();
+    let out = sb
+        .bottle()
+        .env("BOTTLE_BACKEND", "lxc")
+        .args(["plan", "demo"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("use `vm` or `docker`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("use `vm` or `docker`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn manifest_in_working_directory_is_used() {
     let sb = Sandbox::new();
-    std::fs::write(sb.cwd().join("bottle.toml"), "[bottles.x]\n[agents.here]\nbottle = \"x\"\n").unwrap();
+    std::fs::write(
+        sb.cwd().join("bottle.toml"),
+        "[bottles.x]\n[agents.here]\nbottle = \"x\"\n",
+    )
+    .unwrap();
     let out = sb.run(&["plan", "here", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -108,7 +149,11 @@ fn ls_reports_broken_state_and_cleanup_removes_it() {
     std::fs::write(broken.join("metadata.json"), "{ not json").unwrap();
     let ls = sb.run(&["ls"]);
     assert!(ls.status.success(), "{}", stderr(&ls));
-    assert!(stdout(&ls).contains("a-zzzzz\t?\tbroken"), "{}", stdout(&ls));
+    assert!(
+        stdout(&ls).contains("a-zzzzz\t?\tbroken"),
+        "{}",
+        stdout(&ls)
+    );
     assert!(stderr(&ls).contains("corrupt"), "{}", stderr(&ls));
     let dry = sb.run(&["cleanup", "--dry-run"]);
     assert!(stdout(&dry).contains("would remove"));

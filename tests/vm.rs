@@ -4,6 +4,8 @@
 //!
 //! VM tests share 2 cores, so they run one at a time (a lock).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -42,7 +44,11 @@ fn run_in_vm(sb: &Sandbox, manifest: &str, script: &str) -> std::process::Output
 }
 
 fn assert_nothing_left(sb: &Sandbox) {
-    assert!(sb.state_entries().is_empty(), "state left behind: {:?}", sb.state_entries());
+    assert!(
+        sb.state_entries().is_empty(),
+        "state left behind: {:?}",
+        sb.state_entries()
+    );
     let state = sb.state_dir().display().to_string();
     let left = processes_matching(&state);
     assert!(left.is_empty(), "processes left behind: {left:?}");
@@ -55,7 +61,11 @@ fn exec_passes_stdout_stderr_and_exit_code_through() {
         return;
     }
     let sb = Sandbox::new();
-    let out = run_in_vm(&sb, TINY, "echo to-stdout; echo to-stderr >&2; id -u; exit 7");
+    let out = run_in_vm(
+        &sb,
+        TINY,
+        "echo to-stdout; echo to-stderr >&2; id -u; exit 7",
+    );
     let (so, se) = (stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(7), "stdout:\n{so}\nstderr:\n{se}");
     assert!(so.contains("to-stdout"), "{so}");
@@ -87,7 +97,12 @@ echo "unlisted: $(wget -q -O - http://unlisted.example/ 2>&1 | head -n1)"
 "#;
     let out = run_in_vm(&sb, TINY, script);
     let so = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{so}\nstderr:\n{}",
+        stderr(&out)
+    );
     for expected in [
         "resolv: nameserver 10.0.2.2",
         "proxy.internal: Address: 10.0.2.2",
@@ -101,7 +116,10 @@ echo "unlisted: $(wget -q -O - http://unlisted.example/ 2>&1 | head -n1)"
     ] {
         assert!(so.contains(expected), "expected `{expected}` in:\n{so}");
     }
-    assert!(so.contains("403"), "an unlisted host gets 403 from the proxy:\n{so}");
+    assert!(
+        so.contains("403"),
+        "an unlisted host gets 403 from the proxy:\n{so}"
+    );
     assert_nothing_left(&sb);
 }
 
@@ -116,7 +134,10 @@ fn http_upstream(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
             s.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = s.write_all(reply.as_bytes());
         }
     });
@@ -146,9 +167,18 @@ bottle = "t"
 copy_cwd = false
 "#
     );
-    let out = run_in_vm(&sb, &manifest, &format!("wget -q -O - http://localhost:{port}/ 2>&1"));
+    let out = run_in_vm(
+        &sb,
+        &manifest,
+        &format!("wget -q -O - http://localhost:{port}/ 2>&1"),
+    );
     let so = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{so}\nstderr:\n{}",
+        stderr(&out)
+    );
     assert!(so.contains("hello-from-upstream"), "{so}");
     drop(upstream);
     assert_nothing_left(&sb);
@@ -165,11 +195,26 @@ fn workspace_is_copied_in_and_host_tree_is_never_written() {
     std::fs::create_dir_all(sb.cwd().join(".git")).unwrap();
     std::fs::write(sb.cwd().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
     let manifest = TINY.replace("copy_cwd = false", "copy_cwd = true");
-    let out = run_in_vm(&sb, &manifest, "pwd; cat README; cat .git/HEAD; echo changed > README; cat README");
+    let out = run_in_vm(
+        &sb,
+        &manifest,
+        "pwd; cat README; cat .git/HEAD; echo changed > README; cat README",
+    );
     let so = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{}", stderr(&out));
-    assert!(so.starts_with("/workspace\nhost file\nref: refs/heads/main\nchanged"), "{so}");
-    assert_eq!(std::fs::read_to_string(sb.cwd().join("README")).unwrap(), "host file\n");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{so}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        so.starts_with("/workspace\nhost file\nref: refs/heads/main\nchanged"),
+        "{so}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.cwd().join("README")).unwrap(),
+        "host file\n"
+    );
     assert_nothing_left(&sb);
 }
 
@@ -181,10 +226,20 @@ fn detached_bottle_is_listed_execs_and_stops_leaving_nothing() {
     }
     let sb = Sandbox::new();
     let m = sb.manifest(TINY);
-    let out = sb.bottle().args(["run", "--vm", "--yes", "--detach", "--manifest"]).arg(&m).args(["a"]).output().unwrap();
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let ls = stdout(&sb.run(&["ls"]));
-    let identity = ls.split('\t').nth(1).expect("one bottle listed").to_string();
+    let identity = ls
+        .split('\t')
+        .nth(1)
+        .expect("one bottle listed")
+        .to_string();
     assert!(ls.starts_with("vm\ta-"), "{ls}");
     assert!(ls.contains("\trunning\t"), "{ls}");
     let exec = sb.run(&["exec", &identity, "--", "/bin/sh", "-c", "hostname; exit 4"]);
@@ -203,17 +258,36 @@ fn kill_9_of_the_bundle_takes_the_vm_down_and_cleanup_removes_the_state() {
     }
     let sb = Sandbox::new();
     let m = sb.manifest(TINY);
-    let out = sb.bottle().args(["run", "--vm", "--yes", "--detach", "--manifest"]).arg(&m).args(["a"]).output().unwrap();
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let identity = sb.state_entries().pop().expect("state dir");
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(sb.state_dir().join(&identity).join("metadata.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.state_dir().join(&identity).join("metadata.json")).unwrap(),
+    )
+    .unwrap();
     let bundle = meta["bundle_pid"].as_u64().unwrap();
     let vm = meta["vm_pid"].as_u64().unwrap();
     assert!(std::path::Path::new(&format!("/proc/{vm}")).exists());
-    std::process::Command::new("kill").args(["-9", &bundle.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &bundle.to_string()])
+        .status()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{vm}/cmdline")).exists() && std::fs::read(format!("/proc/{vm}/cmdline")).map(|c| !c.is_empty()).unwrap_or(false) {
-        assert!(std::time::Instant::now() < deadline, "the VM outlived its bundle");
+    while std::path::Path::new(&format!("/proc/{vm}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{vm}/cmdline"))
+            .map(|c| !c.is_empty())
+            .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM outlived its bundle"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let ls = stdout(&sb.run(&["ls"]));
@@ -232,7 +306,13 @@ fn two_bottles_at_once_have_their_own_identity_and_network() {
     let sb = Sandbox::new();
     let m = sb.manifest(TINY);
     for _ in 0..2 {
-        let out = sb.bottle().args(["run", "--vm", "--yes", "--detach", "--manifest"]).arg(&m).args(["a"]).output().unwrap();
+        let out = sb
+            .bottle()
+            .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+            .arg(&m)
+            .args(["a"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let ids = sb.state_entries();
@@ -241,7 +321,14 @@ fn two_bottles_at_once_have_their_own_identity_and_network() {
     for id in &ids {
         let net = sb.state_dir().join(id).join("net.sock");
         assert!(net.exists(), "each bottle has its own netstack socket");
-        let exec = sb.run(&["exec", id, "--", "/bin/sh", "-c", "hostname; ls /proc/net/ >/dev/null"]);
+        let exec = sb.run(&[
+            "exec",
+            id,
+            "--",
+            "/bin/sh",
+            "-c",
+            "hostname; ls /proc/net/ >/dev/null",
+        ]);
         assert_eq!(stdout(&exec).trim(), id.as_str(), "{}", stderr(&exec));
     }
     for id in &ids {

@@ -1,6 +1,6 @@
 //! Helpers for the root crate's integration tests: run the real `bottle`
 //! binary with its own state dir and manifest.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,7 +14,10 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("bottle-it-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("bottle-it-")
+            .tempdir()
+            .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         std::fs::create_dir_all(dir.path().join("cwd")).unwrap();
@@ -53,7 +56,10 @@ impl Sandbox {
     /// Identities with a state directory.
     pub fn state_entries(&self) -> Vec<String> {
         match std::fs::read_dir(self.state_dir()) {
-            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -71,7 +77,13 @@ pub fn stderr(o: &Output) -> String {
 pub fn processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
@@ -87,10 +99,15 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
 /// Whether the VM backend can run here; `require`s it.
 #[track_caller]
 pub fn require_vm() -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_bottle")).args(["doctor"]).output().expect("doctor");
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["doctor"])
+        .output()
+        .expect("doctor");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     skip::require(
-        text.contains("backend vm: ready") && text.contains("ok   tiny image") && text.contains("boot probe qemu/tcg") ,
+        text.contains("backend vm: ready")
+            && text.contains("ok   tiny image")
+            && text.contains("boot probe qemu/tcg"),
         &format!("the VM backend is not ready here (run scripts/setup):\n{text}"),
     )
 }
