@@ -251,12 +251,14 @@ async fn serve_vm(
     .await
     .context("the VM did not attach to the network within 60 s")?
     .context("the VM's network attachment failed")?;
-    let mut net = NetConfig::default();
-    net.gateway = vm.gateway;
-    net.guest = vm.guest;
-    net.prefix_len = vm.prefix_len;
-    net.mtu = usize::try_from(vm.mtu).unwrap_or(1500);
-    net.guest_mac = Some(vm.guest_mac);
+    let net = NetConfig {
+        gateway: vm.gateway,
+        guest: vm.guest,
+        prefix_len: vm.prefix_len,
+        mtu: usize::try_from(vm.mtu).unwrap_or(1500),
+        guest_mac: Some(vm.guest_mac),
+        ..NetConfig::default()
+    };
     let mut forwards = BTreeMap::new();
     let p = proxy.clone();
     forwards.insert(

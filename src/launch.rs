@@ -240,7 +240,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let ready = runtime.block_on(async {
         let client =
             bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
-        client.wait_ready(guest_timeout()).await?;
+        wait_for_guest(&client, &dir).await?;
         eprintln!(
             "bottle: guest agent ready after {} ms",
             timing.elapsed().as_millis()
@@ -293,6 +293,28 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         dir.remove()?;
     }
     code
+}
+
+/// Wait for the guest agent, giving up early when the bundle (and so the VM) is gone.
+async fn wait_for_guest(client: &bottle_guest::host::Client, dir: &StateDir) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + guest_timeout();
+    loop {
+        match client.wait_ready(Duration::from_secs(2)).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let meta = dir.read_metadata()?;
+                if !is_alive(&meta) {
+                    anyhow::bail!("the bundle process exited before the guest agent answered (the VM stopped)");
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "the guest agent did not answer within {} s",
+                        guest_timeout().as_secs()
+                    )));
+                }
+            }
+        }
+    }
 }
 
 /// How long to wait for the guest agent (a TCG boot is slower).

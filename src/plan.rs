@@ -289,7 +289,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
 }
 
 /// A command on one line: long scripts are summarised.
-fn render_command(argv: &[String]) -> String {
+pub fn render_command(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if a.contains('\n') {

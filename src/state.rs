@@ -270,7 +270,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// What `list` found in one directory.
 #[derive(Debug)]
 pub enum Entry {
-    Ok(StateDir, Metadata),
+    Ok(StateDir, Box<Metadata>),
     /// The directory exists but its metadata is missing or unreadable.
     Broken {
         dir: StateDir,
@@ -303,7 +303,7 @@ pub fn list(root: &Path) -> Result<Vec<Entry>, StateError> {
             identity: name,
         };
         match dir.read_metadata() {
-            Ok(meta) => entries.push(Entry::Ok(dir, meta)),
+            Ok(meta) => entries.push(Entry::Ok(dir, Box::new(meta))),
             Err(e) => {
                 let reason = match &e {
                     StateError::Io { source, .. }
@@ -423,6 +423,81 @@ mod tests {
                 started_at: other.started_at.clone(),
                 ..self.clone()
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod concurrency_tests {
+    use super::*;
+
+    const CHILD_ENV: &str = "BOTTLE_STATE_STRESS_DIR";
+    const ROUNDS: usize = 200;
+
+    /// Run by the child processes of the test below.
+    #[test]
+    fn state_stress_child() {
+        let Some(path) = std::env::var_os(CHILD_ENV) else {
+            return;
+        };
+        let path = PathBuf::from(path);
+        let dir = StateDir {
+            identity: path.file_name().unwrap().to_string_lossy().into_owned(),
+            path,
+        };
+        for _ in 0..ROUNDS {
+            dir.update_metadata(|m| m.command.push(std::process::id().to_string()))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn two_processes_updating_metadata_lose_nothing() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(root.path(), "s-stres").unwrap();
+        let mut meta = tests_meta("s-stres");
+        meta.command.clear();
+        dir.write_metadata(&meta).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "state::concurrency_tests::state_stress_child",
+                        "--nocapture",
+                    ])
+                    .env(CHILD_ENV, dir.path())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let meta = dir.read_metadata().unwrap();
+        assert_eq!(meta.command.len(), 2 * ROUNDS, "an update was lost");
+    }
+
+    fn tests_meta(identity: &str) -> Metadata {
+        Metadata {
+            version: METADATA_VERSION,
+            identity: identity.into(),
+            agent: "s".into(),
+            bottle: "b".into(),
+            cwd: "/".into(),
+            backend: "vm".into(),
+            engine: None,
+            started_at: now_rfc3339(),
+            status: Status::Running,
+            bundle_pid: None,
+            vm_pid: None,
+            container_id: None,
+            command: vec![],
         }
     }
 }

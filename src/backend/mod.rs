@@ -79,7 +79,7 @@ pub trait Backend {
 /// The backend implementation for a name.
 pub fn backend_for(name: BackendName) -> Box<dyn Backend> {
     match name {
-        BackendName::Vm => Box::new(vm::VmBackend::default()),
-        BackendName::Docker => Box::new(docker_backend::DockerBackend::default()),
+        BackendName::Vm => Box::new(vm::VmBackend),
+        BackendName::Docker => Box::new(docker_backend::DockerBackend),
     }
 }

@@ -30,12 +30,6 @@ pub struct Selected {
     pub warnings: Vec<String>,
 }
 
-impl Default for BackendName {
-    fn default() -> Self {
-        BackendName::Vm
-    }
-}
-
 /// Why no backend could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectionError {

@@ -95,10 +95,12 @@ pub fn plan(
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (loaded, cwd) = load_manifest(args.manifest)?;
     let plan = make_plan(&loaded, &cwd, &args.agent, args.backend, args.command)?;
-    print(&plan.render())?;
     if args.dry_run {
+        print(&plan.render())?;
         return print("dry run: nothing was started or written.\n");
     }
+    // The preflight goes to stderr: stdout belongs to the agent's command.
+    eprint!("{}", plan.render());
     if !args.yes {
         confirm()?;
     }

@@ -16,9 +16,10 @@ pub struct Manifest {
 }
 
 /// `backend = "vm" | "docker"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {
+    #[default]
     Vm,
     Docker,
 }

@@ -1,0 +1,118 @@
+//! Helpers for the root crate's integration tests: run the real `bottle`
+//! binary with its own state dir and manifest.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use bottle_test_harness::skip;
+
+/// A scratch home for one test: state dir, config dir and manifest.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("bottle-it-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::create_dir_all(dir.path().join("cwd")).unwrap();
+        Self { dir }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cwd(&self) -> PathBuf {
+        self.dir.path().join("cwd")
+    }
+
+    /// Write `bottle.toml` in the sandbox and return its path.
+    pub fn manifest(&self, text: &str) -> PathBuf {
+        let path = self.dir.path().join("bottle.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A `bottle` command with this sandbox's state, config and cwd.
+    pub fn bottle(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bottle"));
+        cmd.env("BOTTLE_STATE_DIR", self.state_dir())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env_remove("BOTTLE_BACKEND")
+            .current_dir(self.cwd());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.bottle().args(args).output().expect("run bottle")
+    }
+
+    /// Identities with a state directory.
+    pub fn state_entries(&self) -> Vec<String> {
+        match std::fs::read_dir(self.state_dir()) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Whether the VM backend can run here; `require`s it.
+#[track_caller]
+pub fn require_vm() -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["doctor"])
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    skip::require(
+        text.contains("backend vm: ready")
+            && text.contains("ok   tiny image")
+            && text.contains("boot probe qemu/tcg"),
+        &format!("the VM backend is not ready here (run scripts/setup):\n{text}"),
+    )
+}
+
+/// Is `path` gone?
+pub fn gone(path: &Path) -> bool {
+    !path.exists()
+}

@@ -1,0 +1,338 @@
+//! VM backend end to end: the real `bottle` binary boots the real guest
+//! kernel and tiny image (qemu TCG here, libkrun where its probe passes) on
+//! the real netstack, with the proxy behind `proxy.internal`.
+//!
+//! VM tests share 2 cores, so they run one at a time (a lock).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::Duration;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const TINY: &str = r#"
+[bottles.t]
+image = "tiny"
+cpus = 1
+memory_mib = 256
+allow = ["allowed.localhost"]
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#;
+
+fn run_in_vm(sb: &Sandbox, manifest: &str, script: &str) -> std::process::Output {
+    let m = sb.manifest(manifest);
+    sb.bottle()
+        .args(["run", "--vm", "--yes", "--manifest"])
+        .arg(&m)
+        .args(["a", "--", "/bin/sh", "-c", script])
+        .output()
+        .expect("run bottle")
+}
+
+fn assert_nothing_left(sb: &Sandbox) {
+    assert!(
+        sb.state_entries().is_empty(),
+        "state left behind: {:?}",
+        sb.state_entries()
+    );
+    let state = sb.state_dir().display().to_string();
+    let left = processes_matching(&state);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn exec_passes_stdout_stderr_and_exit_code_through() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let out = run_in_vm(
+        &sb,
+        TINY,
+        "echo to-stdout; echo to-stderr >&2; id -u; exit 7",
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(so.contains("to-stdout"), "{so}");
+    assert!(so.contains("\n1000\n"), "the agent runs as uid 1000: {so}");
+    assert!(se.contains("to-stderr"), "{se}");
+    assert!(!so.contains("to-stderr"));
+    assert_nothing_left(&sb);
+}
+
+#[test]
+fn guest_sees_only_proxy_internal() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    // Every probe prints one line; the test reads them back.
+    let script = r#"
+echo "resolv: $(grep nameserver /etc/resolv.conf)"
+echo "proxy.internal: $(nslookup -type=a proxy.internal 2>&1 | grep -A1 'Name:' | grep Address | head -n1)"
+if nslookup -type=a example.com >/dev/null 2>&1; then echo "other-name: resolves"; else echo "other-name: fails"; fi
+if nslookup -type=a example.com 10.200.0.1 >/dev/null 2>&1; then echo "other-resolver: answers"; else echo "other-resolver: fails"; fi
+if timeout 5 nc -w 3 10.200.0.1 80 </dev/null >/dev/null 2>&1; then echo "direct-ip: open"; else echo "direct-ip: fails"; fi
+if timeout 5 nc -w 3 10.0.2.2 22 </dev/null >/dev/null 2>&1; then echo "gateway-22: open"; else echo "gateway-22: fails"; fi
+if timeout 5 nc -w 3 10.0.2.2 8888 </dev/null >/dev/null 2>&1; then echo "gateway-8888: open"; else echo "gateway-8888: fails"; fi
+if ping -c 1 -W 2 10.200.0.1 >/dev/null 2>&1; then echo "ping-other: ok"; else echo "ping-other: fails"; fi
+if [ -e /proc/net/if_inet6 ] && grep -qv '^00000000000000000000000000000001' /proc/net/if_inet6; then echo "ipv6: present"; else echo "ipv6: none"; fi
+echo "unlisted: $(wget -q -O - http://unlisted.example/ 2>&1 | head -n1)"
+"#;
+    let out = run_in_vm(&sb, TINY, script);
+    let so = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{so}\nstderr:\n{}",
+        stderr(&out)
+    );
+    for expected in [
+        "resolv: nameserver 10.0.2.2",
+        "proxy.internal: Address: 10.0.2.2",
+        "other-name: fails",
+        "other-resolver: fails",
+        "direct-ip: fails",
+        "gateway-22: fails",
+        "gateway-8888: open",
+        "ping-other: fails",
+        "ipv6: none",
+    ] {
+        assert!(so.contains(expected), "expected `{expected}` in:\n{so}");
+    }
+    assert!(
+        so.contains("403"),
+        "an unlisted host gets 403 from the proxy:\n{so}"
+    );
+    assert_nothing_left(&sb);
+}
+
+/// A plain HTTP upstream on host loopback, answering every request with `body`.
+fn http_upstream(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming().take(1) {
+            let Ok(mut s) = stream else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn allowed_upstream_on_host_loopback_answers_through_the_proxy() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (port, upstream) = http_upstream("hello-from-upstream");
+    let manifest = format!(
+        r#"
+[bottles.t]
+image = "tiny"
+cpus = 1
+memory_mib = 256
+allow = ["localhost"]
+allow_ports = [{port}]
+allow_ips = ["127.0.0.1"]
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+"#
+    );
+    let out = run_in_vm(
+        &sb,
+        &manifest,
+        &format!("wget -q -O - http://localhost:{port}/ 2>&1"),
+    );
+    let so = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{so}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert!(so.contains("hello-from-upstream"), "{so}");
+    drop(upstream);
+    assert_nothing_left(&sb);
+}
+
+#[test]
+fn workspace_is_copied_in_and_host_tree_is_never_written() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    std::fs::write(sb.cwd().join("README"), "host file\n").unwrap();
+    std::fs::create_dir_all(sb.cwd().join(".git")).unwrap();
+    std::fs::write(sb.cwd().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    let manifest = TINY.replace("copy_cwd = false", "copy_cwd = true");
+    let out = run_in_vm(
+        &sb,
+        &manifest,
+        "pwd; cat README; cat .git/HEAD; echo changed > README; cat README",
+    );
+    let so = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{so}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        so.starts_with("/workspace\nhost file\nref: refs/heads/main\nchanged"),
+        "{so}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.cwd().join("README")).unwrap(),
+        "host file\n"
+    );
+    assert_nothing_left(&sb);
+}
+
+#[test]
+fn detached_bottle_is_listed_execs_and_stops_leaving_nothing() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ls = stdout(&sb.run(&["ls"]));
+    let identity = ls
+        .split('\t')
+        .nth(1)
+        .expect("one bottle listed")
+        .to_string();
+    assert!(ls.starts_with("vm\ta-"), "{ls}");
+    assert!(ls.contains("\trunning\t"), "{ls}");
+    let exec = sb.run(&["exec", &identity, "--", "/bin/sh", "-c", "hostname; exit 4"]);
+    assert_eq!(exec.status.code(), Some(4), "{}", stderr(&exec));
+    assert_eq!(stdout(&exec).trim(), identity);
+    let stop = sb.run(&["stop", &identity]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_nothing_left(&sb);
+}
+
+#[test]
+fn kill_9_of_the_bundle_takes_the_vm_down_and_cleanup_removes_the_state() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = sb.state_entries().pop().expect("state dir");
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.state_dir().join(&identity).join("metadata.json")).unwrap(),
+    )
+    .unwrap();
+    let bundle = meta["bundle_pid"].as_u64().unwrap();
+    let vm = meta["vm_pid"].as_u64().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{vm}")).exists());
+    std::process::Command::new("kill")
+        .args(["-9", &bundle.to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{vm}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{vm}/cmdline"))
+            .map(|c| !c.is_empty())
+            .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM outlived its bundle"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ls = stdout(&sb.run(&["ls"]));
+    assert!(ls.contains("\tdead\t"), "{ls}");
+    let cleanup = sb.run(&["cleanup"]);
+    assert!(cleanup.status.success(), "{}", stderr(&cleanup));
+    assert_nothing_left(&sb);
+}
+
+#[test]
+fn two_bottles_at_once_have_their_own_identity_and_network() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    for _ in 0..2 {
+        let out = sb
+            .bottle()
+            .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+            .arg(&m)
+            .args(["a"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let ids = sb.state_entries();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+    for id in &ids {
+        let net = sb.state_dir().join(id).join("net.sock");
+        assert!(net.exists(), "each bottle has its own netstack socket");
+        let exec = sb.run(&[
+            "exec",
+            id,
+            "--",
+            "/bin/sh",
+            "-c",
+            "hostname; ls /proc/net/ >/dev/null",
+        ]);
+        assert_eq!(stdout(&exec).trim(), id.as_str(), "{}", stderr(&exec));
+    }
+    for id in &ids {
+        assert!(sb.run(&["stop", id]).status.success());
+    }
+    assert_nothing_left(&sb);
+}
