@@ -1,6 +1,7 @@
 //! VM tests with the real guest kernel: qemu under TCG here, libkrun where
 //! its probe passes. One binary, run serially (2 cores): every test takes
 //! the same lock.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,7 +61,7 @@ fn parts() -> Option<(PathBuf, PathBuf)> {
 }
 
 struct Sockets {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     _net: HoldingListener,
     _agent: HoldingListener,
 }
@@ -84,7 +85,7 @@ fn spec(kernel: PathBuf, initramfs: PathBuf, extra: &[&str]) -> (VmSpec, Sockets
     (
         s,
         Sockets {
-            dir,
+            _dir: dir,
             _net: net,
             _agent: agent,
         },
