@@ -204,11 +204,14 @@ fn ensure_agent_user() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Syncs and powers off (or reboots; QEMU runs with `-no-reboot`, so both end it).
+/// Syncs and powers off, or reboots. Without ACPI (QEMU `microvm,acpi=off`)
+/// a power-off only halts the CPU, so it reboots instead: the VMMs run with
+/// `-no-reboot` (or exit on reset), so a reboot ends the VM either way.
 pub fn power_off(reboot: bool) {
     use nix::sys::reboot::{reboot as sys_reboot, RebootMode};
     nix::unistd::sync();
-    let mode = if reboot {
+    let can_power_off = Path::new("/sys/firmware/acpi").exists();
+    let mode = if reboot || !can_power_off {
         RebootMode::RB_AUTOBOOT
     } else {
         RebootMode::RB_POWER_OFF
