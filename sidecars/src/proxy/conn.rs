@@ -9,7 +9,7 @@ use super::Proxy;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::convert::Infallible;
@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long a client may take to send its ClientHello after CONNECT.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client may take to send a request head (slow-loris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Proxy {
     /// Serve one client connection (HTTP/1.1 proxy protocol) until it closes.
@@ -34,6 +36,8 @@ impl Proxy {
             async move { Ok::<_, Infallible>(proxy.outer(req, peer).await) }
         });
         let result = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
@@ -226,6 +230,8 @@ impl Proxy {
                 .await
         } else {
             hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(io, service)
                 .await

@@ -210,6 +210,23 @@ mod tests {
     use super::*;
     use crate::policy::{HostPattern, RequestRule};
     use crate::proxy::target::parse_authority;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn normalized_paths_never_hold_dot_segments(raw in "/[a-z./%0-9A-F\\\\]{0,30}") {
+            if let Some(p) = normalize_path(&raw) {
+                prop_assert!(p.starts_with('/'));
+                prop_assert!(!p.split('/').any(|s| s == "." || s == ".."));
+                prop_assert!(!p.contains('\\'));
+            }
+        }
+
+        #[test]
+        fn request_checks_never_panic(method in "[A-Z]{1,8}", pq in "\\PC{0,40}") {
+            let _ = check_request(&policy(), &t("api.example.com:443"), &method, &pq);
+        }
+    }
 
     fn policy() -> Policy {
         Policy {

@@ -274,3 +274,64 @@ pub async fn serve_tcp(proxy: Arc<Proxy>, listener: tokio::net::TcpListener) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{HostPattern, Route, TokenSource};
+
+    fn policy() -> Policy {
+        Policy {
+            allow: vec![HostPattern::parse("a.example").unwrap()],
+            allow_ports: vec![443],
+            ..Policy::default()
+        }
+    }
+
+    fn proxy(policy: Policy) -> Result<Arc<Proxy>, ProxyError> {
+        let mut config = ProxyConfig::new("t-abcde", policy);
+        config.system_roots = false;
+        Proxy::new(config, BottleCa::generate("t-abcde")?, Scanner::default())
+    }
+
+    #[test]
+    fn new_fails_naming_the_route_when_its_token_source_is_missing() {
+        let mut p = policy();
+        p.routes.push(Route {
+            name: "gh".into(),
+            host: HostPattern::parse("a.example").unwrap(),
+            header: "authorization".into(),
+            prefix: String::new(),
+            token: TokenSource::Env("BOTTLE_TEST_UNSET_TOKEN_VAR".into()),
+        });
+        let err = proxy(p).unwrap_err();
+        assert!(matches!(err, ProxyError::Token(_)));
+        assert!(std::error::Error::source(&err)
+            .unwrap()
+            .to_string()
+            .contains("route `gh`"));
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_policy_in_force() {
+        let proxy = proxy(policy()).unwrap();
+        let mut bad = policy();
+        bad.allow_ips.push("not-an-address".into());
+        assert!(matches!(proxy.reload(bad), Err(ProxyError::AllowIps(_))));
+        assert_eq!(proxy.policy(), policy());
+        let mut good = policy();
+        good.allow_ports.push(8443);
+        proxy.reload(good.clone()).unwrap();
+        assert_eq!(proxy.policy(), good);
+    }
+
+    #[test]
+    fn extra_roots_that_hold_no_certificate_are_refused() {
+        let mut config = ProxyConfig::new("t", policy());
+        config.system_roots = false;
+        config.extra_root_pems = vec!["not a pem".into()];
+        let err =
+            Proxy::new(config, BottleCa::generate("t").unwrap(), Scanner::default()).unwrap_err();
+        assert!(matches!(err, ProxyError::Roots(_)));
+    }
+}

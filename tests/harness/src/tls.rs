@@ -143,6 +143,12 @@ pub struct Upstream {
 impl Upstream {
     /// HTTPS upstream with a leaf for `names` signed by `ca` (HTTP/1.1 only).
     pub fn https(ca: &TestCa, names: &[&str]) -> Self {
+        Self::https_with(ca, names, true)
+    }
+
+    /// Like [`https`](Self::https); `record = false` keeps no request log
+    /// (benchmarks, where the log would only grow).
+    pub fn https_with(ca: &TestCa, names: &[&str], record: bool) -> Self {
         let (chain, key) = ca.leaf(names);
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -153,15 +159,15 @@ impl Upstream {
         .with_single_cert(chain, key)
         .expect("server cert");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self::start(Some(Arc::new(config)))
+        Self::start(Some(Arc::new(config)), record)
     }
 
     /// Plain HTTP upstream.
     pub fn http() -> Self {
-        Self::start(None)
+        Self::start(None, true)
     }
 
-    fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, record: bool) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
@@ -186,7 +192,7 @@ impl Upstream {
                     let seen = seen2.clone();
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| echo(req, seen.clone()));
+                        let service = service_fn(move |req| echo(req, seen.clone(), record));
                         let builder = hyper::server::conn::http1::Builder::new();
                         match acceptor {
                             Some(acceptor) => {
@@ -246,6 +252,7 @@ impl Drop for Upstream {
 async fn echo(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    record: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body
@@ -278,6 +285,9 @@ async fn echo(
         {
             resp.headers_mut().append(name, v.clone());
         }
+    }
+    if !record {
+        return Ok(resp);
     }
     if let Ok(mut s) = seen.lock() {
         s.push(SeenRequest {
