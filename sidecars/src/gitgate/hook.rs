@@ -221,7 +221,13 @@ fn check_and_forward_inner(
         return Err(msg);
     }
 
-    forward(&git, mirror, &updates, &forced)
+    let summary = format!(
+        "git-gate: scanned {} commit(s), {} bytes in {} ms: no secrets found\n",
+        stats.commits,
+        stats.bytes,
+        started.elapsed().as_millis()
+    );
+    forward(&git, mirror, &updates, &forced).map(|text| summary + &text)
 }
 
 /// The updates that are not fast-forwards (deletions excluded).
@@ -322,6 +328,114 @@ mod tests {
         );
         assert_eq!(code, 1);
         assert!(String::from_utf8_lossy(&err).contains("cannot reach the gate"));
+    }
+
+    fn test_mirror(dir: &Path, allow_force_push: bool) -> Mirror {
+        let remote = crate::policy::GitRemote {
+            name: "app".into(),
+            upstream: "ssh://git@127.0.0.1:1/app.git".into(),
+            identity_file: None,
+            known_host_key:
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+                    .into(),
+            extra_hosts: Default::default(),
+            allow_force_push,
+        };
+        Mirror::open(dir, &remote, &["/bin/false".into()]).unwrap()
+    }
+
+    /// Commit an empty tree on top of `parent` in `repo`; returns the oid.
+    fn commit(repo: &Path, parent: Option<&str>, msg: &str) -> String {
+        let tree = mirror::git(repo).args(["mktree"]).output().unwrap();
+        let tree = String::from_utf8(tree.stdout).unwrap();
+        let mut c = mirror::git(repo);
+        c.env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t");
+        c.env("GIT_COMMITTER_EMAIL", "t@t")
+            .args(["commit-tree", tree.trim(), "-m", msg]);
+        if let Some(p) = parent {
+            c.args(["-p", p]);
+        }
+        String::from_utf8(c.output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn rewritten_history_is_seen_as_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = test_mirror(dir.path(), false);
+        let base = commit(&m.path, None, "base");
+        let a = commit(&m.path, Some(&base), "a");
+        let b = commit(&m.path, Some(&base), "b");
+        let git = QuarantineGit {
+            repo: m.path.clone(),
+            quarantine: None,
+        };
+        let ff = RefUpdate {
+            old: base.clone(),
+            new: a.clone(),
+            name: "refs/heads/ff".into(),
+        };
+        let forced = RefUpdate {
+            old: a,
+            new: b,
+            name: "refs/heads/forced".into(),
+        };
+        let updates = [ff, forced];
+        let got = forced_updates(&git, &updates).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "refs/heads/forced");
+    }
+
+    #[test]
+    fn hook_refuses_force_push_and_deletion_before_any_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = test_mirror(dir.path(), false);
+        let base = commit(&m.path, None, "base");
+        let a = commit(&m.path, Some(&base), "a");
+        let b = commit(&m.path, Some(&base), "b");
+        let zero = "0".repeat(40);
+        let scanner = Scanner::default();
+        let forced = HookRequest {
+            updates: format!("{a} {b} refs/heads/main\n"),
+            object_dir: None,
+        };
+        let reply = check_and_forward(&m, &scanner, &forced);
+        assert!(!reply.ok);
+        assert!(
+            reply.message.contains("not a fast-forward"),
+            "{}",
+            reply.message
+        );
+        let delete = HookRequest {
+            updates: format!("{a} {zero} refs/heads/main\n"),
+            object_dir: None,
+        };
+        let reply = check_and_forward(&m, &scanner, &delete);
+        assert!(!reply.ok);
+        assert!(
+            reply
+                .message
+                .contains("deleting refs/heads/main is not allowed"),
+            "{}",
+            reply.message
+        );
+    }
+
+    #[test]
+    fn malformed_hook_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = test_mirror(dir.path(), false);
+        let req = HookRequest {
+            updates: "not a ref update\n".into(),
+            object_dir: None,
+        };
+        let reply = check_and_forward(&m, &Scanner::default(), &req);
+        assert!(!reply.ok);
+        assert!(reply.message.contains("malformed ref update"));
     }
 
     #[test]

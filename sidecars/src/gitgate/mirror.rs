@@ -137,12 +137,6 @@ impl Mirror {
             &self.remote.upstream,
             "HEAD",
         ]);
-        let out = run_async(ls).await?;
-        if !out.status.success() {
-            return Err(MirrorError::Upstream(stderr_tail(&out)));
-        }
-        let head = symref_head(&out.stdout);
-
         let mut fetch = git(&self.path);
         fetch.env("GIT_SSH_COMMAND", &ssh_command).args([
             "fetch",
@@ -156,10 +150,17 @@ impl Mirror {
             "+refs/heads/*:refs/heads/*",
             "+refs/tags/*:refs/tags/*",
         ]);
-        let out = run_async(fetch).await?;
-        if !out.status.success() {
-            return Err(MirrorError::Upstream(stderr_tail(&out)));
+        // Both talk to upstream; run them side by side to pay one round of
+        // connection setup instead of two.
+        let (ls, fetch) = tokio::join!(run_async(ls), run_async(fetch));
+        let (ls, fetch) = (ls?, fetch?);
+        if !ls.status.success() {
+            return Err(MirrorError::Upstream(stderr_tail(&ls)));
         }
+        if !fetch.status.success() {
+            return Err(MirrorError::Upstream(stderr_tail(&fetch)));
+        }
+        let head = symref_head(&ls.stdout);
 
         if let Some(head) = head {
             let out = run_async({

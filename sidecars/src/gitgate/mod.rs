@@ -190,7 +190,8 @@ impl GitGate {
             .arg(format!("core.hooksPath={}", mirror.hooks_dir().display()));
         cmd.arg(request.service.subcommand());
         if request.service == Service::UploadPack {
-            cmd.arg("--strict");
+            // Drop clients that stall mid-transfer (seconds of no I/O).
+            cmd.arg("--strict").arg("--timeout=300");
         }
         cmd.arg(&mirror.path);
         if let Some(v) = request.protocol_version {
