@@ -110,7 +110,11 @@ pub(crate) fn common_cmdline(spec: &VmSpec) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    if spec.root_disk.is_some() {
+    let has_root = spec
+        .cmdline_extra
+        .iter()
+        .any(|w| w.starts_with("bottle.root="));
+    if spec.root_disk.is_some() && !has_root {
         words.push("bottle.root=/dev/vda".into());
     }
     words.extend(spec.cmdline_extra.iter().cloned());
@@ -176,6 +180,18 @@ mod tests {
     #[test]
     fn valid_spec_passes() {
         assert!(test_spec().validate().is_ok());
+    }
+
+    #[test]
+    fn explicit_bottle_root_is_not_repeated() {
+        let mut s = test_spec();
+        s.root_disk = Some("/img/root.ext4".into());
+        s.cmdline_extra = vec!["bottle.root=/dev/vda".into()];
+        let n = common_cmdline(&s)
+            .iter()
+            .filter(|w| w.starts_with("bottle.root="))
+            .count();
+        assert_eq!(n, 1);
     }
 
     #[test]
