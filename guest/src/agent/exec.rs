@@ -26,6 +26,8 @@ pub enum ExecError {
     NoUser(String),
     #[error("cannot switch to uid {0}: the agent is not root")]
     NotRoot(u32),
+    #[error("working directory {0:?} is not a directory")]
+    Cwd(String),
     #[error("cannot open a pseudo-terminal: {0}")]
     Pty(nix::Error),
     #[error("cannot run {argv0:?}: {source}")]
@@ -115,6 +117,9 @@ fn build_command(req: &ExecRequest, who: &Identity) -> Result<Command, ExecError
         None if std::path::Path::new(&who.home).is_dir() => who.home.clone(),
         None => "/".to_string(),
     };
+    if !std::path::Path::new(&cwd).is_dir() {
+        return Err(ExecError::Cwd(cwd));
+    }
     cmd.current_dir(cwd);
     Ok(cmd)
 }
@@ -352,5 +357,23 @@ mod tests {
             build_command(&ExecRequest::default(), &who),
             Err(ExecError::EmptyArgv)
         ));
+    }
+
+    #[test]
+    fn missing_working_directory_is_named_in_the_error() {
+        let who = Identity {
+            creds: None,
+            name: "x".into(),
+            home: "/".into(),
+            uid: 0,
+            gid: 0,
+        };
+        let req = ExecRequest {
+            argv: vec!["true".into()],
+            cwd: Some("/nonexistent-dir-xyz".into()),
+            ..Default::default()
+        };
+        let err = build_command(&req, &who).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dir-xyz"), "{err}");
     }
 }

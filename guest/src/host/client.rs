@@ -49,9 +49,9 @@ pub enum ClientError {
     Tree(#[from] TreeError),
 }
 
-type Sessions = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>;
+type Sessions = Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>>;
 
-fn lock(s: &Sessions) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::UnboundedSender<Frame>>> {
+fn lock(s: &Sessions) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<Frame>>> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -89,6 +89,12 @@ pub struct TreeEntry {
     pub kind: EntryKind,
     pub data: Vec<u8>,
 }
+
+/// Frames buffered per session before the connection waits for its reader.
+const SESSION_QUEUE: usize = 256;
+
+/// Largest output [`Client::capture`] collects per stream.
+pub const CAPTURE_LIMIT: usize = 256 << 20;
 
 /// Largest file [`Client::read_file`] accepts.
 pub const READ_FILE_LIMIT: u64 = 256 << 20;
@@ -139,12 +145,18 @@ impl Client {
                 let Ok(frame) = frame else { continue };
                 let id = frame.session();
                 let terminal = matches!(&frame, Frame::Control { msg, .. } if msg.is_terminal());
-                let mut map = lock(&s);
-                if let Some(tx) = map.get(&id) {
-                    let _ = tx.send(frame);
-                }
-                if terminal {
-                    map.remove(&id);
+                let tx = {
+                    let mut map = lock(&s);
+                    if terminal {
+                        map.remove(&id)
+                    } else {
+                        map.get(&id).cloned()
+                    }
+                };
+                // Waiting here pushes back through the mux to the guest when
+                // a session's reader falls behind, instead of buffering.
+                if let Some(tx) = tx {
+                    let _ = tx.send(frame).await;
                 }
             }
             lock(&s).clear();
@@ -156,9 +168,9 @@ impl Client {
         })
     }
 
-    async fn open(&self, msg: Msg) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), ClientError> {
+    async fn open(&self, msg: Msg) -> Result<(u32, mpsc::Receiver<Frame>), ClientError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed).max(1);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         lock(&self.sessions).insert(id, tx);
         self.out
             .send(Frame::control(id, msg))
@@ -199,9 +211,9 @@ impl Client {
         session.handle.close_stdin().await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
-            match session.next_event().await? {
-                Event::Stdout(b) => stdout.extend_from_slice(&b),
-                Event::Stderr(b) => stderr.extend_from_slice(&b),
+            let (buf, b) = match session.next_event().await? {
+                Event::Stdout(b) => (&mut stdout, b),
+                Event::Stderr(b) => (&mut stderr, b),
                 Event::Exit(status) => {
                     return Ok(Output {
                         stdout,
@@ -209,7 +221,12 @@ impl Client {
                         status,
                     })
                 }
+            };
+            if buf.len() + b.len() > CAPTURE_LIMIT {
+                let limit = CAPTURE_LIMIT as u64;
+                return Err(ClientError::TooLarge("captured output".into(), limit));
             }
+            buf.extend_from_slice(&b);
         }
     }
 
@@ -234,7 +251,7 @@ impl Client {
         .await
     }
 
-    async fn finish(&self, mut events: mpsc::UnboundedReceiver<Frame>) -> Result<u64, ClientError> {
+    async fn finish(&self, mut events: mpsc::Receiver<Frame>) -> Result<u64, ClientError> {
         match events.recv().await {
             Some(Frame::Control {
                 msg: Msg::Done { entries },
@@ -513,7 +530,7 @@ pub enum Event {
 pub struct Session {
     handle: SessionHandle,
     pid: u32,
-    events: mpsc::UnboundedReceiver<Frame>,
+    events: mpsc::Receiver<Frame>,
     done: bool,
 }
 
