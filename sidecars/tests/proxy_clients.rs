@@ -303,6 +303,14 @@ fn plain_http_absolute_form_is_forwarded() {
     let (code, body) = env.curl_status(&[&url]);
     assert_eq!(code, "200", "{body}");
     assert!(body.starts_with("GET /plain\n"), "{body}");
+    // A different Host header cannot steer the request to another virtual host.
+    let (code, _) = env.curl_status(&["-H", "Host: evil.test", &url]);
+    assert_eq!(code, "200");
+    let seen = env.plain.seen();
+    assert_eq!(
+        seen[1].header("host"),
+        Some(format!("allowed.test:{}", env.plain.port()).as_str())
+    );
 }
 
 #[test]

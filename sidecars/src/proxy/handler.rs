@@ -200,10 +200,10 @@ impl Proxy {
         };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(&target.authority()) {
-                parts.headers.insert(header::HOST, host);
-            }
+        // The upstream sees exactly the checked target as Host (no fronting
+        // through a different virtual host on an allowed address).
+        if let Ok(host) = HeaderValue::from_str(&target.authority()) {
+            parts.headers.insert(header::HOST, host);
         }
         let upstream_req = Request::from_parts(parts, Full::new(raw));
         let resp = match self.client.request(upstream_req).await {

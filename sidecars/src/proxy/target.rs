@@ -44,11 +44,6 @@ impl Target {
             _ => format!("{}:{}", self.host, self.port),
         }
     }
-
-    /// Whether `host` (a Host header or SNI value, optional port) names this target.
-    pub fn same_host(&self, other: &Target) -> bool {
-        self.host == other.host && self.port == other.port
-    }
 }
 
 impl fmt::Display for Target {
