@@ -509,3 +509,58 @@ fn extra_hosts_resolve_the_upstream_name_with_the_pinned_key() {
     );
     assert_eq!(fx.upstream_rev("refs/heads/main"), new);
 }
+
+#[test]
+fn concurrent_clones_of_one_mirror_all_get_upstreams_head() {
+    let Some(fx) = Fixture::new("main", |_| {}) else {
+        return;
+    };
+    let head = fx.upstream_rev("refs/heads/main");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let fx = &fx;
+                s.spawn(move || {
+                    let dir = fx.clone_through_gate(&format!("c{i}"));
+                    fx.git_ok(&dir, &["rev-parse", "HEAD"])
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), head);
+        }
+    });
+}
+
+#[test]
+fn annotated_tag_with_secret_in_its_message_is_rejected() {
+    let Some(fx) = Fixture::new("main", |_| {}) else {
+        return;
+    };
+    let work = fx.clone_through_gate("work");
+    let msg = format!("release\n\nsigned with {GITHUB_TOKEN}");
+    fx.git_ok(&work, &["tag", "-a", "v1", "-m", &msg]);
+    let err = fx.git_fails(&work, &["push", "origin", "refs/tags/v1"]);
+    assert!(err.contains("(tag object)"), "{err}");
+    assert!(fx
+        .git(
+            &fx.upstream,
+            &["rev-parse", "--verify", "--quiet", "refs/tags/v1"]
+        )
+        .stdout
+        .is_empty());
+}
+
+#[test]
+fn clean_push_reports_what_was_scanned() {
+    let Some(fx) = Fixture::new("main", |_| {}) else {
+        return;
+    };
+    let work = fx.clone_through_gate("work");
+    fx.commit(&work, "a.txt", "a\n", "one");
+    fx.commit(&work, "b.txt", "b\n", "two");
+    let out = fx.git(&work, &["push", "origin", "HEAD:refs/heads/main"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("scanned 2 commit(s)"), "{err}");
+}
