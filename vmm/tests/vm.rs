@@ -246,3 +246,66 @@ fn krun_helper_without_libkrun_exits_with_the_reason() {
         "{log}"
     );
 }
+
+#[test]
+fn debian_image_boots_read_only_with_node_and_git() {
+    let _g = serial();
+    let Some((k, i)) = parts() else { return };
+    let dir = bottle_vmm::image::ImageStore::open().path_of("debian");
+    let img = dir.map(|d| d.join("root.ext4")).filter(|p| p.is_file());
+    if !skip::require(
+        img.is_some(),
+        "Debian image not built: scripts/build-image.sh debian (root, ~5 min, Debian mirror)",
+    ) {
+        return;
+    }
+    let img = img.unwrap();
+    let before = std::fs::metadata(&img).unwrap().modified().unwrap();
+    let (mut s, _socks) = spec(k, i, &["bottle.test=tools"]);
+    s.root_disk = Some(img.clone());
+    s.memory_mib = 512;
+    let mut vm = engine().spawn(&s).unwrap();
+    let r = bottle_vmm::wait_for_marker_or_exit(&mut vm, &s.console_log, DEADLINE);
+    vm.kill().unwrap();
+    let con = console(&s);
+    assert!(r.is_ok(), "{r:?}\n{con}");
+    assert!(
+        con.lines().any(|l| l.starts_with('v') && l.contains('.')),
+        "no node version:\n{con}"
+    );
+    assert!(con.contains("git version"), "no git version:\n{con}");
+    // The shared image is opened read-only: the guest's writes went to tmpfs.
+    assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), before);
+}
+
+#[test]
+fn doctor_reports_every_vm_fact() {
+    let _g = serial();
+    if parts().is_none() {
+        return;
+    }
+    let checks = bottle_vmm::doctor();
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    for want in [
+        "kvm access",
+        "qemu",
+        "libkrun library",
+        "guest kernel",
+        "libkrun kernel",
+        "tiny image (agent)",
+        "boot probe libkrun/kvm",
+        "boot probe qemu/kvm",
+        "boot probe qemu/tcg",
+    ] {
+        assert!(names.contains(&want), "missing {want} in {names:?}");
+    }
+    let tcg = checks
+        .iter()
+        .find(|c| c.name == "boot probe qemu/tcg")
+        .unwrap();
+    assert!(tcg.ok, "{}", tcg.detail);
+    assert!(checks
+        .iter()
+        .filter(|c| !c.ok)
+        .all(|c| !c.detail.is_empty()));
+}
