@@ -31,7 +31,12 @@ pub async fn run(target: channel::Target, reaper: reaper::Reaper, announce: fn()
                     src = s.source();
                 }
                 eprintln!("bottle-guest: {msg}; redialing");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // A refusal (version mismatch) will not heal soon: back off.
+                let pause = match e {
+                    server::ServeError::Refused(_) => Duration::from_secs(5),
+                    _ => Duration::from_millis(500),
+                };
+                tokio::time::sleep(pause).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -10,7 +10,7 @@ use bottle_guest::host::attach_with;
 use bottle_guest::{ExecRequest, ExitStatus};
 use common::{sh, Rig};
 use nix::sys::termios::{tcgetattr, LocalFlags};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn set_size(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) {
     // Through `stty` on the terminal, to keep unsafe ioctls out of tests.
@@ -61,7 +61,6 @@ async fn attach_uses_raw_mode_follows_resizes_and_restores_the_terminal() {
 
     let mut seen = Vec::new();
     let mut read_until = async |needle: &str, seen: &mut Vec<u8>| {
-        use tokio::io::AsyncReadExt;
         while !String::from_utf8_lossy(seen).contains(needle) {
             let mut buf = [0u8; 256];
             let n = out_r.read(&mut buf).await.unwrap();
@@ -85,20 +84,22 @@ async fn attach_uses_raw_mode_follows_resizes_and_restores_the_terminal() {
     set_size(pty.slave.as_fd(), 50, 140);
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGWINCH).unwrap();
     // Each line makes the program print its size again, until the resize
-    // (handled asynchronously) has reached it.
-    for _ in 0..200 {
+    // (handled asynchronously) has reached it; poll for up to 20 s.
+    let mut text = String::new();
+    for _ in 0..400 {
         input_w.write_all(b"\n").await.unwrap();
-        read_until("\n", &mut seen).await;
-        let text = String::from_utf8_lossy(&seen).into_owned();
+        let mut buf = [0u8; 256];
+        let wait = std::time::Duration::from_millis(50);
+        while let Ok(n) = tokio::time::timeout(wait, out_r.read(&mut buf)).await {
+            let n = n.unwrap();
+            assert!(n > 0, "output ended: {text:?}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
         if text.contains("50 140") {
             break;
         }
-        seen.clear();
     }
-    assert!(
-        String::from_utf8_lossy(&seen).contains("50 140"),
-        "resize never arrived"
-    );
+    assert!(text.contains("50 140"), "resize never arrived: {text:?}");
     input_w.write_all(b"q\n").await.unwrap();
 
     let status = attached.await.unwrap().unwrap();
