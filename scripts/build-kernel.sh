@@ -12,8 +12,8 @@
 #                    /usr/src/linux-source-*.tar.xz, 6.1 preferred)
 #      JOBS          make -j (default: number of cores)
 #      FORCE=1       rebuild even when cached
-#      CLEAN=1       remove the unpacked build tree afterwards (kept by
-#                    default so a changed fragment rebuilds incrementally)
+#      KEEP_BUILD=1  keep the unpacked tree (~1.5 GB) in the cache so a
+#                    changed fragment rebuilds incrementally (removed by default)
 # Prints the installed vmlinux path as the last line of stdout.
 set -euo pipefail
 
@@ -124,5 +124,5 @@ printf '%s\n' "$fragment_sha" > "$dest.tmp/fragment.sha256"
 rm -rf "$dest"
 mv "$dest.tmp" "$dest"
 log "built in $(( $(date +%s) - start ))s (${total} options on): $dest/vmlinux ($(du -h "$dest/vmlinux" | cut -f1))"
-if [ "${CLEAN:-0}" = 1 ]; then rm -rf "$work"; fi
+if [ "${KEEP_BUILD:-0}" != 1 ]; then rm -rf "$work"; fi
 echo "$dest/vmlinux"
