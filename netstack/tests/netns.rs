@@ -408,13 +408,24 @@ async fn five_hundred_concurrent_flows_all_echo() {
             s.read_exact(&mut got).unwrap();
             assert_eq!(&got, format!("flow {i:04}\n").as_bytes());
         }
-        streams.len()
+        streams
     })
     .await
     .unwrap();
-    assert_eq!(echoed, FLOWS);
+    assert_eq!(echoed.len(), FLOWS);
     let c = lab.stack.counters();
     assert_eq!(c.flows_accepted, FLOWS as u64, "{c:?}");
     assert_eq!(c.flows_rejected, 0);
+    // All of them are still open here.
     assert_eq!(c.flows_active, FLOWS as u64);
+    drop(echoed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lab.stack.counters().flows_active != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flows never closed: {:?}",
+            lab.stack.counters()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
