@@ -8,6 +8,8 @@
 //! Runs until SIGINT/SIGTERM or until the TAP goes away; `--counters` prints
 //! the counters as JSON on exit.
 
+#![deny(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
