@@ -38,6 +38,9 @@ pub const PROXY_HOST: &str = "proxy.internal";
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a push session may hold its mirror's lock.
+const PUSH_SESSION_LIMIT: Duration = Duration::from_secs(3600);
+
 /// Largest hook request accepted (ref update lines).
 const MAX_HOOK_REQUEST: u64 = 4 << 20;
 
@@ -169,8 +172,15 @@ impl GitGate {
                 };
                 let hook_task =
                     tokio::spawn(serve_hook(listener, mirror.clone(), self.scanner.clone()));
-                self.run_service(stream, &mirror, &request, Some(&socket))
-                    .await;
+                // The mirror stays locked for the whole push; a stalled client
+                // must not keep it forever (dropping the future kills git).
+                let session = self.run_service(stream, &mirror, &request, Some(&socket));
+                if tokio::time::timeout(PUSH_SESSION_LIMIT, session)
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(%peer, repo = %request.repo, "git-gate push session timed out");
+                }
                 hook_task.abort();
                 let _ = std::fs::remove_file(&socket);
             }
