@@ -468,6 +468,112 @@ mod tests {
         assert!(parse_hunk_header(b"@@ garbage").is_none());
     }
 
+    const AWS_KEY: &str = "AKIAZ7VRSQ5TJ2NXKQ4P";
+
+    /// A work repo; `GitRunner` over its `.git`.
+    struct Repo(tempfile::TempDir);
+
+    impl GitRunner for Repo {
+        fn command(&self) -> Command {
+            let mut c = crate::gitgate::mirror::git(&self.0.path().join(".git"));
+            c.current_dir(self.0.path())
+                .env("GIT_WORK_TREE", self.0.path())
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t");
+            c
+        }
+    }
+
+    impl Repo {
+        fn new() -> Self {
+            let r = Repo(tempfile::tempdir().unwrap());
+            let ok = crate::gitgate::mirror::git_plain()
+                .args(["init", "-q", "--initial-branch", "main"])
+                .arg(r.0.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            r
+        }
+        fn git(&self, args: &[&str]) -> String {
+            let out = self.command().args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        }
+        fn commit(&self, file: &str, content: &[u8], msg: &str) -> String {
+            std::fs::write(self.0.path().join(file), content).unwrap();
+            self.git(&["add", file]);
+            self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+            self.git(&["rev-parse", "HEAD"])
+        }
+    }
+
+    fn scan_range(repo: &Repo, old: &str, new: &str) -> Vec<PushFinding> {
+        let u = RefUpdate {
+            old: old.into(),
+            new: new.into(),
+            name: "refs/heads/main".into(),
+        };
+        let scanner = Scanner::builtin().unwrap();
+        scan_updates(repo, &scanner, &[u]).unwrap().0
+    }
+
+    #[test]
+    fn added_lines_that_look_like_diff_headers_are_still_scanned() {
+        let repo = Repo::new();
+        let base = repo.commit("a.txt", b"x\n", "base");
+        let content = format!("++ b/fake\n+++ b/other\n\x01deadbeef\n@@ -1 +1 @@\nkey={AWS_KEY}\n");
+        let tip = repo.commit("a.txt", content.as_bytes(), "tricky");
+        let f = scan_range(&repo, &base, &tip);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (f[0].location.as_str(), f[0].line, f[0].commit.as_str()),
+            ("a.txt", 5, tip.as_str())
+        );
+    }
+
+    #[test]
+    fn secret_in_binary_file_is_found() {
+        let repo = Repo::new();
+        let base = repo.commit("a.txt", b"x\n", "base");
+        let mut blob = vec![0u8, 1, 2, 255, b'\n'];
+        blob.extend_from_slice(format!("{AWS_KEY}\n").as_bytes());
+        let tip = repo.commit("blob.bin", &blob, "binary");
+        let f = scan_range(&repo, &base, &tip);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].location, "blob.bin");
+    }
+
+    #[test]
+    fn lines_only_removed_are_not_findings() {
+        let repo = Repo::new();
+        let base = repo.commit("a.txt", format!("{AWS_KEY}\n").as_bytes(), "old secret");
+        let tip = repo.commit("a.txt", b"clean\n", "remove it");
+        assert!(scan_range(&repo, &base, &tip).is_empty());
+    }
+
+    #[test]
+    fn merge_commit_is_scanned_against_its_first_parent() {
+        let repo = Repo::new();
+        let base = repo.commit("a.txt", b"a\n", "base");
+        repo.git(&["checkout", "-q", "-b", "side"]);
+        repo.commit("s.txt", format!("{AWS_KEY}\n").as_bytes(), "side");
+        repo.git(&["checkout", "-q", "main"]);
+        repo.commit("m.txt", b"m\n", "main");
+        repo.git(&["merge", "-q", "--no-edit", "side"]);
+        let tip = repo.git(&["rev-parse", "HEAD"]);
+        let f = scan_range(&repo, &base, &tip);
+        // Found in the side commit and again in the merge's first-parent diff.
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f.iter().all(|x| x.location == "s.txt"));
+    }
+
     #[test]
     fn finding_display_names_rule_file_line_and_commit() {
         let f = PushFinding {
