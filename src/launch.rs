@@ -322,7 +322,7 @@ fn guest_timeout() -> Duration {
     std::env::var("BOTTLE_GUEST_TIMEOUT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(90), Duration::from_secs)
+        .map_or(Duration::from_secs(120), Duration::from_secs)
 }
 
 /// Run `command` as the agent on this terminal (or plain pipes); its exit code.
