@@ -57,17 +57,27 @@ pub fn decode_body(body: &[u8]) -> Result<Result<Frame, BadFrame>, FrameError> {
         KIND_CONTROL => {
             return Ok(serde_json::from_slice::<Msg>(payload)
                 .map(|msg| Frame::Control { session, msg })
-                .map_err(|e| BadFrame { session, reason: format!("bad control message: {e}") }));
+                .map_err(|e| BadFrame {
+                    session,
+                    reason: format!("bad control message: {e}"),
+                }));
         }
         KIND_STDIN => Stream::Stdin,
         KIND_STDOUT => Stream::Stdout,
         KIND_STDERR => Stream::Stderr,
         KIND_FILE => Stream::File,
         other => {
-            return Ok(Err(BadFrame { session, reason: format!("unknown frame kind {other}") }))
+            return Ok(Err(BadFrame {
+                session,
+                reason: format!("unknown frame kind {other}"),
+            }))
         }
     };
-    Ok(Ok(Frame::Data { session, stream, bytes: Bytes::copy_from_slice(payload) }))
+    Ok(Ok(Frame::Data {
+        session,
+        stream,
+        bytes: Bytes::copy_from_slice(payload),
+    }))
 }
 
 /// Encodes a frame, length prefix included.
@@ -76,7 +86,11 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
         Frame::Control { session, msg } => {
             (KIND_CONTROL, *session, serde_json::to_vec(msg)?.into())
         }
-        Frame::Data { session, stream, bytes } => {
+        Frame::Data {
+            session,
+            stream,
+            bytes,
+        } => {
             let kind = match stream {
                 Stream::Stdin => KIND_STDIN,
                 Stream::Stdout => KIND_STDOUT,
@@ -108,7 +122,10 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: Vec::new() }
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+        }
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream between frames.
@@ -181,7 +198,11 @@ pub fn data_frames(session: u32, stream: Stream, data: Bytes) -> impl Iterator<I
             return None;
         }
         let n = rest.len().min(DATA_CHUNK);
-        Some(Frame::Data { session, stream, bytes: rest.split_to(n) })
+        Some(Frame::Data {
+            session,
+            stream,
+            bytes: rest.split_to(n),
+        })
     })
 }
 
@@ -199,9 +220,18 @@ mod tests {
 
     #[tokio::test]
     async fn control_and_data_frames_round_trip() {
-        let exit = Frame::control(7, Msg::Exit { status: ExitStatus::Signal(9) });
+        let exit = Frame::control(
+            7,
+            Msg::Exit {
+                status: ExitStatus::Signal(9),
+            },
+        );
         assert_eq!(round_trip(&exit).await, exit);
-        let data = Frame::Data { session: 3, stream: Stream::Stderr, bytes: Bytes::from_static(b"\0\xff") };
+        let data = Frame::Data {
+            session: 3,
+            stream: Stream::Stderr,
+            bytes: Bytes::from_static(b"\0\xff"),
+        };
         assert_eq!(round_trip(&data).await, data);
     }
 
@@ -230,7 +260,8 @@ mod tests {
 
     #[test]
     fn large_data_is_split_into_chunks() {
-        let frames: Vec<_> = data_frames(1, Stream::File, Bytes::from(vec![7u8; DATA_CHUNK * 2 + 1])).collect();
+        let frames: Vec<_> =
+            data_frames(1, Stream::File, Bytes::from(vec![7u8; DATA_CHUNK * 2 + 1])).collect();
         assert_eq!(frames.len(), 3);
     }
 

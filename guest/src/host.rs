@@ -6,6 +6,8 @@ pub mod client;
 pub mod mux;
 mod tree;
 
-pub use attach::{attach, terminal_size, AttachError};
-pub use client::{Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry};
+pub use attach::{attach, attach_with, terminal_size, AttachError};
+pub use client::{
+    Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry,
+};
 pub use mux::{run_mux, MuxError};

@@ -9,23 +9,43 @@ const USAGE: &str = "usage:
   bottle-guest init                      run as the VM's init (default when PID 1)
   bottle-guest serve --connect unix:PATH [--forward ADDR:PORT=unix:PATH]...
   bottle-guest forward --listen ADDR:PORT --to unix:PATH [--listen .. --to ..]...
+  bottle-guest net 'bottle.net=IP/PREFIX,GW bottle.mtu=N'   configure lo and eth0 only (testing aid)
   bottle-guest version";
 
 #[derive(Debug)]
 enum Mode {
-    Init { stage2: bool },
-    Serve { connect: Target, forwards: Vec<Forward> },
-    Forward { forwards: Vec<Forward> },
+    Init {
+        stage2: bool,
+    },
+    Serve {
+        connect: Target,
+        forwards: Vec<Forward>,
+    },
+    Forward {
+        forwards: Vec<Forward>,
+    },
+    Net {
+        cmdline: String,
+    },
     Version,
 }
 
 fn parse_args(args: &[String]) -> Result<Mode, String> {
     let Some((cmd, rest)) = args.split_first() else {
-        return if std::process::id() == 1 { Ok(Mode::Init { stage2: false }) } else { Err("no command".into()) };
+        return if std::process::id() == 1 {
+            Ok(Mode::Init { stage2: false })
+        } else {
+            Err("no command".into())
+        };
     };
     match cmd.as_str() {
-        "init" => Ok(Mode::Init { stage2: rest.iter().any(|a| a == "--stage2") }),
+        "init" => Ok(Mode::Init {
+            stage2: rest.iter().any(|a| a == "--stage2"),
+        }),
         "version" | "--version" => Ok(Mode::Version),
+        "net" => Ok(Mode::Net {
+            cmdline: rest.join(" "),
+        }),
         "serve" => {
             let mut connect = None;
             let mut forwards = Vec::new();
@@ -33,15 +53,22 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             while let Some(flag) = it.next() {
                 let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
                 match flag.as_str() {
-                    "--connect" => connect = Some(value.parse::<Target>().map_err(|e| e.to_string())?),
+                    "--connect" => {
+                        connect = Some(value.parse::<Target>().map_err(|e| e.to_string())?)
+                    }
                     "--forward" => {
-                        let (listen, to) = value.split_once('=').ok_or_else(|| format!("bad --forward {value:?}"))?;
+                        let (listen, to) = value
+                            .split_once('=')
+                            .ok_or_else(|| format!("bad --forward {value:?}"))?;
                         forwards.push(Forward::parse(listen, to).map_err(|e| e.to_string())?);
                     }
                     other => return Err(format!("unknown flag {other}")),
                 }
             }
-            Ok(Mode::Serve { connect: connect.ok_or("serve needs --connect")?, forwards })
+            Ok(Mode::Serve {
+                connect: connect.ok_or("serve needs --connect")?,
+                forwards,
+            })
         }
         "forward" => {
             let mut forwards = Vec::new();
@@ -78,10 +105,29 @@ fn main() -> ExitCode {
     };
     match mode {
         Mode::Version => {
-            println!("{} (protocol {})", agent::server::SOFTWARE, bottle_guest::proto::PROTOCOL_VERSION);
+            println!(
+                "{} (protocol {})",
+                agent::server::SOFTWARE,
+                bottle_guest::proto::PROTOCOL_VERSION
+            );
             ExitCode::SUCCESS
         }
         Mode::Init { stage2 } => run_init(stage2),
+        Mode::Net { cmdline } => {
+            let result = cmdline::parse(&cmdline)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| {
+                    init::configure_network(cfg.net, cfg.mtu)
+                        .map_err(|e| format!("{e}: {}", source_of(&e)))
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bottle-guest: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Mode::Serve { connect, forwards } => {
             let _ = nix::sys::prctl::set_child_subreaper(true);
             run_runtime(async move {
@@ -101,7 +147,9 @@ fn main() -> ExitCode {
 
 async fn start_forwards(forwards: Vec<Forward>) -> Result<(), String> {
     for f in forwards {
-        agent::forward::start(f).await.map_err(|e| format!("{e}: {}", source_of(&e)))?;
+        agent::forward::start(f)
+            .await
+            .map_err(|e| format!("{e}: {}", source_of(&e)))?;
     }
     Ok(())
 }
@@ -111,7 +159,11 @@ fn source_of(e: &dyn std::error::Error) -> String {
 }
 
 fn run_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bottle-guest: tokio runtime: {e}");
@@ -166,7 +218,9 @@ fn run_init(stage2: bool) -> ExitCode {
             }
             if std::path::Path::new("/sbin/bottle-guest").exists() {
                 use std::os::unix::process::CommandExt;
-                let err = std::process::Command::new("/sbin/bottle-guest").args(["init", "--stage2"]).exec();
+                let err = std::process::Command::new("/sbin/bottle-guest")
+                    .args(["init", "--stage2"])
+                    .exec();
                 eprintln!("bottle-guest: exec /sbin/bottle-guest: {err}; continuing");
             }
         }
@@ -206,15 +260,22 @@ mod tests {
     #[test]
     fn serve_takes_a_socket_and_forwards() {
         let m = parse_args(&args("serve --connect unix:/run/bottle/agent.sock --forward 127.0.0.1:8888=unix:/run/bottle/proxy.sock")).unwrap();
-        let Mode::Serve { connect, forwards } = m else { panic!("{m:?}") };
+        let Mode::Serve { connect, forwards } = m else {
+            panic!("{m:?}")
+        };
         assert_eq!(connect, Target::Unix("/run/bottle/agent.sock".into()));
         assert_eq!(forwards.len(), 1);
     }
 
     #[test]
     fn forward_pairs_listen_with_to() {
-        let m = parse_args(&args("forward --listen 127.0.0.1:1 --to unix:/a --listen 127.0.0.1:2 --to unix:/b")).unwrap();
-        let Mode::Forward { forwards } = m else { panic!("{m:?}") };
+        let m = parse_args(&args(
+            "forward --listen 127.0.0.1:1 --to unix:/a --listen 127.0.0.1:2 --to unix:/b",
+        ))
+        .unwrap();
+        let Mode::Forward { forwards } = m else {
+            panic!("{m:?}")
+        };
         assert_eq!(forwards.len(), 2);
         assert!(parse_args(&args("forward --listen 127.0.0.1:1")).is_err());
         assert!(parse_args(&args("serve")).is_err());

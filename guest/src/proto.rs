@@ -100,31 +100,55 @@ pub struct Entry {
 pub enum Msg {
     // --- connection level (session 0) ---
     /// First message of the dialing side.
-    Hello { version: u32, role: Role, software: String },
+    Hello {
+        version: u32,
+        role: Role,
+        software: String,
+    },
     /// The listening side accepts the hello.
-    Welcome { version: u32, guest_connected: bool },
+    Welcome {
+        version: u32,
+        guest_connected: bool,
+    },
     /// The listening side refuses the connection; it closes after this.
-    Refused { reason: String },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Refused {
+        reason: String,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 
     // --- requests (open a session) ---
     /// Run a program.
     Exec(ExecRequest),
     /// Write entries (each followed by its data); ends with `End`.
-    Put { owner: Option<User> },
+    Put {
+        owner: Option<User>,
+    },
     /// Read a file or a tree; the guest answers with entries, then `Done`.
-    Get { path: String },
+    Get {
+        path: String,
+    },
     /// Ask who the guest is; answered with `Info`.
     Probe,
     /// Power the guest off (or reboot it) after a sync; only as init.
-    Poweroff { reboot: bool },
+    Poweroff {
+        reboot: bool,
+    },
 
     // --- within a session, host to guest ---
     /// No more stdin (a `^D` on a terminal).
     StdinEof,
-    Resize { rows: u16, cols: u16 },
-    Signal { signal: i32 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    Signal {
+        signal: i32,
+    },
     /// One entry of a `Put`.
     Entry(Entry),
     /// The last entry of a `Put` was sent.
@@ -133,13 +157,26 @@ pub enum Msg {
     Cancel,
 
     // --- within a session, guest to host ---
-    Started { pid: u32 },
-    Exit { status: ExitStatus },
+    Started {
+        pid: u32,
+    },
+    Exit {
+        status: ExitStatus,
+    },
     /// A transfer or poweroff succeeded; carries how many entries it moved.
-    Done { entries: u64 },
-    Info { version: u32, software: String, hostname: String, pid1: bool },
+    Done {
+        entries: u64,
+    },
+    Info {
+        version: u32,
+        software: String,
+        hostname: String,
+        pid1: bool,
+    },
     /// The session failed and is closed.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 impl Msg {
@@ -153,7 +190,10 @@ impl Msg {
 
     /// Whether this message (from the guest) ends its session.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Msg::Exit { .. } | Msg::Done { .. } | Msg::Info { .. } | Msg::Error { .. })
+        matches!(
+            self,
+            Msg::Exit { .. } | Msg::Done { .. } | Msg::Info { .. } | Msg::Error { .. }
+        )
     }
 }
 
@@ -170,8 +210,15 @@ pub enum Stream {
 /// One protocol frame, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Control { session: u32, msg: Msg },
-    Data { session: u32, stream: Stream, bytes: bytes::Bytes },
+    Control {
+        session: u32,
+        msg: Msg,
+    },
+    Data {
+        session: u32,
+        stream: Stream,
+        bytes: bytes::Bytes,
+    },
 }
 
 impl Frame {
@@ -185,7 +232,11 @@ impl Frame {
     pub fn with_session(self, id: u32) -> Frame {
         match self {
             Frame::Control { msg, .. } => Frame::Control { session: id, msg },
-            Frame::Data { stream, bytes, .. } => Frame::Data { session: id, stream, bytes },
+            Frame::Data { stream, bytes, .. } => Frame::Data {
+                session: id,
+                stream,
+                bytes,
+            },
         }
     }
 
@@ -194,7 +245,12 @@ impl Frame {
     }
 
     pub fn error(session: u32, message: impl Into<String>) -> Frame {
-        Frame::Control { session, msg: Msg::Error { message: message.into() } }
+        Frame::Control {
+            session,
+            msg: Msg::Error {
+                message: message.into(),
+            },
+        }
     }
 }
 
@@ -224,7 +280,10 @@ mod tests {
 
     #[test]
     fn only_guest_answers_end_sessions() {
-        assert!(Msg::Exit { status: ExitStatus::Code(0) }.is_terminal());
+        assert!(Msg::Exit {
+            status: ExitStatus::Code(0)
+        }
+        .is_terminal());
         assert!(!Msg::Started { pid: 1 }.is_terminal());
         assert!(Msg::Probe.is_request());
         assert!(!Msg::StdinEof.is_request());

@@ -1,5 +1,7 @@
 //! File copy both ways, handshake refusals, malformed frames, reconnection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,10 +18,19 @@ async fn write_file_then_read_file_keeps_bytes_and_mode() {
     let (rig, client) = Rig::start().await;
     let path = rig.dir.path().join("sub/dir/f.bin");
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
-    client.write_file(&path.display().to_string(), &data, 0o640, None).await.unwrap();
+    client
+        .write_file(&path.display().to_string(), &data, 0o640, None)
+        .await
+        .unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
-    assert_eq!(client.read_file(&path.display().to_string()).await.unwrap(), data);
-    let err = client.read_file(&rig.dir.path().display().to_string()).await.unwrap_err();
+    assert_eq!(
+        client.read_file(&path.display().to_string()).await.unwrap(),
+        data
+    );
+    let err = client
+        .read_file(&rig.dir.path().display().to_string())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }
 
@@ -30,7 +41,15 @@ async fn write_file_chowns_to_the_owner() {
     }
     let (rig, client) = Rig::start().await;
     let path = rig.dir.path().join("owned");
-    client.write_file(&path.display().to_string(), b"x", 0o600, Some(User::Uid(1000))).await.unwrap();
+    client
+        .write_file(
+            &path.display().to_string(),
+            b"x",
+            0o600,
+            Some(User::Uid(1000)),
+        )
+        .await
+        .unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().uid(), 1000);
 }
 
@@ -40,7 +59,11 @@ fn make_tree(root: &std::path::Path) {
     std::fs::write(root.join(".git/refs/heads/main"), "0123\n").unwrap();
     std::fs::create_dir_all(root.join("src")).unwrap();
     std::fs::write(root.join("src/run.sh"), "#!/bin/sh\necho run\n").unwrap();
-    std::fs::set_permissions(root.join("src/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        root.join("src/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::write(root.join("empty"), "").unwrap();
     std::fs::create_dir(root.join("ro")).unwrap();
     std::fs::write(root.join("ro/file"), "inside a read-only dir").unwrap();
@@ -55,14 +78,21 @@ fn describe(root: &std::path::Path) -> Vec<String> {
         let m = std::fs::symlink_metadata(&p).unwrap();
         let rel = p.strip_prefix(root).unwrap().display().to_string();
         if m.file_type().is_symlink() {
-            out.push(format!("{rel} -> {}", std::fs::read_link(&p).unwrap().display()));
+            out.push(format!(
+                "{rel} -> {}",
+                std::fs::read_link(&p).unwrap().display()
+            ));
         } else if m.is_dir() {
             out.push(format!("{rel}/ {:o}", m.mode() & 0o777));
             for e in std::fs::read_dir(&p).unwrap() {
                 stack.push(e.unwrap().path());
             }
         } else {
-            out.push(format!("{rel} {:o} {:?}", m.mode() & 0o777, std::fs::read(&p).unwrap()));
+            out.push(format!(
+                "{rel} {:o} {:?}",
+                m.mode() & 0o777,
+                std::fs::read(&p).unwrap()
+            ));
         }
     }
     out.sort();
@@ -75,20 +105,34 @@ async fn directory_trees_copy_in_and_out_with_modes_symlinks_and_git() {
     let src = rig.dir.path().join("src-tree");
     make_tree(&src);
     let guest_dir = rig.dir.path().join("in-guest");
-    let n = client.copy_dir_in(&src, &guest_dir.display().to_string(), None).await.unwrap();
+    let n = client
+        .copy_dir_in(&src, &guest_dir.display().to_string(), None)
+        .await
+        .unwrap();
     assert_eq!(n, 12);
     assert_eq!(describe(&guest_dir), describe(&src));
     let out = client
-        .run_capture(argv(&["./src/run.sh"]), vec![], Some(guest_dir.display().to_string()), None)
+        .run_capture(
+            argv(&["./src/run.sh"]),
+            vec![],
+            Some(guest_dir.display().to_string()),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout, b"run\n");
 
     let back = rig.dir.path().join("back");
-    client.copy_dir_out(&guest_dir.display().to_string(), &back, 1 << 20).await.unwrap();
+    client
+        .copy_dir_out(&guest_dir.display().to_string(), &back, 1 << 20)
+        .await
+        .unwrap();
     assert_eq!(describe(&back), describe(&src));
     // The destination must be new: the guest never writes into an existing host tree.
-    let err = client.copy_dir_out(&guest_dir.display().to_string(), &back, 1 << 20).await.unwrap_err();
+    let err = client
+        .copy_dir_out(&guest_dir.display().to_string(), &back, 1 << 20)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Tree(_)), "{err}");
     for d in [&src, &guest_dir, &back] {
         std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -100,7 +144,10 @@ async fn read_tree_enforces_its_size_limit() {
     let (rig, client) = Rig::start().await;
     let path = rig.dir.path().join("big");
     std::fs::write(&path, vec![0u8; 100_000]).unwrap();
-    let err = client.read_tree(&path.display().to_string(), 1000).await.unwrap_err();
+    let err = client
+        .read_tree(&path.display().to_string(), 1000)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::TooLarge(..)), "{err}");
 }
 
@@ -110,21 +157,36 @@ async fn client_with_another_protocol_version_is_refused_clearly() {
     let mut raw = Raw::connect(&rig.control).await;
     match raw.hello(PROTOCOL_VERSION + 98, Role::Client).await {
         Msg::Refused { reason } => {
-            assert!(reason.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)), "{reason}");
-            assert!(reason.contains(&format!("speaks version {PROTOCOL_VERSION}")), "{reason}");
+            assert!(
+                reason.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)),
+                "{reason}"
+            );
+            assert!(
+                reason.contains(&format!("speaks version {PROTOCOL_VERSION}")),
+                "{reason}"
+            );
         }
         other => panic!("not refused: {other:?}"),
     }
-    assert!(raw.next().await.is_none(), "connection stays open after a refusal");
+    assert!(
+        raw.next().await.is_none(),
+        "connection stays open after a refusal"
+    );
 }
 
 #[tokio::test]
 async fn guest_with_another_protocol_version_is_refused() {
     let rig = Rig::mux_only();
     let mut raw = Raw::connect(&rig.guest_sock).await;
-    assert!(matches!(raw.hello(0, Role::Guest).await, Msg::Refused { .. }));
+    assert!(matches!(
+        raw.hello(0, Role::Guest).await,
+        Msg::Refused { .. }
+    ));
     let client = Client::connect(&rig.control).await.unwrap();
-    let err = client.wait_ready(Duration::from_millis(300)).await.unwrap_err();
+    let err = client
+        .wait_ready(Duration::from_millis(300))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::NotReady(..)), "{err}");
     assert!(err.to_string().contains("not connected"), "{err}");
 }
@@ -133,11 +195,17 @@ async fn guest_with_another_protocol_version_is_refused() {
 async fn a_client_on_the_guest_socket_is_refused() {
     let rig = Rig::mux_only();
     let mut raw = Raw::connect(&rig.guest_sock).await;
-    assert!(matches!(raw.hello(PROTOCOL_VERSION, Role::Client).await, Msg::Refused { .. }));
+    assert!(matches!(
+        raw.hello(PROTOCOL_VERSION, Role::Client).await,
+        Msg::Refused { .. }
+    ));
 }
 
 fn exec(argv: Vec<String>) -> Msg {
-    Msg::Exec(ExecRequest { argv, ..Default::default() })
+    Msg::Exec(ExecRequest {
+        argv,
+        ..Default::default()
+    })
 }
 
 /// A control frame whose JSON does not parse, on `session`.
@@ -154,12 +222,22 @@ async fn expect_output_then_exit(raw: &mut Raw, session: u32, want: &[u8]) {
     let mut out = Vec::new();
     loop {
         match raw.next_on(session).await {
-            Frame::Data { stream: Stream::Stdout, bytes, .. } => out.extend_from_slice(&bytes),
-            Frame::Control { msg: Msg::Exit { status }, .. } => {
+            Frame::Data {
+                stream: Stream::Stdout,
+                bytes,
+                ..
+            } => out.extend_from_slice(&bytes),
+            Frame::Control {
+                msg: Msg::Exit { status },
+                ..
+            } => {
                 assert_eq!(status, ExitStatus::Code(0));
                 break;
             }
-            Frame::Control { msg: Msg::Started { .. }, .. } => {}
+            Frame::Control {
+                msg: Msg::Started { .. },
+                ..
+            } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -172,17 +250,46 @@ async fn malformed_frames_through_the_mux_close_only_their_session() {
     let mut raw = Raw::client(&rig.control).await;
     raw.send(Frame::control(1, exec(argv(&["cat"])))).await;
     raw.send(Frame::control(2, exec(argv(&["cat"])))).await;
-    assert!(matches!(raw.next_on(1).await, Frame::Control { msg: Msg::Started { .. }, .. }));
-    assert!(matches!(raw.next_on(2).await, Frame::Control { msg: Msg::Started { .. }, .. }));
+    assert!(matches!(
+        raw.next_on(1).await,
+        Frame::Control {
+            msg: Msg::Started { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        raw.next_on(2).await,
+        Frame::Control {
+            msg: Msg::Started { .. },
+            ..
+        }
+    ));
     raw.writer.write_raw(&bad_json(1)).await.unwrap();
     match raw.next_on(1).await {
-        Frame::Control { msg: Msg::Error { message }, .. } => assert!(message.contains("bad control"), "{message}"),
+        Frame::Control {
+            msg: Msg::Error { message },
+            ..
+        } => assert!(message.contains("bad control"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
     // An unknown frame kind on session 2's neighbour id 3 only errors id 3.
-    raw.writer.write_raw(&[0, 0, 0, 6, 77, 0, 0, 0, 3, 0]).await.unwrap();
-    assert!(matches!(raw.next_on(3).await, Frame::Control { msg: Msg::Error { .. }, .. }));
-    raw.send(Frame::Data { session: 2, stream: Stream::Stdin, bytes: "still here".into() }).await;
+    raw.writer
+        .write_raw(&[0, 0, 0, 6, 77, 0, 0, 0, 3, 0])
+        .await
+        .unwrap();
+    assert!(matches!(
+        raw.next_on(3).await,
+        Frame::Control {
+            msg: Msg::Error { .. },
+            ..
+        }
+    ));
+    raw.send(Frame::Data {
+        session: 2,
+        stream: Stream::Stdin,
+        bytes: "still here".into(),
+    })
+    .await;
     raw.send(Frame::control(2, Msg::StdinEof)).await;
     expect_output_then_exit(&mut raw, 2, b"still here").await;
 }
@@ -191,9 +298,15 @@ async fn malformed_frames_through_the_mux_close_only_their_session() {
 async fn broken_framing_closes_the_connection_but_not_the_mux() {
     let (rig, client) = Rig::start().await;
     let mut raw = Raw::client(&rig.control).await;
-    raw.writer.write_raw(&[0xff, 0xff, 0xff, 0xff, 0]).await.unwrap();
+    raw.writer
+        .write_raw(&[0xff, 0xff, 0xff, 0xff, 0])
+        .await
+        .unwrap();
     assert!(raw.next().await.is_none());
-    let out = client.run_capture(sh("echo ok"), vec![], None, None).await.unwrap();
+    let out = client
+        .run_capture(sh("echo ok"), vec![], None, None)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"ok\n");
 }
 
@@ -206,20 +319,57 @@ async fn agent_binary_fails_only_the_session_of_a_malformed_frame() {
     let (stream, _) = listener.accept().await.unwrap();
     let mut raw = Raw::new(stream);
     match raw.next().await {
-        Some(Frame::Control { msg: Msg::Hello { version, role: Role::Guest, .. }, .. }) => {
+        Some(Frame::Control {
+            msg:
+                Msg::Hello {
+                    version,
+                    role: Role::Guest,
+                    ..
+                },
+            ..
+        }) => {
             assert_eq!(version, PROTOCOL_VERSION)
         }
         other => panic!("no hello: {other:?}"),
     }
-    raw.send(Frame::control(CONNECTION, Msg::Welcome { version: PROTOCOL_VERSION, guest_connected: true })).await;
-    raw.send(Frame::control(CONNECTION, Msg::Ping { nonce: 42 })).await;
-    assert_eq!(raw.next_on(CONNECTION).await, Frame::control(CONNECTION, Msg::Pong { nonce: 42 }));
-    raw.send(Frame::control(5, exec(argv(&["sleep", "60"])))).await;
+    raw.send(Frame::control(
+        CONNECTION,
+        Msg::Welcome {
+            version: PROTOCOL_VERSION,
+            guest_connected: true,
+        },
+    ))
+    .await;
+    raw.send(Frame::control(CONNECTION, Msg::Ping { nonce: 42 }))
+        .await;
+    assert_eq!(
+        raw.next_on(CONNECTION).await,
+        Frame::control(CONNECTION, Msg::Pong { nonce: 42 })
+    );
+    raw.send(Frame::control(5, exec(argv(&["sleep", "60"]))))
+        .await;
     raw.send(Frame::control(6, exec(argv(&["cat"])))).await;
-    assert!(matches!(raw.next_on(5).await, Frame::Control { msg: Msg::Started { .. }, .. }));
+    assert!(matches!(
+        raw.next_on(5).await,
+        Frame::Control {
+            msg: Msg::Started { .. },
+            ..
+        }
+    ));
     raw.writer.write_raw(&bad_json(5)).await.unwrap();
-    assert!(matches!(raw.next_on(5).await, Frame::Control { msg: Msg::Error { .. }, .. }));
-    raw.send(Frame::Data { session: 6, stream: Stream::Stdin, bytes: "alive".into() }).await;
+    assert!(matches!(
+        raw.next_on(5).await,
+        Frame::Control {
+            msg: Msg::Error { .. },
+            ..
+        }
+    ));
+    raw.send(Frame::Data {
+        session: 6,
+        stream: Stream::Stdin,
+        bytes: "alive".into(),
+    })
+    .await;
     raw.send(Frame::control(6, Msg::StdinEof)).await;
     expect_output_then_exit(&mut raw, 6, b"alive").await;
 }
@@ -227,14 +377,23 @@ async fn agent_binary_fails_only_the_session_of_a_malformed_frame() {
 #[tokio::test]
 async fn agent_reconnects_through_the_mux_and_running_sessions_fail_cleanly() {
     let (mut rig, client) = Rig::start().await;
-    let mut s = client.exec(ExecRequest { argv: argv(&["sleep", "60"]), ..Default::default() }).await.unwrap();
+    let mut s = client
+        .exec(ExecRequest {
+            argv: argv(&["sleep", "60"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut agent = rig.agent.take().unwrap();
     agent.kill().await.unwrap();
     let err = s.next_event().await.unwrap_err();
     assert!(err.to_string().contains("disconnected"), "{err}");
     rig.agent = Some(spawn_agent(&rig.guest_sock));
     client.wait_ready(Duration::from_secs(20)).await.unwrap();
-    let out = client.run_capture(sh("echo back"), vec![], None, None).await.unwrap();
+    let out = client
+        .run_capture(sh("echo back"), vec![], None, None)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"back\n");
 }
 
@@ -246,7 +405,10 @@ async fn agent_redials_until_the_host_listens() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let control = dir.path().join("control.sock");
     let guest = UnixListener::bind(&guest_sock).unwrap();
-    tokio::spawn(bottle_guest::host::run_mux(guest, UnixListener::bind(&control).unwrap()));
+    tokio::spawn(bottle_guest::host::run_mux(
+        guest,
+        UnixListener::bind(&control).unwrap(),
+    ));
     let client = Client::connect(&control).await.unwrap();
     let info = client.wait_ready(Duration::from_secs(20)).await.unwrap();
     assert_eq!(info.version, PROTOCOL_VERSION);

@@ -54,7 +54,6 @@ pub(crate) struct Engine<T: FrameTransport> {
     flows: Vec<(SocketHandle, Flow)>,
     counters: Arc<LiveCounters>,
     tuning: Tuning,
-    rxbuf: Vec<u8>,
     frame_max: usize,
     epoch: std::time::Instant,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -106,7 +105,6 @@ impl<T: FrameTransport> Engine<T> {
             flows: Vec::new(),
             counters,
             tuning,
-            rxbuf: vec![0u8; frame_max.max(65_536) + 1],
             frame_max,
             epoch,
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
@@ -219,42 +217,49 @@ impl<T: FrameTransport> Engine<T> {
         let mut more = false;
         for i in 0..=RX_BATCH {
             if i == RX_BATCH || self.device.tx_full() {
-                more = !self.device.tx_full();
+                // Come back for the rest once the transport has taken frames.
+                more = true;
                 break;
             }
-            match self.transport.poll_recv(cx, &mut self.rxbuf) {
-                Poll::Pending => break,
-                Poll::Ready(Err(TransportError::Closed)) => {
-                    return Poll::Ready(Err(TransportError::Closed))
+            let mut buf = self.device.rx_buffer();
+            let polled = self.transport.poll_recv(cx, &mut buf);
+            let n = match polled {
+                Poll::Pending => {
+                    self.device.recycle_rx(buf);
+                    break;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(Recv::Dropped(kind))) => {
+                    self.device.recycle_rx(buf);
                     LiveCounters::inc(&self.counters.frames_in);
                     LiveCounters::inc(match kind {
                         DropKind::Oversized => &self.counters.drop_oversized,
                         DropKind::Malformed => &self.counters.drop_malformed,
                     });
+                    continue;
                 }
-                Poll::Ready(Ok(Recv::Frame(n))) => {
-                    LiveCounters::inc(&self.counters.frames_in);
-                    LiveCounters::add(&self.counters.bytes_in, n as u64);
-                    if n > self.frame_max {
-                        LiveCounters::inc(&self.counters.drop_oversized);
-                        continue;
+                Poll::Ready(Ok(Recv::Frame(n))) => n,
+            };
+            LiveCounters::inc(&self.counters.frames_in);
+            LiveCounters::add(&self.counters.bytes_in, n as u64);
+            if n > self.frame_max {
+                self.device.recycle_rx(buf);
+                LiveCounters::inc(&self.counters.drop_oversized);
+                continue;
+            }
+            match self.gate.classify(&buf[..n]) {
+                Verdict::Stack => self.device.push_rx(buf, n),
+                Verdict::Syn { port } => {
+                    if self.forwards.contains_key(&port) {
+                        syns.push(port);
                     }
-                    let frame = &self.rxbuf[..n];
-                    match self.gate.classify(frame) {
-                        Verdict::Stack => self.device.rx.push_back(frame.to_vec()),
-                        Verdict::Syn { port } => {
-                            if self.forwards.contains_key(&port) {
-                                syns.push(port);
-                            }
-                            self.device.rx.push_back(frame.to_vec());
-                        }
-                        Verdict::Reply(reply) => self.device.tx.push_back(reply),
-                        Verdict::Drop => {}
-                    }
+                    self.device.push_rx(buf, n);
                 }
+                Verdict::Reply(reply) => {
+                    self.device.recycle_rx(buf);
+                    self.device.push_tx(reply);
+                }
+                Verdict::Drop => self.device.recycle_rx(buf),
             }
         }
         if !syns.is_empty() {
@@ -268,12 +273,13 @@ impl<T: FrameTransport> Engine<T> {
 
     /// Sends queued frames; true when the queue is empty.
     fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
-        while let Some(frame) = self.device.tx.front() {
-            match self.transport.poll_send(cx, frame) {
+        while let Some(frame) = self.device.tx_front() {
+            let len = frame.bytes().len();
+            match self.transport.poll_send(cx, frame.bytes()) {
                 Poll::Ready(Ok(())) => {
                     LiveCounters::inc(&self.counters.frames_out);
-                    LiveCounters::add(&self.counters.bytes_out, frame.len() as u64);
-                    self.device.tx.pop_front();
+                    LiveCounters::add(&self.counters.bytes_out, len as u64);
+                    self.device.pop_tx();
                 }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => break,
@@ -281,7 +287,7 @@ impl<T: FrameTransport> Engine<T> {
         }
         match self.transport.poll_flush(cx) {
             Poll::Ready(Err(e)) => Err(e),
-            Poll::Ready(Ok(())) => Ok(self.device.tx.is_empty()),
+            Poll::Ready(Ok(())) => Ok(self.device.tx_empty()),
             Poll::Pending => Ok(false),
         }
     }
@@ -289,6 +295,7 @@ impl<T: FrameTransport> Engine<T> {
     fn abort_all(&mut self) {
         for (h, _) in &self.flows {
             self.sockets.get_mut::<tcp::Socket>(*h).abort();
+            LiveCounters::dec(&self.counters.flows_active);
         }
         let now = self.now();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
@@ -320,7 +327,9 @@ impl<T: FrameTransport> Engine<T> {
             Err(TransportError::Closed) => return Poll::Ready(Ok(())),
             Err(e) => return Poll::Ready(Err(e)),
         };
-        if more || !self.device.rx.is_empty() {
+        // A full transmit queue means the transport returned Pending and will
+        // wake us; otherwise there is more to read now.
+        if (more || self.device.rx_pending()) && !self.device.tx_full() {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

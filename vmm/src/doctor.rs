@@ -80,11 +80,11 @@ pub fn doctor() -> Vec<Check> {
     ));
     let tiny = crate::image::find_tiny();
     out.push(check(
-        "tiny image",
+        "tiny image (agent)",
         tiny.is_some(),
         tiny.map(|p| p.display().to_string())
             .unwrap_or_else(|| "not built".into()),
-        Some("bottle image build tiny (or any VM probe builds it)"),
+        Some("scripts/build-guest.sh, then bottle image build tiny"),
     ));
     for (engine, accel) in [
         (EngineKind::Libkrun, Accel::Kvm),

@@ -1,6 +1,7 @@
 //! Boot probes: can this engine boot our guest here, and how fast?
 //!
-//! A probe boots the tiny image to the ready marker within a deadline (a
+//! A probe boots the tiny image with the placeholder init (kernel and
+//! engine, no agent handshake) to the ready marker within a deadline (a
 //! crawl counts as failure) while holding the net and agent sockets open
 //! like the real launcher does. Results are cached per host kernel release,
 //! engine, accelerator, engine version and guest kernel in
@@ -159,10 +160,7 @@ fn probe_with(engine: EngineKind, accel: Accel, use_cache: bool) -> ProbeResult 
         Ok(k) => k,
         Err(e) => return ProbeResult::fail(e.to_string()),
     };
-    let initramfs = match crate::image::find_tiny()
-        .map(Ok)
-        .unwrap_or_else(|| crate::image::ensure_tiny(None))
-    {
+    let initramfs = match crate::image::ensure_tiny(None) {
         Ok(i) => i,
         Err(e) => return ProbeResult::fail(format!("tiny image: {e}")),
     };
@@ -177,7 +175,12 @@ fn probe_with(engine: EngineKind, accel: Accel, use_cache: bool) -> ProbeResult 
         EngineKind::Qemu => Box::new(QemuEngine::new(accel)),
         EngineKind::Libkrun => Box::new(KrunEngine::new()),
     };
-    let result = boot_once(boxed.as_ref(), &kernel, &initramfs, probe_deadline(accel));
+    let mut result = boot_once(boxed.as_ref(), &kernel, &initramfs, probe_deadline(accel));
+    if !result.ok && accel == Accel::Kvm && result.reason.starts_with("guest did not print") {
+        result
+            .reason
+            .push_str(" (KVM here is too slow or cannot run the guest; a crawl counts as failure)");
+    }
     if let Err(e) = store(&file, &key, &result) {
         tracing::warn!("could not cache probe result: {e}");
     }

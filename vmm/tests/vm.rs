@@ -1,6 +1,7 @@
 //! VM tests with the real guest kernel: qemu under TCG here, libkrun where
 //! its probe passes. One binary, run serially (2 cores): every test takes
 //! the same lock.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,9 @@ use std::time::Duration;
 use bottle_test_harness::skip;
 use bottle_vmm::probe::HoldingListener;
 use bottle_vmm::proc_scan::group_has_live_members;
-use bottle_vmm::{Accel, Engine, EngineKind, MacAddr, QemuEngine, VmProcess, VmSpec, VmmError};
+use bottle_vmm::{
+    Accel, Engine, EngineKind, KrunEngine, MacAddr, QemuEngine, VmProcess, VmSpec, VmmError,
+};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -20,6 +23,19 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// Generous: a loaded 2-core CI machine under TCG.
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The engine under test: libkrun with `BOTTLE_ENGINE=libkrun` (CI on KVM
+/// runners), else qemu under TCG (works everywhere).
+fn engine() -> Box<dyn Engine> {
+    if std::env::var("BOTTLE_ENGINE").as_deref() == Ok("libkrun") {
+        Box::new(KrunEngine::with_helper(
+            env!("CARGO_BIN_EXE_bottle-vmm-krun").into(),
+            vec![],
+        ))
+    } else {
+        Box::new(QemuEngine::new(Accel::Tcg))
+    }
+}
 
 /// Kernel and tiny image (placeholder init, so the marker needs no agent),
 /// or None after reporting a skip.
@@ -45,7 +61,7 @@ fn parts() -> Option<(PathBuf, PathBuf)> {
 }
 
 struct Sockets {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     _net: HoldingListener,
     _agent: HoldingListener,
 }
@@ -69,7 +85,7 @@ fn spec(kernel: PathBuf, initramfs: PathBuf, extra: &[&str]) -> (VmSpec, Sockets
     (
         s,
         Sockets {
-            dir,
+            _dir: dir,
             _net: net,
             _agent: agent,
         },
@@ -81,11 +97,11 @@ fn console(s: &VmSpec) -> String {
 }
 
 #[test]
-fn tiny_image_boots_to_the_marker_under_qemu_tcg_and_kill_leaves_no_qemu() {
+fn tiny_image_boots_to_the_marker_and_kill_leaves_no_vm_process() {
     let _g = serial();
     let Some((k, i)) = parts() else { return };
     let (s, _socks) = spec(k, i, &[]);
-    let mut vm = QemuEngine::new(Accel::Tcg).spawn(&s).unwrap();
+    let mut vm = engine().spawn(&s).unwrap();
     let pid = vm.pid();
     let r = bottle_vmm::wait_for_marker_or_exit(&mut vm, &s.console_log, DEADLINE);
     assert!(r.is_ok(), "{r:?}\nconsole:\n{}", console(&s));
@@ -98,11 +114,11 @@ fn tiny_image_boots_to_the_marker_under_qemu_tcg_and_kill_leaves_no_qemu() {
 }
 
 #[test]
-fn dropping_the_vm_process_kills_qemu() {
+fn dropping_the_vm_process_kills_the_vm() {
     let _g = serial();
     let Some((k, i)) = parts() else { return };
     let (s, _socks) = spec(k, i, &[]);
-    let vm = QemuEngine::new(Accel::Tcg).spawn(&s).unwrap();
+    let vm = engine().spawn(&s).unwrap();
     let pid = vm.pid();
     drop(vm);
     assert!(!group_has_live_members(pid), "qemu survived drop");
@@ -113,7 +129,7 @@ fn guest_poweroff_ends_the_vm_process() {
     let _g = serial();
     let Some((k, i)) = parts() else { return };
     let (s, _socks) = spec(k, i, &["bottle.test=poweroff"]);
-    let mut vm = QemuEngine::new(Accel::Tcg).spawn(&s).unwrap();
+    let mut vm = engine().spawn(&s).unwrap();
     let start = std::time::Instant::now();
     loop {
         if let Some(st) = vm.try_wait().unwrap() {
@@ -133,14 +149,14 @@ fn guest_poweroff_ends_the_vm_process() {
 /// Counts spawns and remembers pids, to watch the watchdog.
 #[derive(Debug)]
 struct Counting {
-    inner: QemuEngine,
+    inner: Box<dyn Engine>,
     spawns: AtomicUsize,
     pids: Mutex<Vec<u32>>,
 }
 
 impl Engine for Counting {
     fn name(&self) -> &'static str {
-        "qemu"
+        self.inner.name()
     }
     fn spawn(&self, spec: &VmSpec) -> Result<VmProcess, VmmError> {
         self.spawns.fetch_add(1, Ordering::SeqCst);
@@ -157,7 +173,7 @@ fn watchdog_kills_a_guest_that_never_gets_ready_and_retries_once() {
     // A shell as init: boots fine, never prints the marker.
     let (s, _socks) = spec(k, i, &["rdinit=/bin/sh"]);
     let e = Arc::new(Counting {
-        inner: QemuEngine::new(Accel::Tcg),
+        inner: engine(),
         spawns: AtomicUsize::new(0),
         pids: Mutex::new(vec![]),
     });

@@ -39,9 +39,15 @@ impl std::str::FromStr for Target {
             return Ok(Target::Unix(PathBuf::from(path)));
         }
         if let Some(port) = s.strip_prefix("vsock:") {
-            return port.parse().map(|p| Target::Boot(Channel::Vsock(p))).map_err(|_| ChannelError::Parse(s.into()));
+            return port
+                .parse()
+                .map(|p| Target::Boot(Channel::Vsock(p)))
+                .map_err(|_| ChannelError::Parse(s.into()));
         }
-        if let Some(name) = s.strip_prefix("virtio-port:").filter(|n| !n.is_empty() && !n.contains('/')) {
+        if let Some(name) = s
+            .strip_prefix("virtio-port:")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        {
             return Ok(Target::Boot(Channel::VirtioPort(name.into())));
         }
         Err(ChannelError::Parse(s.into()))
@@ -65,11 +71,17 @@ pub async fn dial(target: &Target) -> Result<Box<dyn Conn>, ChannelError> {
         Target::Boot(Channel::Vsock(port)) => {
             let port = *port;
             let fd = vsock_connect(port).map_err(|e| ChannelError::Vsock(port, e))?;
-            let s = FdStream::new(fd).map_err(|e| ChannelError::Vsock(port, nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+            let s = FdStream::new(fd).map_err(|e| {
+                ChannelError::Vsock(port, nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
             Ok(Box::new(s))
         }
         Target::Boot(Channel::VirtioPort(name)) => {
-            let dev = find_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev"), name)?;
+            let dev = find_port(
+                Path::new("/sys/class/virtio-ports"),
+                Path::new("/dev"),
+                name,
+            )?;
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -103,8 +115,16 @@ pub async fn dial_retry(target: &Target) -> Box<dyn Conn> {
 
 fn vsock_connect(port: u32) -> Result<OwnedFd, nix::Error> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
-    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, port))?;
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &VsockAddr::new(HOST_CID, port),
+    )?;
     Ok(fd)
 }
 
@@ -120,9 +140,13 @@ pub fn find_port(sys: &Path, dev: &Path, name: &str) -> Result<PathBuf, ChannelE
         }
         let node = dev.join(entry.file_name());
         if !node.exists() {
-            let numbers = std::fs::read_to_string(entry.path().join("dev")).map_err(|_| no_port())?;
+            let numbers =
+                std::fs::read_to_string(entry.path().join("dev")).map_err(|_| no_port())?;
             let (major, minor) = numbers.trim().split_once(':').ok_or_else(no_port)?;
-            let (major, minor) = (major.parse().map_err(|_| no_port())?, minor.parse().map_err(|_| no_port())?);
+            let (major, minor) = (
+                major.parse().map_err(|_| no_port())?,
+                minor.parse().map_err(|_| no_port())?,
+            );
             nix::sys::stat::mknod(
                 &node,
                 nix::sys::stat::SFlag::S_IFCHR,
@@ -142,9 +166,18 @@ mod tests {
 
     #[test]
     fn targets_parse_from_the_command_line_forms() {
-        assert_eq!("unix:/run/bottle/agent.sock".parse::<Target>().unwrap(), Target::Unix("/run/bottle/agent.sock".into()));
-        assert_eq!("vsock:1024".parse::<Target>().unwrap(), Target::Boot(Channel::Vsock(1024)));
-        assert_eq!("virtio-port:agent".parse::<Target>().unwrap(), Target::Boot(Channel::VirtioPort("agent".into())));
+        assert_eq!(
+            "unix:/run/bottle/agent.sock".parse::<Target>().unwrap(),
+            Target::Unix("/run/bottle/agent.sock".into())
+        );
+        assert_eq!(
+            "vsock:1024".parse::<Target>().unwrap(),
+            Target::Boot(Channel::Vsock(1024))
+        );
+        assert_eq!(
+            "virtio-port:agent".parse::<Target>().unwrap(),
+            Target::Boot(Channel::VirtioPort("agent".into()))
+        );
         assert!("tcp:1.2.3.4:5".parse::<Target>().is_err());
         assert!("unix:".parse::<Target>().is_err());
     }
@@ -158,7 +191,13 @@ mod tests {
             std::fs::write(sys.path().join(port).join("name"), format!("{name}\n")).unwrap();
             std::fs::write(dev.path().join(port), b"").unwrap();
         }
-        assert_eq!(find_port(sys.path(), dev.path(), "agent").unwrap(), dev.path().join("vport0p1"));
-        assert!(matches!(find_port(sys.path(), dev.path(), "other"), Err(ChannelError::NoPort(_))));
+        assert_eq!(
+            find_port(sys.path(), dev.path(), "agent").unwrap(),
+            dev.path().join("vport0p1")
+        );
+        assert!(matches!(
+            find_port(sys.path(), dev.path(), "other"),
+            Err(ChannelError::NoPort(_))
+        ));
     }
 }

@@ -72,11 +72,16 @@ impl Default for BootConfig {
 pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut cfg = BootConfig::default();
     for word in cmdline.split_ascii_whitespace() {
-        let Some((key, value)) = word.split_once('=') else { continue };
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
         match key {
             "bottle.net" => cfg.net = Some(parse_net(value)?),
             "bottle.mtu" => {
-                let mtu = value.parse::<u32>().ok().filter(|m| (68..=65535).contains(m));
+                let mtu = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|m| (68..=65535).contains(m));
                 cfg.mtu = Some(mtu.ok_or_else(|| CmdlineError::Mtu(value.into()))?);
             }
             "bottle.channel" => cfg.channel = parse_channel(value)?,
@@ -91,7 +96,9 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
             }
             "bottle.hostname" => {
                 let ok = (1..=63).contains(&value.len())
-                    && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
                 if !ok {
                     return Err(CmdlineError::Hostname(value.into()));
                 }
@@ -107,7 +114,11 @@ fn parse_net(value: &str) -> Result<NetConfig, CmdlineError> {
     let err = || CmdlineError::Net(value.into());
     let (cidr, gateway) = value.split_once(',').ok_or_else(err)?;
     let (addr, prefix) = cidr.split_once('/').ok_or_else(err)?;
-    let prefix = prefix.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(err)?;
+    let prefix = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(err)?;
     Ok(NetConfig {
         addr: addr.parse().map_err(|_| err())?,
         prefix,
@@ -165,13 +176,31 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors_naming_the_key() {
-        assert!(matches!(parse("bottle.net=10.0.0.1,10.0.0.2"), Err(CmdlineError::Net(_))));
-        assert!(matches!(parse("bottle.net=10.0.0.1/33,10.0.0.2"), Err(CmdlineError::Net(_))));
+        assert!(matches!(
+            parse("bottle.net=10.0.0.1,10.0.0.2"),
+            Err(CmdlineError::Net(_))
+        ));
+        assert!(matches!(
+            parse("bottle.net=10.0.0.1/33,10.0.0.2"),
+            Err(CmdlineError::Net(_))
+        ));
         assert!(matches!(parse("bottle.mtu=9"), Err(CmdlineError::Mtu(_))));
-        assert!(matches!(parse("bottle.channel=tcp:1"), Err(CmdlineError::Channel(_))));
-        assert!(matches!(parse("bottle.channel=virtio-port:../x"), Err(CmdlineError::Channel(_))));
-        assert!(matches!(parse("bottle.root=/etc/../dev/sda"), Err(CmdlineError::Root(_))));
-        assert!(matches!(parse("bottle.hostname=Bad_Name"), Err(CmdlineError::Hostname(_))));
+        assert!(matches!(
+            parse("bottle.channel=tcp:1"),
+            Err(CmdlineError::Channel(_))
+        ));
+        assert!(matches!(
+            parse("bottle.channel=virtio-port:../x"),
+            Err(CmdlineError::Channel(_))
+        ));
+        assert!(matches!(
+            parse("bottle.root=/etc/../dev/sda"),
+            Err(CmdlineError::Root(_))
+        ));
+        assert!(matches!(
+            parse("bottle.hostname=Bad_Name"),
+            Err(CmdlineError::Hostname(_))
+        ));
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub enum ExecError {
     #[error("cannot open a pseudo-terminal: {0}")]
     Pty(nix::Error),
     #[error("cannot run {argv0:?}: {source}")]
-    Spawn { argv0: String, source: std::io::Error },
+    Spawn {
+        argv0: String,
+        source: std::io::Error,
+    },
     #[error("stdio set-up: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -53,7 +56,8 @@ pub(crate) fn resolve_user(user: Option<&User>) -> Result<Identity, ExecError> {
         None => (passwd::by_uid(&passwd_file, me), me),
         Some(User::Uid(uid)) => (passwd::by_uid(&passwd_file, *uid), *uid),
         Some(User::Name(name)) => {
-            let e = passwd::by_name(&passwd_file, name).ok_or_else(|| ExecError::NoUser(name.clone()))?;
+            let e = passwd::by_name(&passwd_file, name)
+                .ok_or_else(|| ExecError::NoUser(name.clone()))?;
             let uid = e.uid;
             (Some(e), uid)
         }
@@ -70,9 +74,19 @@ pub(crate) fn resolve_user(user: Option<&User>) -> Result<Identity, ExecError> {
         }
         None
     } else {
-        Some(Creds { uid, gid, groups: passwd::groups_of(&group_file, &name, gid) })
+        Some(Creds {
+            uid,
+            gid,
+            groups: passwd::groups_of(&group_file, &name, gid),
+        })
     };
-    Ok(Identity { creds, name, home, uid, gid })
+    Ok(Identity {
+        creds,
+        name,
+        home,
+        uid,
+        gid,
+    })
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -85,7 +99,14 @@ fn build_command(req: &ExecRequest, who: &Identity) -> Result<Command, ExecError
         .env("HOME", &who.home)
         .env("USER", &who.name)
         .env("LOGNAME", &who.name)
-        .env("TERM", if req.tty.is_some() { "xterm-256color" } else { "dumb" });
+        .env(
+            "TERM",
+            if req.tty.is_some() {
+                "xterm-256color"
+            } else {
+                "dumb"
+            },
+        );
     for (k, v) in &req.env {
         cmd.env(k, v);
     }
@@ -113,8 +134,21 @@ pub(crate) async fn run(mut ctx: SessionCtx, req: ExecRequest) {
             return;
         }
     };
-    let Started { pid, exit, outputs, stdin, pty_master, tty } = started;
-    ctx.send(Frame::control(id, Msg::Started { pid: pid.as_raw() as u32 })).await;
+    let Started {
+        pid,
+        exit,
+        outputs,
+        stdin,
+        pty_master,
+        tty,
+    } = started;
+    ctx.send(Frame::control(
+        id,
+        Msg::Started {
+            pid: pid.as_raw() as u32,
+        },
+    ))
+    .await;
 
     let (in_tx, in_rx) = mpsc::unbounded_channel::<Input>();
     let stdin_task = tokio::spawn(pump_stdin(stdin, in_rx, tty));
@@ -180,32 +214,54 @@ fn start(ctx: &SessionCtx, req: &ExecRequest) -> Result<Started, ExecError> {
     let tty = req.tty.is_some();
     let mut pty_master = None;
     if let Some((rows, cols)) = req.tty {
-        let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         let pty = nix::pty::openpty(Some(&ws), None).map_err(ExecError::Pty)?;
         cmd.stdin(Stdio::from(pty.slave.try_clone()?))
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave));
         pty_master = Some(pty.master);
     } else {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
     sys::prepare_child(&mut cmd, who.creds.clone(), tty);
     let argv0 = req.argv.first().cloned().unwrap_or_default();
-    let (mut child, exit) =
-        ctx.reaper.spawn(&mut cmd).map_err(|source| ExecError::Spawn { argv0, source })?;
+    let (mut child, exit) = ctx
+        .reaper
+        .spawn(&mut cmd)
+        .map_err(|source| ExecError::Spawn { argv0, source })?;
     drop(cmd);
     let pid = Pid::from_raw(child.id() as i32);
     let (stdin, outputs) = match &pty_master {
-        Some(master) => (master.try_clone()?, vec![(Stream::Stdout, master.try_clone()?)]),
+        Some(master) => (
+            master.try_clone()?,
+            vec![(Stream::Stdout, master.try_clone()?)],
+        ),
         None => {
             let missing = || std::io::Error::other("child stdio missing");
             let stdin: OwnedFd = child.stdin.take().ok_or_else(missing)?.into();
             let stdout: OwnedFd = child.stdout.take().ok_or_else(missing)?.into();
             let stderr: OwnedFd = child.stderr.take().ok_or_else(missing)?.into();
-            (stdin, vec![(Stream::Stdout, stdout), (Stream::Stderr, stderr)])
+            (
+                stdin,
+                vec![(Stream::Stdout, stdout), (Stream::Stderr, stderr)],
+            )
         }
     };
-    Ok(Started { pid, exit, outputs, stdin, pty_master, tty })
+    Ok(Started {
+        pid,
+        exit,
+        outputs,
+        stdin,
+        pty_master,
+        tty,
+    })
 }
 
 async fn pump_stdin(fd: OwnedFd, mut rx: mpsc::UnboundedReceiver<Input>, tty: bool) {
@@ -233,7 +289,15 @@ async fn pump_output(fd: OwnedFd, id: u32, stream: Stream, out: mpsc::Sender<Fra
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let bytes = buf.split().freeze();
-                if out.send(Frame::Data { session: id, stream, bytes }).await.is_err() {
+                if out
+                    .send(Frame::Data {
+                        session: id,
+                        stream,
+                        bytes,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -247,23 +311,46 @@ mod tests {
 
     #[test]
     fn command_env_has_defaults_and_request_overrides() {
-        let who = Identity { creds: None, name: "agent".into(), home: "/nonexistent-home".into(), uid: 1000, gid: 1000 };
+        let who = Identity {
+            creds: None,
+            name: "agent".into(),
+            home: "/nonexistent-home".into(),
+            uid: 1000,
+            gid: 1000,
+        };
         let req = ExecRequest {
             argv: vec!["env".into()],
             env: vec![("TERM".into(), "vt100".into()), ("X".into(), "1".into())],
             ..Default::default()
         };
         let cmd = build_command(&req, &who).unwrap();
-        let envs: std::collections::HashMap<_, _> =
-            cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
-        assert_eq!(envs[std::ffi::OsStr::new("TERM")].as_deref(), Some(std::ffi::OsStr::new("vt100")));
-        assert_eq!(envs[std::ffi::OsStr::new("HOME")].as_deref(), Some(std::ffi::OsStr::new("/nonexistent-home")));
+        let envs: std::collections::HashMap<_, _> = cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+            .collect();
+        assert_eq!(
+            envs[std::ffi::OsStr::new("TERM")].as_deref(),
+            Some(std::ffi::OsStr::new("vt100"))
+        );
+        assert_eq!(
+            envs[std::ffi::OsStr::new("HOME")].as_deref(),
+            Some(std::ffi::OsStr::new("/nonexistent-home"))
+        );
         assert_eq!(cmd.get_current_dir(), Some(std::path::Path::new("/")));
     }
 
     #[test]
     fn empty_argv_is_refused() {
-        let who = Identity { creds: None, name: "x".into(), home: "/".into(), uid: 0, gid: 0 };
-        assert!(matches!(build_command(&ExecRequest::default(), &who), Err(ExecError::EmptyArgv)));
+        let who = Identity {
+            creds: None,
+            name: "x".into(),
+            home: "/".into(),
+            uid: 0,
+            gid: 0,
+        };
+        assert!(matches!(
+            build_command(&ExecRequest::default(), &who),
+            Err(ExecError::EmptyArgv)
+        ));
     }
 }

@@ -17,7 +17,10 @@ use crate::proto::{Entry, EntryKind, Frame, Msg, Stream, User};
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}: guest paths must be absolute")]
     Relative(String),
     #[error("protocol: {0}")]
@@ -27,7 +30,10 @@ pub enum FilesError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
-    move |source| FilesError::Io { path: path.display().to_string(), source }
+    move |source| FilesError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 struct Put {
@@ -52,7 +58,9 @@ impl Put {
 
     fn entry(&mut self, e: Entry) -> Result<(), FilesError> {
         if self.current.is_some() {
-            return Err(FilesError::Protocol("entry before the previous file's data ended".into()));
+            return Err(FilesError::Protocol(
+                "entry before the previous file's data ended".into(),
+            ));
         }
         let path = PathBuf::from(&e.path);
         if !path.is_absolute() {
@@ -92,7 +100,8 @@ impl Put {
                     .open(&path)
                     .map_err(io(&path))?;
                 self.chown(&path, true)?;
-                file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+                file.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(io(&path))?;
                 if len > 0 {
                     self.current = Some((file, len, path));
                 }
@@ -103,10 +112,15 @@ impl Put {
 
     fn data(&mut self, bytes: &[u8]) -> Result<(), FilesError> {
         let Some((file, remaining, path)) = &mut self.current else {
-            return Err(FilesError::Protocol("file data without a file entry".into()));
+            return Err(FilesError::Protocol(
+                "file data without a file entry".into(),
+            ));
         };
         if bytes.len() as u64 > *remaining {
-            return Err(FilesError::Protocol(format!("{}: more data than announced", path.display())));
+            return Err(FilesError::Protocol(format!(
+                "{}: more data than announced",
+                path.display()
+            )));
         }
         file.write_all(bytes).map_err(io(path))?;
         *remaining -= bytes.len() as u64;
@@ -118,7 +132,10 @@ impl Put {
 
     fn end(&mut self) -> Result<u64, FilesError> {
         if let Some((_, _, path)) = &self.current {
-            return Err(FilesError::Protocol(format!("{}: data ended early", path.display())));
+            return Err(FilesError::Protocol(format!(
+                "{}: data ended early",
+                path.display()
+            )));
         }
         for (path, mode) in self.dirs.iter().rev() {
             fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(io(path))?;
@@ -147,11 +164,22 @@ pub(crate) async fn put(mut ctx: SessionCtx, owner: Option<User>) {
             return;
         }
     };
-    let mut put = Put { owner, current: None, dirs: Vec::new(), entries: 0 };
+    let mut put = Put {
+        owner,
+        current: None,
+        dirs: Vec::new(),
+        entries: 0,
+    };
     loop {
         let result = match ctx.inbound.recv().await {
-            Some(Frame::Control { msg: Msg::Entry(e), .. }) => put.entry(e),
-            Some(Frame::Data { stream: Stream::File, bytes, .. }) => put.data(&bytes),
+            Some(Frame::Control {
+                msg: Msg::Entry(e), ..
+            }) => put.entry(e),
+            Some(Frame::Data {
+                stream: Stream::File,
+                bytes,
+                ..
+            }) => put.data(&bytes),
             Some(Frame::Control { msg: Msg::End, .. }) => {
                 let reply = match put.end() {
                     Ok(entries) => Frame::control(id, Msg::Done { entries }),
@@ -160,8 +188,13 @@ pub(crate) async fn put(mut ctx: SessionCtx, owner: Option<User>) {
                 ctx.send(reply).await;
                 return;
             }
-            Some(Frame::Control { msg: Msg::Cancel, .. }) | None => return,
-            Some(other) => Err(FilesError::Protocol(format!("unexpected frame in put: {other:?}"))),
+            Some(Frame::Control {
+                msg: Msg::Cancel, ..
+            })
+            | None => return,
+            Some(other) => Err(FilesError::Protocol(format!(
+                "unexpected frame in put: {other:?}"
+            ))),
         };
         if let Err(e) = result {
             ctx.send(Frame::error(id, e.to_string())).await;
@@ -185,14 +218,26 @@ async fn walk(ctx: &SessionCtx, root: &Path) -> Result<(), FilesError> {
     let mut stack = vec![String::new()];
     let mut entries = 0u64;
     while let Some(rel) = stack.pop() {
-        let path = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let path = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
         let mode = meta.mode() & 0o7777;
         entries += 1;
         if meta.file_type().is_symlink() {
             let target = fs::read_link(&path).map_err(io(&path))?;
             let target = target.to_string_lossy().into_owned();
-            send(ctx, Entry { path: rel, mode, kind: EntryKind::Symlink { target } }).await?;
+            send(
+                ctx,
+                Entry {
+                    path: rel,
+                    mode,
+                    kind: EntryKind::Symlink { target },
+                },
+            )
+            .await?;
         } else if meta.is_dir() {
             let mut names: Vec<String> = fs::read_dir(&path)
                 .map_err(io(&path))?
@@ -201,16 +246,31 @@ async fn walk(ctx: &SessionCtx, root: &Path) -> Result<(), FilesError> {
                 .collect();
             names.sort();
             for name in names.into_iter().rev() {
-                stack.push(if rel.is_empty() { name } else { format!("{rel}/{name}") });
+                stack.push(if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                });
             }
-            send(ctx, Entry { path: rel, mode, kind: EntryKind::Dir }).await?;
+            send(
+                ctx,
+                Entry {
+                    path: rel,
+                    mode,
+                    kind: EntryKind::Dir,
+                },
+            )
+            .await?;
         } else if meta.is_file() {
             send_file(ctx, &path, rel, mode).await?;
         } else {
             entries -= 1; // sockets, fifos and devices are not transferred
         }
     }
-    if !ctx.send(Frame::control(ctx.id, Msg::Done { entries })).await {
+    if !ctx
+        .send(Frame::control(ctx.id, Msg::Done { entries }))
+        .await
+    {
         return Err(FilesError::Protocol("connection closed".into()));
     }
     Ok(())
@@ -224,10 +284,23 @@ async fn send(ctx: &SessionCtx, entry: Entry) -> Result<(), FilesError> {
     }
 }
 
-async fn send_file(ctx: &SessionCtx, path: &Path, rel: String, mode: u32) -> Result<(), FilesError> {
+async fn send_file(
+    ctx: &SessionCtx,
+    path: &Path,
+    rel: String,
+    mode: u32,
+) -> Result<(), FilesError> {
     let file = File::open(path).map_err(io(path))?;
     let len = file.metadata().map_err(io(path))?.len();
-    send(ctx, Entry { path: rel, mode, kind: EntryKind::File { len } }).await?;
+    send(
+        ctx,
+        Entry {
+            path: rel,
+            mode,
+            kind: EntryKind::File { len },
+        },
+    )
+    .await?;
     let mut reader = file.take(len);
     let mut sent = 0u64;
     loop {
@@ -238,13 +311,20 @@ async fn send_file(ctx: &SessionCtx, path: &Path, rel: String, mode: u32) -> Res
         }
         buf.truncate(n);
         sent += n as u64;
-        let frame = Frame::Data { session: ctx.id, stream: Stream::File, bytes: Bytes::from(buf) };
+        let frame = Frame::Data {
+            session: ctx.id,
+            stream: Stream::File,
+            bytes: Bytes::from(buf),
+        };
         if !ctx.send(frame).await {
             return Err(FilesError::Protocol("connection closed".into()));
         }
     }
     if sent != len {
-        return Err(FilesError::Protocol(format!("{}: file shrank while being read", path.display())));
+        return Err(FilesError::Protocol(format!(
+            "{}: file shrank while being read",
+            path.display()
+        )));
     }
     Ok(())
 }

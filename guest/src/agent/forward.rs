@@ -28,17 +28,27 @@ impl Forward {
     pub fn parse(listen: &str, to: &str) -> Result<Forward, ForwardError> {
         let err = || ForwardError::Parse(format!("{listen}={to}"));
         let listen = listen.parse().map_err(|_| err())?;
-        let to = to.strip_prefix("unix:").filter(|p| !p.is_empty()).ok_or_else(err)?;
-        Ok(Forward { listen, to: PathBuf::from(to) })
+        let to = to
+            .strip_prefix("unix:")
+            .filter(|p| !p.is_empty())
+            .ok_or_else(err)?;
+        Ok(Forward {
+            listen,
+            to: PathBuf::from(to),
+        })
     }
 }
 
 /// Binds the listener (so errors surface before serving), then serves forever.
 pub async fn start(fwd: Forward) -> Result<tokio::task::JoinHandle<()>, ForwardError> {
-    let listener = TcpListener::bind(fwd.listen).await.map_err(|e| ForwardError::Bind(fwd.listen, e))?;
+    let listener = TcpListener::bind(fwd.listen)
+        .await
+        .map_err(|e| ForwardError::Bind(fwd.listen, e))?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let to = fwd.to.clone();
             tokio::spawn(async move {
                 // A refused or missing socket drops `tcp`: the client sees the close.
@@ -71,7 +81,12 @@ mod tests {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        start(Forward { listen: addr, to: sock.clone() }).await.unwrap();
+        start(Forward {
+            listen: addr,
+            to: sock.clone(),
+        })
+        .await
+        .unwrap();
         tokio::spawn(async move {
             let (mut s, _) = unix.accept().await.unwrap();
             let mut buf = [0u8; 4];

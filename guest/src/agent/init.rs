@@ -14,7 +14,12 @@ use crate::sys;
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("mount {what} on {target}")]
-    Mount { what: String, target: String, #[source] source: nix::Error },
+    Mount {
+        what: String,
+        target: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
     #[error("root switch: {0}")]
@@ -25,11 +30,21 @@ pub enum InitError {
     Hostname(#[source] nix::Error),
 }
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), InitError> {
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
     std::fs::create_dir_all(target).map_err(|e| InitError::Io(format!("mkdir {target}"), e))?;
     match mount(Some(src), target, Some(fstype), flags, data) {
         Ok(()) | Err(nix::Error::EBUSY) => Ok(()),
-        Err(source) => Err(InitError::Mount { what: fstype.into(), target: target.into(), source }),
+        Err(source) => Err(InitError::Mount {
+            what: fstype.into(),
+            target: target.into(),
+            source,
+        }),
     }
 }
 
@@ -38,30 +53,63 @@ pub fn mount_early() -> Result<(), InitError> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", "/proc", "proc", nosuid, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_fs("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0620,ptmxmode=0666"))?;
-    mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
     Ok(())
 }
 
 /// Mounts /tmp (after any root switch).
 pub fn mount_tmp() -> Result<(), InitError> {
-    mount_fs("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
+    mount_fs(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
 }
 
 /// Mounts `device` read-only under a tmpfs overlay at /mnt/root, moves the
 /// early mounts there and makes it the root. Returns with `/` switched.
 pub fn switch_root(device: &str) -> Result<(), InitError> {
     let ro = MsFlags::MS_RDONLY;
-    std::fs::create_dir_all("/mnt/lower").map_err(|e| InitError::Io("mkdir /mnt/lower".into(), e))?;
+    std::fs::create_dir_all("/mnt/lower")
+        .map_err(|e| InitError::Io("mkdir /mnt/lower".into(), e))?;
     if let Err(ext4) = mount(Some(device), "/mnt/lower", Some("ext4"), ro, None::<&str>) {
-        mount(Some(device), "/mnt/lower", Some("erofs"), ro, None::<&str>).map_err(|_| InitError::Mount {
-            what: format!("{device} (ext4 or erofs)"),
-            target: "/mnt/lower".into(),
-            source: ext4,
+        mount(Some(device), "/mnt/lower", Some("erofs"), ro, None::<&str>).map_err(|_| {
+            InitError::Mount {
+                what: format!("{device} (ext4 or erofs)"),
+                target: "/mnt/lower".into(),
+                source: ext4,
+            }
         })?;
     }
-    mount_fs("tmpfs", "/mnt/rw", "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+    mount_fs(
+        "tmpfs",
+        "/mnt/rw",
+        "tmpfs",
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
     for d in ["/mnt/rw/upper", "/mnt/rw/work", "/mnt/root"] {
         std::fs::create_dir_all(d).map_err(|e| InitError::Io(format!("mkdir {d}"), e))?;
     }
@@ -74,9 +122,16 @@ pub fn switch_root(device: &str) -> Result<(), InitError> {
     )?;
     for d in ["/dev", "/proc", "/sys", "/run"] {
         let target = format!("/mnt/root{d}");
-        std::fs::create_dir_all(&target).map_err(|e| InitError::Io(format!("mkdir {target}"), e))?;
-        mount(Some(d), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| InitError::Switch(format!("move {d}"), e))?;
+        std::fs::create_dir_all(&target)
+            .map_err(|e| InitError::Io(format!("mkdir {target}"), e))?;
+        mount(
+            Some(d),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| InitError::Switch(format!("move {d}"), e))?;
     }
     nix::unistd::chdir("/mnt/root").map_err(|e| InitError::Switch("chdir".into(), e))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
@@ -98,7 +153,8 @@ pub fn configure_network(net: Option<NetConfig>, mtu: Option<u32>) -> Result<(),
 
 fn write(path: &str, contents: &str) -> Result<(), InitError> {
     if let Some(parent) = Path::new(path).parent() {
-        std::fs::create_dir_all(parent).map_err(|e| InitError::Io(format!("mkdir {}", parent.display()), e))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| InitError::Io(format!("mkdir {}", parent.display()), e))?;
     }
     std::fs::write(path, contents).map_err(|e| InitError::Io(format!("write {path}"), e))
 }
@@ -124,13 +180,18 @@ pub fn write_files(cfg: &BootConfig) -> Result<(), InitError> {
 }
 
 fn ensure_agent_user() -> Result<(), InitError> {
-    let shell = if Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    let shell = if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let passwd_file = std::fs::read_to_string("/etc/passwd")
         .unwrap_or_else(|_| "root:x:0:0:root:/root:/bin/sh\n".to_string());
     if let Some(new) = passwd::with_agent_user(&passwd_file, shell) {
         write("/etc/passwd", &new)?;
     }
-    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_else(|_| "root:x:0:\n".to_string());
+    let group_file =
+        std::fs::read_to_string("/etc/group").unwrap_or_else(|_| "root:x:0:\n".to_string());
     if let Some(new) = passwd::with_agent_group(&group_file) {
         write("/etc/group", &new)?;
     }
@@ -143,11 +204,18 @@ fn ensure_agent_user() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Syncs and powers off (or reboots; QEMU runs with `-no-reboot`, so both end it).
+/// Syncs and powers off, or reboots. Without ACPI (QEMU `microvm,acpi=off`)
+/// a power-off only halts the CPU, so it reboots instead: the VMMs run with
+/// `-no-reboot` (or exit on reset), so a reboot ends the VM either way.
 pub fn power_off(reboot: bool) {
     use nix::sys::reboot::{reboot as sys_reboot, RebootMode};
     nix::unistd::sync();
-    let mode = if reboot { RebootMode::RB_AUTOBOOT } else { RebootMode::RB_POWER_OFF };
+    let can_power_off = Path::new("/sys/firmware/acpi").exists();
+    let mode = if reboot || !can_power_off {
+        RebootMode::RB_AUTOBOOT
+    } else {
+        RebootMode::RB_POWER_OFF
+    };
     let err = sys_reboot(mode);
     eprintln!("bottle-guest: reboot failed: {err:?}");
 }

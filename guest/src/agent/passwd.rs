@@ -52,7 +52,9 @@ pub fn groups_of(group: &str, user: &str, gid: u32) -> Vec<u32> {
         if f.len() != 4 {
             continue;
         }
-        let Ok(id) = f[2].parse::<u32>() else { continue };
+        let Ok(id) = f[2].parse::<u32>() else {
+            continue;
+        };
         if f[3].split(',').any(|m| m == user) && !out.contains(&id) {
             out.push(id);
         }
@@ -114,7 +116,10 @@ mod tests {
     fn agent_user_is_appended_once() {
         let once = with_agent_user(PASSWD, "/bin/sh").unwrap();
         let agent = by_name(&once, "agent").unwrap();
-        assert_eq!((agent.uid, agent.gid, agent.home.as_str()), (1000, 1000, "/home/agent"));
+        assert_eq!(
+            (agent.uid, agent.gid, agent.home.as_str()),
+            (1000, 1000, "/home/agent")
+        );
         assert!(with_agent_user(&once, "/bin/sh").is_none());
     }
 

@@ -28,7 +28,9 @@ impl Reaper {
     pub fn start() -> Result<Reaper, ReaperError> {
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
             .map_err(ReaperError::Signal)?;
-        let reaper = Reaper { waiting: Arc::default() };
+        let reaper = Reaper {
+            waiting: Arc::default(),
+        };
         let r = reaper.clone();
         tokio::spawn(async move {
             loop {
@@ -58,7 +60,10 @@ impl Reaper {
 
     /// Spawns `cmd`; the receiver yields its exit status. Holding the lock
     /// across the spawn means the child cannot be reaped before it is known.
-    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
+    pub fn spawn(
+        &self,
+        cmd: &mut Command,
+    ) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();

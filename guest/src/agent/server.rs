@@ -52,15 +52,27 @@ where
     let (r, w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
-    let hello = Msg::Hello { version: PROTOCOL_VERSION, role: Role::Guest, software: SOFTWARE.into() };
+    let hello = Msg::Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Guest,
+        software: SOFTWARE.into(),
+    };
     writer.write(&Frame::control(CONNECTION, hello)).await?;
     match reader.read().await? {
-        Some(Ok(Frame::Control { msg: Msg::Welcome { .. }, .. })) => {}
-        Some(Ok(Frame::Control { msg: Msg::Refused { reason }, .. })) => {
-            return Err(ServeError::Refused(reason))
-        }
+        Some(Ok(Frame::Control {
+            msg: Msg::Welcome { .. },
+            ..
+        })) => {}
+        Some(Ok(Frame::Control {
+            msg: Msg::Refused { reason },
+            ..
+        })) => return Err(ServeError::Refused(reason)),
         None => return Err(ServeError::Handshake("host closed the connection".into())),
-        Some(other) => return Err(ServeError::Handshake(format!("expected welcome, got {other:?}"))),
+        Some(other) => {
+            return Err(ServeError::Handshake(format!(
+                "expected welcome, got {other:?}"
+            )))
+        }
     }
     on_ready();
 
@@ -99,14 +111,24 @@ async fn dispatch<R: AsyncRead + Unpin>(
         };
         let id = frame.session();
         match frame {
-            Frame::Control { session: CONNECTION, msg: Msg::Ping { nonce } } => {
-                let _ = out.send(Frame::control(CONNECTION, Msg::Pong { nonce })).await;
+            Frame::Control {
+                session: CONNECTION,
+                msg: Msg::Ping { nonce },
+            } => {
+                let _ = out
+                    .send(Frame::control(CONNECTION, Msg::Pong { nonce }))
+                    .await;
             }
-            Frame::Control { session: CONNECTION, .. } => {}
+            Frame::Control {
+                session: CONNECTION,
+                ..
+            } => {}
             Frame::Control { msg, .. } if msg.is_request() => {
                 if sessions.contains_key(&id) {
                     sessions.remove(&id);
-                    let _ = out.send(Frame::error(id, "session id already in use")).await;
+                    let _ = out
+                        .send(Frame::error(id, "session id already in use"))
+                        .await;
                     continue;
                 }
                 if let Some(tx) = open(id, msg, out, reaper).await {
@@ -132,7 +154,12 @@ async fn open(
     reaper: &Reaper,
 ) -> Option<mpsc::UnboundedSender<Frame>> {
     let (tx, inbound) = mpsc::unbounded_channel();
-    let ctx = SessionCtx { id, out: out.clone(), inbound, reaper: reaper.clone() };
+    let ctx = SessionCtx {
+        id,
+        out: out.clone(),
+        inbound,
+        reaper: reaper.clone(),
+    };
     match msg {
         Msg::Exec(req) => {
             tokio::spawn(exec::run(ctx, req));
@@ -156,7 +183,12 @@ async fn open(
         }
         Msg::Poweroff { reboot } => {
             if std::process::id() != 1 {
-                let _ = out.send(Frame::error(id, "poweroff is only served by the agent as init")).await;
+                let _ = out
+                    .send(Frame::error(
+                        id,
+                        "poweroff is only served by the agent as init",
+                    ))
+                    .await;
                 return None;
             }
             let _ = out.send(Frame::control(id, Msg::Done { entries: 0 })).await;

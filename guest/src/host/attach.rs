@@ -3,10 +3,10 @@
 //! output pumped; plain pipes when stdin is not a terminal.
 
 use std::io::IsTerminal;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::sys::termios::{self, SetArg, Termios};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::client::{ClientError, Event, Session};
@@ -35,61 +35,69 @@ pub fn terminal_size() -> Option<(u16, u16)> {
     crate::sys::get_winsize(stdin.as_fd()).ok()
 }
 
-/// Puts the terminal in raw mode and restores it when dropped.
+/// Puts a terminal in raw mode and restores its settings when dropped.
 #[derive(Debug)]
-struct RawMode {
+struct RawMode<'a> {
+    fd: BorrowedFd<'a>,
     saved: Termios,
 }
 
-impl RawMode {
-    fn enter() -> Result<RawMode, AttachError> {
-        let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(stdin.as_fd()).map_err(AttachError::Termios)?;
+impl<'a> RawMode<'a> {
+    fn enter(fd: BorrowedFd<'a>) -> Result<RawMode<'a>, AttachError> {
+        let saved = termios::tcgetattr(fd).map_err(AttachError::Termios)?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, &raw).map_err(AttachError::Termios)?;
-        Ok(RawMode { saved })
+        termios::tcsetattr(fd, SetArg::TCSADRAIN, &raw).map_err(AttachError::Termios)?;
+        Ok(RawMode { fd, saved })
     }
 }
 
-impl Drop for RawMode {
+impl Drop for RawMode<'_> {
     fn drop(&mut self) {
-        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+        let _ = termios::tcsetattr(self.fd, SetArg::TCSADRAIN, &self.saved);
     }
 }
 
 /// Pumps the session to this process's stdio until it exits; raw mode and
 /// resizes when stdin is a terminal. Returns the program's exit status.
-pub async fn attach(mut session: Session) -> Result<ExitStatus, AttachError> {
-    let tty = std::io::stdin().is_terminal();
-    let _raw = if tty { Some(RawMode::enter()?) } else { None };
+///
+/// The stdin reader is a blocking thread that may outlive the session: end
+/// the runtime with `shutdown_timeout`/`shutdown_background` (or exit).
+pub async fn attach(session: Session) -> Result<ExitStatus, AttachError> {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal().then(|| stdin.as_fd());
+    attach_with(
+        session,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        tokio::io::stderr(),
+        terminal,
+    )
+    .await
+}
+
+/// [`attach`] on given streams; `terminal` is the user's terminal (put in raw
+/// mode, its size followed on SIGWINCH), `None` for plain pipes.
+pub async fn attach_with<I, O, E>(
+    mut session: Session,
+    input: I,
+    mut stdout: O,
+    mut stderr: E,
+    terminal: Option<BorrowedFd<'_>>,
+) -> Result<ExitStatus, AttachError>
+where
+    I: AsyncRead + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let _raw = terminal.map(RawMode::enter).transpose()?;
     let mut winch = signal(SignalKind::window_change()).map_err(AttachError::Signal)?;
+    let size = || terminal.and_then(|t| crate::sys::get_winsize(t).ok());
     let handle = session.handle();
-    if let (true, Some((rows, cols))) = (tty, terminal_size()) {
+    if let Some((rows, cols)) = size() {
         handle.resize(rows, cols).await?;
     }
-    let input = {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = handle.close_stdin().await;
-                        return;
-                    }
-                    Ok(n) => {
-                        if handle.write_stdin(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        })
-    };
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
+    let pump = tokio::spawn(pump_input(input, handle.clone()));
     let result = loop {
         tokio::select! {
             event = session.next_event() => match event {
@@ -103,17 +111,34 @@ pub async fn attach(mut session: Session) -> Result<ExitStatus, AttachError> {
                 Err(e) => break Err(e.into()),
             },
             _ = winch.recv() => {
-                if let Some((rows, cols)) = terminal_size() {
+                if let Some((rows, cols)) = size() {
                     let _ = handle.resize(rows, cols).await;
                 }
             }
         }
     };
-    input.abort();
+    pump.abort();
     result
 }
 
-async fn write_all(w: &mut (impl tokio::io::AsyncWrite + Unpin), b: &[u8]) -> Result<(), AttachError> {
+async fn pump_input<I: AsyncRead + Unpin>(mut input: I, handle: super::client::SessionHandle) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match input.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = handle.close_stdin().await;
+                return;
+            }
+            Ok(n) => {
+                if handle.write_stdin(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_all(w: &mut (impl AsyncWrite + Unpin), b: &[u8]) -> Result<(), AttachError> {
     match w.write_all(b).await.and(w.flush().await) {
         // The reader went away (`| head`): keep running, drop output.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

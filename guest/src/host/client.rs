@@ -13,7 +13,10 @@ use tokio::sync::mpsc;
 
 use super::tree::{self, SafeWriter, TreeError};
 use crate::frame::{data_frames, FrameError, FrameReader, FrameWriter};
-use crate::proto::{Entry, EntryKind, ExecRequest, ExitStatus, Frame, Msg, Role, Stream, User, CONNECTION, PROTOCOL_VERSION};
+use crate::proto::{
+    Entry, EntryKind, ExecRequest, ExitStatus, Frame, Msg, Role, Stream, User, CONNECTION,
+    PROTOCOL_VERSION,
+};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +40,11 @@ pub enum ClientError {
     #[error("{0} is larger than the {1}-byte limit")]
     TooLarge(String, u64),
     #[error("{path}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing the received tree")]
     Tree(#[from] TreeError),
 }
@@ -89,17 +96,33 @@ pub const READ_FILE_LIMIT: u64 = 256 << 20;
 impl Client {
     /// Connects to the mux's control socket and does the handshake.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|e| ClientError::Connect(path.display().to_string(), e))?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| ClientError::Connect(path.display().to_string(), e))?;
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r);
         let mut writer = FrameWriter::new(w);
-        let hello = Msg::Hello { version: PROTOCOL_VERSION, role: Role::Client, software: crate::agent::server::SOFTWARE.into() };
+        let hello = Msg::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            software: crate::agent::server::SOFTWARE.into(),
+        };
         writer.write(&Frame::control(CONNECTION, hello)).await?;
         match reader.read().await? {
-            Some(Ok(Frame::Control { msg: Msg::Welcome { .. }, .. })) => {}
-            Some(Ok(Frame::Control { msg: Msg::Refused { reason }, .. })) => return Err(ClientError::Refused(reason)),
+            Some(Ok(Frame::Control {
+                msg: Msg::Welcome { .. },
+                ..
+            })) => {}
+            Some(Ok(Frame::Control {
+                msg: Msg::Refused { reason },
+                ..
+            })) => return Err(ClientError::Refused(reason)),
             None => return Err(ClientError::Closed),
-            Some(other) => return Err(ClientError::Handshake(format!("expected welcome, got {other:?}"))),
+            Some(other) => {
+                return Err(ClientError::Handshake(format!(
+                    "expected welcome, got {other:?}"
+                )))
+            }
         }
         let (out, mut rx) = mpsc::channel::<Frame>(64);
         tokio::spawn(async move {
@@ -126,14 +149,21 @@ impl Client {
             }
             lock(&s).clear();
         });
-        Ok(Client { out, sessions, next: Arc::new(AtomicU32::new(1)) })
+        Ok(Client {
+            out,
+            sessions,
+            next: Arc::new(AtomicU32::new(1)),
+        })
     }
 
     async fn open(&self, msg: Msg) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), ClientError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.sessions).insert(id, tx);
-        self.out.send(Frame::control(id, msg)).await.map_err(|_| ClientError::Closed)?;
+        self.out
+            .send(Frame::control(id, msg))
+            .await
+            .map_err(|_| ClientError::Closed)?;
         Ok((id, rx))
     }
 
@@ -145,10 +175,21 @@ impl Client {
     pub async fn exec(&self, req: ExecRequest) -> Result<Session, ClientError> {
         let (id, mut events) = self.open(Msg::Exec(req)).await?;
         let pid = match events.recv().await {
-            Some(Frame::Control { msg: Msg::Started { pid }, .. }) => pid,
+            Some(Frame::Control {
+                msg: Msg::Started { pid },
+                ..
+            }) => pid,
             other => return Err(unexpected(other)),
         };
-        Ok(Session { handle: SessionHandle { id, out: self.out.clone() }, pid, events, done: false })
+        Ok(Session {
+            handle: SessionHandle {
+                id,
+                out: self.out.clone(),
+            },
+            pid,
+            events,
+            done: false,
+        })
     }
 
     /// Runs a program with `stdin` as its input and collects its output.
@@ -161,7 +202,13 @@ impl Client {
             match session.next_event().await? {
                 Event::Stdout(b) => stdout.extend_from_slice(&b),
                 Event::Stderr(b) => stderr.extend_from_slice(&b),
-                Event::Exit(status) => return Ok(Output { stdout, stderr, status }),
+                Event::Exit(status) => {
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        status,
+                    })
+                }
             }
         }
     }
@@ -174,20 +221,45 @@ impl Client {
         cwd: Option<String>,
         user: Option<User>,
     ) -> Result<Output, ClientError> {
-        self.capture(ExecRequest { argv, env, cwd, user, tty: None }, b"").await
+        self.capture(
+            ExecRequest {
+                argv,
+                env,
+                cwd,
+                user,
+                tty: None,
+            },
+            b"",
+        )
+        .await
     }
 
     async fn finish(&self, mut events: mpsc::UnboundedReceiver<Frame>) -> Result<u64, ClientError> {
         match events.recv().await {
-            Some(Frame::Control { msg: Msg::Done { entries }, .. }) => Ok(entries),
+            Some(Frame::Control {
+                msg: Msg::Done { entries },
+                ..
+            }) => Ok(entries),
             other => Err(unexpected(other)),
         }
     }
 
     /// Writes one file in the guest (parent directories are created).
-    pub async fn write_file(&self, path: &str, bytes: &[u8], mode: u32, owner: Option<User>) -> Result<(), ClientError> {
+    pub async fn write_file(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<User>,
+    ) -> Result<(), ClientError> {
         let (id, events) = self.open(Msg::Put { owner }).await?;
-        let entry = Entry { path: path.to_string(), mode, kind: EntryKind::File { len: bytes.len() as u64 } };
+        let entry = Entry {
+            path: path.to_string(),
+            mode,
+            kind: EntryKind::File {
+                len: bytes.len() as u64,
+            },
+        };
         self.send(Frame::control(id, Msg::Entry(entry))).await?;
         for f in data_frames(id, Stream::File, Bytes::copy_from_slice(bytes)) {
             self.send(f).await?;
@@ -198,7 +270,12 @@ impl Client {
 
     /// Copies the host directory `host_dir` to `guest_dir` (modes, symlinks
     /// and dot-directories such as `.git` included); returns the entry count.
-    pub async fn copy_dir_in(&self, host_dir: &Path, guest_dir: &str, owner: Option<User>) -> Result<u64, ClientError> {
+    pub async fn copy_dir_in(
+        &self,
+        host_dir: &Path,
+        guest_dir: &str,
+        owner: Option<User>,
+    ) -> Result<u64, ClientError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| ClientError::Io { path, source }
@@ -207,11 +284,25 @@ impl Client {
         let (id, events) = self.open(Msg::Put { owner }).await?;
         let base = guest_dir.trim_end_matches('/');
         for e in entries {
-            let path = if e.rel.is_empty() { base.to_string() } else { format!("{base}/{}", e.rel) };
+            let path = if e.rel.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}/{}", e.rel)
+            };
             let kind = match &e.kind {
                 EntryKind::File { .. } => {
                     let data = std::fs::read(&e.abs).map_err(io(&e.abs))?;
-                    self.send(Frame::control(id, Msg::Entry(Entry { path, mode: e.mode, kind: EntryKind::File { len: data.len() as u64 } }))).await?;
+                    self.send(Frame::control(
+                        id,
+                        Msg::Entry(Entry {
+                            path,
+                            mode: e.mode,
+                            kind: EntryKind::File {
+                                len: data.len() as u64,
+                            },
+                        }),
+                    ))
+                    .await?;
                     for f in data_frames(id, Stream::File, Bytes::from(data)) {
                         self.send(f).await?;
                     }
@@ -219,7 +310,15 @@ impl Client {
                 }
                 other => other.clone(),
             };
-            self.send(Frame::control(id, Msg::Entry(Entry { path, mode: e.mode, kind }))).await?;
+            self.send(Frame::control(
+                id,
+                Msg::Entry(Entry {
+                    path,
+                    mode: e.mode,
+                    kind,
+                }),
+            ))
+            .await?;
         }
         self.send(Frame::control(id, Msg::End)).await?;
         self.finish(events).await
@@ -227,27 +326,50 @@ impl Client {
 
     /// Reads a guest file or tree into memory, at most `limit` bytes of data.
     pub async fn read_tree(&self, path: &str, limit: u64) -> Result<Vec<TreeEntry>, ClientError> {
-        let (_, mut events) = self.open(Msg::Get { path: path.to_string() }).await?;
+        let (_, mut events) = self
+            .open(Msg::Get {
+                path: path.to_string(),
+            })
+            .await?;
         let mut out: Vec<TreeEntry> = Vec::new();
         let mut total = 0u64;
         loop {
             match events.recv().await {
-                Some(Frame::Control { msg: Msg::Entry(e), .. }) => {
-                    out.push(TreeEntry { path: e.path, mode: e.mode, kind: e.kind, data: Vec::new() })
-                }
-                Some(Frame::Data { stream: Stream::File, bytes, .. }) => {
+                Some(Frame::Control {
+                    msg: Msg::Entry(e), ..
+                }) => out.push(TreeEntry {
+                    path: e.path,
+                    mode: e.mode,
+                    kind: e.kind,
+                    data: Vec::new(),
+                }),
+                Some(Frame::Data {
+                    stream: Stream::File,
+                    bytes,
+                    ..
+                }) => {
                     total += bytes.len() as u64;
                     if total > limit {
                         return Err(ClientError::TooLarge(path.to_string(), limit));
                     }
-                    let Some(last) = out.last_mut() else { return Err(ClientError::Unexpected("data before an entry".into())) };
-                    let EntryKind::File { len } = last.kind else { return Err(ClientError::Unexpected("data for a non-file".into())) };
+                    let Some(last) = out.last_mut() else {
+                        return Err(ClientError::Unexpected("data before an entry".into()));
+                    };
+                    let EntryKind::File { len } = last.kind else {
+                        return Err(ClientError::Unexpected("data for a non-file".into()));
+                    };
                     if last.data.len() as u64 + bytes.len() as u64 > len {
-                        return Err(ClientError::Unexpected(format!("{}: more data than announced", last.path)));
+                        return Err(ClientError::Unexpected(format!(
+                            "{}: more data than announced",
+                            last.path
+                        )));
                     }
                     last.data.extend_from_slice(&bytes);
                 }
-                Some(Frame::Control { msg: Msg::Done { .. }, .. }) => return Ok(out),
+                Some(Frame::Control {
+                    msg: Msg::Done { .. },
+                    ..
+                }) => return Ok(out),
                 other => return Err(unexpected(other)),
             }
         }
@@ -257,14 +379,23 @@ impl Client {
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let mut entries = self.read_tree(path, READ_FILE_LIMIT).await?;
         match entries.pop() {
-            Some(TreeEntry { kind: EntryKind::File { .. }, data, .. }) if entries.is_empty() => Ok(data),
+            Some(TreeEntry {
+                kind: EntryKind::File { .. },
+                data,
+                ..
+            }) if entries.is_empty() => Ok(data),
             _ => Err(ClientError::Remote(format!("{path} is not a regular file"))),
         }
     }
 
     /// Copies a guest directory to `host_dir`, which must not exist; paths
     /// from the guest are checked and nothing is written through a symlink.
-    pub async fn copy_dir_out(&self, guest_dir: &str, host_dir: &Path, limit: u64) -> Result<u64, ClientError> {
+    pub async fn copy_dir_out(
+        &self,
+        guest_dir: &str,
+        host_dir: &Path,
+        limit: u64,
+    ) -> Result<u64, ClientError> {
         let entries = self.read_tree(guest_dir, limit).await?;
         let mut writer = SafeWriter::new(host_dir);
         for e in &entries {
@@ -278,9 +409,21 @@ impl Client {
     pub async fn probe(&self) -> Result<GuestInfo, ClientError> {
         let (_, mut events) = self.open(Msg::Probe).await?;
         match events.recv().await {
-            Some(Frame::Control { msg: Msg::Info { version, software, hostname, pid1 }, .. }) => {
-                Ok(GuestInfo { version, software, hostname, pid1 })
-            }
+            Some(Frame::Control {
+                msg:
+                    Msg::Info {
+                        version,
+                        software,
+                        hostname,
+                        pid1,
+                    },
+                ..
+            }) => Ok(GuestInfo {
+                version,
+                software,
+                hostname,
+                pid1,
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -313,7 +456,10 @@ impl Client {
 fn unexpected(frame: Option<Frame>) -> ClientError {
     match frame {
         None => ClientError::Closed,
-        Some(Frame::Control { msg: Msg::Error { message }, .. }) => ClientError::Remote(message),
+        Some(Frame::Control {
+            msg: Msg::Error { message },
+            ..
+        }) => ClientError::Remote(message),
         Some(other) => ClientError::Unexpected(format!("{other:?}")),
     }
 }
@@ -327,7 +473,10 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     async fn send(&self, msg: Msg) -> Result<(), ClientError> {
-        self.out.send(Frame::control(self.id, msg)).await.map_err(|_| ClientError::Closed)
+        self.out
+            .send(Frame::control(self.id, msg))
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
@@ -401,9 +550,20 @@ impl Session {
             return Err(ClientError::Closed);
         }
         let event = match self.events.recv().await {
-            Some(Frame::Data { stream: Stream::Stdout, bytes, .. }) => Event::Stdout(bytes),
-            Some(Frame::Data { stream: Stream::Stderr, bytes, .. }) => Event::Stderr(bytes),
-            Some(Frame::Control { msg: Msg::Exit { status }, .. }) => Event::Exit(status),
+            Some(Frame::Data {
+                stream: Stream::Stdout,
+                bytes,
+                ..
+            }) => Event::Stdout(bytes),
+            Some(Frame::Data {
+                stream: Stream::Stderr,
+                bytes,
+                ..
+            }) => Event::Stderr(bytes),
+            Some(Frame::Control {
+                msg: Msg::Exit { status },
+                ..
+            }) => Event::Exit(status),
             other => {
                 self.done = true;
                 return Err(unexpected(other));
@@ -426,7 +586,10 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.handle.out.try_send(Frame::control(self.handle.id, Msg::Cancel));
+            let _ = self
+                .handle
+                .out
+                .try_send(Frame::control(self.handle.id, Msg::Cancel));
         }
     }
 }

@@ -81,14 +81,20 @@ pub async fn run_mux(guest: UnixListener, control: UnixListener) -> Result<(), M
         let state = state.clone();
         async move {
             loop {
-                let (s, _) = guest.accept().await.map_err(|e| MuxError::Accept("guest", e))?;
+                let (s, _) = guest
+                    .accept()
+                    .await
+                    .map_err(|e| MuxError::Accept("guest", e))?;
                 tokio::spawn(guest_conn(s, state.clone()));
             }
         }
     };
     let clients = async move {
         loop {
-            let (s, _) = control.accept().await.map_err(|e| MuxError::Accept("control", e))?;
+            let (s, _) = control
+                .accept()
+                .await
+                .map_err(|e| MuxError::Accept("control", e))?;
             tokio::spawn(client_conn(s, state.clone()));
         }
     };
@@ -109,9 +115,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, reader.read()).await.ok()?.ok()??;
+    // QEMU connects its chardev before the guest boots, so the guest's hello
+    // may come much later (a slow TCG boot): only clients get a deadline.
+    let first = match role {
+        Role::Guest => reader.read().await.ok()??,
+        Role::Client => tokio::time::timeout(HELLO_TIMEOUT, reader.read())
+            .await
+            .ok()?
+            .ok()??,
+    };
     let refusal = match first {
-        Ok(Frame::Control { msg: Msg::Hello { version, role: r, .. }, .. }) => {
+        Ok(Frame::Control {
+            msg: Msg::Hello {
+                version, role: r, ..
+            },
+            ..
+        }) => {
             if version != PROTOCOL_VERSION {
                 Some(format!(
                     "protocol version {version} is not supported: this host speaks version {PROTOCOL_VERSION}; \
@@ -126,17 +145,27 @@ where
         _ => Some("the first frame must be a hello".to_string()),
     };
     let reply = match &refusal {
-        Some(reason) => Msg::Refused { reason: reason.clone() },
-        None => Msg::Welcome { version: PROTOCOL_VERSION, guest_connected: guest_connected() },
+        Some(reason) => Msg::Refused {
+            reason: reason.clone(),
+        },
+        None => Msg::Welcome {
+            version: PROTOCOL_VERSION,
+            guest_connected: guest_connected(),
+        },
     };
-    writer.write(&Frame::control(CONNECTION, reply)).await.ok()?;
+    writer
+        .write(&Frame::control(CONNECTION, reply))
+        .await
+        .ok()?;
     match refusal {
         Some(_) => None,
         None => Some(()),
     }
 }
 
-fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut writer: FrameWriter<W>) -> mpsc::Sender<Frame> {
+fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
+    mut writer: FrameWriter<W>,
+) -> mpsc::Sender<Frame> {
     let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
     tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -159,7 +188,10 @@ async fn guest_conn(stream: UnixStream, state: Shared) {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
-    if handshake(&mut reader, &mut writer, Role::Guest, || true).await.is_none() {
+    if handshake(&mut reader, &mut writer, Role::Guest, || true)
+        .await
+        .is_none()
+    {
         return;
     }
     let tx = spawn_writer(writer);
@@ -178,27 +210,47 @@ async fn guest_conn(stream: UnixStream, state: Shared) {
             Ok(None) | Err(_) => break,
         };
         match frame {
-            Ok(Frame::Control { session: CONNECTION, msg: Msg::Ping { nonce } }) => {
-                let _ = tx.send(Frame::control(CONNECTION, Msg::Pong { nonce })).await;
+            Ok(Frame::Control {
+                session: CONNECTION,
+                msg: Msg::Ping { nonce },
+            }) => {
+                let _ = tx
+                    .send(Frame::control(CONNECTION, Msg::Pong { nonce }))
+                    .await;
             }
-            Ok(Frame::Control { session: CONNECTION, msg: Msg::Hello { version, .. } }) => {
+            Ok(Frame::Control {
+                session: CONNECTION,
+                msg: Msg::Hello { version, .. },
+            }) => {
                 // The agent restarted on a persistent channel (virtio port).
                 let stale = lock(&state).fail_all();
                 fail(stale, "the guest agent restarted; the session was lost").await;
                 let reply = if version == PROTOCOL_VERSION {
-                    Msg::Welcome { version: PROTOCOL_VERSION, guest_connected: true }
+                    Msg::Welcome {
+                        version: PROTOCOL_VERSION,
+                        guest_connected: true,
+                    }
                 } else {
-                    Msg::Refused { reason: format!("protocol version {version} is not supported") }
+                    Msg::Refused {
+                        reason: format!("protocol version {version} is not supported"),
+                    }
                 };
                 let _ = tx.send(Frame::control(CONNECTION, reply)).await;
             }
-            Ok(Frame::Control { session: CONNECTION, .. }) => {}
+            Ok(Frame::Control {
+                session: CONNECTION,
+                ..
+            }) => {}
             Ok(frame) => {
                 let gsid = frame.session();
                 let terminal = matches!(&frame, Frame::Control { msg, .. } if msg.is_terminal());
                 let target = {
                     let mut st = lock(&state);
-                    let route = if terminal { st.remove_route(gsid) } else { st.routes.get(&gsid).copied() };
+                    let route = if terminal {
+                        st.remove_route(gsid)
+                    } else {
+                        st.routes.get(&gsid).copied()
+                    };
                     route.and_then(|r| st.clients.get(&r.client).map(|c| (c.clone(), r.sid)))
                 };
                 if let Some((client, sid)) = target {
@@ -212,7 +264,12 @@ async fn guest_conn(stream: UnixStream, state: Shared) {
                         .and_then(|r| st.clients.get(&r.client).map(|c| (c.clone(), r.sid)))
                 };
                 if let Some((client, sid)) = target {
-                    let _ = client.send(Frame::error(sid, format!("the guest sent a bad frame: {}", bad.reason))).await;
+                    let _ = client
+                        .send(Frame::error(
+                            sid,
+                            format!("the guest sent a bad frame: {}", bad.reason),
+                        ))
+                        .await;
                     let _ = tx.send(Frame::control(bad.session, Msg::Cancel)).await;
                 }
             }
@@ -235,7 +292,10 @@ async fn client_conn(stream: UnixStream, state: Shared) {
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
     let connected = || lock(&state).guest.is_some();
-    if handshake(&mut reader, &mut writer, Role::Client, connected).await.is_none() {
+    if handshake(&mut reader, &mut writer, Role::Client, connected)
+        .await
+        .is_none()
+    {
         return;
     }
     let tx = spawn_writer(writer);
@@ -248,14 +308,28 @@ async fn client_conn(stream: UnixStream, state: Shared) {
     };
     while let Ok(Some(frame)) = reader.read().await {
         match frame {
-            Ok(Frame::Control { session: CONNECTION, msg: Msg::Ping { nonce } }) => {
-                let _ = tx.send(Frame::control(CONNECTION, Msg::Pong { nonce })).await;
+            Ok(Frame::Control {
+                session: CONNECTION,
+                msg: Msg::Ping { nonce },
+            }) => {
+                let _ = tx
+                    .send(Frame::control(CONNECTION, Msg::Pong { nonce }))
+                    .await;
             }
-            Ok(Frame::Control { session: CONNECTION, .. }) => {}
+            Ok(Frame::Control {
+                session: CONNECTION,
+                ..
+            }) => {}
             Ok(frame) => {
                 let sid = frame.session();
                 let is_request = matches!(&frame, Frame::Control { msg, .. } if msg.is_request());
-                let is_cancel = matches!(&frame, Frame::Control { msg: Msg::Cancel, .. });
+                let is_cancel = matches!(
+                    &frame,
+                    Frame::Control {
+                        msg: Msg::Cancel,
+                        ..
+                    }
+                );
                 let forward: Result<(mpsc::Sender<Frame>, u32), &str> = {
                     let mut st = lock(&state);
                     let existing = st.by_client.get(&(id, sid)).copied();
@@ -308,7 +382,12 @@ async fn client_conn(stream: UnixStream, state: Shared) {
     let (cancels, guest) = {
         let mut st = lock(&state);
         st.clients.remove(&id);
-        let mine: Vec<u32> = st.by_client.iter().filter(|((c, _), _)| *c == id).map(|(_, g)| *g).collect();
+        let mine: Vec<u32> = st
+            .by_client
+            .iter()
+            .filter(|((c, _), _)| *c == id)
+            .map(|(_, g)| *g)
+            .collect();
         for g in &mine {
             st.remove_route(*g);
         }

@@ -26,13 +26,22 @@ pub(crate) fn walk(root: &Path) -> std::io::Result<Vec<HostEntry>> {
         let meta = fs::symlink_metadata(&abs)?;
         let mode = meta.mode() & 0o7777;
         let kind = if meta.file_type().is_symlink() {
-            EntryKind::Symlink { target: fs::read_link(&abs)?.to_string_lossy().into_owned() }
+            EntryKind::Symlink {
+                target: fs::read_link(&abs)?.to_string_lossy().into_owned(),
+            }
         } else if meta.is_dir() {
-            let mut names: Vec<_> = fs::read_dir(&abs)?.filter_map(|d| d.ok()).map(|d| d.file_name()).collect();
+            let mut names: Vec<_> = fs::read_dir(&abs)?
+                .filter_map(|d| d.ok())
+                .map(|d| d.file_name())
+                .collect();
             names.sort();
             for name in names.into_iter().rev() {
                 let n = name.to_string_lossy();
-                let child_rel = if rel.is_empty() { n.into_owned() } else { format!("{rel}/{n}") };
+                let child_rel = if rel.is_empty() {
+                    n.into_owned()
+                } else {
+                    format!("{rel}/{n}")
+                };
                 stack.push((child_rel, abs.join(&name)));
             }
             EntryKind::Dir
@@ -41,7 +50,12 @@ pub(crate) fn walk(root: &Path) -> std::io::Result<Vec<HostEntry>> {
         } else {
             continue;
         };
-        out.push(HostEntry { rel, abs, mode, kind });
+        out.push(HostEntry {
+            rel,
+            abs,
+            mode,
+            kind,
+        });
     }
     Ok(out)
 }
@@ -54,7 +68,11 @@ pub enum TreeError {
     #[error("{0:?} is below a symlink")]
     BelowSymlink(String),
     #[error("{path}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Writes entries into `dest`, which must not exist yet. Paths must be
@@ -69,13 +87,24 @@ pub(crate) struct SafeWriter {
 
 impl SafeWriter {
     pub fn new(dest: &Path) -> SafeWriter {
-        SafeWriter { dest: dest.to_path_buf(), symlinks: HashSet::new(), dirs: Vec::new() }
+        SafeWriter {
+            dest: dest.to_path_buf(),
+            symlinks: HashSet::new(),
+            dirs: Vec::new(),
+        }
     }
 
     fn target(&self, rel: &str) -> Result<(PathBuf, PathBuf), TreeError> {
         let rel_path = Path::new(rel);
-        let plain = rel.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-        if rel.contains('\0') || !plain || !rel_path.components().all(|c| matches!(c, Component::Normal(_))) {
+        let plain = rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if rel.contains('\0')
+            || !plain
+            || !rel_path
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
             return Err(TreeError::UnsafePath(rel.to_string()));
         }
         let mut prefix = PathBuf::new();
@@ -88,7 +117,13 @@ impl SafeWriter {
         Ok((self.dest.join(rel_path), rel_path.to_path_buf()))
     }
 
-    pub fn write(&mut self, rel: &str, mode: u32, kind: &EntryKind, data: &[u8]) -> Result<(), TreeError> {
+    pub fn write(
+        &mut self,
+        rel: &str,
+        mode: u32,
+        kind: &EntryKind,
+        data: &[u8],
+    ) -> Result<(), TreeError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| TreeError::Io { path, source }
@@ -97,7 +132,10 @@ impl SafeWriter {
         if rel.is_empty() {
             return match kind {
                 EntryKind::Dir => {
-                    fs::DirBuilder::new().mode(0o700).create(&self.dest).map_err(io(&self.dest))?;
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&self.dest)
+                        .map_err(io(&self.dest))?;
                     self.dirs.push((self.dest.clone(), mode));
                     Ok(())
                 }
@@ -107,7 +145,10 @@ impl SafeWriter {
         let (path, rel_path) = self.target(rel)?;
         match kind {
             EntryKind::Dir => {
-                fs::DirBuilder::new().mode(0o700).create(&path).map_err(io(&path))?;
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(io(&path))?;
                 self.dirs.push((path, mode));
                 Ok(())
             }
@@ -134,13 +175,16 @@ impl SafeWriter {
     pub fn finish(self) -> Result<(), TreeError> {
         use std::os::unix::fs::PermissionsExt;
         for (path, mode) in self.dirs.iter().rev() {
-            fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                .map_err(|source| TreeError::Io { path: path.display().to_string(), source })?;
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(|source| {
+                TreeError::Io {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
         }
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -162,11 +206,31 @@ mod tests {
         let mut w = SafeWriter::new(&d.path().join("out"));
         w.write("", 0o755, &EntryKind::Dir, b"").unwrap();
         let file = EntryKind::File { len: 1 };
-        assert!(matches!(w.write("../x", 0o644, &file, b"x"), Err(TreeError::UnsafePath(_))));
-        assert!(matches!(w.write("/etc/x", 0o644, &file, b"x"), Err(TreeError::UnsafePath(_))));
-        assert!(matches!(w.write("a/./b", 0o644, &file, b"x"), Err(TreeError::UnsafePath(_))));
-        w.write("l", 0o777, &EntryKind::Symlink { target: d.path().display().to_string() }, b"").unwrap();
-        assert!(matches!(w.write("l/x", 0o644, &file, b"x"), Err(TreeError::BelowSymlink(_))));
+        assert!(matches!(
+            w.write("../x", 0o644, &file, b"x"),
+            Err(TreeError::UnsafePath(_))
+        ));
+        assert!(matches!(
+            w.write("/etc/x", 0o644, &file, b"x"),
+            Err(TreeError::UnsafePath(_))
+        ));
+        assert!(matches!(
+            w.write("a/./b", 0o644, &file, b"x"),
+            Err(TreeError::UnsafePath(_))
+        ));
+        w.write(
+            "l",
+            0o777,
+            &EntryKind::Symlink {
+                target: d.path().display().to_string(),
+            },
+            b"",
+        )
+        .unwrap();
+        assert!(matches!(
+            w.write("l/x", 0o644, &file, b"x"),
+            Err(TreeError::BelowSymlink(_))
+        ));
         assert!(!d.path().join("x").exists());
     }
 
@@ -182,7 +246,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut w = SafeWriter::new(&d.path().join("o"));
         w.write("", 0o755, &EntryKind::Dir, b"").unwrap();
-        w.write("s", 0o4755, &EntryKind::File { len: 0 }, b"").unwrap();
-        assert_eq!(fs::metadata(d.path().join("o/s")).unwrap().mode() & 0o7000, 0);
+        w.write("s", 0o4755, &EntryKind::File { len: 0 }, b"")
+            .unwrap();
+        assert_eq!(
+            fs::metadata(d.path().join("o/s")).unwrap().mode() & 0o7000,
+            0
+        );
     }
 }

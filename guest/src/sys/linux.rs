@@ -35,7 +35,12 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 
 /// Sets the window size of the terminal behind `fd`.
 pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid
     // for the duration of the call; the fd is borrowed, so it is open.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) })
@@ -43,7 +48,12 @@ pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
 
 /// The window size `(rows, cols)` of the terminal behind `fd`.
 pub fn get_winsize(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the pointer, which is valid
     // and exclusively borrowed for the call.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) })?;
@@ -51,7 +61,9 @@ pub fn get_winsize(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
 }
 
 /// Registers an owned fd with the tokio reactor.
-pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     // SAFETY: an `OwnedFd` owns an open descriptor, keeps it open until it is
     // dropped (which happens when the `AsyncFd` is dropped), and its
     // `as_raw_fd` always returns that same descriptor.
@@ -69,8 +81,12 @@ pub struct Creds {
 /// Arranges for the child of `cmd` to start a new session (making its stdin
 /// the controlling terminal when `tty`) and to drop to `creds`.
 pub fn prepare_child(cmd: &mut Command, creds: Option<Creds>, tty: bool) {
-    let groups: Option<Vec<nix::unistd::Gid>> =
-        creds.as_ref().map(|c| c.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect());
+    let groups: Option<Vec<nix::unistd::Gid>> = creds.as_ref().map(|c| {
+        c.groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect()
+    });
     let hook = move || -> io::Result<()> {
         nix::unistd::setsid().map_err(io::Error::from)?;
         if tty {
@@ -111,7 +127,9 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: `sockaddr_in` and `sockaddr` have the same size (16 bytes) and
@@ -155,23 +173,32 @@ pub fn configure_interface(
     if let Some((ip, prefix)) = addr {
         let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_addr = sockaddr_in(ip);
-        sock.ioctl_ifreq(libc::SIOCSIFADDR, &mut req).map_err(os(format!("set address of {name}")))?;
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+        sock.ioctl_ifreq(libc::SIOCSIFADDR, &mut req)
+            .map_err(os(format!("set address of {name}")))?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix.min(32)))
+        };
         let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
-        sock.ioctl_ifreq(libc::SIOCSIFNETMASK, &mut req).map_err(os(format!("set netmask of {name}")))?;
+        sock.ioctl_ifreq(libc::SIOCSIFNETMASK, &mut req)
+            .map_err(os(format!("set netmask of {name}")))?;
     }
     if let Some(mtu) = mtu {
         let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_mtu = i32::try_from(mtu).unwrap_or(i32::MAX);
-        sock.ioctl_ifreq(libc::SIOCSIFMTU, &mut req).map_err(os(format!("set mtu of {name}")))?;
+        sock.ioctl_ifreq(libc::SIOCSIFMTU, &mut req)
+            .map_err(os(format!("set mtu of {name}")))?;
     }
     let mut req = ifreq(name)?;
-    sock.ioctl_ifreq(libc::SIOCGIFFLAGS, &mut req).map_err(os(format!("read flags of {name}")))?;
+    sock.ioctl_ifreq(libc::SIOCGIFFLAGS, &mut req)
+        .map_err(os(format!("read flags of {name}")))?;
     // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    sock.ioctl_ifreq(libc::SIOCSIFFLAGS, &mut req).map_err(os(format!("bring {name} up")))?;
+    sock.ioctl_ifreq(libc::SIOCSIFFLAGS, &mut req)
+        .map_err(os(format!("bring {name} up")))?;
     Ok(())
 }
 
@@ -201,7 +228,10 @@ mod tests {
 
     #[test]
     fn interface_names_longer_than_ifnamsiz_are_refused() {
-        assert!(matches!(ifreq("a-very-long-interface-name"), Err(SysError::IfName(_))));
+        assert!(matches!(
+            ifreq("a-very-long-interface-name"),
+            Err(SysError::IfName(_))
+        ));
         assert!(ifreq("eth0").is_ok());
     }
 

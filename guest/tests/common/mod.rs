@@ -1,5 +1,5 @@
 //! A mux in process and the real `bottle-guest` binary in `serve` mode.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +37,12 @@ impl Rig {
         let guest = UnixListener::bind(&guest_sock).unwrap();
         let ctl = UnixListener::bind(&control).unwrap();
         tokio::spawn(run_mux(guest, ctl));
-        Rig { dir, guest_sock, control, agent: None }
+        Rig {
+            dir,
+            guest_sock,
+            control,
+            agent: None,
+        }
     }
 
     /// A mux with a connected agent.
@@ -62,12 +67,18 @@ pub fn sh(script: &str) -> Vec<String> {
 pub struct Raw {
     pub reader: FrameReader<tokio::net::unix::OwnedReadHalf>,
     pub writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    /// Frames read while looking for another session's.
+    pending: std::collections::VecDeque<Frame>,
 }
 
 impl Raw {
     pub fn new(s: UnixStream) -> Raw {
         let (r, w) = s.into_split();
-        Raw { reader: FrameReader::new(r), writer: FrameWriter::new(w) }
+        Raw {
+            reader: FrameReader::new(r),
+            writer: FrameWriter::new(w),
+            pending: Default::default(),
+        }
     }
 
     pub async fn connect(path: &Path) -> Raw {
@@ -75,7 +86,11 @@ impl Raw {
     }
 
     pub async fn hello(&mut self, version: u32, role: Role) -> Msg {
-        let hello = Msg::Hello { version, role, software: "test".into() };
+        let hello = Msg::Hello {
+            version,
+            role,
+            software: "test".into(),
+        };
         self.send(Frame::control(CONNECTION, hello)).await;
         match self.next().await {
             Some(Frame::Control { msg, .. }) => msg,
@@ -85,7 +100,10 @@ impl Raw {
 
     pub async fn client(path: &Path) -> Raw {
         let mut raw = Raw::connect(path).await;
-        assert!(matches!(raw.hello(PROTOCOL_VERSION, Role::Client).await, Msg::Welcome { .. }));
+        assert!(matches!(
+            raw.hello(PROTOCOL_VERSION, Role::Client).await,
+            Msg::Welcome { .. }
+        ));
         raw
     }
 
@@ -95,7 +113,9 @@ impl Raw {
 
     /// The next well-formed frame, or `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Frame> {
-        let f = tokio::time::timeout(Duration::from_secs(30), self.reader.read()).await.expect("frame timeout");
+        let f = tokio::time::timeout(Duration::from_secs(30), self.reader.read())
+            .await
+            .expect("frame timeout");
         match f {
             Ok(Some(Ok(f))) => Some(f),
             Ok(Some(Err(bad))) => panic!("bad frame: {bad}"),
@@ -103,13 +123,17 @@ impl Raw {
         }
     }
 
-    /// The next frame on `session`, skipping others.
+    /// The next frame on `session`; frames of other sessions are kept for later.
     pub async fn next_on(&mut self, session: u32) -> Frame {
+        if let Some(i) = self.pending.iter().position(|f| f.session() == session) {
+            return self.pending.remove(i).unwrap();
+        }
         loop {
             let f = self.next().await.expect("stream ended");
             if f.session() == session {
                 return f;
             }
+            self.pending.push_back(f);
         }
     }
 }

@@ -197,6 +197,28 @@ mod tests {
         assert_eq!(buf[0], b'z');
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_streams_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), max in 1usize..2000) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (a, mut b) = UnixStream::pair().unwrap();
+                let mut t = UnixStreamTransport::new(a);
+                b.write_all(&bytes).await.unwrap();
+                drop(b);
+                let mut buf = vec![0u8; max];
+                // Every outcome is fine except a panic; the stream must end.
+                for _ in 0..=bytes.len() {
+                    if recv(&mut t, &mut buf).await.is_err() {
+                        return;
+                    }
+                }
+                panic!("transport never reported the end of the stream");
+            });
+        }
+    }
+
     #[tokio::test]
     async fn peer_close_is_reported() {
         let (a, b) = UnixStream::pair().unwrap();

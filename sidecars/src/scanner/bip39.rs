@@ -24,13 +24,24 @@ const MAX_GAP: usize = 16;
 /// numbering (`1.`, `2)`, `3-`) and JSON or CSV punctuation. Code syntax
 /// (`_ : = ( { $ /` …) ends a phrase, so identifiers built from list words
 /// do not chain into one.
-static GAP_BYTES: [bool; 256] = {
-    let mut t = [false; 256];
-    let ok = b" \t\r\n0123456789,.\"'`)-[]";
+const GAP_OK: &[u8] = b" \t\r\n0123456789,.\"'`)-[]";
+
+/// Byte classes, one lookup per input byte.
+const LETTER: u8 = 2;
+const GAP: u8 = 1;
+const BREAK: u8 = 0;
+static CLASS: [u8; 256] = {
+    let mut t = [BREAK; 256];
     let mut i = 0;
-    while i < ok.len() {
-        t[ok[i] as usize] = true;
+    while i < GAP_OK.len() {
+        t[GAP_OK[i] as usize] = GAP;
         i += 1;
+    }
+    let mut c = b'a';
+    while c <= b'z' {
+        t[c as usize] = LETTER;
+        t[(c - 32) as usize] = LETTER;
+        c += 1;
     }
     t
 };
@@ -149,21 +160,20 @@ pub(crate) fn find(data: &[u8]) -> Vec<(usize, usize)> {
     while i < n {
         // Skip to the next letter, noting whether the gap could separate
         // the words of a written-down phrase.
-        let mut gap_ok = true;
-        while i < n && !data[i].is_ascii_alphabetic() {
-            gap_ok &= GAP_BYTES[usize::from(data[i])];
+        let mut gap = GAP;
+        while i < n && CLASS[usize::from(data[i])] != LETTER {
+            gap &= CLASS[usize::from(data[i])];
             i += 1;
         }
+        let gap_ok = gap == GAP;
         if i == n {
             break;
         }
         // Read the letter run, packing its first MAX_WORD letters.
         let start = i;
         let mut key = 0u64;
-        while i < n && data[i].is_ascii_alphabetic() {
-            if i - start < MAX_WORD {
-                key = (key << 8) | u64::from(data[i] | 0x20);
-            }
+        while i < n && CLASS[usize::from(data[i])] == LETTER {
+            key = (key << 8) | u64::from(data[i] | 0x20);
             i += 1;
         }
         let len = i - start;

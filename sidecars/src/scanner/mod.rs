@@ -189,16 +189,15 @@ impl Scanner {
                 .filter(|(_, s)| !s.is_empty())
                 .map(|(label, s)| (format!("{ROUTE_TOKEN_PREFIX}{label}"), s)),
         );
-        let mut next = Inner {
+        let next = Inner {
             rules: inner.rules.clone(),
             global: inner.global.clone(),
             bip39: inner.bip39,
             keywords: inner.keywords.clone(),
             keyword_rules: inner.keyword_rules.clone(),
             always: inner.always.clone(),
-            literals: Literals::default(),
+            literals: Literals::new(all),
         };
-        next.literals = Literals::new(all);
         Self {
             inner: Arc::new(next),
         }

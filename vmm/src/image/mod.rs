@@ -22,12 +22,23 @@ use crate::VmmError;
 /// File name of the initramfs inside an image directory.
 pub const INITRAMFS: &str = "initramfs.cpio.gz";
 
-/// The cached tiny image for `guest_bin` (or the placeholder init), built on
-/// first use. Returns the path of its initramfs.
+/// Name of the tiny image built with the placeholder init (no agent): what
+/// probes and the bare-boot benchmark boot, since the real agent prints the
+/// ready marker only after a host handshake.
+pub const PROBE_IMAGE: &str = "tiny-probe";
+
+/// The cached tiny image for `guest_bin` (named `tiny`), or with the
+/// placeholder init (named [`PROBE_IMAGE`]), built on first use. Returns the
+/// path of its initramfs.
 pub fn ensure_tiny(guest_bin: Option<&Path>) -> Result<PathBuf, VmmError> {
     let store = ImageStore::open();
     let key = tiny_key(guest_bin)?;
-    let dir = store.dir_for("tiny", &key);
+    let name = if guest_bin.is_some() {
+        "tiny"
+    } else {
+        PROBE_IMAGE
+    };
+    let dir = store.dir_for(name, &key);
     let out = dir.join(INITRAMFS);
     if store.is_complete(&dir) && out.is_file() {
         return Ok(out);
@@ -42,7 +53,7 @@ pub fn ensure_tiny(guest_bin: Option<&Path>) -> Result<PathBuf, VmmError> {
     Ok(out)
 }
 
-/// The newest built tiny initramfs, if any (doctor, probes).
+/// The newest built tiny initramfs with the guest agent, if any.
 pub fn find_tiny() -> Option<PathBuf> {
     let store = ImageStore::open();
     store
