@@ -182,7 +182,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
                 tokio::spawn(async move { p.serve(s, "container".to_string()).await });
             }));
             if let Some(gate) = gate.clone() {
-                let listener = bind(&sock_dir.join("git.sock"))?;
+                let listener = bind(&sock_dir.join("git-gate.sock"))?;
                 tokio::spawn(accept_loop(listener, move |s| {
                     let g = gate.clone();
                     tokio::spawn(async move { g.serve(s, "container".to_string()).await });
@@ -303,13 +303,18 @@ async fn serve_vm(
     Ok(())
 }
 
-/// Bind a unix listener, replacing a stale socket file, mode 0600.
+/// Bind a unix listener, replacing a stale socket file. Sockets are 0600,
+/// except those in the Docker socket directory: the container's agent user
+/// (uid 1000) must connect to them. The state directory itself is 0700, so
+/// on the host only its owner can reach them.
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let shared = path.parent().and_then(Path::file_name).is_some_and(|d| d == files::SOCK_DIR);
+    let mode = if shared { 0o666 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 

@@ -85,3 +85,78 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// A root filesystem tarball of a built image, for the Docker backend: the
+/// same bits the VM boots. `debian` ships one; for `tiny` it is converted
+/// from the initramfs once and kept next to it.
+pub fn rootfs_tar(name: &str) -> anyhow::Result<PathBuf> {
+    match name {
+        "tiny" => {
+            let initramfs = bottle_vmm::image::find_tiny().ok_or_else(|| anyhow::anyhow!("the tiny image is not built; run `bottle image build tiny`"))?;
+            let tar = initramfs.with_file_name("rootfs.tar");
+            if !tar.is_file() {
+                cpio_gz_to_tar(&initramfs, &tar).with_context(|| format!("cannot convert {} to a tarball", initramfs.display()))?;
+            }
+            Ok(tar)
+        }
+        other => bottle_vmm::image::export_rootfs_tar(other).with_context(|| format!("image `{other}` is not built; run `bottle image build {other}`")),
+    }
+}
+
+/// Rewrite a gzip'd `newc` cpio archive as a tar archive (regular files,
+/// directories, symlinks; device nodes are left to the container runtime).
+pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(cpio_gz)?).read_to_end(&mut data)?;
+    let tmp = out.with_extension("tar.tmp");
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&tmp)?));
+    let mut pos = 0usize;
+    let hex = |bytes: &[u8]| -> anyhow::Result<usize> {
+        let text = std::str::from_utf8(bytes).context("bad cpio header")?;
+        usize::from_str_radix(text, 16).context("bad cpio header")
+    };
+    let align4 = |n: usize| (n + 3) & !3;
+    loop {
+        let header = data.get(pos..pos + 110).context("truncated cpio archive")?;
+        anyhow::ensure!(&header[..6] == b"070701", "not a newc cpio archive");
+        let mode = hex(&header[14..22])?;
+        let file_size = hex(&header[54..62])?;
+        let name_size = hex(&header[94..102])?;
+        let name_start = pos + 110;
+        let name = data.get(name_start..name_start + name_size.saturating_sub(1)).context("truncated cpio name")?;
+        let name = std::str::from_utf8(name).context("cpio name is not UTF-8")?.to_string();
+        let data_start = align4(name_start + name_size);
+        let body = data.get(data_start..data_start + file_size).context("truncated cpio data")?;
+        pos = align4(data_start + file_size);
+        if name == "TRAILER!!!" {
+            break;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(u32::try_from(mode & 0o7777).unwrap_or(0o644));
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match mode & 0o170000 {
+            0o040000 => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                builder.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+            }
+            0o120000 => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                builder.append_link(&mut h, &name, std::str::from_utf8(body).context("bad symlink target")?)?;
+            }
+            0o100000 => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(body.len() as u64);
+                builder.append_data(&mut h, &name, body)?;
+            }
+            _ => {}
+        }
+    }
+    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}

@@ -273,6 +273,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let session = SessionSpec {
         env: crate::provision::agent_env(plan),
         cwd: crate::provision::agent_cwd(plan),
+        uid: crate::provision::layout(plan).privileged.then_some(crate::provision::AGENT_UID),
     };
     let code = match serde_json::to_vec(&session) {
         Ok(bytes) => {
@@ -322,7 +323,7 @@ fn guest_timeout() -> Duration {
     std::env::var("BOTTLE_GUEST_TIMEOUT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(90), Duration::from_secs)
+        .map_or(Duration::from_secs(120), Duration::from_secs)
 }
 
 /// Run `command` as the agent on this terminal (or plain pipes); its exit code.
@@ -348,7 +349,7 @@ async fn run_session(
         argv: command,
         env,
         cwd: Some(session.cwd.clone()),
-        user: Some(bottle_guest::proto::User::Uid(crate::provision::AGENT_UID)),
+        user: session.uid.map(bottle_guest::proto::User::Uid),
         tty,
     };
     let session = client.exec(request).await?;
@@ -387,6 +388,8 @@ pub const SESSION_FILE: &str = "session.json";
 pub struct SessionSpec {
     pub env: Vec<(String, String)>,
     pub cwd: String,
+    /// The uid to ask the guest agent for (`None`: its own, in a container).
+    pub uid: Option<u32>,
 }
 
 /// Print and verify a bottle's audit log.

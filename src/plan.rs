@@ -381,7 +381,10 @@ impl Plan {
                 "not copied".to_string()
             }
         );
-        let _ = writeln!(
+        if self.backend == "docker" {
+            let _ = writeln!(o, "  network        : none (loopback only); {} is 127.0.0.1, forwarded to the guards' unix sockets", self.network.dns_name);
+        } else {
+            let _ = writeln!(
             o,
             "  network        : only {} = {} ({} /{}), MTU {}",
             self.network.dns_name,
@@ -390,6 +393,7 @@ impl Plan {
             self.network.subnet.rsplit('/').next().unwrap_or(""),
             self.network.mtu
         );
+        }
         for (port, what) in &self.network.ports {
             let _ = writeln!(o, "                   :{port} → {what}");
         }

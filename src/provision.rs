@@ -8,8 +8,43 @@ use bottle_guest::host::Client;
 use bottle_guest::proto::User;
 use std::path::Path;
 
-/// Where the guest finds the bottle CA.
-pub const GUEST_CA: &str = "/etc/bottle/ca.pem";
+/// Where things go in the guest. A VM's agent is root-capable (the guest
+/// agent is PID 1), so the CA joins the system trust store; a container's
+/// root is read-only and its agent unprivileged, so everything lives in the
+/// agent's (tmpfs) home.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestLayout {
+    pub privileged: bool,
+    /// The bottle CA alone (`NODE_EXTRA_CA_CERTS`).
+    pub ca_pem: &'static str,
+    /// System roots plus the bottle CA (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`).
+    pub ca_bundle: &'static str,
+    /// Shell profile exporting the agent's environment.
+    pub profile: &'static str,
+}
+
+pub const VM_LAYOUT: GuestLayout = GuestLayout {
+    privileged: true,
+    ca_pem: "/etc/bottle/ca.pem",
+    ca_bundle: "/etc/ssl/certs/ca-certificates.crt",
+    profile: "/etc/profile.d/bottle.sh",
+};
+
+pub const DOCKER_LAYOUT: GuestLayout = GuestLayout {
+    privileged: false,
+    ca_pem: "/home/agent/.bottle/ca.pem",
+    ca_bundle: "/home/agent/.bottle/ca-bundle.pem",
+    profile: "/home/agent/.profile",
+};
+
+/// The layout for the plan's backend.
+pub fn layout(plan: &Plan) -> GuestLayout {
+    if plan.backend == "docker" {
+        DOCKER_LAYOUT
+    } else {
+        VM_LAYOUT
+    }
+}
 /// The agent's home and workspace in the guest.
 pub const AGENT_HOME: &str = "/home/agent";
 pub const WORKSPACE: &str = "/workspace";
@@ -59,6 +94,7 @@ pub fn placeholder_env(routes: &[RoutePlan]) -> Vec<(String, String)> {
 /// The agent's whole environment in the guest (no real secret is ever in it).
 pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
     let proxy = format!("http://proxy.internal:{}", crate::plan::PROXY_PORT);
+    let l = layout(plan);
     let mut env: Vec<(String, String)> = vec![
         ("HTTPS_PROXY".into(), proxy.clone()),
         ("HTTP_PROXY".into(), proxy.clone()),
@@ -66,10 +102,10 @@ pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
         ("http_proxy".into(), proxy),
         ("NO_PROXY".into(), "proxy.internal".into()),
         ("no_proxy".into(), "proxy.internal".into()),
-        ("NODE_EXTRA_CA_CERTS".into(), GUEST_CA.into()),
-        ("SSL_CERT_FILE".into(), GUEST_CA.into()),
-        ("REQUESTS_CA_BUNDLE".into(), GUEST_CA.into()),
-        ("GIT_SSL_CAINFO".into(), GUEST_CA.into()),
+        ("NODE_EXTRA_CA_CERTS".into(), l.ca_pem.into()),
+        ("SSL_CERT_FILE".into(), l.ca_bundle.into()),
+        ("REQUESTS_CA_BUNDLE".into(), l.ca_bundle.into()),
+        ("GIT_SSL_CAINFO".into(), l.ca_bundle.into()),
         // Telemetry and auto-update off: they would only be refused anyway.
         ("DISABLE_TELEMETRY".into(), "1".into()),
         ("DISABLE_AUTOUPDATER".into(), "1".into()),
@@ -87,8 +123,10 @@ pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
     env
 }
 
-fn agent_user() -> Option<User> {
-    Some(User::Uid(AGENT_UID))
+/// Who owns the agent's files and runs its commands: uid 1000 asked of a
+/// privileged guest agent; in a container the guest agent already is that user.
+pub fn agent_user(plan: &Plan) -> Option<User> {
+    layout(plan).privileged.then_some(User::Uid(AGENT_UID))
 }
 
 /// The working directory the agent's command starts in.
@@ -103,40 +141,29 @@ pub fn agent_cwd(plan: &Plan) -> String {
 /// Run every provisioning step.
 pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(), ProvisionError> {
     let log = |what: String| eprintln!("bottle: provision: {what}");
-    let root = Some(User::Uid(0));
+    let l = layout(plan);
+    // Files only root may write go as root in a VM; in a container the agent writes its own.
+    let root = if l.privileged { Some(User::Uid(0)) } else { None };
 
-    // 1. CA into the trust store (and a stable path for the env variables).
-    client
-        .write_file(GUEST_CA, ca_pem.as_bytes(), 0o644, root.clone())
-        .await
-        .map_err(step("ca"))?;
-    client
-        .write_file(
-            "/usr/local/share/ca-certificates/bottle.crt",
-            ca_pem.as_bytes(),
-            0o644,
-            root.clone(),
-        )
-        .await
-        .map_err(step("ca"))?;
+    // 1. CA: alone, and joined to the system roots.
+    client.write_file(l.ca_pem, ca_pem.as_bytes(), 0o644, root.clone()).await.map_err(step("ca"))?;
+    let script = if l.privileged {
+        client
+            .write_file("/usr/local/share/ca-certificates/bottle.crt", ca_pem.as_bytes(), 0o644, root.clone())
+            .await
+            .map_err(step("ca"))?;
+        CA_TRUST_SCRIPT.to_string()
+    } else {
+        format!("set -e; {{ cat /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true; cat {}; }} > {}", l.ca_pem, l.ca_bundle)
+    };
     let update = client
-        .run_capture(
-            vec!["/bin/sh".into(), "-c".into(), CA_TRUST_SCRIPT.into()],
-            Vec::new(),
-            None,
-            root.clone(),
-        )
+        .run_capture(vec!["/bin/sh".into(), "-c".into(), script], Vec::new(), None, root.clone())
         .await
         .map_err(step("ca"))?;
     if update.status.shell_code() != 0 {
-        return Err(ProvisionError::Host {
-            step: "ca",
-            why: String::from_utf8_lossy(&update.stderr).into_owned(),
-        });
+        return Err(ProvisionError::Host { step: "ca", why: String::from_utf8_lossy(&update.stderr).into_owned() });
     }
-    log(format!(
-        "bottle CA installed in the guest trust store ({GUEST_CA})"
-    ));
+    log(format!("bottle CA installed ({}, trusted through {})", l.ca_pem, l.ca_bundle));
 
     // 2. Proxy environment, for login shells too.
     let env = agent_env(plan);
@@ -146,7 +173,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         .collect();
     client
         .write_file(
-            "/etc/profile.d/bottle.sh",
+            l.profile,
             profile.as_bytes(),
             0o644,
             root.clone(),
@@ -188,7 +215,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
                 &format!("{AGENT_HOME}/.claude/CLAUDE.md"),
                 prompt.as_bytes(),
                 0o644,
-                agent_user(),
+                agent_user(plan),
             )
             .await
             .map_err(step("prompt"))?;
@@ -211,7 +238,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             .copy_dir_in(
                 skill,
                 &format!("{AGENT_HOME}/.claude/skills/{name}"),
-                agent_user(),
+                agent_user(plan),
             )
             .await
             .map_err(step("skills"))?;
@@ -221,7 +248,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     // 5. Workspace (a copy: the host tree is never written by the guest).
     if plan.copy_cwd {
         let entries = client
-            .copy_dir_in(&plan.cwd, WORKSPACE, agent_user())
+            .copy_dir_in(&plan.cwd, WORKSPACE, agent_user(plan))
             .await
             .map_err(step("workspace"))?;
         log(format!(
@@ -242,7 +269,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             &format!("{AGENT_HOME}/.gitconfig"),
             gitconfig.as_bytes(),
             0o644,
-            agent_user(),
+            agent_user(plan),
         )
         .await
         .map_err(step("git"))?;
@@ -269,7 +296,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             &format!("{AGENT_HOME}/.claude/settings.json"),
             settings.to_string().as_bytes(),
             0o644,
-            agent_user(),
+            agent_user(plan),
         )
         .await
         .map_err(step("settings"))?;

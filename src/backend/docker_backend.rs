@@ -1,13 +1,53 @@
 //! The Docker backend behind the `Backend` trait: a `--network none`
-//! container whose only way out is the bundle's unix sockets.
+//! container whose only way out is the bundle's unix sockets, bind-mounted
+//! read-only at `/run/bottle`. The engine calls are in [`super::docker`].
 
+use super::docker::{AgentContainerSpec, DockerClient, DockerError, ImageRef, RuntimeChoice};
 use super::{Availability, Backend, BackendError, Found};
-use crate::manifest::BackendName;
+use crate::bundle::{BundleConfig, Mode};
+use crate::commands::doctor::Check;
+use crate::manifest::{BackendName, DockerRuntime};
 use crate::plan::Plan;
 use crate::state::{Metadata, StateDir};
+use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub struct DockerBackend;
+
+/// Run one engine call on a small runtime of its own (the CLI is synchronous).
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, BackendError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BackendError::failed("cannot start a runtime", e))?;
+    Ok(rt.block_on(f))
+}
+
+fn api(e: DockerError) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+fn runtime_choice(plan: &Plan) -> RuntimeChoice {
+    match plan.source.bottle.as_ref().map(|b| b.docker.runtime) {
+        Some(DockerRuntime::Runc) => RuntimeChoice::Runc,
+        Some(DockerRuntime::Runsc) => RuntimeChoice::Runsc,
+        _ => RuntimeChoice::Auto,
+    }
+}
+
+/// The image tag for a bottle image: `bottle-<name>:<definition hash>`.
+fn image_ref(name: &str) -> Result<(ImageRef, std::path::PathBuf), BackendError> {
+    let tar = crate::images::rootfs_tar(name).map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+    let key = tar
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit('-').next())
+        .unwrap_or("latest")
+        .to_string();
+    let image = ImageRef::new(&format!("bottle-{name}"), &key).map_err(api)?;
+    Ok((image, tar))
+}
 
 impl Backend for DockerBackend {
     fn name(&self) -> BackendName {
@@ -15,33 +55,120 @@ impl Backend for DockerBackend {
     }
 
     fn availability(&self) -> Availability {
-        Availability::Unavailable {
-            why: "the Docker backend is not built yet".to_string(),
-            fix: "use --vm, or wait for the Docker backend".to_string(),
+        match block_on(DockerClient::connect()) {
+            Ok(Ok(client)) => {
+                let (major, minor) = client.api_version();
+                Availability::Ready { detail: format!("dockerd API {major}.{minor}") }
+            }
+            Ok(Err(e)) => Availability::Unavailable { why: e.to_string(), fix: "run scripts/setup-docker.sh (installs docker.io and runsc, starts dockerd)".to_string() },
+            Err(e) => Availability::Unavailable { why: e.to_string(), fix: "see the error".to_string() },
         }
     }
 
-    fn prepare(&self, _plan: &mut Plan) -> Result<(), BackendError> {
+    fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
+        // Say which runtime will run it and why; this asks dockerd, starts nothing.
+        let choice = runtime_choice(plan);
+        let selection = block_on(async {
+            let client = DockerClient::connect().await?;
+            match choice {
+                RuntimeChoice::Runc => Ok(("runc".to_string(), "chosen by the manifest".to_string())),
+                _ => {
+                    let runtimes = client.runtimes().await?;
+                    Ok(if runtimes.contains_key("runsc") {
+                        ("runsc".to_string(), "dockerd has gVisor registered (probed at launch)".to_string())
+                    } else if choice == RuntimeChoice::Runsc {
+                        return Err(DockerError::RunscUnavailable(super::docker::RunscProblem::NotRegistered));
+                    } else {
+                        ("runc".to_string(), "dockerd has no runsc runtime registered".to_string())
+                    })
+                }
+            }
+        })?
+        .map_err(api)?;
+        plan.engine = Some(selection.0);
+        plan.engine_reason = Some(selection.1);
+        if plan.supervise {
+            plan.warnings.push("supervise is not built yet: the agent gets no MCP server on :9100".to_string());
+        }
         Ok(())
     }
 
-    fn launch(&self, _plan: &Plan, _state: &StateDir) -> Result<(), BackendError> {
-        Err(BackendError::NotBuilt(
-            "docker",
-            "the container launcher is not built yet",
-        ))
+    fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
+        let (image, tar) = image_ref(&plan.image)?;
+        let config = BundleConfig {
+            identity: plan.identity.clone(),
+            mode: Mode::Docker,
+            policy: crate::policy::policy_for(plan).map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            git: crate::provision::git_remotes(plan),
+            extra_root_pems: crate::policy::upstream_ca_pems(plan).map_err(|e| BackendError::Unavailable(e.to_string()))?,
+        };
+        crate::launch::start_bundle(state, &config, Duration::from_secs(30))?;
+        let choice = runtime_choice(plan);
+        let container = block_on(async {
+            let client = DockerClient::connect().await?;
+            if !client.image_exists(&image).await? {
+                eprintln!("bottle: importing image {} from {}", image, tar.display());
+                client.import_rootfs(&tar, &image).await?;
+            }
+            let runtime = client.choose_runtime(choice).await?;
+            eprintln!("bottle: runtime {} ({})", runtime.runtime, runtime.reason);
+            let mut spec = AgentContainerSpec::new(&plan.identity, &plan.agent, &image.to_string(), runtime.runtime, state.path());
+            spec.memory_bytes = u64::from(plan.memory_mib) << 20;
+            spec.nano_cpus = u64::from(plan.cpus) * 1_000_000_000;
+            if let Some(b) = &plan.source.bottle {
+                spec.pids_limit = u32::try_from(b.docker.pids_limit).unwrap_or(u32::MAX);
+            }
+            spec.env.push(format!("BOTTLE_IDENTITY={}", plan.identity));
+            let id = client.create_agent_container(&spec).await?;
+            state
+                .update_metadata(|m| {
+                    m.container_id = Some(id.clone());
+                    m.engine = Some(runtime.runtime.as_str().to_string());
+                })
+                .map_err(|e| DockerError::Invalid { what: "metadata", why: e.to_string() })?;
+            client.start(&id).await?;
+            Ok::<_, DockerError>(id)
+        })?;
+        match container {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let logs = state
+                    .read_metadata()
+                    .ok()
+                    .and_then(|m| m.container_id)
+                    .and_then(|id| block_on(async { DockerClient::connect().await?.logs_tail(&id, 20).await }).ok()?.ok())
+                    .unwrap_or_default();
+                Err(BackendError::Unavailable(format!("{e}\n--- container log ---\n{logs}")))
+            }
+        }
     }
 
     fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
-        Ok(Vec::new())
+        let list = block_on(async { DockerClient::connect().await?.list_bottle_containers().await })?.map_err(api)?;
+        Ok(list.into_iter().map(|c| Found { identity: c.identity, running: c.state == "running", handle: c.id }).collect())
     }
 
-    fn teardown(&self, _meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
+    fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
+        block_on(async { DockerClient::connect().await?.remove_by_identity(&meta.identity).await })?.map_err(api)?;
         Ok(())
     }
 }
 
 /// The Docker backend's lines in `bottle doctor`.
-pub fn doctor_checks() -> Vec<crate::commands::doctor::Check> {
-    Vec::new()
+pub fn doctor_checks() -> Vec<Check> {
+    let result = block_on(async {
+        let client = match DockerClient::connect().await {
+            Ok(c) => c,
+            Err(e) => return vec![Check { name: "dockerd".into(), ok: false, detail: e.to_string(), fix: Some("run scripts/setup-docker.sh".into()) }],
+        };
+        let (major, minor) = client.api_version();
+        let mut checks = vec![Check { name: "dockerd".into(), ok: true, detail: format!("reachable, API {major}.{minor}"), fix: None }];
+        checks.push(match client.probe_runsc().await {
+            Ok(Ok(())) => Check { name: "runsc (gVisor)".into(), ok: true, detail: "starts a --network none container".into(), fix: None },
+            Ok(Err(problem)) => Check { name: "runsc (gVisor)".into(), ok: false, detail: problem.to_string(), fix: Some("see `bottle doctor` output above: register runsc in /etc/docker/daemon.json with runtimeArgs [\"--network=none\", \"--host-uds=open\"] and restart dockerd".into()) },
+            Err(e) => Check { name: "runsc (gVisor)".into(), ok: false, detail: e.to_string(), fix: None },
+        });
+        checks
+    });
+    result.unwrap_or_default()
 }

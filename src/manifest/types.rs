@@ -172,7 +172,7 @@ pub enum EngineName {
 }
 
 /// `[bottles.NAME.docker]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerSection {
     #[serde(default)]
@@ -184,6 +184,12 @@ pub struct DockerSection {
 
 pub fn default_pids_limit() -> i64 {
     1024
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        Self { runtime: DockerRuntime::default(), pids_limit: default_pids_limit() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
