@@ -1,7 +1,8 @@
 #!/bin/sh
 # Prepare dockerd for the Docker backend and its tests (idempotent; Debian 12, root).
 #
-#  1. apt-get install docker.io runsc busybox-static (only what is missing);
+#  1. apt-get install docker.io runsc, and busybox-static + socat for the
+#     tests (only what is missing);
 #  2. register gVisor as runtime `runsc` in /etc/docker/daemon.json with the
 #     two arguments the backend needs (`--network=none`: the container has no
 #     network; `--host-uds=open`: it may connect to the bind-mounted guard
@@ -23,7 +24,7 @@ die() { say "error: $*"; exit 1; }
 
 # 1. packages
 missing=""
-for pkg in docker.io runsc busybox-static python3 curl; do
+for pkg in docker.io runsc busybox-static socat python3 curl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
