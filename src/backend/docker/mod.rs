@@ -24,5 +24,5 @@ pub use error::DockerError;
 pub use image::ImageRef;
 pub use labels::{LABEL_AGENT, LABEL_IDENTITY, LABEL_PROBE, LABEL_VERSION};
 pub use runtime::{
-    RunscProblem, Runtime, RuntimeChoice, RuntimeInfo, RuntimeSelection, RUNSC_ARGS,
+    register_hint, RunscProblem, Runtime, RuntimeChoice, RuntimeInfo, RuntimeSelection, RUNSC_ARGS,
 };
