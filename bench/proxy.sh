@@ -35,9 +35,12 @@ ulimit -n 65536 2>/dev/null || ulimit -n 16384
 log "== building proxy-bench (release)"
 # A target dir of its own: worktrees sharing target/ overwrite each other's
 # workspace artifacts (same relative paths hash the same).
+# PROXY_BENCH_BIN=path skips the build.
 TARGET=${BENCH_TARGET_DIR:-$ROOT/target/bench-proxy}
-CARGO_TARGET_DIR=$TARGET cargo build --quiet --release -p bottle-sidecars --example proxy-bench
-BIN=$TARGET/release/examples/proxy-bench
+BIN=${PROXY_BENCH_BIN:-$TARGET/release/examples/proxy-bench}
+if [ -z "${PROXY_BENCH_BIN:-}" ]; then
+    CARGO_TARGET_DIR=$TARGET cargo build --quiet --release -p bottle-sidecars --example proxy-bench
+fi
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -61,10 +61,15 @@ fn proxy(dir: PathBuf) {
     let ca = BottleCa::generate("bench-00000").expect("CA");
     std::fs::write(dir.join("bottle-ca.pem"), ca.cert_pem()).expect("write CA");
     let proxy = Proxy::new(config, ca, Scanner::builtin().expect("scanner")).expect("proxy");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // PROXY_WORKERS=N (default: one per core) sets the runtime's worker threads.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("PROXY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().build().expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -82,7 +82,7 @@ impl TestCa {
             names.first().cloned().unwrap_or_default(),
         );
         params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = IsCa::NoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
@@ -96,7 +96,7 @@ impl TestCa {
         let key = KeyPair::generate().expect("leaf key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = IsCa::NoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
