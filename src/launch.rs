@@ -273,7 +273,9 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let session = SessionSpec {
         env: crate::provision::agent_env(plan),
         cwd: crate::provision::agent_cwd(plan),
-        uid: crate::provision::layout(plan).privileged.then_some(crate::provision::AGENT_UID),
+        uid: crate::provision::layout(plan)
+            .privileged
+            .then_some(crate::provision::AGENT_UID),
     };
     let code = match serde_json::to_vec(&session) {
         Ok(bytes) => {
