@@ -212,6 +212,18 @@ impl Backend for DockerBackend {
     }
 }
 
+/// Remove the containers of an identity (orphans found by `enumerate`).
+pub fn remove_container(identity: &str) -> Result<(), BackendError> {
+    block_on(async {
+        DockerClient::connect()
+            .await?
+            .remove_by_identity(identity)
+            .await
+    })?
+    .map_err(api)?;
+    Ok(())
+}
+
 /// The Docker backend's lines in `bottle doctor`.
 pub fn doctor_checks() -> Vec<Check> {
     let result = block_on(async {
