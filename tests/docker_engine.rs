@@ -121,7 +121,15 @@ fn serve_greeting(path: &Path) {
 }
 
 /// Runs `cmd` in the container through the API's exec; (exit code, output).
+/// Panics naming the command when it takes more than a minute.
 async fn exec(id: &str, cmd: &[&str]) -> (i64, String) {
+    match tokio::time::timeout(Duration::from_secs(60), exec_unbounded(id, cmd)).await {
+        Ok(r) => r,
+        Err(_) => panic!("exec {cmd:?} did not finish within 60s"),
+    }
+}
+
+async fn exec_unbounded(id: &str, cmd: &[&str]) -> (i64, String) {
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     let options = CreateExecOptions {
         attach_stdout: Some(true),
@@ -378,14 +386,6 @@ async fn auto_runtime_picks_runsc_when_its_probe_passes() {
     assert_eq!(auto.runtime, Runtime::Runsc, "{}", auto.reason);
     let forced = docker.choose_runtime(RuntimeChoice::Runc).await.unwrap();
     assert_eq!(forced.runtime, Runtime::Runc);
-    // The probe leaves no container behind.
-    let raw = bollard::Docker::connect_with_local_defaults().unwrap();
-    let options = bollard::query_parameters::ListContainersOptions {
-        all: true,
-        filters: Some([("label".to_owned(), vec!["bottle.probe".to_owned()])].into()),
-        ..Default::default()
-    };
-    assert_eq!(raw.list_containers(Some(options)).await.unwrap().len(), 0);
 }
 
 #[tokio::test]
@@ -419,4 +419,191 @@ async fn stale_socket_says_connection_refused() {
         .await
         .unwrap_err();
     assert!(matches!(e, DockerError::DaemonRefused { .. }), "{e}");
+}
+
+/// A fake dockerd on a unix socket that answers every request with API `version`.
+fn fake_daemon(path: &Path, version: &'static str) {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut conn, &mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return, // the client's probe dial closes at once
+                    }
+                }
+                let body = format!(r#"{{"ApiVersion":"{version}","Version":"fake"}}"#);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn daemon_with_a_too_old_api_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    fake_daemon(&path, "1.30");
+    let host = format!("unix://{}", path.display());
+    let e = DockerClient::connect_with_host(Some(&host))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DockerError::ApiTooOld { .. }), "{e}");
+    assert!(e.to_string().contains("1.30"), "{e}");
+
+    let path = dir.path().join("new.sock");
+    fake_daemon(&path, "1.41");
+    let host = format!("unix://{}", path.display());
+    let client = DockerClient::connect_with_host(Some(&host)).await.unwrap();
+    assert_eq!(client.api_version(), (1, 41));
+}
+
+const GUEST_BINARY: &str = "target/x86_64-unknown-linux-gnu/release/bottle-guest";
+
+/// The real guest agent as the container's command (`guest_command`): it
+/// forwards 127.0.0.1:8888 inside to the host's `proxy.sock`; when the host
+/// side goes away the forward fails closed.
+async fn guest_forwards_guard_port(runtime: Runtime) {
+    let Some(docker) = client().await else { return };
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join(GUEST_BINARY);
+    if !skip::require(
+        guest.is_file(),
+        "no static guest binary: run scripts/build-guest.sh",
+    ) || !skip::require_programs(&[("/bin/busybox", "busybox-static")])
+    {
+        return;
+    }
+    if runtime == Runtime::Runsc {
+        let probe = docker.probe_runsc().await.unwrap();
+        if !skip::require(probe.is_ok(), &format!("gVisor unusable: {probe:?}")) {
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    for d in ["bin", "sbin", "etc", "tmp", "home/agent", "workspace"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "nc", "sleep", "timeout"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::copy(&guest, root.join("sbin/bottle-guest")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "agent:x:1000:1000::/home/agent:/bin/sh\n",
+    )
+    .unwrap();
+    let tar = dir.path().join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tag = format!(
+        "guest-{runtime}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let image = ImageRef::new("bottle-engine-test", &tag).unwrap();
+    docker.import_rootfs(&tar, &image).await.unwrap();
+
+    let identity = format!("guesttest-{tag}");
+    let spec = AgentContainerSpec::new(
+        &identity,
+        "guesttest",
+        &image.to_string(),
+        runtime,
+        &dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&spec.socket_dir).unwrap();
+    std::fs::set_permissions(&spec.socket_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let proxy_sock = spec.socket_dir.join("proxy.sock");
+    let listener = UnixListener::bind(&proxy_sock).unwrap();
+    std::fs::set_permissions(&proxy_sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let id = docker.create_agent_container(&spec).await.unwrap();
+    let (docker2, id2) = (docker.clone(), id.clone());
+    let proxy_sock2 = proxy_sock.clone();
+    let outcome = tokio::spawn(async move {
+        let (docker, id, proxy_sock) = (docker2, id2, proxy_sock2);
+        docker.start(&id).await.unwrap();
+        // Serve a greeting per connection until told to stop, then drop
+        // the listener: the socket file stays, as when the bundle dies.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let server = std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = conn.write_all(GREETING.as_bytes());
+            }
+        });
+        // The forward is up once the guest has started: retry briefly.
+        let mut got = String::new();
+        for _ in 0..50 {
+            let (code, out) = exec(
+                &id,
+                &["sh", "-c", "sleep 2 | timeout 10 nc -w 3 127.0.0.1 8888"],
+            )
+            .await;
+            if code == 0 && out.contains(GREETING) {
+                got = out;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let logs = docker.logs_tail(&id, 20).await.unwrap_or_default();
+        assert!(
+            got.contains(GREETING),
+            "no greeting through the forward; guest log: {logs}"
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(std::os::unix::net::UnixStream::connect(&proxy_sock));
+        server.join().unwrap();
+        // The bundle is gone: the socket file stays, nobody accepts.
+        let (code, out) = exec(
+            &id,
+            &["sh", "-c", "sleep 2 | timeout 10 nc -w 3 127.0.0.1 8888"],
+        )
+        .await;
+        assert!(
+            code != 0 || !out.contains(GREETING),
+            "forward did not fail closed: {out}"
+        );
+    })
+    .await;
+    docker.remove_by_identity(&identity).await.unwrap();
+    let raw = bollard::Docker::connect_with_local_defaults().unwrap();
+    raw.remove_image(
+        &image.to_string(),
+        None::<bollard::query_parameters::RemoveImageOptions>,
+        None,
+    )
+    .await
+    .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_agent_forwards_a_guard_port_under_runc() {
+    guest_forwards_guard_port(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_agent_forwards_a_guard_port_under_runsc() {
+    guest_forwards_guard_port(Runtime::Runsc).await;
 }

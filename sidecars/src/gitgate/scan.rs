@@ -249,6 +249,8 @@ fn scan_commit_objects(
 /// The added lines of one commit, with where each came from.
 #[derive(Debug, Default)]
 struct AddedLines {
+    /// Position of the commit in the scan, to report findings in order.
+    order: usize,
     commit: String,
     files: Vec<String>,
     buf: Vec<u8>,
@@ -257,29 +259,31 @@ struct AddedLines {
 }
 
 impl AddedLines {
-    fn flush(&mut self, scanner: &Scanner, findings: &mut Vec<PushFinding>, stats: &mut ScanStats) {
-        if !self.buf.is_empty() {
-            stats.bytes += self.buf.len() as u64;
-            for f in scanner.scan(&self.buf) {
-                let (file, line) = self
+    /// Scan the collected lines; findings carry the file and line they came from.
+    fn scan(&self, scanner: &Scanner) -> Vec<PushFinding> {
+        if self.buf.is_empty() {
+            return Vec::new();
+        }
+        scanner
+            .scan(&self.buf)
+            .into_iter()
+            .map(|f| {
+                let (location, line) = self
                     .origin
                     .get(f.line.saturating_sub(1))
                     .map_or(("?".to_string(), 0), |&(fi, l)| {
                         (self.files.get(fi).cloned().unwrap_or_default(), l)
                     });
-                findings.push(PushFinding {
+                PushFinding {
                     commit: self.commit.clone(),
-                    location: file,
+                    location,
                     line,
                     rule_id: f.rule_id,
                     description: f.description,
                     redacted: f.redacted,
-                });
-            }
-        }
-        self.files.clear();
-        self.buf.clear();
-        self.origin.clear();
+                }
+            })
+            .collect()
     }
 }
 
@@ -326,70 +330,51 @@ fn scan_diffs(
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
     let list: String = commits.iter().map(|c| format!("{c}\n")).collect();
     let writer = std::thread::spawn(move || stdin.write_all(list.as_bytes()));
-    let mut reader = BufReader::with_capacity(1 << 16, child.stdout.take().ok_or("no stdout")?);
+    let reader = BufReader::with_capacity(1 << 16, child.stdout.take().ok_or("no stdout")?);
 
-    let mut current = AddedLines::default();
-    let mut hunk: Option<Hunk> = None;
-    let mut file_idx: Option<usize> = None;
-    let mut seen_commits = 0usize;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if let Some(h) = hunk.as_mut() {
-            match text.first() {
-                Some(b'+') => {
-                    if let Some(fi) = file_idx {
-                        current.buf.extend_from_slice(&text[1..]);
-                        current.buf.push(b'\n');
-                        current.origin.push((fi, h.next_new_line));
+    // The scanner is the slow part: commits are scanned on worker threads
+    // while this thread reads the diff.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<AddedLines>(workers * 4);
+    let rx = std::sync::Mutex::new(rx);
+    let (parsed, mut found) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut found = Vec::new();
+                    let mut bytes = 0u64;
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        bytes += job.buf.len() as u64;
+                        found.extend(job.scan(scanner).into_iter().map(|f| (job.order, f)));
                     }
-                    h.next_new_line += 1;
-                    h.new_left = h.new_left.saturating_sub(1);
+                    (found, bytes)
+                })
+            })
+            .collect();
+        let parsed = parse_diff(reader, &mut |job| tx.send(job).is_ok());
+        drop(tx);
+        let mut found = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok((f, bytes)) => {
+                    found.extend(f);
+                    stats.bytes += bytes;
                 }
-                Some(b'-') => h.old_left = h.old_left.saturating_sub(1),
-                Some(b'\\') => {}
-                _ => return Err("unexpected line inside a diff hunk".into()),
-            }
-            if h.old_left == 0 && h.new_left == 0 {
-                hunk = None;
-            }
-            continue;
-        }
-        if let Some(oid) = text.strip_prefix(b"\x01") {
-            current.flush(scanner, findings, stats);
-            current.commit = String::from_utf8_lossy(oid).into_owned();
-            file_idx = None;
-            seen_commits += 1;
-        } else if text.starts_with(b"diff --git ") {
-            file_idx = None;
-        } else if let Some(path) = text.strip_prefix(b"+++ ") {
-            if path == b"/dev/null" {
-                file_idx = None;
-            } else {
-                let path = String::from_utf8_lossy(path);
-                let path = path.trim_matches('"');
-                let path = path.strip_prefix("b/").unwrap_or(path);
-                current.files.push(path.to_string());
-                file_idx = Some(current.files.len() - 1);
-            }
-        } else if text.starts_with(b"@@ ") {
-            hunk = Some(parse_hunk_header(text).ok_or("malformed diff hunk header")?);
-            if hunk
-                .as_ref()
-                .is_some_and(|h| h.old_left == 0 && h.new_left == 0)
-            {
-                hunk = None;
+                Err(_) => return (Err("scanner thread failed".to_string()), found),
             }
         }
-    }
-    current.flush(scanner, findings, stats);
+        (parsed, found)
+    });
+    let seen_commits = parsed?;
+    found.sort_by_key(|(order, _)| *order);
+    findings.extend(found.into_iter().map(|(_, f)| f));
     let _ = writer.join();
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -406,6 +391,83 @@ fn scan_diffs(
         ));
     }
     Ok(())
+}
+
+/// Read `git log -p -U0 --format=%x01%H` output and hand each commit's added
+/// lines to `emit` (which returns false to stop). Returns the commit count.
+fn parse_diff(
+    mut reader: impl BufRead,
+    emit: &mut dyn FnMut(AddedLines) -> bool,
+) -> Result<usize, String> {
+    let mut current = AddedLines::default();
+    let mut hunk: Option<Hunk> = None;
+    let mut file_idx: Option<usize> = None;
+    let mut seen_commits = 0usize;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if let Some(h) = hunk.as_mut() {
+            match text.split_first() {
+                Some((b'+', added)) => {
+                    if let Some(fi) = file_idx {
+                        current.buf.extend_from_slice(added);
+                        current.buf.push(b'\n');
+                        current.origin.push((fi, h.next_new_line));
+                    }
+                    h.next_new_line += 1;
+                    h.new_left = h.new_left.saturating_sub(1);
+                }
+                Some((b'-', _)) => h.old_left = h.old_left.saturating_sub(1),
+                Some((b'\\', _)) => {}
+                _ => return Err("unexpected line inside a diff hunk".into()),
+            }
+            if h.old_left == 0 && h.new_left == 0 {
+                hunk = None;
+            }
+            continue;
+        }
+        if let Some(oid) = text.strip_prefix(b"\x01") {
+            let next = AddedLines {
+                order: seen_commits,
+                commit: String::from_utf8_lossy(oid).into_owned(),
+                ..AddedLines::default()
+            };
+            let done = std::mem::replace(&mut current, next);
+            if seen_commits > 0 && !emit(done) {
+                return Err("scanner stopped".into());
+            }
+            file_idx = None;
+            seen_commits += 1;
+        } else if text.starts_with(b"diff --git ") {
+            file_idx = None;
+        } else if let Some(path) = text.strip_prefix(b"+++ ") {
+            if path == b"/dev/null" {
+                file_idx = None;
+            } else {
+                let path = String::from_utf8_lossy(path);
+                let path = path.trim_matches('"');
+                let path = path.strip_prefix("b/").unwrap_or(path);
+                current.files.push(path.to_string());
+                file_idx = Some(current.files.len() - 1);
+            }
+        } else if text.starts_with(b"@@ ") {
+            let h = parse_hunk_header(text).ok_or("malformed diff hunk header")?;
+            if h.old_left > 0 || h.new_left > 0 {
+                hunk = Some(h);
+            }
+        }
+    }
+    if seen_commits > 0 && !emit(current) {
+        return Err("scanner stopped".into());
+    }
+    Ok(seen_commits)
 }
 
 /// `@@ -a[,b] +c[,d] @@…` → counts of old and new lines and the first new line.

@@ -54,6 +54,11 @@ pub struct DebianOpts {
     pub format: RootFormat,
     /// Debian mirror URL; none = mmdebstrap's default (the host's sources).
     pub mirror: Option<String>,
+    /// CA bundle trusted by npm during the build only (not left in the
+    /// image, not part of the cache key). [`DebianOpts::default`] takes the
+    /// host's `NODE_EXTRA_CA_CERTS`.
+    #[serde(skip)]
+    pub build_ca: Option<PathBuf>,
 }
 
 impl Default for DebianOpts {
@@ -65,6 +70,9 @@ impl Default for DebianOpts {
             claude: false,
             format: RootFormat::Ext4,
             mirror: None,
+            build_ca: std::env::var_os("NODE_EXTRA_CA_CERTS")
+                .map(PathBuf::from)
+                .filter(|p| p.is_file() && !p.to_string_lossy().contains(char::is_whitespace)),
         }
     }
 }
@@ -115,11 +123,30 @@ impl DebianOpts {
             "--dpkgopt=path-exclude=/usr/share/locale/*".to_string(),
         ];
         if self.claude {
-            a.push(
-                "--customize-hook=chroot \"$1\" sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code && claude --version' \
-                 || { echo 'bottle: installing Claude Code from npm failed (is registry.npmjs.org reachable?)' >&2; exit 1; }"
-                    .to_string(),
-            );
+            // A CA bundle for the build's own downloads (a TLS-intercepting
+            // egress proxy); copied in for npm and removed again.
+            let ca_env = match &self.build_ca {
+                Some(ca) => {
+                    a.push(format!("--customize-hook=copy-in {} /tmp", ca.display()));
+                    let name = ca
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    format!("NODE_EXTRA_CA_CERTS=/tmp/{name} ")
+                }
+                None => String::new(),
+            };
+            a.push(format!(
+                "--customize-hook=chroot \"$1\" env {ca_env}sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code && claude --version' \
+                 || {{ echo 'bottle: installing Claude Code from npm failed (is registry.npmjs.org reachable? behind a TLS-intercepting proxy set NODE_EXTRA_CA_CERTS)' >&2; exit 1; }}"
+            ));
+            if let Some(ca) = &self.build_ca {
+                let name = ca
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                a.push(format!("--customize-hook=rm -f \"$1\"/tmp/{name}"));
+            }
         }
         a.push("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*".to_string());
         a.push(self.suite.clone());
@@ -382,6 +409,26 @@ mod tests {
             ["bookworm".to_string(), "/tmp/out.tar".to_string()]
         );
         assert!(!a.iter().any(|x| x.contains("claude-code")));
+    }
+
+    #[test]
+    fn build_ca_is_copied_in_for_npm_and_removed() {
+        let o = DebianOpts {
+            claude: true,
+            build_ca: Some("/etc/ssl/certs/extra.crt".into()),
+            ..DebianOpts::default()
+        };
+        let a = o.mmdebstrap_args(Path::new("/o"));
+        assert!(a.contains(&"--customize-hook=copy-in /etc/ssl/certs/extra.crt /tmp".to_string()));
+        assert!(a
+            .iter()
+            .any(|x| x.contains("env NODE_EXTRA_CA_CERTS=/tmp/extra.crt sh -c")));
+        assert!(a.contains(&"--customize-hook=rm -f \"$1\"/tmp/extra.crt".to_string()));
+        let without = DebianOpts {
+            build_ca: None,
+            ..o.clone()
+        };
+        assert_eq!(o.def_key(), without.def_key());
     }
 
     #[test]
