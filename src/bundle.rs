@@ -312,7 +312,10 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    let shared = path.parent().and_then(Path::file_name).is_some_and(|d| d == files::SOCK_DIR);
+    let shared = path
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == files::SOCK_DIR);
     let mode = if shared { 0o666 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)

@@ -92,14 +92,20 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
 pub fn rootfs_tar(name: &str) -> anyhow::Result<PathBuf> {
     match name {
         "tiny" => {
-            let initramfs = bottle_vmm::image::find_tiny().ok_or_else(|| anyhow::anyhow!("the tiny image is not built; run `bottle image build tiny`"))?;
+            let initramfs = bottle_vmm::image::find_tiny().ok_or_else(|| {
+                anyhow::anyhow!("the tiny image is not built; run `bottle image build tiny`")
+            })?;
             let tar = initramfs.with_file_name("rootfs.tar");
             if !tar.is_file() {
-                cpio_gz_to_tar(&initramfs, &tar).with_context(|| format!("cannot convert {} to a tarball", initramfs.display()))?;
+                cpio_gz_to_tar(&initramfs, &tar).with_context(|| {
+                    format!("cannot convert {} to a tarball", initramfs.display())
+                })?;
             }
             Ok(tar)
         }
-        other => bottle_vmm::image::export_rootfs_tar(other).with_context(|| format!("image `{other}` is not built; run `bottle image build {other}`")),
+        other => bottle_vmm::image::export_rootfs_tar(other).with_context(|| {
+            format!("image `{other}` is not built; run `bottle image build {other}`")
+        }),
     }
 }
 
@@ -124,10 +130,16 @@ pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
         let file_size = hex(&header[54..62])?;
         let name_size = hex(&header[94..102])?;
         let name_start = pos + 110;
-        let name = data.get(name_start..name_start + name_size.saturating_sub(1)).context("truncated cpio name")?;
-        let name = std::str::from_utf8(name).context("cpio name is not UTF-8")?.to_string();
+        let name = data
+            .get(name_start..name_start + name_size.saturating_sub(1))
+            .context("truncated cpio name")?;
+        let name = std::str::from_utf8(name)
+            .context("cpio name is not UTF-8")?
+            .to_string();
         let data_start = align4(name_start + name_size);
-        let body = data.get(data_start..data_start + file_size).context("truncated cpio data")?;
+        let body = data
+            .get(data_start..data_start + file_size)
+            .context("truncated cpio data")?;
         pos = align4(data_start + file_size);
         if name == "TRAILER!!!" {
             break;
@@ -146,7 +158,11 @@ pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
             0o120000 => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                builder.append_link(&mut h, &name, std::str::from_utf8(body).context("bad symlink target")?)?;
+                builder.append_link(
+                    &mut h,
+                    &name,
+                    std::str::from_utf8(body).context("bad symlink target")?,
+                )?;
             }
             0o100000 => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -156,7 +172,11 @@ pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    builder
+        .into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     std::fs::rename(&tmp, out)?;
     Ok(())
 }

@@ -72,30 +72,18 @@ pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
     result
 }
 
-/// Remove a bottle a backend runs that has no state.
+/// Remove a bottle a backend runs that has no state: its bundle process
+/// (VM) or its container (Docker).
 pub fn remove_orphan(backend: BackendName, found: &Found) -> Result<(), BackendError> {
-    let meta = Metadata {
-        version: state::METADATA_VERSION,
-        identity: found.identity.clone(),
-        agent: String::new(),
-        bottle: String::new(),
-        cwd: Default::default(),
-        backend: backend.as_str().to_string(),
-        engine: None,
-        started_at: String::new(),
-        status: Status::Stopped,
-        bundle_pid: None,
-        vm_pid: None,
-        container_id: Some(found.handle.clone()),
-        command: Vec::new(),
-    };
-    let tmp = std::env::temp_dir();
-    let dir = StateDir::open(&tmp, &found.identity)
-        .or_else(|_| StateDir::create(&tmp, &found.identity))
-        .map_err(|e| BackendError::failed("cannot make a scratch dir", e))?;
-    let result = backend_for(backend).teardown(&meta, &dir);
-    let _ = dir.remove();
-    result
+    match backend {
+        BackendName::Vm => {
+            if let Ok(pid) = found.handle.parse::<u32>() {
+                stop_process(pid, &found.identity, Duration::from_secs(3));
+            }
+            Ok(())
+        }
+        BackendName::Docker => crate::backend::docker_backend::remove_container(&found.identity),
+    }
 }
 
 /// The last `lines` lines of a log file, for failure reports.
@@ -273,7 +261,9 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let session = SessionSpec {
         env: crate::provision::agent_env(plan),
         cwd: crate::provision::agent_cwd(plan),
-        uid: crate::provision::layout(plan).privileged.then_some(crate::provision::AGENT_UID),
+        uid: crate::provision::layout(plan)
+            .privileged
+            .then_some(crate::provision::AGENT_UID),
     };
     let code = match serde_json::to_vec(&session) {
         Ok(bytes) => {
@@ -405,9 +395,10 @@ pub fn print_audit(dir: &StateDir) -> anyhow::Result<()> {
     crate::commands::print_text(&out)
 }
 
-/// Bundle processes running on this host: (pid, identity), found in /proc by
-/// their command line `… __bundle <state dir>`.
-pub fn bundle_processes() -> Vec<(u32, String)> {
+/// Bundle processes of bottles under the state root `root`: (pid, identity),
+/// found in /proc by their command line `… __bundle <root>/<identity>`.
+/// Bottles of other state roots (other users, other test sandboxes) are not ours.
+pub fn bundle_processes(root: &Path) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -427,6 +418,9 @@ pub fn bundle_processes() -> Vec<(u32, String)> {
         if let Some(pos) = args.iter().position(|a| *a == b"__bundle") {
             if let Some(dir) = args.get(pos + 1) {
                 let dir = Path::new(std::str::from_utf8(dir).unwrap_or_default());
+                if dir.parent() != Some(root) {
+                    continue;
+                }
                 if let Some(identity) = dir.file_name().and_then(|n| n.to_str()) {
                     if crate::identity::is_identity(identity) {
                         found.push((pid, identity.to_string()));

@@ -385,14 +385,14 @@ impl Plan {
             let _ = writeln!(o, "  network        : none (loopback only); {} is 127.0.0.1, forwarded to the guards' unix sockets", self.network.dns_name);
         } else {
             let _ = writeln!(
-            o,
-            "  network        : only {} = {} ({} /{}), MTU {}",
-            self.network.dns_name,
-            self.network.gateway,
-            self.network.guest,
-            self.network.subnet.rsplit('/').next().unwrap_or(""),
-            self.network.mtu
-        );
+                o,
+                "  network        : only {} = {} ({} /{}), MTU {}",
+                self.network.dns_name,
+                self.network.gateway,
+                self.network.guest,
+                self.network.subnet.rsplit('/').next().unwrap_or(""),
+                self.network.mtu
+            );
         }
         for (port, what) in &self.network.ports {
             let _ = writeln!(o, "                   :{port} → {what}");

@@ -115,6 +115,10 @@ pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
             "1".into(),
         ),
         ("BOTTLE_IDENTITY".into(), plan.identity.clone()),
+        // A container image may have no passwd entry for uid 1000.
+        ("HOME".into(), AGENT_HOME.into()),
+        ("USER".into(), "agent".into()),
+        ("LOGNAME".into(), "agent".into()),
     ];
     env.extend(placeholder_env(&plan.routes));
     if let Some(agent) = &plan.source.agent {
@@ -143,13 +147,25 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     let log = |what: String| eprintln!("bottle: provision: {what}");
     let l = layout(plan);
     // Files only root may write go as root in a VM; in a container the agent writes its own.
-    let root = if l.privileged { Some(User::Uid(0)) } else { None };
+    let root = if l.privileged {
+        Some(User::Uid(0))
+    } else {
+        None
+    };
 
     // 1. CA: alone, and joined to the system roots.
-    client.write_file(l.ca_pem, ca_pem.as_bytes(), 0o644, root.clone()).await.map_err(step("ca"))?;
+    client
+        .write_file(l.ca_pem, ca_pem.as_bytes(), 0o644, root.clone())
+        .await
+        .map_err(step("ca"))?;
     let script = if l.privileged {
         client
-            .write_file("/usr/local/share/ca-certificates/bottle.crt", ca_pem.as_bytes(), 0o644, root.clone())
+            .write_file(
+                "/usr/local/share/ca-certificates/bottle.crt",
+                ca_pem.as_bytes(),
+                0o644,
+                root.clone(),
+            )
             .await
             .map_err(step("ca"))?;
         CA_TRUST_SCRIPT.to_string()
@@ -157,13 +173,24 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         format!("set -e; {{ cat /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true; cat {}; }} > {}", l.ca_pem, l.ca_bundle)
     };
     let update = client
-        .run_capture(vec!["/bin/sh".into(), "-c".into(), script], Vec::new(), None, root.clone())
+        .run_capture(
+            vec!["/bin/sh".into(), "-c".into(), script],
+            Vec::new(),
+            None,
+            root.clone(),
+        )
         .await
         .map_err(step("ca"))?;
     if update.status.shell_code() != 0 {
-        return Err(ProvisionError::Host { step: "ca", why: String::from_utf8_lossy(&update.stderr).into_owned() });
+        return Err(ProvisionError::Host {
+            step: "ca",
+            why: String::from_utf8_lossy(&update.stderr).into_owned(),
+        });
     }
-    log(format!("bottle CA installed ({}, trusted through {})", l.ca_pem, l.ca_bundle));
+    log(format!(
+        "bottle CA installed ({}, trusted through {})",
+        l.ca_pem, l.ca_bundle
+    ));
 
     // 2. Proxy environment, for login shells too.
     let env = agent_env(plan);
@@ -172,12 +199,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
         .collect();
     client
-        .write_file(
-            l.profile,
-            profile.as_bytes(),
-            0o644,
-            root.clone(),
-        )
+        .write_file(l.profile, profile.as_bytes(), 0o644, root.clone())
         .await
         .map_err(step("env"))?;
     log("HTTP(S)_PROXY=http://proxy.internal:8888 and CA variables set".to_string());

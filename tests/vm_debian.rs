@@ -1,4 +1,5 @@
-//! The slower VM test: the Debian image (git, curl, node) in a real VM, with
+//! The slower tests: the Debian image (git, curl, node) in a real VM and in a
+//! container, with
 //! an HTTPS upstream on host loopback reached through the intercepting proxy
 //! (the bottle CA trusted in the guest), and a real sshd upstream reached
 //! through git-gate for clone and push.
@@ -44,10 +45,30 @@ fn git(dir: &std::path::Path, args: &[&str]) {
 }
 
 #[test]
-fn debian_guest_reaches_https_upstream_and_git_gate() {
+fn debian_vm_reaches_https_upstream_and_git_gate() {
     if !require_vm() || !Sshd::require() {
         return;
     }
+    debian_suite("--vm");
+}
+
+#[test]
+fn debian_container_reaches_https_upstream_and_git_gate() {
+    let doctor = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .arg("doctor")
+        .output()
+        .unwrap();
+    if !skip::require(
+        stdout(&doctor).contains("backend docker: ready"),
+        "dockerd is not reachable (run scripts/setup-docker.sh)",
+    ) || !Sshd::require()
+    {
+        return;
+    }
+    debian_suite("--docker");
+}
+
+fn debian_suite(backend: &str) {
     let sb = Sandbox::new();
     if !require_debian_image(&sb) {
         return;
@@ -101,7 +122,7 @@ echo "node: $(node -e 'console.log(process.version)')"
 echo "https: $(curl -sS https://localhost:{port}/through-proxy | head -n1)"
 echo "unlisted: $(curl -s -o /dev/null -w '%{{http_connect}}' https://unlisted.example/)"
 cd /tmp
-git clone -q {url} app && echo "clone: $(git -C app log --format=%s -1)"
+git clone -q {url} app 2>/tmp/clone.err && echo "clone: $(git -C app log --format=%s -1)" || {{ echo "clone failed:"; cat /tmp/clone.err; }}
 cd app
 echo "agent line" >> README && git commit -qam "agent change" && git push -q origin main && echo "push-clean: ok"
 echo "aws_access_key_id = AKIAQ3EGRZN5LMXW7TPB" > creds.txt && git add creds.txt && git commit -qm "oops"
@@ -114,7 +135,7 @@ grep -q -i aws /tmp/push.err && echo "push-secret-message: names the rule"
     let out = sb
         .bottle()
         .env("BOTTLE_GUEST_TIMEOUT_SECS", "300")
-        .args(["run", "--vm", "--yes", "--manifest"])
+        .args(["run", backend, "--yes", "--manifest"])
         .arg(&m)
         .args(["a", "--", "/bin/bash", "-c", &script])
         .output()

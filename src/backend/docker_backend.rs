@@ -37,7 +37,8 @@ fn runtime_choice(plan: &Plan) -> RuntimeChoice {
 
 /// The image tag for a bottle image: `bottle-<name>:<definition hash>`.
 fn image_ref(name: &str) -> Result<(ImageRef, std::path::PathBuf), BackendError> {
-    let tar = crate::images::rootfs_tar(name).map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+    let tar =
+        crate::images::rootfs_tar(name).map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
     let key = tar
         .parent()
         .and_then(|d| d.file_name())
@@ -58,10 +59,19 @@ impl Backend for DockerBackend {
         match block_on(DockerClient::connect()) {
             Ok(Ok(client)) => {
                 let (major, minor) = client.api_version();
-                Availability::Ready { detail: format!("dockerd API {major}.{minor}") }
+                Availability::Ready {
+                    detail: format!("dockerd API {major}.{minor}"),
+                }
             }
-            Ok(Err(e)) => Availability::Unavailable { why: e.to_string(), fix: "run scripts/setup-docker.sh (installs docker.io and runsc, starts dockerd)".to_string() },
-            Err(e) => Availability::Unavailable { why: e.to_string(), fix: "see the error".to_string() },
+            Ok(Err(e)) => Availability::Unavailable {
+                why: e.to_string(),
+                fix: "run scripts/setup-docker.sh (installs docker.io and runsc, starts dockerd)"
+                    .to_string(),
+            },
+            Err(e) => Availability::Unavailable {
+                why: e.to_string(),
+                fix: "see the error".to_string(),
+            },
         }
     }
 
@@ -71,15 +81,25 @@ impl Backend for DockerBackend {
         let selection = block_on(async {
             let client = DockerClient::connect().await?;
             match choice {
-                RuntimeChoice::Runc => Ok(("runc".to_string(), "chosen by the manifest".to_string())),
+                RuntimeChoice::Runc => {
+                    Ok(("runc".to_string(), "chosen by the manifest".to_string()))
+                }
                 _ => {
                     let runtimes = client.runtimes().await?;
                     Ok(if runtimes.contains_key("runsc") {
-                        ("runsc".to_string(), "dockerd has gVisor registered (probed at launch)".to_string())
+                        (
+                            "runsc".to_string(),
+                            "dockerd has gVisor registered (probed at launch)".to_string(),
+                        )
                     } else if choice == RuntimeChoice::Runsc {
-                        return Err(DockerError::RunscUnavailable(super::docker::RunscProblem::NotRegistered));
+                        return Err(DockerError::RunscUnavailable(
+                            super::docker::RunscProblem::NotRegistered,
+                        ));
                     } else {
-                        ("runc".to_string(), "dockerd has no runsc runtime registered".to_string())
+                        (
+                            "runc".to_string(),
+                            "dockerd has no runsc runtime registered".to_string(),
+                        )
                     })
                 }
             }
@@ -88,7 +108,9 @@ impl Backend for DockerBackend {
         plan.engine = Some(selection.0);
         plan.engine_reason = Some(selection.1);
         if plan.supervise {
-            plan.warnings.push("supervise is not built yet: the agent gets no MCP server on :9100".to_string());
+            plan.warnings.push(
+                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
+            );
         }
         Ok(())
     }
@@ -98,9 +120,11 @@ impl Backend for DockerBackend {
         let config = BundleConfig {
             identity: plan.identity.clone(),
             mode: Mode::Docker,
-            policy: crate::policy::policy_for(plan).map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            policy: crate::policy::policy_for(plan)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
             git: crate::provision::git_remotes(plan),
-            extra_root_pems: crate::policy::upstream_ca_pems(plan).map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            extra_root_pems: crate::policy::upstream_ca_pems(plan)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
         };
         crate::launch::start_bundle(state, &config, Duration::from_secs(30))?;
         let choice = runtime_choice(plan);
@@ -112,7 +136,13 @@ impl Backend for DockerBackend {
             }
             let runtime = client.choose_runtime(choice).await?;
             eprintln!("bottle: runtime {} ({})", runtime.runtime, runtime.reason);
-            let mut spec = AgentContainerSpec::new(&plan.identity, &plan.agent, &image.to_string(), runtime.runtime, state.path());
+            let mut spec = AgentContainerSpec::new(
+                &plan.identity,
+                &plan.agent,
+                &image.to_string(),
+                runtime.runtime,
+                state.path(),
+            );
             spec.memory_bytes = u64::from(plan.memory_mib) << 20;
             spec.nano_cpus = u64::from(plan.cpus) * 1_000_000_000;
             if let Some(b) = &plan.source.bottle {
@@ -125,7 +155,10 @@ impl Backend for DockerBackend {
                     m.container_id = Some(id.clone());
                     m.engine = Some(runtime.runtime.as_str().to_string());
                 })
-                .map_err(|e| DockerError::Invalid { what: "metadata", why: e.to_string() })?;
+                .map_err(|e| DockerError::Invalid {
+                    what: "metadata",
+                    why: e.to_string(),
+                })?;
             client.start(&id).await?;
             Ok::<_, DockerError>(id)
         })?;
@@ -136,22 +169,59 @@ impl Backend for DockerBackend {
                     .read_metadata()
                     .ok()
                     .and_then(|m| m.container_id)
-                    .and_then(|id| block_on(async { DockerClient::connect().await?.logs_tail(&id, 20).await }).ok()?.ok())
+                    .and_then(|id| {
+                        block_on(async { DockerClient::connect().await?.logs_tail(&id, 20).await })
+                            .ok()?
+                            .ok()
+                    })
                     .unwrap_or_default();
-                Err(BackendError::Unavailable(format!("{e}\n--- container log ---\n{logs}")))
+                Err(BackendError::Unavailable(format!(
+                    "{e}\n--- container log ---\n{logs}"
+                )))
             }
         }
     }
 
     fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
-        let list = block_on(async { DockerClient::connect().await?.list_bottle_containers().await })?.map_err(api)?;
-        Ok(list.into_iter().map(|c| Found { identity: c.identity, running: c.state == "running", handle: c.id }).collect())
+        let list = block_on(async {
+            DockerClient::connect()
+                .await?
+                .list_bottle_containers()
+                .await
+        })?
+        .map_err(api)?;
+        Ok(list
+            .into_iter()
+            .map(|c| Found {
+                identity: c.identity,
+                running: c.state == "running",
+                handle: c.id,
+            })
+            .collect())
     }
 
     fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
-        block_on(async { DockerClient::connect().await?.remove_by_identity(&meta.identity).await })?.map_err(api)?;
+        block_on(async {
+            DockerClient::connect()
+                .await?
+                .remove_by_identity(&meta.identity)
+                .await
+        })?
+        .map_err(api)?;
         Ok(())
     }
+}
+
+/// Remove the containers of an identity (orphans found by `enumerate`).
+pub fn remove_container(identity: &str) -> Result<(), BackendError> {
+    block_on(async {
+        DockerClient::connect()
+            .await?
+            .remove_by_identity(identity)
+            .await
+    })?
+    .map_err(api)?;
+    Ok(())
 }
 
 /// The Docker backend's lines in `bottle doctor`.
@@ -159,10 +229,22 @@ pub fn doctor_checks() -> Vec<Check> {
     let result = block_on(async {
         let client = match DockerClient::connect().await {
             Ok(c) => c,
-            Err(e) => return vec![Check { name: "dockerd".into(), ok: false, detail: e.to_string(), fix: Some("run scripts/setup-docker.sh".into()) }],
+            Err(e) => {
+                return vec![Check {
+                    name: "dockerd".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                    fix: Some("run scripts/setup-docker.sh".into()),
+                }]
+            }
         };
         let (major, minor) = client.api_version();
-        let mut checks = vec![Check { name: "dockerd".into(), ok: true, detail: format!("reachable, API {major}.{minor}"), fix: None }];
+        let mut checks = vec![Check {
+            name: "dockerd".into(),
+            ok: true,
+            detail: format!("reachable, API {major}.{minor}"),
+            fix: None,
+        }];
         checks.push(match client.probe_runsc().await {
             Ok(Ok(())) => Check { name: "runsc (gVisor)".into(), ok: true, detail: "starts a --network none container".into(), fix: None },
             Ok(Err(problem)) => Check { name: "runsc (gVisor)".into(), ok: false, detail: problem.to_string(), fix: Some("see `bottle doctor` output above: register runsc in /etc/docker/daemon.json with runtimeArgs [\"--network=none\", \"--host-uds=open\"] and restart dockerd".into()) },

@@ -204,7 +204,9 @@ impl Backend for VmBackend {
     }
 
     fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
-        Ok(crate::launch::bundle_processes()
+        let root =
+            crate::state::state_root().map_err(|e| BackendError::failed("no state root", e))?;
+        Ok(crate::launch::bundle_processes(&root)
             .into_iter()
             .map(|(pid, identity)| Found {
                 identity,

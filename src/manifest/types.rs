@@ -188,7 +188,10 @@ pub fn default_pids_limit() -> i64 {
 
 impl Default for DockerSection {
     fn default() -> Self {
-        Self { runtime: DockerRuntime::default(), pids_limit: default_pids_limit() }
+        Self {
+            runtime: DockerRuntime::default(),
+            pids_limit: default_pids_limit(),
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 pub use bottle_test_harness::skip;
 
+pub mod escape;
+
 /// A scratch home for one test: state dir, config dir and manifest.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,73 @@
+//! The escape suite, shared by both backends: every way out we could think
+//! of, run inside the bottle by the agent's own shell. Each probe prints one
+//! `name: result` line; [`check`] asserts every line.
+
+/// Probes for busybox `sh` (the tiny image) and bash alike. `HOST_PORT` is
+/// replaced by a port the test listens on at the host's 127.0.0.1.
+pub const SCRIPT: &str = r#"
+probe() { name=$1; shift; if "$@" </dev/null >/dev/null 2>&1; then echo "$name: open"; else echo "$name: fails"; fi; }
+probe other-name nslookup -type=a example.com
+probe other-resolver nslookup -type=a example.com 10.200.0.1
+probe direct-ip timeout 5 nc -w 3 10.200.0.1 80
+probe metadata timeout 5 nc -w 3 169.254.169.254 80
+probe host-loopback timeout 5 nc -w 3 127.0.0.1 HOST_PORT
+probe proxy-other-port timeout 5 nc -w 3 proxy.internal 22
+probe proxy-port timeout 5 nc -w 3 proxy.internal 8888
+probe docker-socket test -e /var/run/docker.sock
+if [ -e /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then echo "ipv6: present"; else echo "ipv6: none"; fi
+echo "unlisted: $(wget -q -O - http://unlisted.example/ 2>&1 | head -n1)"
+"#;
+
+/// The script with the host port filled in.
+pub fn script(host_port: u16) -> String {
+    SCRIPT.replace("HOST_PORT", &host_port.to_string())
+}
+
+/// Assert every probe's result.
+pub fn check(stdout: &str) {
+    for expected in [
+        "other-name: fails",
+        "other-resolver: fails",
+        "direct-ip: fails",
+        "metadata: fails",
+        "host-loopback: fails",
+        "proxy-other-port: fails",
+        "proxy-port: open",
+        "docker-socket: fails",
+        "ipv6: none",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "expected `{expected}` in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("unlisted: ") && stdout.contains("403"),
+        "an unlisted host gets 403 from the proxy:\n{stdout}"
+    );
+}
+
+/// A listener on the host's loopback that must never see a connection.
+pub struct Tripwire {
+    listener: std::net::TcpListener,
+}
+
+impl Tripwire {
+    pub fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tripwire");
+        listener.set_nonblocking(true).expect("nonblocking");
+        Self { listener }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().expect("addr").port()
+    }
+
+    /// Panics if anything connected.
+    pub fn assert_untouched(&self) {
+        match self.listener.accept() {
+            Ok((_, peer)) => panic!("the host's loopback listener got a connection from {peer}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Docker backend end to end through the real `bottle` binary and a real
+//! dockerd, under runc and under gVisor (runsc): the same escape suite as the
+//! VM, exec and exit codes, an allowed upstream through the proxy, teardown,
+//! and fail-closed when the bundle dies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[track_caller]
+fn require_docker(runtime: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ready = text.contains("backend docker: ready") && text.contains("ok   tiny image");
+    let runsc = text.contains("ok   runsc (gVisor)");
+    skip::require(
+        ready && (runtime != "runsc" || runsc),
+        &format!("Docker with {runtime} is not ready here (run scripts/setup):\n{text}"),
+    )
+}
+
+fn manifest(runtime: &str, extra: &str) -> String {
+    format!(
+        r#"
+[bottles.t]
+image = "tiny"
+cpus = 1
+memory_mib = 256
+allow = ["allowed.localhost"]
+{extra}
+
+[bottles.t.docker]
+runtime = "{runtime}"
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#
+    )
+}
+
+fn run(sb: &Sandbox, manifest: &str, script: &str) -> std::process::Output {
+    let m = sb.manifest(manifest);
+    sb.bottle()
+        .args(["run", "--docker", "--yes", "--manifest"])
+        .arg(&m)
+        .args(["a", "--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn assert_nothing_left(sb: &Sandbox, identities: &[String]) {
+    assert!(
+        sb.state_entries().is_empty(),
+        "state left behind: {:?}",
+        sb.state_entries()
+    );
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout).into_owned();
+    for id in identities {
+        assert!(
+            !names.contains(id.as_str()),
+            "container of {id} left behind:\n{names}"
+        );
+    }
+    let left = processes_matching(&sb.state_dir().display().to_string());
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+fn identity_from(stderr_text: &str) -> String {
+    stderr_text
+        .split("(identity ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("identity in the plan")
+        .to_string()
+}
+
+fn escape_suite(runtime: &str) {
+    let _g = serial();
+    if !require_docker(runtime) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let tripwire = escape::Tripwire::new();
+    let script = format!("echo \"interfaces: $(awk 'NR > 2 {{ sub(\":\", \"\", $1); printf \"%s \", $1 }}' /proc/net/dev)\"\necho \"uid: $(id -u)\"\n{}", escape::script(tripwire.port()));
+    let out = run(&sb, &manifest(runtime, ""), &script);
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(se.contains(&format!("runtime {runtime}")), "{se}");
+    assert!(
+        so.contains("interfaces: lo \n"),
+        "the only interface is lo:\n{so}"
+    );
+    assert!(so.contains("uid: 1000"), "{so}");
+    escape::check(&so);
+    tripwire.assert_untouched();
+    assert_nothing_left(&sb, &[identity_from(&se)]);
+}
+
+#[test]
+fn escape_suite_holds_under_runc() {
+    escape_suite("runc");
+}
+
+#[test]
+fn escape_suite_holds_under_runsc() {
+    escape_suite("runsc");
+}
+
+#[test]
+fn exec_codes_and_allowed_upstream_through_the_proxy() {
+    let _g = serial();
+    if !require_docker("runc") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let upstream = bottle_test_harness::tls::Upstream::http();
+    let extra = format!(
+        "allow = [\"localhost\"]\nallow_ports = [{}]\nallow_ips = [\"127.0.0.1\"]",
+        upstream.port()
+    )
+    .replace("allow = [\"allowed.localhost\"]", "");
+    let m = manifest("runc", "").replace("allow = [\"allowed.localhost\"]", &extra);
+    let out = run(
+        &sb,
+        &m,
+        &format!(
+            "wget -q -O - http://localhost:{}/via-proxy; echo to-stderr >&2; exit 5",
+            upstream.port()
+        ),
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(5), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(so.contains("GET /via-proxy"), "{so}");
+    assert!(se.contains("to-stderr"));
+    assert_nothing_left(&sb, &[identity_from(&se)]);
+}
+
+#[test]
+fn killing_the_bundle_fails_closed_and_stop_removes_everything() {
+    let _g = serial();
+    if !require_docker("runc") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(&manifest("runc", ""));
+    let out = sb
+        .bottle()
+        .args(["run", "--docker", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = identity_from(&stderr(&out));
+    let ls = stdout(&sb.run(&["ls"]));
+    assert!(
+        ls.starts_with(&format!("docker\t{id}\ta\trunning\t")),
+        "{ls}"
+    );
+    let ask = "http_proxy=http://proxy.internal:8888 wget -q -O - http://unlisted.example/ 2>&1 | head -n1";
+    let exec = sb.run(&["exec", &id, "--", "/bin/sh", "-c", ask]);
+    assert!(
+        stdout(&exec).contains("403"),
+        "the proxy answers while the bundle lives: {}",
+        stdout(&exec)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.state_dir().join(&id).join("metadata.json")).unwrap(),
+    )
+    .unwrap();
+    let bundle = meta["bundle_pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &bundle.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The bundle is gone: ask through Docker itself, since bottle exec needs the bundle.
+    let name = format!("bottle-{id}");
+    let after = Command::new("docker")
+        .args(["exec", &name, "/bin/sh", "-c", ask])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&after.stdout).contains("HTTP/"),
+        "no answer without the bundle: {}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+    let stop = sb.run(&["stop", &id]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_nothing_left(&sb, &[id]);
+}
