@@ -60,7 +60,18 @@ impl Sshd {
         if crate::skip::is_root() {
             std::fs::create_dir_all("/run/sshd")?;
         }
-        let port = free_port()?;
+        // The free port may be taken between probing and sshd's bind: retry.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::spawn(&dir, &user, free_port()?) {
+                Ok(sshd) => return Ok(sshd),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("sshd did not start")))
+    }
+
+    fn spawn(dir: &Path, user: &str, port: u16) -> io::Result<Self> {
         let config = format!(
             "ListenAddress 127.0.0.1:{port}\n\
              HostKey {dir}/host_key\n\
@@ -91,9 +102,9 @@ impl Sshd {
             .stderr(log)
             .spawn()?;
         let mut sshd = Self {
-            dir,
+            dir: dir.to_path_buf(),
             port,
-            user,
+            user: user.to_string(),
             child: Some(child),
         };
         sshd.wait_ready()?;
@@ -104,8 +115,10 @@ impl Sshd {
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
+            let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            if listening {
+                // Someone else may hold the port: sshd then exits at once.
+                std::thread::sleep(Duration::from_millis(50));
             }
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -113,6 +126,9 @@ impl Sshd {
                         std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default();
                     return Err(io::Error::other(format!("sshd exited ({status}): {log}")));
                 }
+            }
+            if listening {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(io::Error::other("sshd did not listen within 10s"));
