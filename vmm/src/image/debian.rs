@@ -23,6 +23,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "npm",
 ];
 
+/// Bumped whenever the build recipe (mmdebstrap arguments, hooks, mkfs
+/// options) changes, so cached images are rebuilt.
+const RECIPE_VERSION: &str = "debian-recipe-2\n";
+
 /// File system of the root image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,8 +109,10 @@ impl DebianOpts {
 
     /// Hash of the definition alone (the mmdebstrap output depends on it only).
     pub fn def_key(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(Sha256::digest(json))[..16].to_string()
+        let mut h = Sha256::new();
+        h.update(RECIPE_VERSION.as_bytes());
+        h.update(serde_json::to_vec(self).unwrap_or_default());
+        hex::encode(h.finalize())[..16].to_string()
     }
 
     /// The mmdebstrap argument vector writing a tarball to `out`.
@@ -137,7 +143,7 @@ impl DebianOpts {
                 None => String::new(),
             };
             a.push(format!(
-                "--customize-hook=chroot \"$1\" env {ca_env}sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code && claude --version' \
+                "--customize-hook=chroot \"$1\" env {ca_env}sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code && claude --version && rm -rf /root/.npm /usr/local/lib/node_modules/@anthropic-ai/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64-musl' \
                  || {{ echo 'bottle: installing Claude Code from npm failed (is registry.npmjs.org reachable? behind a TLS-intercepting proxy set NODE_EXTRA_CA_CERTS)' >&2; exit 1; }}"
             ));
             if let Some(ca) = &self.build_ca {
