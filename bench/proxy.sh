@@ -153,7 +153,10 @@ if [ -n "${SKIP_SCANNER:-}" ]; then
     log "SKIP_SCANNER set; no scanner ratio"
 elif [ -x "$ROOT/bench/scanner.sh" ]; then
     log "== bench/scanner.sh"
-    SCANNER_LINE=$("$ROOT/bench/scanner.sh" | tee "$OUT/scanner.txt" | tail -n 1)
+    SCANNER_LINE=$("$ROOT/bench/scanner.sh" | tee "$OUT/scanner.txt" | tail -n 1) || {
+        log "bench/scanner.sh failed; see $OUT/scanner.txt"
+        SCANNER_LINE=""
+    }
 else
     log "bench/scanner.sh is missing or not executable; no scanner ratio"
 fi

@@ -147,6 +147,11 @@ impl Env {
             .collect();
         map.insert("loop.test".into(), vec!["127.0.0.2".parse().unwrap()]);
         map.insert("meta.test".into(), vec!["169.254.169.254".parse().unwrap()]);
+        // Nothing listens on 127.0.0.3: the dial fails and the next address is tried.
+        map.insert(
+            "fallback.test".into(),
+            vec!["127.0.0.3".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+        );
         let resolver = Arc::new(MapResolver {
             map,
             ..Default::default()
@@ -863,6 +868,27 @@ fn ssrf_targets_are_refused_without_dialing() {
     );
     assert!(env.upstream.seen().is_empty() && env.plain.seen().is_empty());
     assert!(env.audited_rule("ssrf"));
+}
+
+#[test]
+fn a_failed_dial_falls_through_to_the_next_checked_address() {
+    if !have_clients() {
+        return;
+    }
+    let env = Env::new(|p| {
+        p.allow.push(pat("fallback.test"));
+        p.allow_ips.push("127.0.0.3".into());
+    });
+    let url = format!("http://fallback.test:{}/f", env.plain.port());
+    let (code, body) = env.curl_status(&[&url]);
+    assert_eq!(code, "200", "{body}");
+    let port = env.plain.port();
+    let attempts = env.dialer.attempts.lock().unwrap().clone();
+    let expected: Vec<SocketAddr> = vec![
+        format!("127.0.0.3:{port}").parse().unwrap(),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    ];
+    assert_eq!(attempts, expected);
 }
 
 #[test]
