@@ -892,6 +892,23 @@ fn a_failed_dial_falls_through_to_the_next_checked_address() {
 }
 
 #[test]
+fn upstream_with_a_certificate_from_an_untrusted_ca_gets_502() {
+    if !have_clients() {
+        return;
+    }
+    let stranger = Upstream::https(&TestCa::new(), &["allowed.test"]);
+    let port = stranger.port();
+    let env = Env::new(|p| p.allow_ports.push(port));
+    let (code, body) = env.curl_status(&[&format!("https://allowed.test:{port}/")]);
+    assert_eq!(code, "502", "{body}");
+    assert!(
+        body.contains("rule: upstream-error") && body.contains("TLS"),
+        "{body}"
+    );
+    assert!(stranger.seen().is_empty());
+}
+
+#[test]
 fn audit_log_chain_verifies_after_a_mixed_session() {
     if !have_clients() {
         return;
