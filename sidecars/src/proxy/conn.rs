@@ -252,6 +252,17 @@ impl Proxy {
         target: Arc<Target>,
         peer: Arc<String>,
     ) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            let refusal = Refusal::forbidden(
+                "nested-connect",
+                format!(
+                    "CONNECT inside the tunnel to `{}` is not allowed",
+                    target.authority()
+                ),
+            );
+            self.record(&peer, "CONNECT", &target.host, "", "deny", &refusal.rule, 0);
+            return refusal_response(&refusal);
+        }
         let named = req
             .uri()
             .authority()
