@@ -1,22 +1,19 @@
 #!/usr/bin/env bash
-# Bare engine boot: the engine boots the project kernel and the tiny-probe
-# image (placeholder init) to the BOTTLE-GUEST-READY console line, with no
-# bottle around it (no bundle, no agent handshake, no provisioning). The
-# `bottle run` side is added by the launcher's benchmark.
-#
-# Usage: bench/boot.sh [RUNS]            (default 20)
-#   ENGINE=qemu|libkrun   (default qemu)   ACCEL=tcg|kvm (qemu; default tcg)
-# Needs: the guest kernel (scripts/build-kernel.sh), qemu-system-x86,
-# busybox-static; libkrun needs BOTTLE_LIBKRUN or libkrun.so.1 and KVM.
-# Last line: "bare <engine>-<accel> boot p50 ms: X".
+# Boot benchmark, bottle next to the bare engine in one run (issue 8, 9):
+#   - bare engine (the vmm `boot` example): spawn to the BOTTLE-GUEST-READY
+#     marker, same kernel and tiny image (with the guest agent), no bottle;
+#   - `bottle run --vm --yes bench -- true` to its exit, with a breakdown
+#     (planned, launched = bundle ready + VM started, agent ready,
+#     provisioned, command done, torn down) and the bundle's idle RSS;
+#   - `bottle run --docker` under runc and runsc next to a bare
+#     `docker run --rm --network none` of the same image.
+# Usage: bench/boot.sh [RUNS]   (default 20; SKIP_DOCKER=1 skips Docker)
+# Last lines: "docker boot p50 ms: X", "docker/bare boot ratio: Y.YY"
+# (runsc), then "boot p50 ms: X" and "vm/bare boot ratio: Y.YY".
 set -euo pipefail
-RUNS=${1:-20}
-ENGINE=${ENGINE:-qemu}
-ACCEL=${ACCEL:-tcg}
 cd "$(dirname "$0")/.."
-cargo build --release -q -p bottle-vmm --bins --example boot
-args=(--runs "$RUNS" --engine "$ENGINE")
-[ "$ENGINE" = qemu ] && args+=(--accel "$ACCEL")
-echo "host: $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-[ "$ENGINE" = qemu ] && echo "engine: $(qemu-system-x86_64 --version | head -n1)"
-target/release/examples/boot "${args[@]}" 2>/dev/null
+cargo build --release -q --bin bottle
+cargo build --release -q -p bottle-vmm --example boot
+./scripts/build-guest.sh >/dev/null
+target/release/bottle image build tiny >/dev/null
+exec python3 bench/boot.py "${1:-20}"

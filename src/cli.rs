@@ -141,6 +141,9 @@ pub enum Command {
     /// Internal: the per-bottle guard bundle process.
     #[command(name = "__bundle", hide = true)]
     Bundle { state_dir: PathBuf },
+    /// Internal: one libkrun VM in this process (`krun_start_enter` never returns).
+    #[command(name = "__krun", hide = true)]
+    Krun { spec_json: String },
     /// Internal: git-gate's pre-receive hook.
     #[command(name = "__git-hook", hide = true)]
     GitHook {

@@ -183,6 +183,15 @@ fn backend_name(plan: &Plan) -> BackendName {
     }
 }
 
+/// With `BOTTLE_TIMING=1`, print when a launch step finished, in ms since
+/// the process started (read by `bench/boot.sh`).
+pub fn timing(step: &str) {
+    if std::env::var_os("BOTTLE_TIMING").is_some_and(|v| v == "1") {
+        let start = crate::commands::START.get_or_init(std::time::Instant::now);
+        eprintln!("bottle: timing {step} {} ms", start.elapsed().as_millis());
+    }
+}
+
 /// Launch a bottle for `plan`, run its command, tear it down unless detached.
 /// Returns the command's exit code.
 pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
@@ -212,11 +221,13 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         e
     };
     let timing = std::time::Instant::now();
+    self::timing("planned");
     if let Err(e) = backend.launch(plan, &dir) {
         return Err(fail(
             anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
         ));
     }
+    self::timing("launched");
     eprintln!(
         "bottle: {} launched in {} ms; waiting for the guest agent",
         plan.identity,
@@ -229,6 +240,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         let client =
             bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
         wait_for_guest(&client, &dir).await?;
+        self::timing("agent-ready");
         eprintln!(
             "bottle: guest agent ready after {} ms",
             timing.elapsed().as_millis()
@@ -252,11 +264,12 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         }
     };
     dir.update_metadata(|m| m.status = Status::Running)?;
+    self::timing("provisioned");
     eprintln!(
         "bottle: {} provisioned in {} ms; running {}",
         plan.identity,
         timing.elapsed().as_millis(),
-        plan.command.join(" ")
+        crate::plan::render_command(&plan.command)
     );
     let session = SessionSpec {
         env: crate::provision::agent_env(plan),
@@ -273,6 +286,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         Err(e) => Err(e.into()),
     };
     drop(client);
+    self::timing("command-done");
     if detach {
         eprintln!(
             "bottle: {} keeps running (bottle attach {0}, bottle stop {0})",
@@ -282,6 +296,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         let meta = dir.read_metadata().unwrap_or(meta);
         teardown(&meta, &dir)?;
         dir.remove()?;
+        self::timing("torn-down");
     }
     code
 }

@@ -103,7 +103,13 @@ pub struct Metadata {
 /// else `~/.local/state/bottle`.
 pub fn state_root() -> Result<PathBuf, StateError> {
     if let Some(dir) = std::env::var_os("BOTTLE_STATE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        // Absolute, so bundle command lines and container labels name it exactly.
+        return Ok(if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir().map(|c| c.join(&dir)).unwrap_or(dir)
+        });
     }
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("bottle"));

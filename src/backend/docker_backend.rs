@@ -183,6 +183,9 @@ impl Backend for DockerBackend {
     }
 
     fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
+        let root =
+            crate::state::state_root().map_err(|e| BackendError::failed("no state root", e))?;
+        let root = root.display().to_string();
         let list = block_on(async {
             DockerClient::connect()
                 .await?
@@ -192,6 +195,7 @@ impl Backend for DockerBackend {
         .map_err(api)?;
         Ok(list
             .into_iter()
+            .filter(|c| c.state_root.as_deref() == Some(root.as_str()))
             .map(|c| Found {
                 identity: c.identity,
                 running: c.state == "running",

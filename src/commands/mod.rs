@@ -23,8 +23,12 @@ pub struct UsageError(pub String);
 #[error("command exited with status {0}")]
 pub struct ExitStatusError(pub u8);
 
+/// When the process started, for `BOTTLE_TIMING=1` breakdowns.
+pub static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
+    START.get_or_init(std::time::Instant::now);
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +75,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => lifecycle::image(cmd),
         Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
         Command::GitHook { args } => crate::bundle::git_hook(&args),
+        Command::Krun { spec_json } => bottle_vmm::krun_main(&spec_json),
     }
 }
 

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 
 use super::client::DockerClient;
 use super::error::{is_not_found, DockerError};
-use super::labels::{self, LABEL_AGENT, LABEL_IDENTITY};
+use super::labels::{self, LABEL_AGENT, LABEL_IDENTITY, LABEL_STATE_ROOT};
 use super::runtime::Runtime;
 
 /// Where the bottle's socket directory appears inside the container.
@@ -122,6 +122,15 @@ impl AgentContainerSpec {
             pids_limit: 512,
             tmpfs_bytes: 1 << 30,
         }
+    }
+
+    /// The state root the bottle's state directory is in.
+    pub fn state_root(&self) -> PathBuf {
+        self.socket_dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     /// The container name: `bottle-<identity>`.
@@ -272,7 +281,11 @@ fn create_body(spec: &AgentContainerSpec, hosts: &Path, resolv: &Path) -> Contai
         working_dir: Some("/workspace".into()),
         hostname: Some("bottle".into()),
         env: Some(env),
-        labels: Some(labels::for_bottle(&spec.identity, &spec.agent)),
+        labels: Some(labels::for_bottle(
+            &spec.identity,
+            &spec.agent,
+            &spec.state_root().display().to_string(),
+        )),
         attach_stdin: Some(false),
         attach_stdout: Some(false),
         attach_stderr: Some(false),
@@ -326,6 +339,8 @@ pub struct ContainerInfo {
     pub state: String,
     /// Creation time, seconds since the epoch.
     pub created: i64,
+    /// The state root it belongs to (`None` for containers of older versions).
+    pub state_root: Option<String>,
 }
 
 impl ContainerInfo {
@@ -337,6 +352,7 @@ impl ContainerInfo {
             agent: labels.get(LABEL_AGENT).cloned().unwrap_or_default(),
             state: s.state.map(|st| st.to_string()).unwrap_or_default(),
             created: s.created.unwrap_or_default(),
+            state_root: labels.get(LABEL_STATE_ROOT).cloned(),
         })
     }
 }

@@ -8,6 +8,9 @@ pub const LABEL_IDENTITY: &str = "bottle.identity";
 pub const LABEL_AGENT: &str = "bottle.agent";
 /// The `bottle` version that created the object.
 pub const LABEL_VERSION: &str = "bottle.version";
+/// The state root (`$XDG_STATE_HOME/bottle`) the bottle belongs to: `cleanup`
+/// only touches containers of its own root (other users, other sandboxes).
+pub const LABEL_STATE_ROOT: &str = "bottle.state_root";
 /// Marks the short-lived containers and images of the runsc probe.
 pub const LABEL_PROBE: &str = "bottle.probe";
 
@@ -15,11 +18,12 @@ pub const LABEL_PROBE: &str = "bottle.probe";
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The labels of an agent container.
-pub(crate) fn for_bottle(identity: &str, agent: &str) -> HashMap<String, String> {
+pub(crate) fn for_bottle(identity: &str, agent: &str, state_root: &str) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_IDENTITY.to_owned(), identity.to_owned()),
         (LABEL_AGENT.to_owned(), agent.to_owned()),
         (LABEL_VERSION.to_owned(), VERSION.to_owned()),
+        (LABEL_STATE_ROOT.to_owned(), state_root.to_owned()),
     ])
 }
 
@@ -37,7 +41,8 @@ mod tests {
 
     #[test]
     fn bottle_labels_carry_identity_agent_and_version() {
-        let l = for_bottle("demo-ab12c", "demo");
+        let l = for_bottle("demo-ab12c", "demo", "/root/.local/state/bottle");
+        assert_eq!(l[LABEL_STATE_ROOT], "/root/.local/state/bottle");
         assert_eq!(l[LABEL_IDENTITY], "demo-ab12c");
         assert_eq!(l[LABEL_AGENT], "demo");
         assert_eq!(l[LABEL_VERSION], VERSION);

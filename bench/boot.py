@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Boot benchmark: `bottle run --yes bench -- true` to its exit, next to the
+bare engine booting the same kernel and tiny image to the same marker, and
+(for Docker) next to a bare `docker run --rm --network none` of the same
+image, all in one run. Prints a breakdown, then the ratios. See bench/boot.sh."""
+import json, os, re, statistics, subprocess, sys, tempfile, time
+
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+BOTTLE = os.environ.get("BOTTLE", "target/release/bottle")
+MANIFEST = os.path.abspath("bench/boot.toml")
+GUEST = os.environ.get("GUEST", "target/x86_64-unknown-linux-gnu/release/bottle-guest")
+STATE = tempfile.mkdtemp(prefix="bottle-bench-state-")
+ENV = dict(os.environ, BOTTLE_STATE_DIR=STATE, BOTTLE_TIMING="1")
+
+
+def p50(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run_bottle(backend, runtime=None):
+    manifest = MANIFEST
+    if runtime:
+        text = open(MANIFEST).read().replace('runtime = "auto"', f'runtime = "{runtime}"')
+        manifest = os.path.join(STATE, f"boot-{runtime}.toml")
+        open(manifest, "w").write(text)
+    totals, steps = [], {}
+    for i in range(RUNS):
+        start = time.monotonic()
+        p = subprocess.run([BOTTLE, "run", backend, "--yes", "--manifest", manifest, "bench", "--", "/bin/true"],
+                           env=ENV, capture_output=True, text=True)
+        ms = (time.monotonic() - start) * 1000
+        if p.returncode != 0:
+            print(f"  run {i}: failed ({p.returncode}): {p.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+            continue
+        totals.append(ms)
+        for step, t in re.findall(r"bottle: timing (\S+) (\d+) ms", p.stderr):
+            steps.setdefault(step, []).append(float(t))
+    return totals, steps
+
+
+def engine_of():
+    p = subprocess.run([BOTTLE, "plan", "--vm", "--manifest", MANIFEST, "bench", "--json"], env=ENV, capture_output=True, text=True)
+    try:
+        return json.loads(p.stdout).get("engine") or "qemu-tcg"
+    except json.JSONDecodeError:
+        return "qemu-tcg"
+
+
+def bare_vm(engine):
+    name, _, accel = engine.partition("-")
+    args = ["target/release/examples/boot", "--runs", str(RUNS), "--engine", name, "--guest", GUEST]
+    if name == "qemu":
+        args += ["--accel", accel or "tcg"]
+    p = subprocess.run(args, capture_output=True, text=True)
+    m = re.search(r"boot p50 ms: (\d+)", p.stdout)
+    if not m:
+        sys.exit(f"bare boot failed:\n{p.stdout}\n{p.stderr}")
+    return float(m.group(1))
+
+
+def bundle_rss_kib():
+    p = subprocess.run([BOTTLE, "run", "--vm", "--yes", "--detach", "--manifest", MANIFEST, "bench"], env=ENV, capture_output=True, text=True)
+    ident = re.search(r"identity (\S+)\)", p.stderr).group(1)
+    time.sleep(2)
+    meta = json.load(open(os.path.join(STATE, ident, "metadata.json")))
+    rss = 0
+    for line in open(f"/proc/{meta['bundle_pid']}/status"):
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    subprocess.run([BOTTLE, "stop", ident], env=ENV, capture_output=True)
+    return rss
+
+
+def docker_image():
+    out = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "bottle-tiny"], capture_output=True, text=True).stdout.split()
+    return out[0] if out else None
+
+
+def bare_docker(image, runtime):
+    times = []
+    for _ in range(RUNS):
+        start = time.monotonic()
+        p = subprocess.run(["docker", "run", "--rm", "--network", "none", "--runtime", runtime, image, "/bin/true"], capture_output=True)
+        if p.returncode == 0:
+            times.append((time.monotonic() - start) * 1000)
+    return p50(times)
+
+
+def main():
+    print(f"host: {os.uname().release}, {os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[:3]}; runs per case: {RUNS}")
+    engine = engine_of()
+    print(f"\n== VM ({engine}) ==")
+    bare = bare_vm(engine)
+    totals, steps = run_bottle("--vm")
+    if not totals:
+        sys.exit("no bottle run succeeded")
+    print(f"bare engine, spawn to {'BOTTLE-GUEST-READY'}: p50 {bare:.0f} ms")
+    print(f"bottle run --vm -- true, to exit: p50 {p50(totals):.0f} ms (min {min(totals):.0f}, max {max(totals):.0f})")
+    for step in ["planned", "launched", "agent-ready", "provisioned", "command-done", "torn-down"]:
+        if step in steps:
+            print(f"  {step:>13}: p50 {p50(steps[step]):.0f} ms since start")
+    rss = bundle_rss_kib()
+    print(f"bundle idle RSS: {rss / 1024:.1f} MiB")
+    vm_line = (f"boot p50 ms: {p50(totals):.0f}", f"vm/bare boot ratio: {p50(totals) / bare:.2f}")
+
+    docker_lines = []
+    if os.environ.get("SKIP_DOCKER") != "1" and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        for runtime in ["runc", "runsc"]:
+            totals_d, _ = run_bottle("--docker", runtime)
+            image = docker_image()
+            if not totals_d or not image:
+                print(f"docker {runtime}: no successful run")
+                continue
+            bare_d = bare_docker(image, runtime)
+            print(f"\n== Docker ({runtime}) ==")
+            print(f"bare docker run --rm --network none: p50 {bare_d:.0f} ms")
+            print(f"bottle run --docker -- true: p50 {p50(totals_d):.0f} ms")
+            docker_lines = [f"docker boot p50 ms: {p50(totals_d):.0f}", f"docker/bare boot ratio: {p50(totals_d) / bare_d:.2f}"]
+            print(f"docker {runtime} ratio: {p50(totals_d) / bare_d:.2f}")
+    print()
+    for line in docker_lines:  # the runtime auto picks (runsc when registered) comes last
+        print(line)
+    print(vm_line[0])
+    print(vm_line[1])
+
+
+if __name__ == "__main__":
+    main()
