@@ -165,6 +165,10 @@ impl Dlp<'_> {
         }
     }
 
+    fn finds_anything(&self, data: &[u8]) -> bool {
+        !self.scanner.scan(data).is_empty() || !self.literals.find(data).is_empty()
+    }
+
     /// Scan the request target, headers and decoded body.
     pub fn scan_request(&self, path_and_query: &str, headers: &HeaderMap, body: &[u8]) -> Vec<Hit> {
         let mut hits = Vec::new();
@@ -174,12 +178,23 @@ impl Dlp<'_> {
         if decoded != url {
             self.scan("URL (decoded)", &decoded, &mut hits);
         }
-        for (name, value) in headers {
-            let mut line = Vec::with_capacity(name.as_str().len() + 2 + value.len());
-            line.extend_from_slice(name.as_str().as_bytes());
-            line.extend_from_slice(b": ");
-            line.extend_from_slice(value.as_bytes());
-            self.scan(&format!("header {name}"), &line, &mut hits);
+        // One pass over all header lines; only when it finds something are
+        // the lines scanned one by one to name the header.
+        let lines: Vec<Vec<u8>> = headers
+            .iter()
+            .map(|(name, value)| {
+                let mut line = Vec::with_capacity(name.as_str().len() + 2 + value.len());
+                line.extend_from_slice(name.as_str().as_bytes());
+                line.extend_from_slice(b": ");
+                line.extend_from_slice(value.as_bytes());
+                line
+            })
+            .collect();
+        let block = lines.join(&b'\n');
+        if self.finds_anything(&block) {
+            for ((name, _), line) in headers.iter().zip(&lines) {
+                self.scan(&format!("header {name}"), line, &mut hits);
+            }
         }
         if !body.is_empty() {
             self.scan("body", body, &mut hits);
@@ -265,6 +280,28 @@ mod tests {
             decode("", Bytes::from(vec![1u8; 11]), 10),
             Err(BodyError::TooLarge { cap: 10 })
         );
+    }
+
+    #[test]
+    fn header_findings_name_the_header_they_are_in() {
+        let scanner = Scanner::builtin().unwrap();
+        let literals = Literals::new(&[]);
+        let dlp = Dlp {
+            scanner: &scanner,
+            literals: &literals,
+            route_names: &[],
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", "*/*".parse().unwrap());
+        headers.insert(
+            "x-key",
+            "ghp_FAKEq4LghH8rOvhUGZSBEIMiJI51WbVrk7gN".parse().unwrap(),
+        );
+        let hits = dlp.scan_request("/", &headers, b"");
+        assert!(!hits.is_empty());
+        assert!(hits.iter().all(|h| h.place() == "header x-key"), "{hits:?}");
+        headers.remove("x-key");
+        assert!(dlp.scan_request("/?q=1", &headers, b"{}").is_empty());
     }
 
     #[test]
