@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boot benchmark, bottle next to the bare engine in one run (issue 8, 9):
 #   - bare engine (the vmm `boot` example): spawn to the BOTTLE-GUEST-READY
-#     marker, same kernel and tiny image (with the guest agent), no bottle;
+#     marker, same kernel and busybox image with an init that prints the
+#     marker at once (no agent handshake), no bottle around it;
 #   - `bottle run --vm --yes bench -- true` to its exit, with a breakdown
 #     (planned, launched = bundle ready + VM started, agent ready,
 #     provisioned, command done, torn down) and the bundle's idle RSS;
