@@ -46,6 +46,10 @@ pub enum Mode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmLaunch {
     pub engine: bottle_vmm::EngineChoice,
+    /// The engine the plan already decided from cached probes, if any: the
+    /// bundle then starts it without probing again.
+    #[serde(default)]
+    pub decided: Option<(bottle_vmm::EngineKind, bottle_vmm::Accel)>,
     pub cpus: u8,
     pub memory_mib: u32,
     pub kernel: PathBuf,
@@ -206,10 +210,12 @@ async fn serve_vm(
 ) -> anyhow::Result<()> {
     use bottle_netstack::{Forward, NetConfig};
     let net_listener = bind(&dir.join(files::NET))?;
-    let (engine, selection) =
-        tokio::task::spawn_blocking(move || bottle_vmm::select_engine(vm.engine))
+    let (engine, selection) = match vm.decided {
+        Some((kind, accel)) => decided_engine(kind, accel),
+        None => tokio::task::spawn_blocking(move || bottle_vmm::select_engine(vm.engine))
             .await
-            .context("engine selection panicked")??;
+            .context("engine selection panicked")??,
+    };
     if let Some(warning) = &selection.warning {
         eprintln!("bottle: warning: {warning}");
     }
@@ -301,6 +307,16 @@ async fn serve_vm(
     }
     netstack.request_shutdown();
     Ok(())
+}
+
+/// The engine the plan decided, without probing.
+fn decided_engine(kind: bottle_vmm::EngineKind, accel: bottle_vmm::Accel) -> (Box<dyn bottle_vmm::Engine>, bottle_vmm::Selection) {
+    let engine: Box<dyn bottle_vmm::Engine> = match kind {
+        bottle_vmm::EngineKind::Libkrun => Box::new(bottle_vmm::KrunEngine::new()),
+        bottle_vmm::EngineKind::Qemu => Box::new(bottle_vmm::QemuEngine::new(accel)),
+    };
+    let warning = (accel == bottle_vmm::Accel::Tcg).then(|| bottle_vmm::TCG_WARNING.to_string());
+    (engine, bottle_vmm::Selection { engine: kind, accel, reason: "decided by the plan".to_string(), warning })
 }
 
 /// Bind a unix listener, replacing a stale socket file. Sockets are 0600,

@@ -45,7 +45,7 @@ pub fn stop_process(pid: u32, needle: &str, grace: Duration) {
         if !pid_matches(pid, needle) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
     signal(pid, nix::sys::signal::Signal::SIGKILL);
     for _ in 0..40 {
@@ -285,6 +285,10 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         }
         Err(e) => Err(e.into()),
     };
+    if !detach && plan.backend == "vm" {
+        // Power the guest off first: the VM, then the bundle, exit at once.
+        let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), client.poweroff(false)).await });
+    }
     drop(client);
     self::timing("command-done");
     if detach {

@@ -56,6 +56,22 @@ fn engine_choice(plan: &Plan) -> EngineChoice {
     }
 }
 
+/// The engine and acceleration `prepare` decided (`qemu-tcg`, `libkrun-kvm`…).
+fn decided_engine(plan: &Plan) -> Option<(EngineKind, Accel)> {
+    let (engine, accel) = plan.engine.as_deref()?.split_once('-')?;
+    let engine = match engine {
+        "qemu" => EngineKind::Qemu,
+        "libkrun" => EngineKind::Libkrun,
+        _ => return None,
+    };
+    let accel = match accel {
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        _ => return None,
+    };
+    Some((engine, accel))
+}
+
 impl Backend for VmBackend {
     fn name(&self) -> BackendName {
         BackendName::Vm
@@ -182,6 +198,7 @@ impl Backend for VmBackend {
             identity: plan.identity.clone(),
             mode: Mode::Vm(VmLaunch {
                 engine: engine_choice(plan),
+                decided: decided_engine(plan),
                 cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
                 memory_mib: plan.memory_mib,
                 kernel,
