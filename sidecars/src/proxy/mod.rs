@@ -183,7 +183,7 @@ impl Proxy {
         });
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(1024)
             .build(Connector(upstream.clone()));
         let audit = match &config.audit_path {
             Some(path) => AuditLog::open(path)?,
