@@ -134,7 +134,7 @@ impl Backend for DockerBackend {
                 eprintln!("bottle: importing image {} from {}", image, tar.display());
                 client.import_rootfs(&tar, &image).await?;
             }
-            let runtime = client.choose_runtime(choice).await?;
+            let runtime = choose_runtime_cached(&client, choice).await?;
             eprintln!("bottle: runtime {} ({})", runtime.runtime, runtime.reason);
             let mut spec = AgentContainerSpec::new(
                 &plan.identity,
@@ -214,6 +214,38 @@ impl Backend for DockerBackend {
         .map_err(api)?;
         Ok(())
     }
+}
+
+/// `choose_runtime`, but a passed runsc probe is remembered (per dockerd API
+/// version and runsc registration) so each launch does not start a probe
+/// container first. A failed probe is never cached.
+async fn choose_runtime_cached(client: &DockerClient, choice: RuntimeChoice) -> Result<super::docker::RuntimeSelection, DockerError> {
+    if choice == RuntimeChoice::Runc {
+        return client.choose_runtime(choice).await;
+    }
+    let runtimes = client.runtimes().await?;
+    let key = runtimes.get("runsc").map(|info| {
+        let (major, minor) = client.api_version();
+        format!("api {major}.{minor} | {} {}", info.path, info.args.join(" "))
+    });
+    let cache = bottle_vmm::cache_root().join("docker-runsc-probe.json");
+    if let Some(key) = &key {
+        let cached: Option<String> = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if cached.as_deref() == Some(key.as_str()) {
+            return Ok(super::docker::RuntimeSelection {
+                runtime: super::docker::Runtime::Runsc,
+                reason: "gVisor (runsc) is registered and its probe passed before".to_string(),
+            });
+        }
+    }
+    let selection = client.choose_runtime(choice).await?;
+    if let (super::docker::Runtime::Runsc, Some(key)) = (selection.runtime, key) {
+        if let Ok(bytes) = serde_json::to_vec(&key) {
+            let _ = std::fs::create_dir_all(bottle_vmm::cache_root());
+            let _ = crate::state::write_atomic(&cache, &bytes);
+        }
+    }
+    Ok(selection)
 }
 
 /// Remove the containers of an identity (orphans found by `enumerate`).
