@@ -310,13 +310,24 @@ async fn serve_vm(
 }
 
 /// The engine the plan decided, without probing.
-fn decided_engine(kind: bottle_vmm::EngineKind, accel: bottle_vmm::Accel) -> (Box<dyn bottle_vmm::Engine>, bottle_vmm::Selection) {
+fn decided_engine(
+    kind: bottle_vmm::EngineKind,
+    accel: bottle_vmm::Accel,
+) -> (Box<dyn bottle_vmm::Engine>, bottle_vmm::Selection) {
     let engine: Box<dyn bottle_vmm::Engine> = match kind {
         bottle_vmm::EngineKind::Libkrun => Box::new(bottle_vmm::KrunEngine::new()),
         bottle_vmm::EngineKind::Qemu => Box::new(bottle_vmm::QemuEngine::new(accel)),
     };
     let warning = (accel == bottle_vmm::Accel::Tcg).then(|| bottle_vmm::TCG_WARNING.to_string());
-    (engine, bottle_vmm::Selection { engine: kind, accel, reason: "decided by the plan".to_string(), warning })
+    (
+        engine,
+        bottle_vmm::Selection {
+            engine: kind,
+            accel,
+            reason: "decided by the plan".to_string(),
+            warning,
+        },
+    )
 }
 
 /// Bind a unix listener, replacing a stale socket file. Sockets are 0600,

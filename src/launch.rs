@@ -287,7 +287,9 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     };
     if !detach && plan.backend == "vm" {
         // Power the guest off first: the VM, then the bundle, exit at once.
-        let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), client.poweroff(false)).await });
+        let _ = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), client.poweroff(false)).await
+        });
     }
     drop(client);
     self::timing("command-done");

@@ -219,18 +219,27 @@ impl Backend for DockerBackend {
 /// `choose_runtime`, but a passed runsc probe is remembered (per dockerd API
 /// version and runsc registration) so each launch does not start a probe
 /// container first. A failed probe is never cached.
-async fn choose_runtime_cached(client: &DockerClient, choice: RuntimeChoice) -> Result<super::docker::RuntimeSelection, DockerError> {
+async fn choose_runtime_cached(
+    client: &DockerClient,
+    choice: RuntimeChoice,
+) -> Result<super::docker::RuntimeSelection, DockerError> {
     if choice == RuntimeChoice::Runc {
         return client.choose_runtime(choice).await;
     }
     let runtimes = client.runtimes().await?;
     let key = runtimes.get("runsc").map(|info| {
         let (major, minor) = client.api_version();
-        format!("api {major}.{minor} | {} {}", info.path, info.args.join(" "))
+        format!(
+            "api {major}.{minor} | {} {}",
+            info.path,
+            info.args.join(" ")
+        )
     });
     let cache = bottle_vmm::cache_root().join("docker-runsc-probe.json");
     if let Some(key) = &key {
-        let cached: Option<String> = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let cached: Option<String> = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if cached.as_deref() == Some(key.as_str()) {
             return Ok(super::docker::RuntimeSelection {
                 runtime: super::docker::Runtime::Runsc,

@@ -45,7 +45,8 @@ impl HostPattern {
         if rest.contains('*') {
             return Err(HostPatternError::MisplacedWildcard(raw.to_string()));
         }
-        let name = normalize_host(rest).map_err(|why| HostPatternError::InvalidName(raw.to_string(), why))?;
+        let name = normalize_host(rest)
+            .map_err(|why| HostPatternError::InvalidName(raw.to_string(), why))?;
         if name.parse::<std::net::Ipv4Addr>().is_ok() || looks_numeric(&name) {
             return Err(HostPatternError::IpAddress(raw.to_string()));
         }
@@ -113,7 +114,10 @@ pub fn normalize_host(raw: &str) -> Result<String, &'static str> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err("label starts or ends with `-`");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err("only letters, digits, `-` and `_` are allowed");
         }
     }
@@ -174,14 +178,41 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused_with_a_reason() {
-        assert!(matches!(HostPattern::parse(""), Err(HostPatternError::Empty)));
-        assert!(matches!(HostPattern::parse("https://x.com"), Err(HostPatternError::NotABareHost(_))));
-        assert!(matches!(HostPattern::parse("x.com:443"), Err(HostPatternError::NotABareHost(_))));
-        assert!(matches!(HostPattern::parse("a.*.com"), Err(HostPatternError::MisplacedWildcard(_))));
-        assert!(matches!(HostPattern::parse("-bad.com"), Err(HostPatternError::InvalidName(..))));
-        assert!(matches!(HostPattern::parse("10.0.0.1"), Err(HostPatternError::IpAddress(_))));
-        assert!(matches!(HostPattern::parse("127.1"), Err(HostPatternError::IpAddress(_))));
-        assert!(matches!(HostPattern::parse("0x7f000001"), Err(HostPatternError::IpAddress(_))));
-        assert!(matches!(HostPattern::parse("a b.com"), Err(HostPatternError::InvalidName(..))));
+        assert!(matches!(
+            HostPattern::parse(""),
+            Err(HostPatternError::Empty)
+        ));
+        assert!(matches!(
+            HostPattern::parse("https://x.com"),
+            Err(HostPatternError::NotABareHost(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("x.com:443"),
+            Err(HostPatternError::NotABareHost(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("a.*.com"),
+            Err(HostPatternError::MisplacedWildcard(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("-bad.com"),
+            Err(HostPatternError::InvalidName(..))
+        ));
+        assert!(matches!(
+            HostPattern::parse("10.0.0.1"),
+            Err(HostPatternError::IpAddress(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("127.1"),
+            Err(HostPatternError::IpAddress(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("0x7f000001"),
+            Err(HostPatternError::IpAddress(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("a b.com"),
+            Err(HostPatternError::InvalidName(..))
+        ));
     }
 }

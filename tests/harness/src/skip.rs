@@ -38,9 +38,8 @@ pub fn have_program(name: &str) -> bool {
     if name.contains('/') {
         return Path::new(name).is_file();
     }
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// `require` for a list of programs, naming the Debian packages that provide them.
@@ -48,7 +47,10 @@ pub fn have_program(name: &str) -> bool {
 pub fn require_programs(programs: &[(&str, &str)]) -> bool {
     for (program, package) in programs {
         if !have_program(program) {
-            return require(false, &format!("`{program}` not found (apt-get install {package})"));
+            return require(
+                false,
+                &format!("`{program}` not found (apt-get install {package})"),
+            );
         }
     }
     true
