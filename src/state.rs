@@ -349,7 +349,7 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
-    fn meta(identity: &str) -> Metadata {
+    pub(super) fn meta(identity: &str) -> Metadata {
         Metadata {
             version: METADATA_VERSION,
             identity: identity.into(),
@@ -464,7 +464,7 @@ mod concurrency_tests {
         }
         let root = tempfile::tempdir().unwrap();
         let dir = StateDir::create(root.path(), "s-stres").unwrap();
-        let mut meta = tests_meta("s-stres");
+        let mut meta = super::tests::meta("s-stres");
         meta.command.clear();
         dir.write_metadata(&meta).unwrap();
         let exe = std::env::current_exe().unwrap();
@@ -487,23 +487,5 @@ mod concurrency_tests {
         }
         let meta = dir.read_metadata().unwrap();
         assert_eq!(meta.command.len(), 2 * ROUNDS, "an update was lost");
-    }
-
-    fn tests_meta(identity: &str) -> Metadata {
-        Metadata {
-            version: METADATA_VERSION,
-            identity: identity.into(),
-            agent: "s".into(),
-            bottle: "b".into(),
-            cwd: "/".into(),
-            backend: "vm".into(),
-            engine: None,
-            started_at: now_rfc3339(),
-            status: Status::Running,
-            bundle_pid: None,
-            vm_pid: None,
-            container_id: None,
-            command: vec![],
-        }
     }
 }

@@ -162,16 +162,7 @@ fn killing_the_bundle_fails_closed_and_stop_removes_everything() {
         return;
     }
     let sb = Sandbox::new();
-    let m = sb.manifest(&manifest("runc", ""));
-    let out = sb
-        .bottle()
-        .args(["run", "--docker", "--yes", "--detach", "--manifest"])
-        .arg(&m)
-        .args(["a"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let id = identity_from(&stderr(&out));
+    let id = sb.run_detached("--docker", &manifest("runc", ""));
     let ls = stdout(&sb.run(&["ls"]));
     assert!(
         ls.starts_with(&format!("docker\t{id}\ta\trunning\t")),
@@ -184,10 +175,7 @@ fn killing_the_bundle_fails_closed_and_stop_removes_everything() {
         "the proxy answers while the bundle lives: {}",
         stdout(&exec)
     );
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(sb.state_dir().join(&id).join("metadata.json")).unwrap(),
-    )
-    .unwrap();
+    let meta = sb.metadata(&id);
     let bundle = meta["bundle_pid"].as_u64().unwrap();
     Command::new("kill")
         .args(["-9", &bundle.to_string()])

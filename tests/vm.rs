@@ -205,22 +205,9 @@ fn detached_bottle_is_listed_execs_and_stops_leaving_nothing() {
         return;
     }
     let sb = Sandbox::new();
-    let m = sb.manifest(TINY);
-    let out = sb
-        .bottle()
-        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
-        .arg(&m)
-        .args(["a"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = sb.run_detached("--vm", TINY);
     let ls = stdout(&sb.run(&["ls"]));
-    let identity = ls
-        .split('\t')
-        .nth(1)
-        .expect("one bottle listed")
-        .to_string();
-    assert!(ls.starts_with("vm\ta-"), "{ls}");
+    assert!(ls.starts_with(&format!("vm\t{identity}\ta\t")), "{ls}");
     assert!(ls.contains("\trunning\t"), "{ls}");
     let exec = sb.run(&["exec", &identity, "--", "/bin/sh", "-c", "hostname; exit 4"]);
     assert_eq!(exec.status.code(), Some(4), "{}", stderr(&exec));
@@ -237,20 +224,8 @@ fn kill_9_of_the_bundle_takes_the_vm_down_and_cleanup_removes_the_state() {
         return;
     }
     let sb = Sandbox::new();
-    let m = sb.manifest(TINY);
-    let out = sb
-        .bottle()
-        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
-        .arg(&m)
-        .args(["a"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let identity = sb.state_entries().pop().expect("state dir");
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(sb.state_dir().join(&identity).join("metadata.json")).unwrap(),
-    )
-    .unwrap();
+    let identity = sb.run_detached("--vm", TINY);
+    let meta = sb.metadata(&identity);
     let bundle = meta["bundle_pid"].as_u64().unwrap();
     let vm = meta["vm_pid"].as_u64().unwrap();
     assert!(std::path::Path::new(&format!("/proc/{vm}")).exists());
@@ -284,19 +259,8 @@ fn two_bottles_at_once_have_their_own_identity_and_network() {
         return;
     }
     let sb = Sandbox::new();
-    let m = sb.manifest(TINY);
-    for _ in 0..2 {
-        let out = sb
-            .bottle()
-            .args(["run", "--vm", "--yes", "--detach", "--manifest"])
-            .arg(&m)
-            .args(["a"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-    let ids = sb.state_entries();
-    assert_eq!(ids.len(), 2);
+    let ids = [sb.run_detached("--vm", TINY), sb.run_detached("--vm", TINY)];
+    assert_eq!(sb.state_entries().len(), 2);
     assert_ne!(ids[0], ids[1]);
     for id in &ids {
         let net = sb.state_dir().join(id).join("net.sock");

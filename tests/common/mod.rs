@@ -55,6 +55,31 @@ impl Sandbox {
         self.bottle().args(args).output().expect("run bottle")
     }
 
+    /// `bottle run BACKEND --yes --detach` of agent `a` in `manifest`; the identity.
+    pub fn run_detached(&self, backend: &str, manifest: &str) -> String {
+        let m = self.manifest(manifest);
+        let out = self
+            .bottle()
+            .args(["run", backend, "--yes", "--detach", "--manifest"])
+            .arg(&m)
+            .arg("a")
+            .output()
+            .expect("run bottle");
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        err.split("(identity ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .expect("identity in the plan")
+            .to_string()
+    }
+
+    /// A running bottle's metadata.
+    pub fn metadata(&self, identity: &str) -> serde_json::Value {
+        let path = self.state_dir().join(identity).join("metadata.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
     /// Identities with a state directory.
     pub fn state_entries(&self) -> Vec<String> {
         match std::fs::read_dir(self.state_dir()) {
