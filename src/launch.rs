@@ -222,10 +222,22 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     };
     let timing = std::time::Instant::now();
     self::timing("planned");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // From here on SIGINT/SIGTERM/SIGHUP tear the bottle down instead of
+    // killing this process half way and leaving a VM or container behind.
+    let mut interrupts = runtime.block_on(async { Interrupts::new() })?;
     if let Err(e) = backend.launch(plan, &dir) {
         return Err(fail(
             anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
         ));
+    }
+    if let Some(signal) = runtime.block_on(interrupts.pending()) {
+        return Err(fail(anyhow::anyhow!(
+            "interrupted by {signal} while launching; stopped and removed {}",
+            plan.identity
+        )));
     }
     self::timing("launched");
     eprintln!(
@@ -233,10 +245,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         plan.identity,
         timing.elapsed().as_millis()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let ready = runtime.block_on(async {
+    let ready = runtime.block_on(interrupts.guard(async {
         let client =
             bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
         wait_for_guest(&client, &dir).await?;
@@ -248,7 +257,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         let ca = crate::provision::read_ca(dir.path())?;
         crate::provision::provision(&client, plan, &ca).await?;
         anyhow::Ok(client)
-    });
+    }));
     let client = match ready {
         Ok(c) => c,
         Err(e) => {
@@ -281,7 +290,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let code = match serde_json::to_vec(&session) {
         Ok(bytes) => {
             state::write_atomic(&dir.file(SESSION_FILE), &bytes)?;
-            runtime.block_on(run_session(&client, &session, plan.command.clone()))
+            runtime.block_on(interrupts.guard(run_session(&client, &session, plan.command.clone())))
         }
         Err(e) => Err(e.into()),
     };
@@ -305,6 +314,52 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         self::timing("torn-down");
     }
     code
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught so that a launch can clean up.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+
+    /// A signal that already arrived, if any.
+    async fn pending(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            biased;
+            signal = self.recv() => Some(signal),
+            _ = std::future::ready(()) => None,
+        }
+    }
+
+    /// Run `fut`, or fail when a signal arrives first.
+    async fn guard<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            result = fut => result,
+            signal = self.recv() => Err(anyhow::anyhow!("interrupted by {signal}")),
+        }
+    }
 }
 
 /// Wait for the guest agent, giving up early when the bundle (and so the VM) is gone.

@@ -280,3 +280,47 @@ fn two_bottles_at_once_have_their_own_identity_and_network() {
     }
     assert_nothing_left(&sb);
 }
+
+#[test]
+fn interrupting_bottle_run_tears_the_bottle_down() {
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let mut child = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--manifest"])
+        .arg(&m)
+        .args(["a", "--", "sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the agent's command runs, then interrupt as a Ctrl-C would.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = sb.state_entries().first().is_some_and(|id| {
+            std::fs::read_to_string(sb.state_dir().join(id).join("metadata.json"))
+                .is_ok_and(|m| m.contains("\"running\""))
+        });
+        if running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bottle never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("interrupted by SIGINT"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_left(&sb);
+}
