@@ -289,7 +289,7 @@ fn interrupting_bottle_run_tears_the_bottle_down() {
     }
     let sb = Sandbox::new();
     let m = sb.manifest(TINY);
-    let mut child = sb
+    let child = sb
         .bottle()
         .args(["run", "--vm", "--yes", "--manifest"])
         .arg(&m)
