@@ -212,6 +212,35 @@ fn detached_bottle_is_listed_execs_and_stops_leaving_nothing() {
     let exec = sb.run(&["exec", &identity, "--", "/bin/sh", "-c", "hostname; exit 4"]);
     assert_eq!(exec.status.code(), Some(4), "{}", stderr(&exec));
     assert_eq!(stdout(&exec).trim(), identity);
+    // The proxy's decision is in the bottle's audit log, hash chain verified.
+    let ask = "wget -q -O - http://unlisted.example/path 2>&1 | head -n1; wget -q -O - http://second.example/ >/dev/null 2>&1";
+    let denied = sb.run(&["exec", &identity, "--", "/bin/sh", "-c", ask]);
+    assert!(stdout(&denied).contains("403"), "{}", stdout(&denied));
+    let logs = sb.run(&["logs", &identity]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let line = stdout(&logs)
+        .lines()
+        .find(|l| l.contains("unlisted.example"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no audit line for the request:\n{}", stdout(&logs)));
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["identity"], identity.as_str());
+    // Tampering with a line shows (each later line carries its hash).
+    let audit = sb.state_dir().join(&identity).join("audit.jsonl");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    std::fs::write(
+        &audit,
+        text.replacen("unlisted.example", "harmless.example", 1),
+    )
+    .unwrap();
+    let tampered = sb.run(&["logs", &identity]);
+    assert_eq!(tampered.status.code(), Some(1), "{}", stdout(&tampered));
+    assert!(
+        stderr(&tampered).contains("failed verification"),
+        "{}",
+        stderr(&tampered)
+    );
     let stop = sb.run(&["stop", &identity]);
     assert!(stop.status.success(), "{}", stderr(&stop));
     assert_nothing_left(&sb);
