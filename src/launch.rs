@@ -301,6 +301,10 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         });
     }
     drop(client);
+    // The attach helper reads stdin on a blocking thread that only returns at
+    // the next key press; do not wait for it.
+    drop(interrupts);
+    runtime.shutdown_background();
     self::timing("command-done");
     if detach {
         eprintln!(
@@ -439,11 +443,15 @@ pub fn run_in(dir: &StateDir, meta: &Metadata, command: Vec<String>) -> anyhow::
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let client =
             bottle_guest::host::Client::connect(&dir.file(crate::bundle::files::CONTROL)).await?;
         run_session(&client, &session, command).await
-    })
+    });
+    // The attach helper reads stdin on a blocking thread that only returns at
+    // the next key press; do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 /// How commands run in a bottle (environment, directory), kept for `exec` and `attach`.

@@ -353,3 +353,94 @@ fn interrupting_bottle_run_tears_the_bottle_down() {
     );
     assert_nothing_left(&sb);
 }
+
+#[test]
+fn exec_on_a_terminal_gets_a_pty_and_follows_resizes() {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let identity = sb.run_detached("--vm", TINY);
+    // A pseudo-terminal the `bottle exec` process gets as its stdio.
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let slave_path = ptsname_r(&master).unwrap();
+    let stty = |rows: u16, cols: u16| {
+        let ok = std::process::Command::new("stty")
+            .args([
+                "-F",
+                &slave_path,
+                "rows",
+                &rows.to_string(),
+                "cols",
+                &cols.to_string(),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "stty on {slave_path}");
+    };
+    stty(24, 80);
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    let child = sb
+        .bottle()
+        .args([
+            "exec",
+            &identity,
+            "--",
+            "/bin/sh",
+            "-c",
+            "stty size; sleep 3; stty size; tty",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut reader = master;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |seen: &mut String, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => seen.push_str(&chunk),
+                Err(_) => panic!("`{what}` never appeared on the terminal:\n{seen}"),
+            }
+        }
+    };
+    wait_for(&mut seen, "24 80");
+    // Resize the terminal as a window manager would, then tell bottle.
+    stty(40, 100);
+    std::process::Command::new("kill")
+        .args(["-WINCH", &child.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for(&mut seen, "40 100");
+    wait_for(&mut seen, "/dev/pts/");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{seen}");
+    assert!(sb.run(&["stop", &identity]).status.success());
+    assert_nothing_left(&sb);
+}
