@@ -134,6 +134,27 @@ impl Proxy {
         resp
     }
 
+    /// Refuse (audit line + rate-limited log) when the SNI the client sent
+    /// does not fit the CONNECT target; true when refused.
+    fn refuse_sni_mismatch(&self, peer: &str, target: &Target, sni: Option<&str>) -> bool {
+        match Self::sni_refusal(target, sni) {
+            Some(refusal) => {
+                self.record(
+                    peer,
+                    "CONNECT",
+                    &target.authority(),
+                    "",
+                    "deny",
+                    &refusal.rule,
+                    0,
+                );
+                self.log.warn(format_args!("{}", refusal.message));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the SNI the client sent fits the CONNECT target.
     fn sni_refusal(target: &Target, sni: Option<&str>) -> Option<Refusal> {
         let ok = match (sni, target.ip) {
@@ -172,17 +193,8 @@ impl Proxy {
             }
         };
         let hello = start.client_hello();
-        if let Some(refusal) = Self::sni_refusal(&target, hello.server_name()) {
-            self.record(
-                &peer,
-                "CONNECT",
-                &target.authority(),
-                "",
-                "deny",
-                &refusal.rule,
-                0,
-            );
-            return self.log.warn(format_args!("{}", refusal.message));
+        if self.refuse_sni_mismatch(&peer, &target, hello.server_name()) {
+            return;
         }
         let offers_h2 = self.http2
             && hello
@@ -331,17 +343,8 @@ impl Proxy {
                 }
             }
         };
-        if let Some(refusal) = Self::sni_refusal(&target, sni.as_deref()) {
-            self.record(
-                &peer,
-                "CONNECT",
-                &target.authority(),
-                "",
-                "deny",
-                &refusal.rule,
-                0,
-            );
-            return self.log.warn(format_args!("{}", refusal.message));
+        if self.refuse_sni_mismatch(&peer, &target, sni.as_deref()) {
+            return;
         }
         let mut upstream = match self
             .upstream
