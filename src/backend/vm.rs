@@ -28,9 +28,22 @@ fn boot_assets() -> Result<(PathBuf, PathBuf), (String, String)> {
     Ok((kernel, initramfs))
 }
 
+/// An engine's version, asked once per process: planning needs it for the
+/// availability check and for each cached-probe key, and asking QEMU means
+/// spawning `qemu-system-x86_64 --version`.
+fn engine_version(engine: EngineKind) -> Result<String, String> {
+    static QEMU: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    static KRUN: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let cell = match engine {
+        EngineKind::Qemu => &QEMU,
+        EngineKind::Libkrun => &KRUN,
+    };
+    cell.get_or_init(|| probe::engine_version(engine)).clone()
+}
+
 /// A probe result only if one is cached (planning must not boot anything).
 fn cached_probe(engine: EngineKind, accel: Accel, kernel: &std::path::Path) -> Option<ProbeResult> {
-    let version = match probe::engine_version(engine) {
+    let version = match engine_version(engine) {
         Ok(v) => v,
         Err(why) => {
             return Some(ProbeResult {
@@ -82,8 +95,8 @@ impl Backend for VmBackend {
             Ok(a) => a,
             Err((why, fix)) => return Availability::Unavailable { why, fix },
         };
-        let qemu = probe::engine_version(EngineKind::Qemu);
-        let krun = probe::engine_version(EngineKind::Libkrun);
+        let qemu = engine_version(EngineKind::Qemu);
+        let krun = engine_version(EngineKind::Libkrun);
         match (&qemu, &krun) {
             (Err(q), Err(k)) => Availability::Unavailable {
                 why: format!("no VM engine: qemu: {q}; libkrun: {k}"),
@@ -129,7 +142,7 @@ impl Backend for VmBackend {
             } else {
                 cached_probe(EngineKind::Qemu, Accel::Kvm, k)?
             };
-            let qemu_present = probe::engine_version(EngineKind::Qemu).map(|_| ());
+            let qemu_present = engine_version(EngineKind::Qemu).map(|_| ());
             bottle_vmm::select::decide(choice, &|| krun.clone(), &|| kvm.clone(), qemu_present).ok()
         });
         match decided {
