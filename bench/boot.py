@@ -16,11 +16,15 @@ def p50(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def run_bottle(backend, runtime=None):
+def run_bottle(backend, runtime=None, image=None):
     manifest = MANIFEST
-    if runtime:
-        text = open(MANIFEST).read().replace('runtime = "auto"', f'runtime = "{runtime}"')
-        manifest = os.path.join(STATE, f"boot-{runtime}.toml")
+    if runtime or image:
+        text = open(MANIFEST).read()
+        if runtime:
+            text = text.replace('runtime = "auto"', f'runtime = "{runtime}"')
+        if image:
+            text = text.replace('image = "tiny"', f'image = "{image}"')
+        manifest = os.path.join(STATE, f"boot-{runtime or 'vm'}-{image or 'tiny'}.toml")
         open(manifest, "w").write(text)
     totals, steps = [], {}
     for i in range(RUNS):
@@ -35,6 +39,26 @@ def run_bottle(backend, runtime=None):
         for step, t in re.findall(r"bottle: timing (\S+) (\d+) ms", p.stderr):
             steps.setdefault(step, []).append(float(t))
     return totals, steps
+
+
+STEPS = ["planned", "launched", "agent-ready", "provision-ca", "provision-env", "provision-prompt",
+         "provision-skills", "provision-workspace", "provision-git", "provision-settings",
+         "provisioned", "command-done", "torn-down"]
+
+
+def print_steps(steps):
+    """Each step's p50 since start, and how long it took after the previous one."""
+    prev = 0.0
+    for step in STEPS:
+        if step in steps:
+            at = p50(steps[step])
+            print(f"  {step:>19}: p50 {at:6.0f} ms since start  (+{at - prev:5.0f} ms)")
+            prev = at
+
+
+def debian_built():
+    p = subprocess.run([BOTTLE, "image", "ls"], env=ENV, capture_output=True, text=True)
+    return any(l.split("\t")[:1] == ["debian"] and "\tyes\t" in l for l in p.stdout.splitlines())
 
 
 def engine_of():
@@ -97,12 +121,26 @@ def main():
         sys.exit("no bottle run succeeded")
     print(f"bare engine, spawn to {'BOTTLE-GUEST-READY'}: p50 {bare:.0f} ms")
     print(f"bottle run --vm -- true, to exit: p50 {p50(totals):.0f} ms (min {min(totals):.0f}, max {max(totals):.0f})")
-    for step in ["planned", "launched", "agent-ready", "provisioned", "command-done", "torn-down"]:
-        if step in steps:
-            print(f"  {step:>13}: p50 {p50(steps[step]):.0f} ms since start")
+    print_steps(steps)
     rss = bundle_rss_kib()
     print(f"bundle idle RSS: {rss / 1024:.1f} MiB")
     vm_line = (f"boot p50 ms: {p50(totals):.0f}", f"vm/bare boot ratio: {p50(totals) / bare:.2f}")
+
+    # What users run: the Debian image, same run, same engine.
+    debian_line = None
+    if os.environ.get("SKIP_DEBIAN") == "1":
+        print("\n(Debian image skipped: SKIP_DEBIAN=1)")
+    elif not debian_built():
+        print("\n(Debian image not built for this bottle: `bottle image build debian`; skipped)")
+    else:
+        totals_deb, steps_deb = run_bottle("--vm", image="debian")
+        print(f"\n== VM ({engine}), Debian image ==")
+        if totals_deb:
+            print(f"bottle run --vm -- true (debian), to exit: p50 {p50(totals_deb):.0f} ms (min {min(totals_deb):.0f}, max {max(totals_deb):.0f})")
+            print_steps(steps_deb)
+            debian_line = f"debian/tiny boot ratio: {p50(totals_deb) / p50(totals):.2f}"
+        else:
+            print("no Debian run succeeded")
 
     docker_lines = []
     if os.environ.get("SKIP_DOCKER") != "1" and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
@@ -123,6 +161,8 @@ def main():
         print(line)
     print(vm_line[0])
     print(vm_line[1])
+    if debian_line:
+        print(debian_line)
 
 
 if __name__ == "__main__":

@@ -25,19 +25,38 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// `--vm` / `--docker`.
+/// `--vm` / `--docker`, and the engine or runtime within the backend.
 #[derive(Debug, Args, Clone, Copy, Default)]
-#[group(multiple = false)]
 pub struct BackendFlags {
     /// Run in a microVM (libkrun, or QEMU microvm).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "docker")]
     pub vm: bool,
     /// Run in a Docker container with no network (runc or gVisor).
     #[arg(long)]
     pub docker: bool,
     /// VM engine (overrides the manifest's `[bottles.NAME.vm] engine`).
-    #[arg(long, value_enum, value_name = "ENGINE")]
+    #[arg(long, value_enum, value_name = "ENGINE", conflicts_with_all = ["docker", "runtime"])]
     pub engine: Option<EngineArg>,
+    /// Docker runtime (overrides the manifest's `[bottles.NAME.docker] runtime`).
+    #[arg(long, value_enum, value_name = "RUNTIME", conflicts_with = "vm")]
+    pub runtime: Option<RuntimeArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RuntimeArg {
+    Auto,
+    Runc,
+    Runsc,
+}
+
+impl From<RuntimeArg> for crate::manifest::DockerRuntime {
+    fn from(r: RuntimeArg) -> Self {
+        match r {
+            RuntimeArg::Auto => Self::Auto,
+            RuntimeArg::Runc => Self::Runc,
+            RuntimeArg::Runsc => Self::Runsc,
+        }
+    }
 }
 
 impl BackendFlags {
@@ -144,6 +163,9 @@ pub enum Command {
     /// Internal: one libkrun VM in this process (`krun_start_enter` never returns).
     #[command(name = "__krun", hide = true)]
     Krun { spec_json: String },
+    /// Internal: holds a detached bottle's agent session (`bottle run --detach`).
+    #[command(name = "__session", hide = true)]
+    Session { state_dir: PathBuf },
     /// Internal: git-gate's pre-receive hook.
     #[command(name = "__git-hook", hide = true)]
     GitHook {
@@ -180,6 +202,24 @@ mod tests {
     #[test]
     fn vm_and_docker_flags_conflict() {
         assert!(Cli::try_parse_from(["bottle", "run", "--vm", "--docker", "demo"]).is_err());
+    }
+
+    #[test]
+    fn engine_goes_with_vm_and_runtime_with_docker() {
+        let ok = |args: &[&str]| {
+            let mut v = vec!["bottle", "run"];
+            v.extend_from_slice(args);
+            v.push("demo");
+            Cli::try_parse_from(v).is_ok()
+        };
+        assert!(ok(&["--vm", "--engine", "libkrun"]));
+        assert!(ok(&["--engine", "qemu"]));
+        assert!(ok(&["--docker", "--runtime", "runsc"]));
+        assert!(ok(&["--runtime", "runc"]));
+        assert!(!ok(&["--docker", "--engine", "qemu"]));
+        assert!(!ok(&["--vm", "--runtime", "runc"]));
+        assert!(!ok(&["--engine", "qemu", "--runtime", "runc"]));
+        assert!(!ok(&["--runtime", "crun"]));
     }
 
     #[test]

@@ -38,36 +38,113 @@ pub fn root_disk(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The built-in images a manifest's `image` can name.
+pub const IMAGE_NAMES: &[&str] = &["tiny", "debian", "claude"];
+
+/// An image's definition: what is built, and so the key it is found by.
+#[derive(Debug, Clone)]
+pub enum ImageDef {
+    /// busybox + the guest agent, as an initramfs.
+    Tiny,
+    /// A Debian root image (`claude` is the Debian image with Claude Code).
+    Debian(bottle_vmm::image::DebianOpts),
+}
+
+/// The definition of the image a manifest calls `name`.
+pub fn definition(name: &str) -> anyhow::Result<ImageDef> {
+    match name {
+        "tiny" => Ok(ImageDef::Tiny),
+        "debian" => Ok(ImageDef::Debian(bottle_vmm::image::DebianOpts::default())),
+        "claude" => Ok(ImageDef::Debian(bottle_vmm::image::DebianOpts {
+            name: "claude".into(),
+            claude: true,
+            ..Default::default()
+        })),
+        other => anyhow::bail!(
+            "unknown image `{other}`: the images are {}",
+            IMAGE_NAMES
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The directory of image `name` built from exactly its definition and this
+/// binary's guest agent: found by key, never by name and age, so a probe
+/// image or a build for another guest agent is never taken for it.
+pub fn image_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let def = definition(name)?;
+    let guest = guest_binary()?;
+    let found = match &def {
+        ImageDef::Tiny => bottle_vmm::image::find_tiny(Some(&guest))?
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+        ImageDef::Debian(opts) => bottle_vmm::image::find_debian(opts, &guest)?,
+    };
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "image `{name}` is not built for this bottle's guest agent; run `bottle image build {name}`"
+        )
+    })
+}
+
+/// The tiny initramfs every VM boots (it switches to a root disk when the
+/// bottle's image has one).
+pub fn tiny_initramfs() -> anyhow::Result<PathBuf> {
+    Ok(image_dir("tiny")?.join(bottle_vmm::image::INITRAMFS))
+}
+
+/// Builds image `name` (cached by its definition); returns its directory.
+pub fn build(name: &str) -> anyhow::Result<PathBuf> {
+    let guest = guest_binary()?;
+    match definition(name)? {
+        ImageDef::Tiny => {
+            let initramfs = bottle_vmm::image::ensure_tiny(Some(&guest))?;
+            Ok(initramfs
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or(initramfs))
+        }
+        ImageDef::Debian(opts) => Ok(bottle_vmm::image::build_debian(
+            &opts,
+            &guest,
+            &mut |line| eprintln!("image: {line}"),
+        )?),
+    }
+}
+
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     let store = bottle_vmm::image::ImageStore::open();
     match cmd {
         ImageCommand::Build { name, claude } => {
-            let guest = guest_binary()?;
-            let out = match name.as_str() {
-                "tiny" => bottle_vmm::image::ensure_tiny(Some(&guest))?,
-                "debian" => {
-                    let opts = bottle_vmm::image::DebianOpts {
-                        claude,
-                        ..Default::default()
-                    };
-                    bottle_vmm::image::build_debian(&opts, &guest, &mut |line| {
-                        eprintln!("image: {line}")
-                    })?
-                }
-                other => {
-                    anyhow::bail!("unknown image `{other}`: the images are `tiny` and `debian`")
-                }
+            let name = match (name.as_str(), claude) {
+                ("debian", true) => "claude".to_string(),
+                (_, true) => anyhow::bail!("--claude adds Claude Code to the `debian` image (the result is the `claude` image)"),
+                _ => name,
             };
-            print(&format!("built {name}: {}\n", out.display()))
+            let dir = build(&name)?;
+            print(&format!("built {name}: {}\n", dir.display()))
         }
         ImageCommand::Ls => {
-            let mut out = String::new();
+            // Which build each bottle of this binary would use.
+            let current: Vec<PathBuf> = IMAGE_NAMES
+                .iter()
+                .filter_map(|n| image_dir(n).ok())
+                .collect();
+            let mut out = String::from("NAME\tKEY\tSIZE\tIN USE\tPURPOSE\tDIR\n");
             for i in store.list()? {
                 out.push_str(&format!(
-                    "{}\t{}\t{} MiB\t{}\n",
+                    "{}\t{}\t{} MiB\t{}\t{}\t{}\n",
                     i.name,
                     i.key,
                     i.size_bytes / (1024 * 1024),
+                    if current.contains(&i.dir) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    i.purpose,
                     i.dir.display()
                 ));
             }
@@ -87,15 +164,14 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
 }
 
 /// A root filesystem tarball of a built image, for the Docker backend: the
-/// same bits the VM boots. `debian` ships one; for `tiny` it is converted
-/// from the initramfs once and kept next to it.
+/// same bits the VM boots. Debian images ship one; for `tiny` it is
+/// converted from the initramfs once and kept next to it.
 pub fn rootfs_tar(name: &str) -> anyhow::Result<PathBuf> {
-    match name {
-        "tiny" => {
-            let initramfs = bottle_vmm::image::find_tiny().ok_or_else(|| {
-                anyhow::anyhow!("the tiny image is not built; run `bottle image build tiny`")
-            })?;
-            let tar = initramfs.with_file_name("rootfs.tar");
+    let dir = image_dir(name)?;
+    match definition(name)? {
+        ImageDef::Tiny => {
+            let initramfs = dir.join(bottle_vmm::image::INITRAMFS);
+            let tar = dir.join("rootfs.tar");
             if !tar.is_file() {
                 cpio_gz_to_tar(&initramfs, &tar).with_context(|| {
                     format!("cannot convert {} to a tarball", initramfs.display())
@@ -103,9 +179,7 @@ pub fn rootfs_tar(name: &str) -> anyhow::Result<PathBuf> {
             }
             Ok(tar)
         }
-        other => bottle_vmm::image::export_rootfs_tar(other).with_context(|| {
-            format!("image `{other}` is not built; run `bottle image build {other}`")
-        }),
+        ImageDef::Debian(_) => Ok(bottle_vmm::image::export_rootfs_tar(&dir)?),
     }
 }
 

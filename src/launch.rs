@@ -62,6 +62,7 @@ pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
         "docker" => BackendName::Docker,
         _ => BackendName::Vm,
     };
+    crate::detached::stop(dir);
     let result = backend_for(backend).teardown(meta, dir);
     if let Some(pid) = meta.vm_pid {
         stop_process(pid, &meta.identity, Duration::from_secs(2));
@@ -287,14 +288,31 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
             .privileged
             .then_some(crate::provision::AGENT_UID),
     };
-    let code = match serde_json::to_vec(&session) {
-        Ok(bytes) => {
-            state::write_atomic(&dir.file(SESSION_FILE), &bytes)?;
-            runtime.block_on(interrupts.guard(run_session(&client, &session, plan.command.clone())))
+    let bytes = serde_json::to_vec(&session)?;
+    state::write_atomic(&dir.file(SESSION_FILE), &bytes)?;
+    if detach {
+        // The session belongs to the bottle: a holder process runs it, and
+        // this client returns as soon as the command started.
+        drop(client);
+        drop(interrupts);
+        runtime.shutdown_background();
+        if let Err(e) = crate::detached::start(&dir, &plan.command) {
+            return Err(fail(e.context(format!(
+                "{} was provisioned but its command could not be started",
+                plan.identity
+            ))));
         }
-        Err(e) => Err(e.into()),
-    };
-    if !detach && plan.backend == "vm" {
+        self::timing("command-started");
+        eprintln!(
+            "bottle: {0} runs detached (bottle attach {0}, bottle exec {0} -- CMD, bottle stop {0})",
+            plan.identity
+        );
+        println!("{}", plan.identity);
+        return Ok(0);
+    }
+    let code =
+        runtime.block_on(interrupts.guard(run_session(&client, &session, plan.command.clone())));
+    if plan.backend == "vm" {
         // Power the guest off first: the VM, then the bundle, exit at once.
         let _ = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(2), client.poweroff(false)).await
@@ -306,17 +324,10 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     drop(interrupts);
     runtime.shutdown_background();
     self::timing("command-done");
-    if detach {
-        eprintln!(
-            "bottle: {} keeps running (bottle attach {0}, bottle stop {0})",
-            plan.identity
-        );
-    } else {
-        let meta = dir.read_metadata().unwrap_or(meta);
-        teardown(&meta, &dir)?;
-        dir.remove()?;
-        self::timing("torn-down");
-    }
+    let meta = dir.read_metadata().unwrap_or(meta);
+    teardown(&meta, &dir)?;
+    dir.remove()?;
+    self::timing("torn-down");
     code
 }
 

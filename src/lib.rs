@@ -5,8 +5,10 @@
 
 pub mod backend;
 pub mod bundle;
+pub mod cert_hash;
 pub mod cli;
 pub mod commands;
+pub mod detached;
 pub mod identity;
 pub mod images;
 pub mod launch;

@@ -144,7 +144,11 @@ pub fn agent_cwd(plan: &Plan) -> String {
 
 /// Run every provisioning step.
 pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(), ProvisionError> {
-    let log = |what: String| eprintln!("bottle: provision: {what}");
+    // Each step's line, and its finish time for `bench/boot.sh` (BOTTLE_TIMING=1).
+    let log = |step: &str, what: String| {
+        eprintln!("bottle: provision: {what}");
+        crate::launch::timing(&format!("provision-{step}"));
+    };
     let l = layout(plan);
     // Files only root may write go as root in a VM; in a container the agent writes its own.
     let root = if l.privileged {
@@ -159,6 +163,10 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         .await
         .map_err(step("ca"))?;
     let script = if l.privileged {
+        // Joined to the store without rehashing it (`update-ca-certificates`
+        // costs about a minute under TCG): the PEM appended to the bundle,
+        // the one `<subject hash>.0` link computed here on the host, and a
+        // copy where a later `update-ca-certificates` in the guest keeps it.
         client
             .write_file(
                 "/usr/local/share/ca-certificates/bottle.crt",
@@ -168,7 +176,12 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             )
             .await
             .map_err(step("ca"))?;
-        CA_TRUST_SCRIPT.to_string()
+        let hash =
+            crate::cert_hash::subject_hash_pem(ca_pem).map_err(|e| ProvisionError::Host {
+                step: "ca",
+                why: format!("cannot hash the bottle CA's subject: {e}"),
+            })?;
+        ca_trust_script(l.ca_pem, &hash)
     } else {
         format!("set -e; {{ cat /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true; cat {}; }} > {}", l.ca_pem, l.ca_bundle)
     };
@@ -187,10 +200,13 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             why: String::from_utf8_lossy(&update.stderr).into_owned(),
         });
     }
-    log(format!(
-        "bottle CA installed ({}, trusted through {})",
-        l.ca_pem, l.ca_bundle
-    ));
+    log(
+        "ca",
+        format!(
+            "bottle CA installed ({}, trusted through {})",
+            l.ca_pem, l.ca_bundle
+        ),
+    );
 
     // 2. Proxy environment, for login shells too.
     let env = agent_env(plan);
@@ -202,7 +218,10 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         .write_file(l.profile, profile.as_bytes(), 0o644, root.clone())
         .await
         .map_err(step("env"))?;
-    log("HTTP(S)_PROXY=http://proxy.internal:8888 and CA variables set".to_string());
+    log(
+        "env",
+        "HTTP(S)_PROXY=http://proxy.internal:8888 and CA variables set".to_string(),
+    );
 
     // 3. Prompt, where Claude Code reads the user's memory.
     let agent = plan
@@ -241,7 +260,10 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             )
             .await
             .map_err(step("prompt"))?;
-        log("prompt written to ~/.claude/CLAUDE.md".to_string());
+        log(
+            "prompt",
+            "prompt written to ~/.claude/CLAUDE.md".to_string(),
+        );
     }
 
     // 4. Skills.
@@ -264,7 +286,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             )
             .await
             .map_err(step("skills"))?;
-        log(format!("skill `{name}` copied"));
+        log("skills", format!("skill `{name}` copied"));
     }
 
     // 5. Workspace (a copy: the host tree is never written by the guest).
@@ -273,10 +295,13 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             .copy_dir_in(&plan.cwd, WORKSPACE, agent_user(plan))
             .await
             .map_err(step("workspace"))?;
-        log(format!(
-            "workspace {} copied to {WORKSPACE} ({entries} entries)",
-            plan.cwd.display()
-        ));
+        log(
+            "workspace",
+            format!(
+                "workspace {} copied to {WORKSPACE} ({entries} entries)",
+                plan.cwd.display()
+            ),
+        );
     }
 
     // 6. git config: every declared upstream goes through git-gate.
@@ -295,18 +320,24 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         )
         .await
         .map_err(step("git"))?;
-    log(format!(
-        "git config written ({} remote{} through git-gate)",
-        plan.git.len(),
-        if plan.git.len() == 1 { "" } else { "s" }
-    ));
+    log(
+        "git",
+        format!(
+            "git config written ({} remote{} through git-gate)",
+            plan.git.len(),
+            if plan.git.len() == 1 { "" } else { "s" }
+        ),
+    );
 
     // 7. Route placeholders are in the environment (step 2); say which.
     for route in &plan.routes {
-        log(format!(
-            "route {}: the agent holds {}",
-            route.host, route.placeholder
-        ));
+        log(
+            "routes",
+            format!(
+                "route {}: the agent holds {}",
+                route.host, route.placeholder
+            ),
+        );
     }
 
     // 8. Agent settings: no telemetry or auto-update.
@@ -322,18 +353,27 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         )
         .await
         .map_err(step("settings"))?;
+    log(
+        "settings",
+        "agent settings written (no telemetry, no auto-update)".to_string(),
+    );
     Ok(())
 }
 
-/// Rebuild the system trust store where the image has the tools for it, and
-/// always make the CA visible at the standard bundle path.
-const CA_TRUST_SCRIPT: &str = "set -e
-if command -v update-ca-certificates >/dev/null 2>&1; then
-  update-ca-certificates >/dev/null 2>&1
-else
-  mkdir -p /etc/ssl/certs
-  cat /etc/bottle/ca.pem >> /etc/ssl/certs/ca-certificates.crt
-fi";
+/// Add the bottle CA (at `ca_pem`, subject hash `hash`) to the guest's
+/// trust store in place: appended to the bundle every TLS library reads,
+/// and linked as `/etc/ssl/certs/<hash>.0` for OpenSSL's directory lookup.
+fn ca_trust_script(ca_pem: &str, hash: &str) -> String {
+    format!(
+        "set -e
+mkdir -p /etc/ssl/certs
+cat {ca_pem} >> /etc/ssl/certs/ca-certificates.crt
+ln -sf /usr/local/share/ca-certificates/bottle.crt /etc/ssl/certs/bottle.pem
+n=0
+while [ -e /etc/ssl/certs/{hash}.$n ] && ! cmp -s /etc/ssl/certs/{hash}.$n {ca_pem}; do n=$((n + 1)); done
+ln -sf bottle.pem /etc/ssl/certs/{hash}.$n"
+    )
+}
 
 /// The manifest's git remotes of this plan, as policy values.
 pub fn git_remotes(plan: &Plan) -> Vec<bottle_sidecars::policy::GitRemote> {

@@ -6,7 +6,7 @@ pub mod client;
 pub mod mux;
 mod tree;
 
-pub use attach::{attach, attach_with, terminal_size, AttachError};
+pub use attach::{attach, attach_with, terminal_size, AttachError, RawMode};
 pub use client::{
     Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry,
 };

@@ -81,9 +81,10 @@ impl Backend for DockerBackend {
         let selection = block_on(async {
             let client = DockerClient::connect().await?;
             match choice {
-                RuntimeChoice::Runc => {
-                    Ok(("runc".to_string(), "chosen by the manifest".to_string()))
-                }
+                RuntimeChoice::Runc => Ok((
+                    "runc".to_string(),
+                    "chosen by --runtime or the manifest".to_string(),
+                )),
                 _ => {
                     let runtimes = client.runtimes().await?;
                     Ok(if runtimes.contains_key("runsc") {

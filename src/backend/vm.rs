@@ -19,9 +19,9 @@ pub struct VmBackend;
 /// Kernel and initramfs every VM boots.
 fn boot_assets() -> Result<(PathBuf, PathBuf), (String, String)> {
     let kernel = bottle_vmm::kernel::locate().map_err(|e| (format!("no guest kernel: {e}"), "run scripts/build-kernel.sh (builds it from Debian's linux-source-6.1, a few minutes, cached)".to_string()))?;
-    let initramfs = bottle_vmm::image::find_tiny().ok_or_else(|| {
+    let initramfs = crate::images::tiny_initramfs().map_err(|e| {
         (
-            "the tiny image (initramfs with the guest agent) is not built".to_string(),
+            format!("the tiny image (initramfs with the guest agent): {e:#}"),
             "run `bottle image build tiny` (needs scripts/build-guest.sh first)".to_string(),
         )
     })?;
@@ -120,15 +120,8 @@ impl Backend for VmBackend {
     }
 
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
-        if plan.image != "tiny" {
-            let store = bottle_vmm::image::ImageStore::open();
-            if store.path_of(&plan.image).is_none() {
-                return Err(BackendError::Unavailable(format!(
-                    "image `{}` is not built; run `bottle image build {}`",
-                    plan.image, plan.image
-                )));
-            }
-        }
+        crate::images::image_dir(&plan.image)
+            .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
         let choice = engine_choice(plan);
         let kernel = bottle_vmm::kernel::locate().ok();
         let decided = kernel.as_ref().and_then(|k| {
@@ -172,20 +165,22 @@ impl Backend for VmBackend {
     fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
         let (kernel, initramfs) = boot_assets()
             .map_err(|(why, fix)| BackendError::Unavailable(format!("{why}; {fix}")))?;
-        let root_disk = if plan.image == "tiny" {
-            None
-        } else {
-            let dir = bottle_vmm::image::ImageStore::open().path_of(&plan.image);
-            Some(
-                dir.as_deref()
-                    .and_then(crate::images::root_disk)
-                    .ok_or_else(|| {
-                        BackendError::Unavailable(format!(
-                            "image `{}` is not built; run `bottle image build {}`",
-                            plan.image, plan.image
-                        ))
-                    })?,
-            )
+        let root_disk = match crate::images::definition(&plan.image)
+            .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?
+        {
+            crate::images::ImageDef::Tiny => None,
+            crate::images::ImageDef::Debian(_) => {
+                let dir = crate::images::image_dir(&plan.image)
+                    .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+                Some(crate::images::root_disk(&dir).ok_or_else(|| {
+                    BackendError::Unavailable(format!(
+                        "image `{}` has no root disk in {}; rebuild it with `bottle image build {}`",
+                        plan.image,
+                        dir.display(),
+                        plan.image
+                    ))
+                })?)
+            }
         };
         let gateway = plan
             .network
@@ -254,7 +249,8 @@ impl Backend for VmBackend {
 
 /// The VM backend's lines in `bottle doctor`.
 pub fn doctor_checks() -> Vec<Check> {
-    bottle_vmm::doctor()
+    let guest = crate::images::guest_binary().ok();
+    bottle_vmm::doctor(guest.as_deref())
         .into_iter()
         .map(|c| Check {
             name: c.name,

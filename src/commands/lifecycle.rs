@@ -24,7 +24,15 @@ fn exit_with(code: i32) -> anyhow::Result<()> {
 
 pub fn attach(id: &str) -> anyhow::Result<()> {
     let (dir, meta) = open(id)?;
-    exit_with(crate::launch::run_in(&dir, &meta, meta.command.clone())?)
+    if !crate::launch::is_alive(&meta) {
+        anyhow::bail!(
+            "bottle {id} is not running (its bundle process is gone); `bottle cleanup` removes it"
+        );
+    }
+    match crate::detached::attach(&dir, id)? {
+        crate::detached::AttachEnd::Exited(code) => exit_with(code),
+        crate::detached::AttachEnd::Detached => Ok(()),
+    }
 }
 
 pub fn exec(id: &str, command: Vec<String>) -> anyhow::Result<()> {

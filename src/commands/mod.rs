@@ -74,6 +74,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(cmd) => lifecycle::image(cmd),
         Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
+        Command::Session { state_dir } => crate::detached::serve(&state_dir),
         Command::GitHook { args } => crate::bundle::git_hook(&args),
         Command::Krun { spec_json } => bottle_vmm::krun_main(&spec_json),
     }

@@ -67,6 +67,11 @@ pub fn make_plan(
         command_override: (!command.is_empty()).then_some(command),
         identity: crate::identity::new_identity(agent),
     })?;
+    if let Some(runtime) = flags.runtime {
+        if let Some(bottle) = plan.source.bottle.as_mut() {
+            bottle.docker.runtime = runtime.into();
+        }
+    }
     if let Some(engine) = flags.engine {
         plan.engine = Some(format!("{engine:?}").to_lowercase());
         plan.engine_reason = Some("chosen by --engine".to_string());

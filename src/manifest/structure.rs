@@ -96,7 +96,7 @@ static DLP: Schema = Schema {
     removed: &[],
 };
 static VM: Schema = Schema {
-    fields: &[("engine", Kind::Str), ("libkrunfw", Kind::Bool)],
+    fields: &[("engine", Kind::Str)],
     removed: &[],
 };
 static DOCKER: Schema = Schema {

@@ -157,9 +157,6 @@ pub struct GitRemote {
 pub struct VmSection {
     #[serde(default)]
     pub engine: EngineName,
-    /// Boot libkrun with the system libkrunfw kernel instead of bottle's own.
-    #[serde(default)]
-    pub libkrunfw: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -59,7 +59,13 @@ fn main() -> anyhow::Result<()> {
         }
         Some("export") => {
             let n = value("export").ok_or_else(|| anyhow::anyhow!("export NAME"))?;
-            println!("{}", image::export_rootfs_tar(&n)?.display());
+            let dir = ImageStore::open()
+                .list()?
+                .into_iter()
+                .find(|i| i.name == n)
+                .ok_or_else(|| anyhow::anyhow!("no image {n}"))?
+                .dir;
+            println!("{}", image::export_rootfs_tar(&dir)?.display());
         }
         _ => anyhow::bail!("usage: image tiny|debian|ls|rm NAME|export NAME"),
     }

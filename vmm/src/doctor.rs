@@ -24,8 +24,66 @@ fn check(name: &str, ok: bool, detail: impl Into<String>, fix: Option<&str>) -> 
     }
 }
 
-/// Runs every check, including the (cached) boot probes.
-pub fn doctor() -> Vec<Check> {
+/// Options libkrun's devices need in the guest kernel it boots through
+/// `krun_set_kernel` (virtio-mmio transport, console, vsock for the agent
+/// channel, net and block).
+const LIBKRUN_KERNEL_OPTIONS: &[&str] = &[
+    "CONFIG_VIRTIO_MMIO=y",
+    "CONFIG_VIRTIO_CONSOLE=y",
+    "CONFIG_VIRTIO_VSOCKETS=y",
+    "CONFIG_VIRTIO_NET=y",
+    "CONFIG_VIRTIO_BLK=y",
+];
+
+/// Whether libkrun can boot `kernel`: an uncompressed x86-64 ELF (what
+/// `krun_set_kernel` takes as `KRUN_KERNEL_FORMAT_ELF`) built with the
+/// options its devices need (read from the `config` saved beside it).
+pub fn libkrun_kernel_check(kernel: &std::path::Path) -> Result<String, String> {
+    if let Ok(v) = std::env::var("BOTTLE_LIBKRUNFW") {
+        return Err(format!(
+            "BOTTLE_LIBKRUNFW={v} is set, but libkrunfw kernels (virtio-fs root) are not supported"
+        ));
+    }
+    let mut head = [0u8; 20];
+    let read = std::fs::File::open(kernel)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .map_err(|e| format!("cannot read {}: {e}", kernel.display()));
+    read?;
+    // ELF magic, 64-bit, little-endian, e_machine = EM_X86_64 (62).
+    if &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 || head[18] != 62 {
+        return Err(format!(
+            "{} is not an uncompressed x86-64 ELF vmlinux",
+            kernel.display()
+        ));
+    }
+    let config_path = kernel.with_file_name("config");
+    let config = std::fs::read_to_string(&config_path).map_err(|e| {
+        format!(
+            "cannot read the kernel's config {}: {e}",
+            config_path.display()
+        )
+    })?;
+    let missing: Vec<&str> = LIBKRUN_KERNEL_OPTIONS
+        .iter()
+        .copied()
+        .filter(|o| !config.lines().any(|l| l.trim() == *o))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} lacks {} (libkrun's devices need them)",
+            kernel.display(),
+            missing.join(", ")
+        ));
+    }
+    Ok(format!(
+        "{} is an ELF vmlinux with virtio-mmio, console, vsock, net and block",
+        kernel.display()
+    ))
+}
+
+/// Runs every check, including the (cached) boot probes. `guest_bin` is
+/// the static guest agent the tiny image must carry.
+pub fn doctor(guest_bin: Option<&std::path::Path>) -> Vec<Check> {
     let mut out = Vec::new();
     let kvm = kvm_accessible();
     out.push(check(
@@ -66,24 +124,27 @@ pub fn doctor() -> Vec<Check> {
         },
         Some("scripts/build-kernel.sh"),
     ));
-    let fw = std::env::var("BOTTLE_LIBKRUNFW").ok();
+    let krun_kernel = match &kernel {
+        Ok(k) => libkrun_kernel_check(k),
+        Err(e) => Err(format!("no kernel to check: {e}")),
+    };
     out.push(check(
         "libkrun kernel",
-        fw.is_none(),
-        match &fw {
-            None => "libkrun boots the project kernel (krun_set_kernel, ELF vmlinux)".into(),
-            Some(v) => {
-                format!("BOTTLE_LIBKRUNFW={v} is set, but libkrunfw kernels are not supported yet")
-            }
-        },
-        Some("unset BOTTLE_LIBKRUNFW"),
+        krun_kernel.is_ok(),
+        krun_kernel.clone().unwrap_or_else(|e| e),
+        Some("rebuild the kernel: FORCE=1 scripts/build-kernel.sh (and unset BOTTLE_LIBKRUNFW)"),
     ));
-    let tiny = crate::image::find_tiny();
+    let tiny = guest_bin.map(|g| crate::image::find_tiny(Some(g)));
+    let (ok, detail) = match tiny {
+        None => (false, "no static guest agent found".to_string()),
+        Some(Err(e)) => (false, e.to_string()),
+        Some(Ok(None)) => (false, "not built for this guest agent".to_string()),
+        Some(Ok(Some(p))) => (true, p.display().to_string()),
+    };
     out.push(check(
         "tiny image (agent)",
-        tiny.is_some(),
-        tiny.map(|p| p.display().to_string())
-            .unwrap_or_else(|| "not built".into()),
+        ok,
+        detail,
         Some("scripts/build-guest.sh, then bottle image build tiny"),
     ));
     for (engine, accel) in [
@@ -104,4 +165,45 @@ pub fn doctor() -> Vec<Check> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elf_head() -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = 1;
+        h[18] = 62;
+        h
+    }
+
+    #[test]
+    fn libkrun_kernel_check_wants_an_elf_with_the_device_options() {
+        let t = tempfile::tempdir().unwrap();
+        let k = t.path().join("vmlinux");
+        std::fs::write(&k, elf_head()).unwrap();
+        let all = LIBKRUN_KERNEL_OPTIONS.join("\n");
+        std::fs::write(t.path().join("config"), &all).unwrap();
+        assert!(libkrun_kernel_check(&k).is_ok());
+
+        let without_vsock = all.replace(
+            "CONFIG_VIRTIO_VSOCKETS=y",
+            "# CONFIG_VIRTIO_VSOCKETS is not set",
+        );
+        std::fs::write(t.path().join("config"), without_vsock).unwrap();
+        let e = libkrun_kernel_check(&k).unwrap_err();
+        assert!(e.contains("CONFIG_VIRTIO_VSOCKETS=y"), "{e}");
+
+        std::fs::write(&k, b"\x1f\x8b compressed bzImage").unwrap();
+        let e = libkrun_kernel_check(&k).unwrap_err();
+        assert!(e.contains("not an uncompressed x86-64 ELF"), "{e}");
+
+        std::fs::remove_file(t.path().join("config")).unwrap();
+        std::fs::write(&k, elf_head()).unwrap();
+        let e = libkrun_kernel_check(&k).unwrap_err();
+        assert!(e.contains("config"), "{e}");
+    }
 }

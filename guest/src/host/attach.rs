@@ -37,13 +37,13 @@ pub fn terminal_size() -> Option<(u16, u16)> {
 
 /// Puts a terminal in raw mode and restores its settings when dropped.
 #[derive(Debug)]
-struct RawMode<'a> {
+pub struct RawMode<'a> {
     fd: BorrowedFd<'a>,
     saved: Termios,
 }
 
 impl<'a> RawMode<'a> {
-    fn enter(fd: BorrowedFd<'a>) -> Result<RawMode<'a>, AttachError> {
+    pub fn enter(fd: BorrowedFd<'a>) -> Result<RawMode<'a>, AttachError> {
         let saved = termios::tcgetattr(fd).map_err(AttachError::Termios)?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);

@@ -239,10 +239,7 @@ pub fn build_debian(
     }
     let store = ImageStore::open();
     let def_key = opts.def_key();
-    let mut h = Sha256::new();
-    h.update(def_key.as_bytes());
-    h.update(&agent);
-    let key = hex::encode(h.finalize())[..16].to_string();
+    let key = image_key(&def_key, &agent);
     let dir = store.dir_for(&opts.name, &key);
     if store.is_complete(&dir) {
         progress(&format!("cached: {}", dir.display()));
@@ -359,6 +356,21 @@ pub fn build_debian(
     Ok(dir)
 }
 
+/// The image key: the definition's hash and the guest agent baked in.
+fn image_key(def_key: &str, agent: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(def_key.as_bytes());
+    h.update(agent);
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// The built image for exactly this definition and guest agent, if any.
+pub fn find_debian(opts: &DebianOpts, guest_bin: &Path) -> Result<Option<PathBuf>, VmmError> {
+    let agent = std::fs::read(guest_bin).map_err(VmmError::io("read guest agent", guest_bin))?;
+    let key = image_key(&opts.def_key(), &agent);
+    Ok(ImageStore::open().find(&opts.name, &key))
+}
+
 fn set_mode(p: &Path, mode: u32) -> Result<(), VmmError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
@@ -385,17 +397,14 @@ fn tree_size(dir: &Path) -> u64 {
     total
 }
 
-/// The rootfs tarball of image `name` (same tree as its root image, agent
-/// included), for `docker import`.
-pub fn export_rootfs_tar(name: &str) -> Result<PathBuf, VmmError> {
-    let dir = ImageStore::open()
-        .path_of(name)
-        .ok_or_else(|| VmmError::ImageMissing(name.into()))?;
+/// The rootfs tarball in a built image directory (same tree as its root
+/// image, agent included), for `docker import`.
+pub fn export_rootfs_tar(dir: &Path) -> Result<PathBuf, VmmError> {
     let tar = dir.join("rootfs.tar");
     if tar.is_file() {
         Ok(tar)
     } else {
-        Err(VmmError::ImageMissing(name.into()))
+        Err(VmmError::ImageMissing(dir.display().to_string()))
     }
 }
 

@@ -11,7 +11,7 @@ mod store;
 mod tiny;
 
 pub use cpio::CpioWriter;
-pub use debian::{build_debian, export_rootfs_tar, DebianOpts, RootFormat};
+pub use debian::{build_debian, export_rootfs_tar, find_debian, DebianOpts, RootFormat};
 pub use store::{ImageInfo, ImageStore};
 pub use tiny::{build_tiny, is_static_elf, tiny_key, BUSYBOX, PLACEHOLDER_INIT};
 
@@ -27,17 +27,26 @@ pub const INITRAMFS: &str = "initramfs.cpio.gz";
 /// ready marker only after a host handshake.
 pub const PROBE_IMAGE: &str = "tiny-probe";
 
+/// What a built image is for, recorded in its `image.json` and shown by
+/// `bottle image ls`.
+pub fn purpose_of(name: &str) -> &'static str {
+    match name {
+        "tiny" => "demo and tests: busybox + guest agent (initramfs)",
+        PROBE_IMAGE => "boot probes and the bare-boot benchmark: placeholder init, no guest agent",
+        "debian" => "real agents: Debian with git, curl, node, npm",
+        "claude" => "real agents: the Debian image with Claude Code",
+        _ => "user-defined image",
+    }
+}
+
 /// The cached tiny image for `guest_bin` (named `tiny`), or with the
 /// placeholder init (named [`PROBE_IMAGE`]), built on first use. Returns the
-/// path of its initramfs.
+/// path of its initramfs. The two never share a name, so a lookup for the
+/// agent image can never find the probe image.
 pub fn ensure_tiny(guest_bin: Option<&Path>) -> Result<PathBuf, VmmError> {
     let store = ImageStore::open();
     let key = tiny_key(guest_bin)?;
-    let name = if guest_bin.is_some() {
-        "tiny"
-    } else {
-        PROBE_IMAGE
-    };
+    let name = tiny_name(guest_bin);
     let dir = store.dir_for(name, &key);
     let out = dir.join(INITRAMFS);
     if store.is_complete(&dir) && out.is_file() {
@@ -46,18 +55,27 @@ pub fn ensure_tiny(guest_bin: Option<&Path>) -> Result<PathBuf, VmmError> {
     build_tiny(guest_bin, &out)?;
     store.mark_complete(
         &dir,
-        "tiny",
+        name,
         &key,
         serde_json::json!({ "guest_agent": guest_bin.is_some() }),
     )?;
     Ok(out)
 }
 
-/// The newest built tiny initramfs with the guest agent, if any.
-pub fn find_tiny() -> Option<PathBuf> {
-    let store = ImageStore::open();
-    store
-        .path_of("tiny")
+fn tiny_name(guest_bin: Option<&Path>) -> &'static str {
+    if guest_bin.is_some() {
+        "tiny"
+    } else {
+        PROBE_IMAGE
+    }
+}
+
+/// The built tiny initramfs for exactly this guest agent (or the probe
+/// image for `None`): found by its definition's key, never by name and age.
+pub fn find_tiny(guest_bin: Option<&Path>) -> Result<Option<PathBuf>, VmmError> {
+    let key = tiny_key(guest_bin)?;
+    Ok(ImageStore::open()
+        .find(tiny_name(guest_bin), &key)
         .map(|d| d.join(INITRAMFS))
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file()))
 }

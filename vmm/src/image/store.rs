@@ -16,6 +16,8 @@ pub struct ImageInfo {
     pub key: String,
     pub dir: PathBuf,
     pub size_bytes: u64,
+    /// What the image is for (see [`super::purpose_of`]).
+    pub purpose: String,
     #[serde(skip)]
     pub built: Option<SystemTime>,
 }
@@ -58,7 +60,12 @@ impl ImageStore {
         key: &str,
         extra: serde_json::Value,
     ) -> Result<(), VmmError> {
-        let meta = serde_json::json!({ "name": name, "key": key, "def": extra });
+        let meta = serde_json::json!({
+            "name": name,
+            "key": key,
+            "purpose": super::purpose_of(name),
+            "def": extra,
+        });
         let bytes =
             serde_json::to_vec_pretty(&meta).map_err(|e| VmmError::ImageBuild(e.to_string()))?;
         crate::paths::write_atomic(&dir.join(META), &bytes)
@@ -87,7 +94,12 @@ impl ImageStore {
             let built = std::fs::metadata(dir.join(META))
                 .and_then(|m| m.modified())
                 .ok();
+            let purpose = v["purpose"]
+                .as_str()
+                .unwrap_or_else(|| super::purpose_of(name))
+                .to_string();
             out.push(ImageInfo {
+                purpose,
                 name: name.into(),
                 key: key.into(),
                 size_bytes: dir_size(&dir),
@@ -99,13 +111,15 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// The newest complete image directory called `name`.
-    pub fn path_of(&self, name: &str) -> Option<PathBuf> {
-        self.list()
-            .ok()?
-            .into_iter()
-            .find(|i| i.name == name)
-            .map(|i| i.dir)
+    /// The complete image `name` built from exactly the definition `key`.
+    /// Images are looked up by what the caller needs, never by name and age:
+    /// another build under the same name (a probe image, an older agent) is
+    /// not a match.
+    pub fn find(&self, name: &str, key: &str) -> Option<PathBuf> {
+        let dir = self.dir_for(name, key);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()?;
+        (meta["name"] == name && meta["key"] == key).then_some(dir)
     }
 
     /// Removes every build of `name`; returns how many were removed.
@@ -150,13 +164,21 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("root.ext4"), vec![0u8; 10]).unwrap();
         // Incomplete (no metadata): not listed.
-        assert!(s.path_of("demo").is_none());
+        assert!(s.find("demo", "abc").is_none());
         s.mark_complete(&d, "demo", "abc", serde_json::json!({}))
             .unwrap();
         let l = s.list().unwrap();
         assert_eq!(l.len(), 1);
         assert!(l[0].size_bytes >= 10);
-        assert_eq!(s.path_of("demo").unwrap(), d);
+        assert_eq!(s.find("demo", "abc").unwrap(), d);
+        assert!(
+            s.find("demo", "abd").is_none(),
+            "another key is another image"
+        );
+        assert!(
+            s.find("tiny", "abc").is_none(),
+            "another name is another image"
+        );
         assert_eq!(s.remove("demo").unwrap(), 1);
         assert!(!d.exists());
         assert!(matches!(s.remove("demo"), Err(VmmError::ImageMissing(_))));

@@ -1,0 +1,136 @@
+//! Detached sessions on the VM backend: `bottle run --detach` returns while
+//! the agent's command runs on, `bottle attach` joins that same session (its
+//! earlier output replayed), and the exit status reaches whoever attaches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const TINY: &str = r#"
+[bottles.t]
+image = "tiny"
+cpus = 1
+memory_mib = 256
+allow = ["allowed.localhost"]
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#;
+
+#[test]
+fn detach_returns_while_the_command_runs_and_attach_joins_that_session() {
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let script = "echo started-$((40 + 2)); sleep 6; echo finished; exit 3";
+    let out = sb
+        .bottle()
+        .env("BOTTLE_TIMING", "1")
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a", "--", "/bin/sh", "-c", script])
+        .output()
+        .expect("run bottle");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let identity = stdout(&out).trim().to_string();
+    assert!(err.contains(&format!("{identity} runs detached")), "{err}");
+    let timing = |step: &str| -> u64 {
+        err.lines()
+            .find_map(|l| l.strip_prefix(&format!("bottle: timing {step} ")))
+            .and_then(|r| r.trim_end_matches(" ms").parse().ok())
+            .unwrap_or_else(|| panic!("no timing for {step}:\n{err}"))
+    };
+    let after_provisioning = timing("command-started") - timing("provisioned");
+    assert!(
+        after_provisioning < 1000,
+        "run --detach took {after_provisioning} ms after provisioning to return"
+    );
+
+    // The command still runs in the guest, owned by the bottle.
+    let ps = sb.run(&[
+        "exec",
+        &identity,
+        "--",
+        "/bin/sh",
+        "-c",
+        "ps | grep -c '[s]leep 6'",
+    ]);
+    assert_eq!(stdout(&ps).trim(), "1", "{}", stderr(&ps));
+
+    // Attach: the earlier output is replayed, the rest streams, the exit
+    // status is the command's.
+    let started = Instant::now();
+    let attach = sb.run(&["attach", &identity]);
+    let text = stdout(&attach);
+    assert!(
+        text.contains("started-42"),
+        "replayed output missing:\n{text}"
+    );
+    assert!(text.contains("finished"), "live output missing:\n{text}");
+    assert_eq!(attach.status.code(), Some(3), "{}", stderr(&attach));
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // After the end: attach says so and gives the same status; the
+    // transcript holds the whole output; the bottle still runs.
+    let again = sb.run(&["attach", &identity]);
+    assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already ended (exit 3)"),
+        "{}",
+        stderr(&again)
+    );
+    let transcript =
+        std::fs::read_to_string(sb.state_dir().join(&identity).join("session.log")).unwrap();
+    assert!(transcript.contains("started-42") && transcript.contains("finished"));
+    let exec = sb.run(&["exec", &identity, "--", "/bin/true"]);
+    assert!(exec.status.success(), "{}", stderr(&exec));
+
+    let stop = sb.run(&["stop", &identity]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(sb.state_entries().is_empty(), "{:?}", sb.state_entries());
+    let state = sb.state_dir().display().to_string();
+    assert!(processes_matching(&state).is_empty());
+}
+
+#[test]
+fn stop_while_detached_ends_the_session_holder_too() {
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a", "--", "/bin/sh", "-c", "sleep 600"])
+        .output()
+        .expect("run bottle");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = stdout(&out).trim().to_string();
+    let holder = processes_matching("__session");
+    let state = sb.state_dir().display().to_string();
+    assert!(
+        !processes_matching(&format!("{state}/{identity}")).is_empty(),
+        "no session holder for {identity}"
+    );
+    let stop = sb.run(&["stop", &identity]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(
+        processes_matching(&state).is_empty(),
+        "left behind: {:?} (holders before: {holder:?})",
+        processes_matching(&state)
+    );
+    // Attaching to a stopped bottle is a clear error.
+    let attach = sb.run(&["attach", &identity]);
+    assert_eq!(attach.status.code(), Some(1));
+    assert!(stderr(&attach).contains(&identity), "{}", stderr(&attach));
+}
