@@ -21,8 +21,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DUR=${DUR:-10s}
-OHA=${OHA:-$(command -v oha || echo /work/tools/oha/bin/oha)}
-MITMDUMP=${MITMDUMP:-$(command -v mitmdump || echo /work/tools/mitm-venv/bin/mitmdump)}
+# Found on PATH, or named by OHA= and MITMDUMP= (nothing else is assumed).
+OHA=${OHA:-oha}
+MITMDUMP=${MITMDUMP:-mitmdump}
 OUT=${OUT:-$ROOT/bench/out/proxy}
 mkdir -p "$OUT"
 

@@ -40,6 +40,11 @@ for tool in make gcc flex bison bc xz tar sha256sum; do
   command -v "$tool" >/dev/null || die "missing tool '$tool'; install: apt-get install build-essential flex bison bc xz-utils libelf-dev libssl-dev"
 done
 
+# One build at a time (scripts/setup runs this in the background).
+mkdir -p "$cache"
+exec 9>"$cache/.build.lock"
+flock 9
+
 source_id="$(basename "$src" .tar.xz)-$(stat -c %s "$src")"
 key="$( { printf '%s\n' "$source_id"; cat "$fragment"; } | sha256sum | cut -c1-16)"
 fragment_sha="$(sha256sum "$fragment" | cut -d' ' -f1)"

@@ -255,6 +255,9 @@ async fn hold(dir: &StateDir, spec: SessionSpec, command: Vec<String>) -> anyhow
         &dir.file(EXIT_FILE),
         serde_json::json!({ "code": code }).to_string().as_bytes(),
     )?;
+    // No new clients from here on: they read the recorded status instead.
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
     {
         let mut f = feed.lock().map_err(|_| anyhow::anyhow!("feed poisoned"))?;
         f.exit = Some(code);
@@ -403,7 +406,17 @@ pub fn attach(dir: &StateDir, identity: &str) -> anyhow::Result<AttachEnd> {
     let result = runtime.block_on(attach_terminal(&socket, identity));
     // The stdin reader is a blocking thread; do not wait for it.
     runtime.shutdown_background();
-    result
+    match (result, recorded_exit(dir)) {
+        // The command ended as we connected: its recorded status.
+        (Err(_), Some(code)) => {
+            eprintln!(
+                "bottle: the session of {identity} already ended (exit {code}); its output is in {}",
+                dir.file(TRANSCRIPT).display()
+            );
+            Ok(AttachEnd::Exited(code))
+        }
+        (result, _) => result,
+    }
 }
 
 fn recorded_exit(dir: &StateDir) -> Option<i32> {
@@ -464,6 +477,7 @@ async fn attach_terminal(socket: &PathBuf, identity: &str) -> anyhow::Result<Att
         }
     });
     let mut stdout = tokio::io::stdout();
+    let mut detach_open = true;
     let end = loop {
         tokio::select! {
             frame = read_frame(&mut rd) => match frame {
@@ -481,7 +495,11 @@ async fn attach_terminal(socket: &PathBuf, identity: &str) -> anyhow::Result<Att
                 }
                 Err(e) => return Err(e.into()),
             },
-            _ = &mut detach_rx => break AttachEnd::Detached,
+            keys = &mut detach_rx, if detach_open => match keys {
+                Ok(()) => break AttachEnd::Detached,
+                // Input ended (not a terminal, or closed): keep streaming.
+                Err(_) => detach_open = false,
+            },
         }
     };
     pump.abort();

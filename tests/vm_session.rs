@@ -61,9 +61,9 @@ fn detach_returns_while_the_command_runs_and_attach_joins_that_session() {
         "--",
         "/bin/sh",
         "-c",
-        "ps | grep -c '[s]leep 6'",
+        "ps | grep -q '[s]leep 6' && echo running",
     ]);
-    assert_eq!(stdout(&ps).trim(), "1", "{}", stderr(&ps));
+    assert_eq!(stdout(&ps).trim(), "running", "{}", stderr(&ps));
 
     // Attach: the earlier output is replayed, the rest streams, the exit
     // status is the command's.
@@ -133,4 +133,56 @@ fn stop_while_detached_ends_the_session_holder_too() {
     let attach = sb.run(&["attach", &identity]);
     assert_eq!(attach.status.code(), Some(1));
     assert!(stderr(&attach).contains(&identity), "{}", stderr(&attach));
+}
+
+/// The first-run regression (issue 12): `bottle doctor` builds its probe
+/// image (placeholder init, no agent) in the image store; `bottle run --vm
+/// demo` afterwards must still boot the tiny image with the guest agent.
+#[test]
+fn doctor_then_run_demo_in_a_fresh_cache_shows_the_view_from_inside() {
+    if !require_vm() {
+        return;
+    }
+    let kernel = bottle_vmm::kernel::locate().expect("kernel (require_vm checked it)");
+    let sb = Sandbox::new();
+    let cache = sb.dir.path().join("cache");
+    let bottle = |args: &[&str]| {
+        sb.bottle()
+            .env("XDG_CACHE_HOME", &cache)
+            .env("BOTTLE_KERNEL", &kernel)
+            .args(args)
+            .output()
+            .expect("run bottle")
+    };
+    let build = bottle(&["image", "build", "tiny"]);
+    assert!(build.status.success(), "{}", stderr(&build));
+    let doctor = bottle(&["doctor"]);
+    let report = stdout(&doctor);
+    assert!(report.contains("boot probe qemu/tcg"), "{report}");
+    // The probe image is in the store under its own name, beside tiny.
+    let ls = stdout(&bottle(&["image", "ls"]));
+    assert!(ls.lines().any(|l| l.starts_with("tiny-probe\t")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("tiny\t") && l.contains("\tyes\t")),
+        "{ls}"
+    );
+    for attempt in ["first", "second"] {
+        let run = bottle(&["run", "--vm", "--yes", "demo"]);
+        let out = stdout(&run);
+        assert!(
+            run.status.success(),
+            "{attempt} run: {}\n{out}",
+            stderr(&run)
+        );
+        for want in [
+            "== bottle demo: the view from inside ==",
+            "example.org: NXDOMAIN",
+            "403",
+            "refused (no route out)",
+            "== done ==",
+        ] {
+            assert!(out.contains(want), "{attempt} run lacks `{want}`:\n{out}");
+        }
+    }
 }
