@@ -135,10 +135,10 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             let mut out = String::from("NAME\tKEY\tSIZE\tIN USE\tPURPOSE\tDIR\n");
             for i in store.list()? {
                 out.push_str(&format!(
-                    "{}\t{}\t{} MiB\t{}\t{}\t{}\n",
+                    "{}\t{}\t{:.1} MiB\t{}\t{}\t{}\n",
                     i.name,
                     i.key,
-                    i.size_bytes / (1024 * 1024),
+                    i.size_bytes as f64 / (1024.0 * 1024.0),
                     if current.contains(&i.dir) {
                         "yes"
                     } else {
