@@ -56,6 +56,39 @@ pub fn stop_process(pid: u32, needle: &str, grace: Duration) {
     }
 }
 
+/// Memory the bundle's guards may use beyond the VM's own memory (qemu's
+/// TCG translation cache included); past it the kernel stops this bottle,
+/// not the host.
+pub const BUNDLE_MEMORY_MIB: u64 = 1024;
+/// Processes and threads of one bottle's bundle and VM.
+pub const BUNDLE_PIDS: u32 = 1024;
+
+/// Put the bundle (and so the VM it starts) in its own cgroup with memory
+/// and pids limits, where the host lets us; warn where it does not.
+fn confine_bundle(
+    config: &crate::bundle::BundleConfig,
+    pid: u32,
+) -> Option<crate::sys::cgroup::Confined> {
+    let vm_mib = match &config.mode {
+        crate::bundle::Mode::Vm(vm) => u64::from(vm.memory_mib),
+        _ => 0,
+    };
+    let limits = crate::sys::cgroup::Limits {
+        memory_bytes: (vm_mib + BUNDLE_MEMORY_MIB) << 20,
+        pids: BUNDLE_PIDS,
+    };
+    match crate::sys::cgroup::confine(&config.identity, pid, limits) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!(
+                "bottle: warning: {}: the bundle runs without memory and pids limits ({e})",
+                config.identity
+            );
+            None
+        }
+    }
+}
+
 /// Stop everything a bottle made. Idempotent.
 pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
     let backend = match meta.backend.as_str() {
@@ -69,6 +102,9 @@ pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
     }
     if let Some(pid) = meta.bundle_pid {
         stop_process(pid, &meta.identity, Duration::from_secs(3));
+    }
+    if let Some(confined) = &meta.cgroup {
+        crate::sys::cgroup::release(confined);
     }
     result
 }
@@ -131,8 +167,12 @@ pub fn start_bundle(
         .spawn()
         .map_err(|e| BackendError::failed("cannot start the bundle process", e))?;
     let pid = child.id();
-    dir.update_metadata(|m| m.bundle_pid = Some(pid))
-        .map_err(|e| BackendError::failed("cannot record the bundle pid", e))?;
+    let confined = confine_bundle(config, pid);
+    dir.update_metadata(|m| {
+        m.bundle_pid = Some(pid);
+        m.cgroup = confined;
+    })
+    .map_err(|e| BackendError::failed("cannot record the bundle pid", e))?;
     let stdout = child.stdout.take();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -212,6 +252,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         bundle_pid: None,
         vm_pid: None,
         container_id: None,
+        cgroup: None,
         command: plan.command.clone(),
     };
     dir.write_metadata(&meta)?;

@@ -17,3 +17,4 @@ pub mod plan;
 pub mod policy;
 pub mod provision;
 pub mod state;
+pub mod sys;

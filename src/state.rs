@@ -97,6 +97,9 @@ pub struct Metadata {
     /// The command the agent runs.
     #[serde(default)]
     pub command: Vec<String>,
+    /// The cgroups the bundle (and the VM) run in, removed at teardown.
+    #[serde(default)]
+    pub cgroup: Option<crate::sys::cgroup::Confined>,
 }
 
 /// Root of all bottle state: `$BOTTLE_STATE_DIR`, else `$XDG_STATE_HOME/bottle`,
@@ -363,6 +366,7 @@ mod tests {
             bundle_pid: None,
             vm_pid: None,
             container_id: None,
+            cgroup: None,
             command: vec![],
         }
     }

@@ -9,6 +9,16 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// Stops the bottle when the test ends, passing or not, so a failed
+/// assertion leaves no VM behind.
+struct StopOnDrop<'a>(&'a Sandbox, String);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop", &self.1]);
+    }
+}
+
 const TINY: &str = r#"
 [bottles.t]
 image = "tiny"
@@ -41,6 +51,7 @@ fn detach_returns_while_the_command_runs_and_attach_joins_that_session() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let identity = stdout(&out).trim().to_string();
+    let _stop = StopOnDrop(&sb, identity.clone());
     assert!(err.contains(&format!("{identity} runs detached")), "{err}");
     let timing = |step: &str| -> u64 {
         err.lines()
@@ -116,6 +127,7 @@ fn stop_while_detached_ends_the_session_holder_too() {
         .expect("run bottle");
     assert!(out.status.success(), "{}", stderr(&out));
     let identity = stdout(&out).trim().to_string();
+    let _stop = StopOnDrop(&sb, identity.clone());
     let holder = processes_matching("__session");
     let state = sb.state_dir().display().to_string();
     assert!(
@@ -184,5 +196,57 @@ fn doctor_then_run_demo_in_a_fresh_cache_shows_the_view_from_inside() {
         ] {
             assert!(out.contains(want), "{attempt} run lacks `{want}`:\n{out}");
         }
+    }
+}
+
+/// The bundle and its VM run in a cgroup of their own with memory and pids
+/// limits (where the host's cgroups are writable), removed at stop.
+#[test]
+fn the_bundle_and_vm_run_in_their_own_limited_cgroup() {
+    if !require_vm() {
+        return;
+    }
+    let how = bottle::sys::cgroup::describe();
+    if !skip::require(how.is_ok(), &format!("cgroups: {how:?}")) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--detach", "--manifest"])
+        .arg(&m)
+        .args(["a", "--", "/bin/sh", "-c", "sleep 600"])
+        .output()
+        .expect("run bottle");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = stdout(&out).trim().to_string();
+    let _stop = StopOnDrop(&sb, identity.clone());
+    let meta = sb.metadata(&identity);
+    let dirs: Vec<std::path::PathBuf> = meta["cgroup"]["dirs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cgroup in {meta}"))
+        .iter()
+        .map(|d| d.as_str().unwrap().into())
+        .collect();
+    let bundle = meta["bundle_pid"].as_u64().unwrap().to_string();
+    let vm = meta["vm_pid"].as_u64().unwrap().to_string();
+    for dir in &dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == bundle),
+            "bundle not in {dir:?}: {procs}"
+        );
+        assert!(procs.lines().any(|p| p == vm), "VM not in {dir:?}: {procs}");
+        let limited = ["memory.max", "memory.limit_in_bytes", "pids.max"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .any(|v| v.trim() != "max" && v.trim().parse::<u64>().is_ok_and(|n| n < 1 << 40));
+        assert!(limited, "no limit set in {dir:?}");
+    }
+    let stop = sb.run(&["stop", &identity]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    for dir in &dirs {
+        assert!(!dir.exists(), "{dir:?} left behind");
     }
 }

@@ -90,6 +90,16 @@ fn host_checks() -> Vec<Check> {
         if tun { "present" } else { "missing" },
         Some("modprobe tun"),
     ));
+    let cgroup = crate::sys::cgroup::describe();
+    checks.push(Check::new(
+        "cgroups (bundle limits)",
+        cgroup.is_ok(),
+        match &cgroup {
+            Ok(how) => format!("each bottle's bundle and VM get memory and pids limits ({how})"),
+            Err(why) => why.clone(),
+        },
+        Some("run as root, or delegate a cgroup v2 subtree with the memory and pids controllers to this user"),
+    ));
     checks.push(program_check(
         "mmdebstrap (images)",
         "mmdebstrap",

@@ -1,0 +1,244 @@
+//! The bundle process (and the VM it starts) in a cgroup of its own, with a
+//! memory and a pids limit, so nothing the agent makes the guards hold can
+//! take the host down: past the limit the kernel stops that bottle, not the
+//! machine, and a second bottle is unaffected.
+//!
+//! cgroup v2 (a writable unified hierarchy with the `memory` and `pids`
+//! controllers enabled for children) is used where present; else the v1
+//! `memory` and `pids` hierarchies. Where neither is writable (a rootless
+//! user without delegation) the bottle runs unconfined and `bottle doctor`
+//! says so.
+
+use std::path::{Path, PathBuf};
+
+/// Where cgroups are mounted.
+const ROOT: &str = "/sys/fs/cgroup";
+/// The parent group of every bottle.
+const PARENT: &str = "bottle";
+
+/// Limits for one bottle's bundle and VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u32,
+}
+
+/// The groups a bottle was put in (one for v2, one per controller for v1).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confined {
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Why a process could not be confined.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no writable cgroup hierarchy with the memory and pids controllers")]
+    Unavailable,
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which layout this host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    /// Unified hierarchy at this path.
+    V2(PathBuf),
+    /// `memory` and `pids` v1 hierarchies.
+    V1 { memory: PathBuf, pids: PathBuf },
+}
+
+fn layout(root: &Path) -> Option<Layout> {
+    let has = |dir: &Path, controllers: &str| {
+        std::fs::read_to_string(dir.join(controllers))
+            .map(|c| {
+                let c: Vec<&str> = c.split_whitespace().collect();
+                c.contains(&"memory") && c.contains(&"pids")
+            })
+            .unwrap_or(false)
+    };
+    if has(root, "cgroup.controllers") {
+        return Some(Layout::V2(root.to_path_buf()));
+    }
+    let memory = root.join("memory");
+    let pids = root.join("pids");
+    (memory.join("memory.limit_in_bytes").is_file() && pids.join("cgroup.procs").is_file())
+        .then_some(Layout::V1 { memory, pids })
+}
+
+/// Whether bottles can be confined here, and how (for `bottle doctor`).
+pub fn describe() -> Result<String, String> {
+    match layout(Path::new(ROOT)) {
+        Some(Layout::V2(p)) if writable(&p) => Ok(format!("cgroup v2 at {}", p.display())),
+        Some(Layout::V1 { memory, pids }) if writable(&memory) && writable(&pids) => Ok(format!(
+            "cgroup v1 ({} and {})",
+            memory.display(),
+            pids.display()
+        )),
+        Some(_) => Err("cgroups are not writable by this user; bottles run without memory and pids limits".into()),
+        None => Err("no cgroup hierarchy with memory and pids controllers; bottles run without memory and pids limits".into()),
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// Put `pid` in a new group `bottle/<identity>` with `limits`.
+pub fn confine(identity: &str, pid: u32, limits: Limits) -> Result<Confined, CgroupError> {
+    confine_at(Path::new(ROOT), identity, pid, limits)
+}
+
+fn confine_at(
+    root: &Path,
+    identity: &str,
+    pid: u32,
+    limits: Limits,
+) -> Result<Confined, CgroupError> {
+    let layout = layout(root).ok_or(CgroupError::Unavailable)?;
+    let write = |path: PathBuf, value: String| std::fs::write(&path, value).map_err(io(&path));
+    let made = match layout {
+        Layout::V2(root) => {
+            let parent = root.join(PARENT);
+            mkdir(&parent)?;
+            // Let the children use memory and pids (ignored where already on).
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids");
+            let dir = parent.join(identity);
+            mkdir(&dir)?;
+            write(dir.join("memory.max"), limits.memory_bytes.to_string())?;
+            write(dir.join("memory.swap.max"), "0".into()).ok();
+            write(dir.join("pids.max"), limits.pids.to_string())?;
+            write(dir.join("cgroup.procs"), pid.to_string())?;
+            vec![dir]
+        }
+        Layout::V1 { memory, pids } => {
+            let mem = memory.join(PARENT).join(identity);
+            let pid_dir = pids.join(PARENT).join(identity);
+            mkdir(&mem)?;
+            mkdir(&pid_dir)?;
+            write(
+                mem.join("memory.limit_in_bytes"),
+                limits.memory_bytes.to_string(),
+            )?;
+            write(pid_dir.join("pids.max"), limits.pids.to_string())?;
+            write(mem.join("cgroup.procs"), pid.to_string())?;
+            write(pid_dir.join("cgroup.procs"), pid.to_string())?;
+            vec![mem, pid_dir]
+        }
+    };
+    Ok(Confined { dirs: made })
+}
+
+fn mkdir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// Remove a bottle's groups once its processes are gone. Idempotent.
+pub fn release(confined: &Confined) {
+    for dir in &confined.dirs {
+        // rmdir succeeds only on an empty group: try a few times while the
+        // last processes exit.
+        for _ in 0..20 {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// Peak memory the group has used, in bytes (v2 `memory.peak`, v1
+/// `memory.max_usage_in_bytes`), where the kernel reports it.
+pub fn peak_memory(confined: &Confined) -> Option<u64> {
+    confined.dirs.iter().find_map(|d| {
+        ["memory.peak", "memory.max_usage_in_bytes"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(d.join(f)).ok())
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_v1(root: &Path) {
+        std::fs::create_dir_all(root.join("memory")).unwrap();
+        std::fs::create_dir_all(root.join("pids")).unwrap();
+        std::fs::write(root.join("memory/memory.limit_in_bytes"), "").unwrap();
+        std::fs::write(root.join("pids/cgroup.procs"), "").unwrap();
+    }
+
+    #[test]
+    fn v1_layout_gets_a_memory_and_a_pids_group_with_the_limits() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        let limits = Limits {
+            memory_bytes: 1 << 30,
+            pids: 256,
+        };
+        let c = confine_at(t.path(), "demo-abcde", 4242, limits).unwrap();
+        assert_eq!(c.dirs.len(), 2);
+        let mem = t.path().join("memory/bottle/demo-abcde");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            (1u64 << 30).to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(mem.join("cgroup.procs")).unwrap(),
+            "4242"
+        );
+        let pids = t.path().join("pids/bottle/demo-abcde");
+        assert_eq!(
+            std::fs::read_to_string(pids.join("pids.max")).unwrap(),
+            "256"
+        );
+    }
+
+    #[test]
+    fn v2_layout_is_preferred_and_sets_max_files() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        std::fs::write(t.path().join("cgroup.controllers"), "cpu memory pids io").unwrap();
+        let limits = Limits {
+            memory_bytes: 5 << 20,
+            pids: 64,
+        };
+        let c = confine_at(t.path(), "x-aaaaa", 7, limits).unwrap();
+        let dir = t.path().join("bottle/x-aaaaa");
+        assert_eq!(c.dirs, vec![dir.clone()]);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            (5u64 << 20).to_string()
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "64");
+    }
+
+    #[test]
+    fn no_hierarchy_is_an_error_not_a_guess() {
+        let t = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            memory_bytes: 1,
+            pids: 1,
+        };
+        assert!(matches!(
+            confine_at(t.path(), "x-aaaaa", 7, limits),
+            Err(CgroupError::Unavailable)
+        ));
+    }
+}

@@ -1,0 +1,3 @@
+//! Host facilities the CLI uses directly (Linux).
+
+pub mod cgroup;
