@@ -181,15 +181,21 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             let sock_dir = dir.join(files::SOCK_DIR);
             let proxy_listener = bind(&sock_dir.join("proxy.sock"))?;
             let proxy2 = proxy.clone();
-            tokio::spawn(accept_loop(proxy_listener, move |s| {
+            tokio::spawn(accept_loop(proxy_listener, "proxy", move |s, permit| {
                 let p = proxy2.clone();
-                tokio::spawn(async move { p.serve(s, "container".to_string()).await });
+                tokio::spawn(async move {
+                    p.serve(s, "container".to_string()).await;
+                    drop(permit);
+                });
             }));
             if let Some(gate) = gate.clone() {
                 let listener = bind(&sock_dir.join("git-gate.sock"))?;
-                tokio::spawn(accept_loop(listener, move |s| {
+                tokio::spawn(accept_loop(listener, "git-gate", move |s, permit| {
                     let g = gate.clone();
-                    tokio::spawn(async move { g.serve(s, "container".to_string()).await });
+                    tokio::spawn(async move {
+                        g.serve(s, "container".to_string()).await;
+                        drop(permit);
+                    });
                 }));
             }
             announce(&ready)?;
@@ -348,13 +354,37 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Connections one guard serves at once from a container; past it a new
+/// connection is closed at once (the netstack has the same kind of cap on
+/// the VM side, `max_flows`).
+pub const MAX_GUARD_CONNECTIONS: usize = 512;
+
 async fn accept_loop(
     listener: UnixListener,
-    mut handle: impl FnMut(tokio::net::UnixStream) + Send + 'static,
+    guard: &'static str,
+    mut handle: impl FnMut(tokio::net::UnixStream, tokio::sync::OwnedSemaphorePermit) + Send + 'static,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_GUARD_CONNECTIONS));
+    let mut refused: u64 = 0;
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => handle(stream),
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => handle(stream, permit),
+                Err(_) => {
+                    drop(stream);
+                    refused += 1;
+                    // Rate-limited: the agent must not flood the host's log.
+                    if last_warning
+                        .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+                    {
+                        tracing::warn!(
+                            "{guard}: {MAX_GUARD_CONNECTIONS} connections open; refused {refused} so far"
+                        );
+                        last_warning = Some(std::time::Instant::now());
+                    }
+                }
+            },
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -401,6 +431,40 @@ pub fn git_hook(args: &[String]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_guard_socket_serves_at_most_its_cap_and_closes_the_rest() {
+        use tokio::io::AsyncReadExt;
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("g.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // The handler holds every connection (and its permit) open.
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = held.clone();
+        tokio::spawn(accept_loop(listener, "test", move |s, permit| {
+            h.lock().unwrap().push((s, permit));
+        }));
+        let mut clients = Vec::new();
+        for _ in 0..MAX_GUARD_CONNECTIONS {
+            clients.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+        }
+        while held.lock().unwrap().len() < MAX_GUARD_CONNECTIONS {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut over = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), over.read(&mut buf))
+            .await
+            .expect("the connection over the cap is closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // One served connection ends: a new one is served again.
+        held.lock().unwrap().pop();
+        let again = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(held.lock().unwrap().len(), MAX_GUARD_CONNECTIONS);
+        drop(again);
+    }
 
     #[test]
     fn ready_line_round_trips() {
