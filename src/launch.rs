@@ -259,7 +259,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let fail = |e: anyhow::Error| -> anyhow::Error {
         let meta = dir.read_metadata().unwrap_or_else(|_| meta.clone());
         let _ = teardown(&meta, &dir);
-        let _ = dir.clone().remove();
+        let _ = dir.clone().retire();
         e
     };
     let timing = std::time::Instant::now();
@@ -367,7 +367,8 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     self::timing("command-done");
     let meta = dir.read_metadata().unwrap_or(meta);
     teardown(&meta, &dir)?;
-    dir.remove()?;
+    let _ = dir.update_metadata(|m| m.status = Status::Stopped);
+    dir.retire()?;
     self::timing("torn-down");
     code
 }
@@ -519,8 +520,8 @@ pub struct SessionSpec {
 }
 
 /// Print and verify a bottle's audit log.
-pub fn print_audit(dir: &StateDir) -> anyhow::Result<()> {
-    let path = dir.file(crate::bundle::files::AUDIT);
+pub fn print_audit(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(crate::bundle::files::AUDIT);
     let records = bottle_sidecars::proxy::audit::read_verified(&path)
         .with_context(|| format!("audit log {} failed verification", path.display()))?;
     let mut out = String::new();

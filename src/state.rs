@@ -232,6 +232,45 @@ impl StateDir {
         serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
     }
 
+    /// Keep what outlives the bottle — its audit log (all rotated files),
+    /// metadata, session transcript and exit status — under
+    /// `<root>/logs/<identity>/`, then remove the directory. What is kept
+    /// is what `bottle logs ID` reads after the bottle stopped.
+    pub fn retire(self) -> Result<(), StateError> {
+        let root = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let archive = logs_root(&root).join(&self.identity);
+        let keep: Vec<PathBuf> = match fs::read_dir(&self.path) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        ARCHIVED
+                            .iter()
+                            .any(|k| n == *k || (n.starts_with("audit") && n.ends_with(".jsonl")))
+                    })
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("read", &self.path)(e)),
+        };
+        if !keep.is_empty() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&archive)
+                .map_err(io("create", &archive))?;
+            for p in &keep {
+                if let Some(name) = p.file_name() {
+                    let to = archive.join(name);
+                    fs::rename(p, &to).map_err(io("archive", p))?;
+                }
+            }
+            prune_archives(&logs_root(&root), MAX_ARCHIVES);
+        }
+        self.remove()
+    }
+
     /// Remove the whole directory (sockets, logs, metadata).
     pub fn remove(self) -> Result<(), StateError> {
         match fs::remove_dir_all(&self.path) {
@@ -243,6 +282,41 @@ impl StateDir {
                 source: e,
             }),
         }
+    }
+}
+
+/// Files of a bottle kept after it stopped (besides `audit*.jsonl`).
+const ARCHIVED: &[&str] = &[METADATA, "session.log", "session-exit.json"];
+/// Stopped bottles whose logs are kept; older ones are removed first.
+pub const MAX_ARCHIVES: usize = 200;
+
+/// Where stopped bottles' logs are kept: `<root>/logs/`.
+pub fn logs_root(root: &Path) -> PathBuf {
+    root.join("logs")
+}
+
+/// The archived logs of a stopped bottle, if kept.
+pub fn archived(root: &Path, identity: &str) -> Option<PathBuf> {
+    if !crate::identity::is_identity(identity) {
+        return None;
+    }
+    let dir = logs_root(root).join(identity);
+    dir.is_dir().then_some(dir)
+}
+
+/// Keep the newest `keep` archives (by modification time).
+fn prune_archives(logs: &Path, keep: usize) {
+    let Ok(rd) = fs::read_dir(logs) else { return };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if dirs.len() <= keep {
+        return;
+    }
+    dirs.sort();
+    for (_, old) in &dirs[..dirs.len() - keep] {
+        let _ = fs::remove_dir_all(old);
     }
 }
 

@@ -250,3 +250,49 @@ fn the_bundle_and_vm_run_in_their_own_limited_cgroup() {
         assert!(!dir.exists(), "{dir:?} left behind");
     }
 }
+
+/// The audit log survives the bottle: after `bottle stop`, `bottle logs ID`
+/// still prints the proxy's decisions, chain verified.
+#[test]
+fn logs_of_a_stopped_bottle_are_kept_and_verified() {
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let m = sb.manifest(TINY);
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--manifest"])
+        .arg(&m)
+        .args([
+            "a",
+            "--",
+            "/bin/sh",
+            "-c",
+            "wget -q -O - http://kept-after-stop.example/x 2>&1 | head -n1; hostname",
+        ])
+        .output()
+        .expect("run bottle");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = stdout(&out)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(sb.state_entries().is_empty(), "{:?}", sb.state_entries());
+    let logs = sb.run(&["logs", &identity]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    assert!(
+        stdout(&logs).contains("kept-after-stop.example"),
+        "{}",
+        stdout(&logs)
+    );
+    let unknown = sb.run(&["logs", "a-zzzzz"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no kept logs"),
+        "{}",
+        stderr(&unknown)
+    );
+}

@@ -34,7 +34,7 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
             if let Some(meta) = &meta {
                 crate::launch::teardown(meta, &dir)?;
             }
-            dir.remove()?;
+            dir.retire()?;
             removed += 1;
         }
     }

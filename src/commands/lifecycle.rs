@@ -49,14 +49,25 @@ pub fn stop(id: &str) -> anyhow::Result<()> {
     let dir = StateDir::open(&root, id)?;
     if let Ok(meta) = dir.read_metadata() {
         crate::launch::teardown(&meta, &dir)?;
+        let _ = dir.update_metadata(|m| m.status = state::Status::Stopped);
     }
-    dir.remove()?;
+    dir.retire()?;
     print(&format!("stopped {id}\n"))
 }
 
+/// The audit log of a running bottle, or of a stopped one whose logs are kept.
 pub fn logs(id: &str) -> anyhow::Result<()> {
-    let (dir, _) = open(id)?;
-    crate::launch::print_audit(&dir)
+    let root = state::state_root()?;
+    match StateDir::open(&root, id) {
+        Ok(dir) => crate::launch::print_audit(dir.path()),
+        Err(e) => match state::archived(&root, id) {
+            Some(archive) => crate::launch::print_audit(&archive),
+            None => Err(anyhow::Error::new(e).context(format!(
+                "no running bottle `{id}` and no kept logs for it in {}",
+                state::logs_root(&root).display()
+            ))),
+        },
+    }
 }
 
 pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {

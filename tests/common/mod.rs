@@ -80,12 +80,14 @@ impl Sandbox {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
-    /// Identities with a state directory.
+    /// Identities with a state directory (stopped bottles' kept logs, under
+    /// `logs/`, are not state).
     pub fn state_entries(&self) -> Vec<String> {
         match std::fs::read_dir(self.state_dir()) {
             Ok(rd) => rd
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "logs")
                 .collect(),
             Err(_) => Vec::new(),
         }
