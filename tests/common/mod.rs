@@ -34,11 +34,29 @@ impl Sandbox {
         self.dir.path().join("cwd")
     }
 
-    /// Write `bottle.toml` in the sandbox and return its path.
+    /// Write `bottle.toml` in the sandbox, trust it as its user would with
+    /// `bottle trust` (a manifest that does not load is left untrusted, for
+    /// the tests of manifest errors) and return its path.
     pub fn manifest(&self, text: &str) -> PathBuf {
+        let path = self.manifest_untrusted(text);
+        let _ = self.trust(&path);
+        path
+    }
+
+    /// Write `bottle.toml` in the sandbox without trusting it.
+    pub fn manifest_untrusted(&self, text: &str) -> PathBuf {
         let path = self.dir.path().join("bottle.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// `bottle trust PATH` with this sandbox's state dir.
+    pub fn trust(&self, path: &Path) -> Output {
+        self.bottle()
+            .arg("trust")
+            .arg(path)
+            .output()
+            .expect("bottle trust")
     }
 
     /// A `bottle` command with this sandbox's state, config and cwd.
@@ -80,12 +98,13 @@ impl Sandbox {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
-    /// Identities with a state directory.
+    /// Identities with a state directory (the trust store beside them is not one).
     pub fn state_entries(&self) -> Vec<String> {
         match std::fs::read_dir(self.state_dir()) {
             Ok(rd) => rd
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name != "trust")
                 .collect(),
             Err(_) => Vec::new(),
         }
