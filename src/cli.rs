@@ -112,6 +112,27 @@ pub enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Trust a manifest bottle did not write (its real path and content), after reading it.
+    #[command(
+        after_help = "A manifest outside $XDG_CONFIG_HOME/bottle can run commands on this host and copy host files into a bottle, so `bottle run` refuses it until it is trusted; any edit needs trusting again.\n\nExamples:\n  bottle trust                  the manifest `bottle run` would load (./bottle.toml)\n  bottle trust ../app/bottle.toml\n  bottle trust --list\n  bottle trust --revoke"
+    )]
+    Trust {
+        /// Manifest (default: the one `bottle run` would load).
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// Revoke trust instead (same as `bottle untrust`).
+        #[arg(long, conflicts_with = "list")]
+        revoke: bool,
+        /// List trusted manifests (tab-separated: status, sha256, trusted at, path).
+        #[arg(long, conflicts_with = "path")]
+        list: bool,
+    },
+    /// Revoke trust in a manifest.
+    Untrust {
+        /// Manifest (default: the one `bottle run` would load).
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
     /// Print the launch plan for an agent; touches nothing.
     Plan {
         agent: String,

@@ -3,6 +3,8 @@
 //! process, no file. Token values never appear in it, only where they come from.
 
 use crate::backend::selection::Selected;
+use crate::manifest::paths::{self, PathKey, SecretPath};
+use crate::manifest::trust::TrustStatus;
 use crate::manifest::{self, validate, Agent, Bottle, Loaded, Route};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,8 @@ pub enum PlanError {
         origin: String,
         hint: String,
     },
+    #[error(transparent)]
+    SecretPath(#[from] Box<SecretPath>),
 }
 
 /// Where the agent's credential for a route comes from (never the value).
@@ -67,6 +71,26 @@ pub struct NetworkPlan {
     pub ports: Vec<(u16, &'static str)>,
 }
 
+/// What the manifest makes bottle do on the host as the user: commands it
+/// runs and files it reads (and copies into the guest), with why.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HostAccess {
+    pub commands: Vec<HostCommand>,
+    pub files: Vec<HostFile>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostCommand {
+    pub argv: Vec<String>,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostFile {
+    pub path: PathBuf,
+    pub why: String,
+}
+
 /// Everything a launch will do, for the preflight and `bottle plan --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -74,6 +98,10 @@ pub struct Plan {
     pub agent: String,
     pub bottle: String,
     pub manifest: String,
+    /// Whether `bottle run` may act on the manifest.
+    pub trust: TrustStatus,
+    /// What the manifest runs and reads on the host.
+    pub host_access: HostAccess,
     pub backend: &'static str,
     pub backend_reason: String,
     /// VM engine or container runtime, and why.
@@ -169,10 +197,56 @@ pub fn find_agent<'m>(
     }
 }
 
-/// Build the plan. Pure: reads nothing but the inputs.
+/// Build the plan. Writes nothing; reads only the inputs and, to resolve
+/// symlinks, the host paths the manifest names (refusing secret locations).
 pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
     let (agent, bottle) = find_agent(inputs.loaded, inputs.agent)?;
     let base_dir = inputs.loaded.origin.base_dir(inputs.cwd);
+    let agent_key = |key| PathKey {
+        table: "agents",
+        name: inputs.agent,
+        key,
+        allow_secret_paths: agent.allow_secret_paths,
+    };
+    let prompt_file = match (&agent.prompt, &agent.prompt_file) {
+        (None, Some(p)) => Some(paths::checked(&base_dir, p, agent_key("prompt_file"))?),
+        _ => None,
+    };
+    // The plan keeps each skill's path as written (its last component names
+    // the skill in the guest); its real path is checked and listed as host access.
+    let real_skills = agent
+        .skills
+        .iter()
+        .map(|s| paths::checked(&base_dir, s, agent_key("skills")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let skills: Vec<PathBuf> = agent
+        .skills
+        .iter()
+        .map(|s| paths::expand(&base_dir, s))
+        .collect();
+    let upstream_ca = bottle
+        .upstream_ca
+        .iter()
+        .map(|p| {
+            paths::checked(
+                &base_dir,
+                p,
+                PathKey {
+                    table: "bottles",
+                    name: &agent.bottle,
+                    key: "upstream_ca",
+                    allow_secret_paths: bottle.allow_secret_paths,
+                },
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let host_access = host_access(
+        bottle,
+        &base_dir,
+        prompt_file.as_deref(),
+        &real_skills,
+        &upstream_ca,
+    );
     let (net, prefix) = validate::parse_subnet(&bottle.network.subnet)
         .unwrap_or((std::net::Ipv4Addr::new(10, 0, 2, 0), 24));
     let octets = u32::from(net) & (u32::MAX << (32 - u32::from(prefix)));
@@ -211,6 +285,8 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         agent: inputs.agent.to_string(),
         bottle: agent.bottle.clone(),
         manifest: inputs.loaded.origin.describe(),
+        trust: inputs.loaded.trust.clone(),
+        host_access,
         backend: selected.backend.as_str(),
         backend_reason: selected.reason,
         engine: selected.engine,
@@ -224,12 +300,12 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             .unwrap_or_else(|| agent.command.clone()),
         cwd: inputs.cwd.to_path_buf(),
         copy_cwd: agent.copy_cwd,
-        prompt: match (&agent.prompt, &agent.prompt_file) {
+        prompt: match (&agent.prompt, &prompt_file) {
             (Some(_), _) => Some("inline".to_string()),
-            (None, Some(p)) => Some(base_dir.join(p).display().to_string()),
+            (None, Some(p)) => Some(p.display().to_string()),
             (None, None) => None,
         },
-        skills: agent.skills.iter().map(|s| base_dir.join(s)).collect(),
+        skills,
         env,
         network: NetworkPlan {
             dns_name: "proxy.internal",
@@ -286,6 +362,59 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             base_dir,
         },
     })
+}
+
+/// The commands and files of the manifest's bottle and agent that bottle
+/// runs or reads on the host (paths already resolved, except token and key files).
+pub fn host_access(
+    bottle: &Bottle,
+    base_dir: &Path,
+    prompt_file: Option<&Path>,
+    skills: &[PathBuf],
+    upstream_ca: &[PathBuf],
+) -> HostAccess {
+    let mut access = HostAccess::default();
+    for route in &bottle.routes {
+        let why = format!("token of route {}", route.host);
+        if let Some(argv) = &route.token.command {
+            access.commands.push(HostCommand {
+                argv: argv.clone(),
+                why,
+            });
+        } else if let Some(f) = &route.token.file {
+            access.files.push(HostFile {
+                path: paths::resolve(base_dir, f),
+                why: format!("{why}, sent to {} only", route.host),
+            });
+        }
+    }
+    if let Some(p) = prompt_file {
+        access.files.push(HostFile {
+            path: p.to_path_buf(),
+            why: "prompt, copied into the bottle".to_string(),
+        });
+    }
+    for s in skills {
+        access.files.push(HostFile {
+            path: s.clone(),
+            why: "skill, copied into the bottle".to_string(),
+        });
+    }
+    for c in upstream_ca {
+        access.files.push(HostFile {
+            path: c.clone(),
+            why: "upstream CA, read by the proxy".to_string(),
+        });
+    }
+    for g in &bottle.git {
+        if let Some(key) = &g.identity_file {
+            access.files.push(HostFile {
+                path: paths::resolve(base_dir, key),
+                why: format!("SSH key git-gate pushes {} with", g.upstream),
+            });
+        }
+    }
+    access
 }
 
 /// A command on one line: long scripts are summarised.
@@ -353,6 +482,18 @@ impl Plan {
             self.agent, self.identity
         );
         let _ = writeln!(o, "  manifest       : {}", self.manifest);
+        let _ = writeln!(o, "  manifest trust : {}", self.trust.describe());
+        for c in &self.host_access.commands {
+            let _ = writeln!(
+                o,
+                "  host command   : {}  ({}; runs on this host as you at launch)",
+                render_command(&c.argv),
+                c.why
+            );
+        }
+        for f in &self.host_access.files {
+            let _ = writeln!(o, "  host file      : {}  ({})", f.path.display(), f.why);
+        }
         let _ = writeln!(o, "  bottle         : {}", self.bottle);
         let _ = writeln!(
             o,

@@ -234,13 +234,24 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             prompt: None,
             prompt_file: None,
             skills: Vec::new(),
+            allow_secret_paths: false,
             env: Default::default(),
             copy_cwd: plan.copy_cwd,
         });
     let prompt = match (&agent.prompt, &agent.prompt_file) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(f)) => {
-            let path = plan.source.base_dir.join(f);
+            // Checked again here (the plan did it too): a path swapped for a
+            // symlink since is still refused.
+            let path = crate::manifest::paths::checked(
+                &plan.source.base_dir,
+                f,
+                agent_path_key(plan, &agent, "prompt_file"),
+            )
+            .map_err(|e| ProvisionError::Host {
+                step: "prompt",
+                why: e.to_string(),
+            })?;
             Some(
                 std::fs::read_to_string(&path).map_err(|e| ProvisionError::Host {
                     step: "prompt",
@@ -272,6 +283,17 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "skill".into());
+        // Checked again here (the plan did it too): a path swapped for a
+        // symlink since is still refused. The real path is what is copied.
+        let skill = &crate::manifest::paths::checked(
+            &plan.source.base_dir,
+            skill,
+            agent_path_key(plan, &agent, "skills"),
+        )
+        .map_err(|e| ProvisionError::Host {
+            step: "skills",
+            why: e.to_string(),
+        })?;
         if !skill.is_dir() {
             return Err(ProvisionError::Host {
                 step: "skills",
@@ -358,6 +380,19 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         "agent settings written (no telemetry, no auto-update)".to_string(),
     );
     Ok(())
+}
+
+fn agent_path_key<'a>(
+    plan: &'a Plan,
+    agent: &crate::manifest::Agent,
+    key: &'static str,
+) -> crate::manifest::paths::PathKey<'a> {
+    crate::manifest::paths::PathKey {
+        table: "agents",
+        name: &plan.agent,
+        key,
+        allow_secret_paths: agent.allow_secret_paths,
+    }
 }
 
 /// Add the bottle CA (at `ca_pem`, subject hash `hash`) to the guest's

@@ -139,6 +139,20 @@ fn manifest_in_working_directory_is_used() {
     assert!(out.status.success(), "{}", stderr(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(plan["manifest"].as_str().unwrap().ends_with("bottle.toml"));
+    // Found without asking, so only planned until the user trusts it.
+    assert_eq!(plan["trust"]["status"], "untrusted", "{plan:#}");
+}
+
+#[test]
+fn trust_refuses_a_manifest_that_does_not_load_and_records_nothing() {
+    let sb = Sandbox::new();
+    let m = sb.manifest_untrusted("[bottles.b]\nalow = []\n");
+    let out = sb.trust(&m);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown key"), "{}", stderr(&out));
+    let list = sb.run(&["trust", "--list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert_eq!(stdout(&list), "");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod doctor;
 mod lifecycle;
 mod ls;
 mod run;
+mod trust;
 
 use crate::cli::{Cli, Command};
 use clap::{CommandFactory, Parser};
@@ -60,6 +61,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             backend,
             json,
         } => run::plan(manifest, &agent, backend, json),
+        Command::Trust { path, revoke, list } => trust::trust(manifest, path, revoke, list),
+        Command::Untrust { path } => trust::trust(manifest, path, true, false),
         Command::Ls { json } => ls::ls(json),
         Command::Attach { id } => lifecycle::attach(&id),
         Command::Exec { id, command } => lifecycle::exec(&id, command),

@@ -99,6 +99,7 @@ pub fn plan(
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (loaded, cwd) = load_manifest(args.manifest)?;
+    manifest::trust::require(&loaded)?;
     let plan = make_plan(&loaded, &cwd, &args.agent, args.backend, args.command)?;
     if args.dry_run {
         print(&plan.render())?;

@@ -6,8 +6,10 @@
 //! references, exclusive keys, host patterns, pinned host keys).
 
 mod diag;
+pub mod paths;
 mod structure;
 mod suggest;
+pub mod trust;
 mod types;
 pub mod validate;
 
@@ -35,6 +37,29 @@ pub enum ManifestError {
     NotFound(PathBuf),
     #[error("{0}")]
     Invalid(Diagnostics),
+    #[error(
+        "manifest {} is not trusted. A manifest outside {config} can run commands on this host \
+         and copy host files into a bottle, so bottle uses it only once you have read it and said \
+         so. Review it (`bottle plan AGENT` shows what it would run and copy), then run: \
+         {trust_command}",
+        path.display()
+    )]
+    Untrusted {
+        path: PathBuf,
+        config: String,
+        trust_command: String,
+    },
+    #[error(
+        "manifest {} changed since you trusted it (sha256 {was}… is now {now}…). Review the \
+         change (`bottle plan AGENT` shows what it would run and copy), then run: {trust_command}",
+        path.display()
+    )]
+    Changed {
+        path: PathBuf,
+        was: String,
+        now: String,
+        trust_command: String,
+    },
 }
 
 /// Where the manifest in use came from.
@@ -65,26 +90,33 @@ impl Origin {
         }
     }
 
-    /// Directory that relative paths in the manifest are resolved against.
+    /// Directory that relative paths in the manifest are resolved against:
+    /// the real directory of the manifest file (symlinks resolved), so what a
+    /// trusted manifest reads is fixed by its real path and content. The
+    /// embedded default names no paths; `cwd` stands in for it.
     pub fn base_dir(&self, cwd: &Path) -> PathBuf {
-        self.path().and_then(Path::parent).map_or_else(
-            || cwd.to_path_buf(),
-            |p| {
-                if p.as_os_str().is_empty() {
-                    cwd.to_path_buf()
-                } else {
-                    cwd.join(p)
-                }
-            },
-        )
+        let Some(path) = self.path() else {
+            return cwd.to_path_buf();
+        };
+        let abs = cwd.join(path);
+        if let Some(dir) = std::fs::canonicalize(&abs)
+            .ok()
+            .and_then(|real| real.parent().map(Path::to_path_buf))
+        {
+            return dir;
+        }
+        abs.parent()
+            .map_or_else(|| cwd.to_path_buf(), Path::to_path_buf)
     }
 }
 
-/// A manifest that passed every check, with where it came from.
+/// A manifest that passed every check, with where it came from and whether
+/// the user trusts it (see [`trust`]).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub manifest: Manifest,
     pub origin: Origin,
+    pub trust: trust::TrustStatus,
 }
 
 /// Find the manifest: `--manifest`, else `./bottle.toml`, else the user's
@@ -114,17 +146,37 @@ pub fn locate(
     Ok(Origin::Embedded)
 }
 
-/// Read and check the manifest at `origin`.
+/// Read and check the manifest at `origin`, and find whether it is trusted.
+/// Trust is judged on the very bytes that are parsed, read from the file's
+/// real path.
 pub fn load(origin: Origin) -> Result<Loaded, ManifestError> {
-    let text = match origin.path() {
-        Some(path) => std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?,
-        None => DEFAULT_MANIFEST.to_string(),
+    let (text, trust) = match origin.path() {
+        Some(path) => {
+            let (real, text) = read(path)?;
+            let store = trust::Store::open().ok();
+            let config = trust::config_dir();
+            let status = trust::status(&real, text.as_bytes(), config.as_deref(), store.as_ref());
+            (text, status)
+        }
+        None => (DEFAULT_MANIFEST.to_string(), trust::TrustStatus::BuiltIn),
     };
     let manifest = parse(&origin.describe(), &text)?;
-    Ok(Loaded { manifest, origin })
+    Ok(Loaded {
+        manifest,
+        origin,
+        trust,
+    })
+}
+
+/// The real path of the manifest at `path` and its text, read from that real path.
+pub fn read(path: &Path) -> Result<(PathBuf, String), ManifestError> {
+    let err = |source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let real = std::fs::canonicalize(path).map_err(err)?;
+    let text = std::fs::read_to_string(&real).map_err(err)?;
+    Ok((real, text))
 }
 
 /// Parse and check manifest text; `origin` names it in messages.

@@ -54,6 +54,9 @@ pub struct Bottle {
     /// PEM files with extra roots the proxy trusts for upstream TLS.
     #[serde(default)]
     pub upstream_ca: Vec<PathBuf>,
+    /// Let `upstream_ca` name files in secret locations (`/etc`, `~/.ssh`, …).
+    #[serde(default)]
+    pub allow_secret_paths: bool,
     #[serde(default)]
     pub dlp: Dlp,
     #[serde(default)]
@@ -238,6 +241,9 @@ pub struct Agent {
     pub prompt_file: Option<PathBuf>,
     #[serde(default)]
     pub skills: Vec<PathBuf>,
+    /// Let `skills` and `prompt_file` name paths in secret locations (`~/.ssh`, `/etc`, …).
+    #[serde(default)]
+    pub allow_secret_paths: bool,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default = "default_true")]

@@ -34,11 +34,29 @@ impl Sandbox {
         self.dir.path().join("cwd")
     }
 
-    /// Write `bottle.toml` in the sandbox and return its path.
+    /// Write `bottle.toml` in the sandbox, trust it as its user would with
+    /// `bottle trust` (a manifest that does not load is left untrusted, for
+    /// the tests of manifest errors) and return its path.
     pub fn manifest(&self, text: &str) -> PathBuf {
+        let path = self.manifest_untrusted(text);
+        let _ = self.trust(&path);
+        path
+    }
+
+    /// Write `bottle.toml` in the sandbox without trusting it.
+    pub fn manifest_untrusted(&self, text: &str) -> PathBuf {
         let path = self.dir.path().join("bottle.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// `bottle trust PATH` with this sandbox's state dir.
+    pub fn trust(&self, path: &Path) -> Output {
+        self.bottle()
+            .arg("trust")
+            .arg(path)
+            .output()
+            .expect("bottle trust")
     }
 
     /// A `bottle` command with this sandbox's state, config and cwd.
@@ -80,14 +98,14 @@ impl Sandbox {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
-    /// Identities with a state directory (stopped bottles' kept logs, under
-    /// `logs/`, are not state).
+    /// Identities with a state directory (stopped bottles' kept logs under
+    /// `logs/` and the trust store beside them are not state).
     pub fn state_entries(&self) -> Vec<String> {
         match std::fs::read_dir(self.state_dir()) {
             Ok(rd) => rd
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "logs")
+                .filter(|n| n != "logs" && n != "trust")
                 .collect(),
             Err(_) => Vec::new(),
         }
