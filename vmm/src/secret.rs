@@ -60,8 +60,7 @@ pub fn initramfs_with_secret(
                 cpio.dir(&dir, 0o755)?;
             }
             cpio.file(name, 0o400, data)?;
-            dst.write_all(&cpio.finish()?)?;
-            dst.sync_data()
+            dst.write_all(&cpio.finish()?)
         })
         .map_err(write_err);
     if copied.is_err() {
