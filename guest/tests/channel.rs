@@ -265,3 +265,24 @@ async fn a_root_agent_serves_as_its_default_user() {
     );
     assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o640);
 }
+
+#[tokio::test]
+async fn silent_guest_connections_are_capped_and_do_not_block_the_agent_for_good() {
+    let mut rig = Rig::mux_only();
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(Raw::connect(&rig.guest_sock).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = Raw::connect(&rig.guest_sock).await;
+    let reason = refusal(
+        fifth
+            .hello_with_key(PROTOCOL_VERSION, Role::Guest, Some(&rig.key.to_hex()))
+            .await,
+    );
+    assert!(reason.contains("too many"), "{reason}");
+    drop(silent);
+    rig.agent = Some(rig.spawn_agent());
+    let client = Client::connect(&rig.control).await.unwrap();
+    client.wait_ready(Duration::from_secs(20)).await.unwrap();
+}
