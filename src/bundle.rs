@@ -27,6 +27,8 @@ pub mod files {
     pub const GUEST: &str = "guest.sock";
     pub const NET: &str = "net.sock";
     pub const CONSOLE: &str = "console.log";
+    /// VM: the image's initramfs plus a segment with the guest channel key.
+    pub const INITRAMFS: &str = "initramfs.img";
     pub const MIRRORS: &str = "git";
     /// Docker: the directory bind-mounted into the container.
     pub const SOCK_DIR: &str = "sock";
@@ -156,17 +158,29 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
     let (guest_sock, control_sock) = match config.mode {
         Mode::Vm(_) => (dir.join(files::GUEST), dir.join(files::CONTROL)),
         Mode::Docker => (
-            dir.join(files::SOCK_DIR).join("agent.sock"),
+            dir.join(files::SOCK_DIR)
+                .join(bottle_guest::auth::DOCKER_SOCKET),
             dir.join(files::CONTROL),
         ),
     };
+    // Only the guest agent can read this launch's channel key, and the mux
+    // takes one guest connection, the first that presents it.
+    let key =
+        bottle_guest::auth::ChannelKey::generate().context("cannot make the guest channel key")?;
     if matches!(config.mode, Mode::Docker) {
-        std::fs::create_dir_all(dir.join(files::SOCK_DIR))?;
+        let sock_dir = dir.join(files::SOCK_DIR);
+        std::fs::create_dir_all(&sock_dir)?;
+        write_root_only(
+            &sock_dir.join(bottle_guest::auth::DOCKER_KEY_FILE),
+            key.to_hex().as_bytes(),
+        )?;
     }
     let guest_listener = bind(&guest_sock)?;
     let control_listener = bind(&control_sock)?;
+    let mux_key = key.clone();
     tokio::spawn(async move {
-        if let Err(e) = bottle_guest::host::run_mux(guest_listener, control_listener).await {
+        if let Err(e) = bottle_guest::host::run_mux(guest_listener, control_listener, mux_key).await
+        {
             tracing::error!("guest mux stopped: {e}");
         }
     });
@@ -202,7 +216,18 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             wait_for_stop_signal().await;
             Ok(())
         }
-        Mode::Vm(vm) => serve_vm(dir, config.identity, vm, proxy, gate, &mut ready).await,
+        Mode::Vm(mut vm) => {
+            let initramfs = dir.join(files::INITRAMFS);
+            bottle_vmm::initramfs_with_secret(
+                &vm.initramfs,
+                &initramfs,
+                bottle_guest::auth::INITRAMFS_KEY_PATH,
+                key.to_hex().as_bytes(),
+            )
+            .context("cannot give the VM its channel key")?;
+            vm.initramfs = initramfs;
+            serve_vm(dir, config.identity, vm, proxy, gate, &mut ready).await
+        }
     }
 }
 
@@ -338,8 +363,11 @@ fn decided_engine(
 
 /// Bind a unix listener, replacing a stale socket file. Sockets are 0600,
 /// except those in the Docker socket directory: the container's agent user
-/// (uid 1000) must connect to them. The state directory itself is 0700, so
-/// on the host only its owner can reach them.
+/// (uid 1000) must connect to the guards', and the guest channel is 0000 (in
+/// the read-only bind mount nobody can chmod it), so only the container's
+/// guest agent, root with `CAP_DAC_OVERRIDE`, can connect to it, whatever
+/// uid owns it on the host. The state directory itself is 0700, so on the
+/// host only its owner can reach them.
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener =
@@ -349,9 +377,31 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         .parent()
         .and_then(Path::file_name)
         .is_some_and(|d| d == files::SOCK_DIR);
-    let mode = if shared { 0o666 } else { 0o600 };
+    let guest_channel = path
+        .file_name()
+        .is_some_and(|n| n == bottle_guest::auth::DOCKER_SOCKET);
+    let mode = match (shared, guest_channel) {
+        (true, true) => 0o000,
+        (true, false) => 0o666,
+        (false, _) => 0o600,
+    };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// Writes a file with mode 0000: in the container's read-only bind mount only
+/// a process with `CAP_DAC_OVERRIDE` (the guest agent) can read it.
+fn write_root_only(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Connections one guard serves at once from a container; past it a new

@@ -197,3 +197,95 @@ fn killing_the_bundle_fails_closed_and_stop_removes_everything() {
     assert!(stop.status.success(), "{}", stderr(&stop));
     assert_nothing_left(&sb, &[id]);
 }
+
+/// The host↔guest channel is the guest agent's alone: the agent user cannot
+/// open the socket or read the key (whatever uid owns them on the host), a
+/// root process in the container that forges a handshake is refused by the
+/// host, and `bottle exec` still reaches the real guest agent.
+fn channel_belongs_to_the_guest_agent(runtime: &str) {
+    let _g = serial();
+    if !require_docker(runtime) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let id = sb.run_detached("--docker", &manifest(runtime, ""));
+    let sock_dir = sb.state_dir().join(&id).join("sock");
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["agent.sock", "agent.key"] {
+        let mode = std::fs::metadata(sock_dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0, "{name} must be mode 0000");
+    }
+
+    let attempt = "id -u; \
+        timeout 2 /sbin/bottle-guest serve --connect unix:/run/bottle/agent.sock 2>&1 | head -n 3; \
+        /sbin/bottle-guest dial unix:/run/bottle/agent.sock; echo \"dial=$?\"; \
+        cat /run/bottle/agent.key >/dev/null 2>&1; echo \"key=$?\"; \
+        chmod 666 /run/bottle/agent.sock 2>/dev/null; echo \"chmod=$?\"";
+    let out = sb.run(&["exec", &id, "--", "/bin/sh", "-c", attempt]);
+    let so = stdout(&out);
+    assert!(
+        so.starts_with("1000\n"),
+        "the agent's commands run as uid 1000:\n{so}"
+    );
+    assert!(
+        !so.contains("BOTTLE-GUEST-READY"),
+        "the agent user got the channel:\n{so}"
+    );
+    assert!(so.contains("Permission denied"), "{so}");
+    assert!(so.contains("dial=1"), "{so}");
+    assert!(so.contains("key=1"), "the agent user read the key:\n{so}");
+    assert!(!so.contains("chmod=0"), "{so}");
+
+    // A root process in the container can open the socket; the host still
+    // refuses it, with or without the key: the channel is taken.
+    let name = format!("bottle-{id}");
+    for key in [&[][..], &["--key-file", "/run/bottle/agent.key"][..]] {
+        let forged = Command::new("docker")
+            .args(["exec", "-u", "0", &name, "/sbin/bottle-guest", "dial"])
+            .arg("unix:/run/bottle/agent.sock")
+            .args(key)
+            .output()
+            .unwrap();
+        let text = stdout(&forged);
+        assert_eq!(forged.status.code(), Some(1), "{text}{}", stderr(&forged));
+        assert!(
+            text.contains("refused: a guest agent is already connected"),
+            "{text}"
+        );
+    }
+
+    // The real guest agent still answers, as before, and what it runs for
+    // the agent has no capability (the container's are the guest agent's).
+    let out = sb.run(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $((6 * 7)); id -u; grep -E '^Cap(Prm|Eff|Inh)' /proc/self/status",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "42\n1000\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n",
+        "{}",
+        stderr(&out)
+    );
+    let log = std::fs::read_to_string(sb.state_dir().join(&id).join("bundle.log")).unwrap();
+    assert!(log.contains("refused a guest connection"), "{log}");
+    let stop = sb.run(&["stop", &id]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_nothing_left(&sb, &[id]);
+}
+
+#[test]
+fn channel_belongs_to_the_guest_agent_under_runc() {
+    channel_belongs_to_the_guest_agent("runc");
+}
+
+#[test]
+fn channel_belongs_to_the_guest_agent_under_runsc() {
+    channel_belongs_to_the_guest_agent("runsc");
+}

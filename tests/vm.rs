@@ -444,3 +444,67 @@ fn exec_on_a_terminal_gets_a_pty_and_follows_resizes() {
     assert!(sb.run(&["stop", &identity]).status.success());
     assert_nothing_left(&sb);
 }
+
+/// The channel key the bundle appended to the VM's initramfs (the data of the
+/// `bottle-channel.key` entry in the last newc segment).
+fn channel_key_of(sb: &Sandbox, identity: &str) -> String {
+    let image = std::fs::read(sb.state_dir().join(identity).join("initramfs.img")).unwrap();
+    let name = b"bottle-channel.key\0";
+    let at = image
+        .windows(name.len())
+        .rposition(|w| w == name)
+        .expect("key entry in the initramfs");
+    let data = (at + name.len()).next_multiple_of(4);
+    String::from_utf8(image[data..data + 64].to_vec()).unwrap()
+}
+
+#[test]
+fn the_agent_user_cannot_take_the_channel_or_read_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = serial();
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let identity = sb.run_detached("--vm", TINY);
+    let image = sb.state_dir().join(&identity).join("initramfs.img");
+    let mode = std::fs::metadata(&image).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = channel_key_of(&sb, &identity);
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+
+    let attempt = format!(
+        "id -u; \
+         ls /bottle-channel.key /run/bottle-channel.key 2>/dev/null; echo \"files=$?\"; \
+         timeout 2 /sbin/bottle-guest serve --connect virtio-port:agent 2>&1 | head -n 3; \
+         /sbin/bottle-guest dial virtio-port:agent; echo \"port=$?\"; \
+         /sbin/bottle-guest dial vsock:1024; echo \"vsock=$?\"; \
+         grep -rl {key} /proc/cmdline /etc /run /tmp /home 2>/dev/null; echo \"grep=$?\""
+    );
+    let out = sb.run(&["exec", &identity, "--", "/bin/sh", "-c", &attempt]);
+    let so = stdout(&out);
+    assert!(so.starts_with("1000\n"), "{so}\n{}", stderr(&out));
+    assert!(so.contains("files=1"), "init left the key behind:\n{so}");
+    assert!(
+        !so.contains("BOTTLE-GUEST-READY"),
+        "the agent user got the channel:\n{so}"
+    );
+    assert!(so.contains("port=1") && so.contains("vsock=1"), "{so}");
+    assert!(
+        so.contains("grep=1"),
+        "the key is readable by the agent user (command line or a file):\n{so}"
+    );
+
+    // The real guest agent still answers.
+    let exec = sb.run(&[
+        "exec",
+        &identity,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $((6 * 7)); id -u",
+    ]);
+    assert_eq!(stdout(&exec), "42\n1000\n", "{}", stderr(&exec));
+    assert!(sb.run(&["stop", &identity]).status.success());
+    assert_nothing_left(&sb);
+}

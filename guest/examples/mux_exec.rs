@@ -23,9 +23,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let poweroff = rest.iter().any(|a| a == "--poweroff");
     let tty = rest.iter().any(|a| a == "--tty").then_some((24, 80));
+    // The guest must present this key: write it where the agent reads it
+    // (`serve --key-file`, or the VM's initramfs key segment).
+    let key = bottle_guest::auth::ChannelKey::generate()?;
+    let key_file = format!("{guest}.key");
+    std::fs::write(&key_file, key.to_hex())?;
+    eprintln!("channel key written to {key_file}");
     tokio::spawn(run_mux(
         UnixListener::bind(guest)?,
         UnixListener::bind(control)?,
+        key,
     ));
     let client = Client::connect(control.as_ref()).await?;
     let info = client.wait_ready(Duration::from_secs(120)).await?;

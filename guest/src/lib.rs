@@ -1,11 +1,13 @@
 //! The in-VM / in-container agent and the host<->guest exec protocol.
 //!
 //! - [`proto`] and [`frame`]: the wire format, used by both sides.
+//! - [`auth`]: the channel key that makes the guest connection the agent's alone.
 //! - [`agent`]: the guest side (the `bottle-guest` binary's code).
 //! - [`host`]: the host side: the mux, the client, and the terminal attach.
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod auth;
 pub mod frame;
 pub mod host;
 pub mod proto;

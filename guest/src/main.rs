@@ -3,11 +3,15 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use bottle_guest::agent::{self, channel::Target, cmdline, forward::Forward, init, reaper::Reaper};
+use bottle_guest::agent::{
+    self, channel::Target, cmdline, forward::Forward, init, reaper::Reaper, KeySource,
+};
+use bottle_guest::proto::User;
 
 const USAGE: &str = "usage:
   bottle-guest init                      run as the VM's init (default when PID 1)
-  bottle-guest serve --connect unix:PATH [--forward ADDR:PORT=unix:PATH]...
+  bottle-guest serve --connect unix:PATH [--key-file PATH] [--user UID|NAME] [--forward ADDR:PORT=unix:PATH]...
+  bottle-guest dial TARGET [--key-file PATH]   try the host channel once as a guest; exit 0 only if accepted
   bottle-guest forward --listen ADDR:PORT --to unix:PATH [--listen .. --to ..]...
   bottle-guest net 'bottle.net=IP/PREFIX,GW bottle.mtu=N'   configure lo and eth0 only (testing aid)
   bottle-guest version";
@@ -20,6 +24,12 @@ enum Mode {
     Serve {
         connect: Target,
         forwards: Vec<Forward>,
+        key: KeySource,
+        user: Option<User>,
+    },
+    Dial {
+        target: Target,
+        key: KeySource,
     },
     Forward {
         forwards: Vec<Forward>,
@@ -46,15 +56,34 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         "net" => Ok(Mode::Net {
             cmdline: rest.join(" "),
         }),
+        "dial" => {
+            let (target, rest) = rest.split_first().ok_or("dial needs a TARGET")?;
+            let target = target.parse::<Target>().map_err(|e| e.to_string())?;
+            let key = match rest {
+                [] => KeySource::None,
+                [flag, path] if flag == "--key-file" => KeySource::File(path.into()),
+                _ => return Err("dial takes TARGET [--key-file PATH]".into()),
+            };
+            Ok(Mode::Dial { target, key })
+        }
         "serve" => {
             let mut connect = None;
             let mut forwards = Vec::new();
+            let mut key = KeySource::None;
+            let mut user = None;
             let mut it = rest.iter();
             while let Some(flag) = it.next() {
                 let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
                 match flag.as_str() {
                     "--connect" => {
                         connect = Some(value.parse::<Target>().map_err(|e| e.to_string())?)
+                    }
+                    "--key-file" => key = KeySource::File(value.into()),
+                    "--user" => {
+                        user = Some(match value.parse::<u32>() {
+                            Ok(uid) => User::Uid(uid),
+                            Err(_) => User::Name(value.clone()),
+                        })
                     }
                     "--forward" => {
                         let (listen, to) = value
@@ -68,6 +97,8 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             Ok(Mode::Serve {
                 connect: connect.ok_or("serve needs --connect")?,
                 forwards,
+                key,
+                user,
             })
         }
         "forward" => {
@@ -128,14 +159,30 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Mode::Serve { connect, forwards } => {
+        Mode::Serve {
+            connect,
+            forwards,
+            key,
+            user,
+        } => {
             let _ = nix::sys::prctl::set_child_subreaper(true);
             run_runtime(async move {
                 start_forwards(forwards).await?;
                 let reaper = Reaper::start().map_err(|e| e.to_string())?;
-                agent::run(connect, reaper, announce_stdout).await;
+                agent::run(connect, reaper, key, user, announce_stdout).await;
                 Ok(())
             })
+        }
+        Mode::Dial { target, key } => {
+            let code = run_runtime(async move {
+                let answer = agent::dial_once(&target, &key).await;
+                println!("{answer}");
+                match answer {
+                    agent::DialAnswer::Welcome => Ok(()),
+                    _ => Err("the host did not accept this connection as the guest".into()),
+                }
+            });
+            code
         }
         Mode::Forward { forwards } => run_runtime(async move {
             start_forwards(forwards).await?;
@@ -203,11 +250,15 @@ fn fatal(what: &str, e: &dyn std::error::Error) -> ExitCode {
 }
 
 fn run_init(stage2: bool) -> ExitCode {
+    use bottle_guest::auth::{HANDOVER_KEY_PATH, INITRAMFS_KEY_PATH};
     let read_cmdline = || std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    // The channel key is taken (read, then deleted) before anything else runs.
+    let key;
     if !stage2 {
         if let Err(e) = init::mount_early() {
             return fatal("mounts", &e);
         }
+        key = init::take_key(std::path::Path::new(INITRAMFS_KEY_PATH));
         let cfg = match cmdline::parse(&read_cmdline()) {
             Ok(c) => c,
             Err(e) => return fatal("kernel command line", &e),
@@ -218,13 +269,31 @@ fn run_init(stage2: bool) -> ExitCode {
             }
             if std::path::Path::new("/sbin/bottle-guest").exists() {
                 use std::os::unix::process::CommandExt;
+                let handover = std::path::Path::new(HANDOVER_KEY_PATH);
+                if let Some(k) = &key {
+                    if let Err(e) = init::hand_over_key(handover, k) {
+                        return fatal("channel key", &e);
+                    }
+                }
                 let err = std::process::Command::new("/sbin/bottle-guest")
                     .args(["init", "--stage2"])
                     .exec();
+                let _ = std::fs::remove_file(handover);
                 eprintln!("bottle-guest: exec /sbin/bottle-guest: {err}; continuing");
             }
         }
+    } else {
+        key = init::take_key(std::path::Path::new(HANDOVER_KEY_PATH));
     }
+    let key = match key {
+        Some(k) => KeySource::Fixed(k),
+        None => {
+            eprintln!(
+                "bottle-guest: no channel key was delivered with this boot; the host will refuse this agent"
+            );
+            KeySource::None
+        }
+    };
     if let Err(e) = init::mount_tmp() {
         return fatal("/tmp", &e);
     }
@@ -240,7 +309,14 @@ fn run_init(stage2: bool) -> ExitCode {
     }
     let code = run_runtime(async move {
         let reaper = Reaper::start().map_err(|e| e.to_string())?;
-        agent::run(Target::Boot(cfg.channel), reaper, announce_console).await;
+        agent::run(
+            Target::Boot(cfg.channel),
+            reaper,
+            key,
+            None,
+            announce_console,
+        )
+        .await;
         Ok(())
     });
     if std::process::id() == 1 {
@@ -260,11 +336,30 @@ mod tests {
     #[test]
     fn serve_takes_a_socket_and_forwards() {
         let m = parse_args(&args("serve --connect unix:/run/bottle/agent.sock --forward 127.0.0.1:8888=unix:/run/bottle/proxy.sock")).unwrap();
-        let Mode::Serve { connect, forwards } = m else {
+        let Mode::Serve {
+            connect,
+            forwards,
+            key,
+            user,
+        } = m
+        else {
             panic!("{m:?}")
         };
         assert_eq!(connect, Target::Unix("/run/bottle/agent.sock".into()));
         assert_eq!(forwards.len(), 1);
+        assert!(matches!(key, KeySource::None));
+        assert_eq!(user, None);
+        let m = parse_args(&args(
+            "serve --connect unix:/s --key-file /run/bottle/agent.key --user 1000",
+        ))
+        .unwrap();
+        let Mode::Serve { key, user, .. } = m else {
+            panic!("{m:?}")
+        };
+        assert!(
+            matches!(key, KeySource::File(p) if p == std::path::Path::new("/run/bottle/agent.key"))
+        );
+        assert_eq!(user, Some(User::Uid(1000)));
     }
 
     #[test]
@@ -278,6 +373,14 @@ mod tests {
         };
         assert_eq!(forwards.len(), 2);
         assert!(parse_args(&args("forward --listen 127.0.0.1:1")).is_err());
+        assert!(matches!(
+            parse_args(&args("dial unix:/s --key-file /k")).unwrap(),
+            Mode::Dial {
+                key: KeySource::File(_),
+                ..
+            }
+        ));
+        assert!(parse_args(&args("dial unix:/s --other")).is_err());
         assert!(parse_args(&args("serve")).is_err());
     }
 }

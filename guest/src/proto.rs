@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version both ends must speak; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: a guest's hello carries the channel key, and the mux takes one
+/// guest connection per boot.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The session id reserved for connection-level messages (hello, ping).
 pub const CONNECTION: u32 = 0;
@@ -20,6 +22,17 @@ pub enum Role {
     Guest,
     /// A host-side client (CLI) talking to the mux; it opens sessions.
     Client,
+}
+
+/// A secret carried in a message (the channel key); `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// A user to run as or to own files: a name from the guest's `/etc/passwd`, or
@@ -99,11 +112,14 @@ pub struct Entry {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Msg {
     // --- connection level (session 0) ---
-    /// First message of the dialing side.
+    /// First message of the dialing side. A guest sends the channel key
+    /// (hex, see [`crate::auth`]); a client sends none.
     Hello {
         version: u32,
         role: Role,
         software: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<Secret>,
     },
     /// The listening side accepts the hello.
     Welcome {

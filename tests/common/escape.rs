@@ -4,6 +4,10 @@
 
 /// Probes for busybox `sh` (the tiny image) and bash alike. `HOST_PORT` is
 /// replaced by a port the test listens on at the host's 127.0.0.1.
+///
+/// `agent-channel`: the agent user tries to become the guest agent, dialing
+/// the host channel (Docker's socket; a VM's vsock port and virtio port) with
+/// the guest agent's own binary; "open" means the host accepted it.
 pub const SCRIPT: &str = r#"
 probe() { name=$1; shift; if "$@" </dev/null >/dev/null 2>&1; then echo "$name: open"; else echo "$name: fails"; fi; }
 probe other-name nslookup -type=a example.com
@@ -14,6 +18,7 @@ probe host-loopback timeout 5 nc -w 3 127.0.0.1 HOST_PORT
 probe proxy-other-port timeout 5 nc -w 3 proxy.internal 22
 probe proxy-port timeout 5 nc -w 3 proxy.internal 8888
 probe docker-socket test -e /var/run/docker.sock
+probe agent-channel sh -c 'if [ -e /run/bottle/agent.sock ]; then set -- unix:/run/bottle/agent.sock; else set -- vsock:1024 virtio-port:agent; fi; for t; do timeout 2 /sbin/bottle-guest serve --connect "$t" 2>/dev/null | grep -q BOTTLE-GUEST-READY && exit 0; done; exit 1'
 if [ -e /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then echo "ipv6: present"; else echo "ipv6: none"; fi
 echo "unlisted: $(wget -q -O - http://unlisted.example/ 2>&1 | head -n1)"
 "#;
@@ -34,6 +39,7 @@ pub fn check(stdout: &str) {
         "proxy-other-port: fails",
         "proxy-port: open",
         "docker-socket: fails",
+        "agent-channel: fails",
         "ipv6: none",
     ] {
         assert!(

@@ -14,6 +14,7 @@ mod paths;
 pub mod probe;
 pub mod proc_scan;
 pub mod qemu;
+mod secret;
 pub mod select;
 mod spec;
 mod sys;
@@ -26,6 +27,7 @@ pub use marker::{boot_with_watchdog, wait_for_marker, wait_for_marker_or_exit, B
 pub use paths::cache_root;
 pub use probe::{probe, ProbeResult};
 pub use qemu::QemuEngine;
+pub use secret::initramfs_with_secret;
 pub use select::{select_engine, Selection, TCG_WARNING};
 pub use spec::{MacAddr, VmSpec, AGENT_PORT_NAME, AGENT_VSOCK_PORT, READY_MARKER};
 pub use sys::KrunError;

@@ -44,14 +44,27 @@ struct Put {
 }
 
 impl Put {
-    fn chown(&self, path: &Path, follow: bool) -> Result<(), FilesError> {
+    /// Gives `path` (never what a symlink there points at) to the owner.
+    fn chown(&self, path: &Path) -> Result<(), FilesError> {
         if let Some((uid, gid)) = self.owner {
-            let r = if follow {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            } else {
-                std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-            };
-            r.map_err(io(path))?;
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(path))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the missing directories of `dir`, each given to the owner (a
+    /// file written for the agent lands in directories the agent can use).
+    fn create_parents(&self, dir: &Path) -> Result<(), FilesError> {
+        let missing: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| fs::symlink_metadata(d).is_err())
+            .collect();
+        for d in missing.into_iter().rev() {
+            match fs::create_dir(d) {
+                Ok(()) => self.chown(d)?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(d)(e)),
+            }
         }
         Ok(())
     }
@@ -68,7 +81,7 @@ impl Put {
         }
         let mode = e.mode & 0o7777;
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
+            self.create_parents(parent)?;
         }
         self.entries += 1;
         match e.kind {
@@ -76,7 +89,7 @@ impl Put {
                 if !path.is_dir() {
                     fs::create_dir(&path).map_err(io(&path))?;
                 }
-                self.chown(&path, false)?;
+                self.chown(&path)?;
                 // Applied at the end so a read-only directory can still be filled.
                 self.dirs.push((path, mode));
             }
@@ -85,7 +98,7 @@ impl Put {
                     fs::remove_file(&path).map_err(io(&path))?;
                 }
                 std::os::unix::fs::symlink(&target, &path).map_err(io(&path))?;
-                self.chown(&path, false)?;
+                self.chown(&path)?;
             }
             EntryKind::File { len } => {
                 if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -99,7 +112,9 @@ impl Put {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(io(&path))?;
-                self.chown(&path, true)?;
+                if let Some((uid, gid)) = self.owner {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io(&path))?;
+                }
                 file.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(io(&path))?;
                 if len > 0 {

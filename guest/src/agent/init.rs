@@ -8,6 +8,7 @@ use nix::mount::{mount, MsFlags};
 
 use super::cmdline::{BootConfig, NetConfig, Root};
 use super::passwd;
+use crate::auth::ChannelKey;
 use crate::sys;
 
 /// Errors of the init steps.
@@ -141,6 +142,41 @@ pub fn switch_root(device: &str) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Takes the channel key from `path`: reads it and deletes the file, so no
+/// later process finds it. `None` (with a message) when it is missing or bad.
+pub fn take_key(path: &Path) -> Option<ChannelKey> {
+    if !path.exists() {
+        return None;
+    }
+    let key = ChannelKey::read(path);
+    if let Err(e) = std::fs::remove_file(path) {
+        eprintln!("bottle-guest: cannot delete {}: {e}", path.display());
+    }
+    match key {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("bottle-guest: {e}");
+            None
+        }
+    }
+}
+
+/// Leaves the key at `path` (root-only, created fresh) for init's stage 2.
+pub fn hand_over_key(path: &Path, key: &ChannelKey) -> Result<(), InitError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| InitError::Io(format!("write {}", path.display()), e);
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(key.to_hex().as_bytes()).map_err(io)
+}
+
 /// Configures `lo`, and `eth0` from `net` with `mtu`, plus the default route.
 pub fn configure_network(net: Option<NetConfig>, mtu: Option<u32>) -> Result<(), InitError> {
     sys::configure_interface("lo", Some((Ipv4Addr::LOCALHOST, 8)), None)?;
@@ -231,6 +267,23 @@ pub fn root_device(cfg: &BootConfig) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_is_taken_once_and_handed_over_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = ChannelKey::from_bytes([7; crate::auth::KEY_BYTES]);
+        let handover = dir.path().join("k");
+        hand_over_key(&handover, &key).unwrap();
+        let mode = std::fs::metadata(&handover).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o400);
+        assert_eq!(take_key(&handover), Some(key));
+        assert!(!handover.exists(), "taking the key deletes it");
+        assert_eq!(take_key(&handover), None);
+        std::fs::write(&handover, "not a key").unwrap();
+        assert_eq!(take_key(&handover), None);
+        assert!(!handover.exists());
+    }
 
     #[test]
     fn resolver_and_hosts_point_at_the_gateway() {

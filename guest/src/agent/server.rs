@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 
 use super::reaper::Reaper;
 use super::{exec, files};
+use crate::auth::ChannelKey;
 use crate::frame::{FrameError, FrameReader, FrameWriter};
-use crate::proto::{Frame, Msg, Role, CONNECTION, PROTOCOL_VERSION};
+use crate::proto::{Frame, Msg, Role, Secret, User, CONNECTION, PROTOCOL_VERSION};
 
 /// The agent's software name, sent in the hello.
 pub const SOFTWARE: &str = concat!("bottle-guest ", env!("CARGO_PKG_VERSION"));
@@ -24,6 +25,18 @@ pub enum ServeError {
     Refused(String),
     #[error("handshake: {0}")]
     Handshake(String),
+}
+
+/// How the agent serves a connection.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The channel key presented in the hello (the host refuses a guest
+    /// without this launch's key).
+    pub key: Option<ChannelKey>,
+    /// Who runs commands and owns written files when a request names no
+    /// user; the agent's own user when `None`. A container's root agent
+    /// serves as the agent user (`serve --user 1000`).
+    pub default_user: Option<User>,
 }
 
 /// What a session task gets: its id, the shared outbound queue, its own
@@ -45,7 +58,12 @@ impl SessionCtx {
 
 /// Serves one connection until the host closes it or the framing breaks.
 /// `on_ready` runs once the host accepted the handshake.
-pub async fn serve<S>(stream: S, reaper: Reaper, on_ready: impl FnOnce()) -> Result<(), ServeError>
+pub async fn serve<S>(
+    stream: S,
+    reaper: Reaper,
+    opts: &ServeOptions,
+    on_ready: impl FnOnce(),
+) -> Result<(), ServeError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -56,9 +74,16 @@ where
         version: PROTOCOL_VERSION,
         role: Role::Guest,
         software: SOFTWARE.into(),
+        key: opts.key.as_ref().map(|k| Secret(k.to_hex())),
     };
-    writer.write(&Frame::control(CONNECTION, hello)).await?;
-    match reader.read().await? {
+    // A host that refuses at once may close before the hello is written:
+    // its answer is still there to read.
+    let sent = writer.write(&Frame::control(CONNECTION, hello)).await;
+    let answer = match (reader.read().await, sent) {
+        (Ok(None) | Err(_), Err(e)) => return Err(e.into()),
+        (answer, _) => answer?,
+    };
+    match answer {
         Some(Ok(Frame::Control {
             msg: Msg::Welcome { .. },
             ..
@@ -84,7 +109,7 @@ where
             }
         }
     });
-    let result = dispatch(&mut reader, &out_tx, &reaper).await;
+    let result = dispatch(&mut reader, &out_tx, &reaper, &opts.default_user).await;
     drop(out_tx);
     writer_task.abort();
     result
@@ -94,6 +119,7 @@ async fn dispatch<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     out: &mpsc::Sender<Frame>,
     reaper: &Reaper,
+    default_user: &Option<User>,
 ) -> Result<(), ServeError> {
     let mut sessions: HashMap<u32, mpsc::UnboundedSender<Frame>> = HashMap::new();
     while let Some(frame) = reader.read().await? {
@@ -131,7 +157,7 @@ async fn dispatch<R: AsyncRead + Unpin>(
                         .await;
                     continue;
                 }
-                if let Some(tx) = open(id, msg, out, reaper).await {
+                if let Some(tx) = open(id, msg, out, reaper, default_user).await {
                     sessions.insert(id, tx);
                 }
             }
@@ -152,6 +178,7 @@ async fn open(
     msg: Msg,
     out: &mpsc::Sender<Frame>,
     reaper: &Reaper,
+    default_user: &Option<User>,
 ) -> Option<mpsc::UnboundedSender<Frame>> {
     let (tx, inbound) = mpsc::unbounded_channel();
     let ctx = SessionCtx {
@@ -161,11 +188,12 @@ async fn open(
         reaper: reaper.clone(),
     };
     match msg {
-        Msg::Exec(req) => {
+        Msg::Exec(mut req) => {
+            req.user = req.user.or_else(|| default_user.clone());
             tokio::spawn(exec::run(ctx, req));
         }
         Msg::Put { owner } => {
-            tokio::spawn(files::put(ctx, owner));
+            tokio::spawn(files::put(ctx, owner.or_else(|| default_user.clone())));
         }
         Msg::Get { path } => {
             tokio::spawn(files::get(ctx, path));

@@ -112,6 +112,7 @@ impl Client {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             software: crate::agent::server::SOFTWARE.into(),
+            key: None,
         };
         writer.write(&Frame::control(CONNECTION, hello)).await?;
         match reader.read().await? {
@@ -452,6 +453,10 @@ impl Client {
         loop {
             match tokio::time::timeout_at(deadline, self.probe()).await {
                 Ok(Ok(info)) => return Ok(info),
+                // The guest's one connection ended: waiting cannot help.
+                Ok(Err(ClientError::Remote(e))) if e == super::mux::CHANNEL_CLOSED => {
+                    return Err(ClientError::Remote(e))
+                }
                 Ok(Err(ClientError::Remote(e))) => last = e,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {}

@@ -1,20 +1,27 @@
-//! The mux: accepts the guest's (re)connections on one listener and any
+//! The mux: accepts the guest's one connection on one listener and any
 //! number of clients on another, and multiplexes the clients' sessions onto
 //! the guest stream, remapping session ids.
+//!
+//! Who may be the guest: the first connection whose hello carries this
+//! launch's channel key ([`ChannelKey`]). Once a guest is accepted, every
+//! later guest connection is refused and logged (rate-limited), even after
+//! the accepted one ends: there is one guest connection per boot, never a
+//! replacement.
 //!
 //! Guest-sent frames are untrusted: they are only routed to the client that
 //! owns the session, and a bad one fails that session alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use crate::auth::ChannelKey;
 use crate::frame::{FrameReader, FrameWriter};
-use crate::proto::{Frame, Msg, Role, CONNECTION, PROTOCOL_VERSION};
+use crate::proto::{Frame, Msg, Role, Secret, CONNECTION, PROTOCOL_VERSION};
 
 /// Errors that stop the mux.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +32,22 @@ pub enum MuxError {
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const QUEUE: usize = 256;
+/// Guest connections that may wait for their hello at once (before a guest
+/// is accepted only the VMM's or the agent's own connection arrives).
+const MAX_PENDING_GUESTS: usize = 4;
+/// At most one refusal line per this interval; the rest are counted.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a refused peer gets to take its `refused` frame.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a guest connection is refused once a guest was accepted.
+pub const ALREADY_CONNECTED: &str =
+    "a guest agent is already connected: the channel takes one guest connection per boot";
+/// Why a guest connection without this launch's key is refused.
+pub const BAD_KEY: &str = "the guest did not present this launch's channel key";
+/// What clients are told once the accepted guest's connection ended.
+pub const CHANNEL_CLOSED: &str = "the guest agent's channel closed and is never reopened \
+     (one guest connection per boot): stop the bottle and run it again";
 
 #[derive(Debug, Clone, Copy)]
 struct Route {
@@ -32,9 +55,46 @@ struct Route {
     sid: u32,
 }
 
+/// Rate-limits the log lines about refused guest connections.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// The line to log for a refusal at `now`, or `None` while rate-limited.
+    fn note(&mut self, now: Instant, reason: &str) -> Option<String> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        let line = match self.suppressed {
+            0 => format!("bottle: guest channel: refused a guest connection: {reason}"),
+            n => format!(
+                "bottle: guest channel: refused a guest connection: {reason} \
+                 ({n} more refused since the last report)"
+            ),
+        };
+        self.last = Some(now);
+        self.suppressed = 0;
+        Some(line)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     guest: Option<(u64, mpsc::Sender<Frame>)>,
+    /// Set when a guest is accepted, never cleared: one guest per boot.
+    claimed: bool,
+    /// Guest connections waiting for their hello.
+    pending: usize,
+    /// Why the last guest connection was refused, for clients' errors.
+    last_refusal: Option<String>,
+    refusals: RefusalLog,
     routes: HashMap<u32, Route>,
     by_client: HashMap<(u64, u32), u32>,
     clients: HashMap<u64, mpsc::Sender<Frame>>,
@@ -66,6 +126,27 @@ impl State {
             .filter_map(|(_, r)| self.clients.get(&r.client).map(|tx| (tx.clone(), r.sid)))
             .collect()
     }
+
+    /// Records and logs (rate-limited) a refused guest connection.
+    fn refused(&mut self, reason: &str) {
+        if !self.claimed {
+            self.last_refusal = Some(reason.to_string());
+        }
+        if let Some(line) = self.refusals.note(Instant::now(), reason) {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Why a new session cannot reach the guest right now.
+    fn no_guest(&self) -> String {
+        match (&self.last_refusal, self.claimed) {
+            (_, true) => CHANNEL_CLOSED.to_string(),
+            (Some(why), false) => format!(
+                "the guest agent is not connected (the last guest connection was refused: {why})"
+            ),
+            (None, false) => "the guest agent is not connected".to_string(),
+        }
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -74,9 +155,15 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the mux until a listener fails.
-pub async fn run_mux(guest: UnixListener, control: UnixListener) -> Result<(), MuxError> {
+/// Runs the mux until a listener fails. Only a guest whose hello carries
+/// `key` is accepted, and only the first one.
+pub async fn run_mux(
+    guest: UnixListener,
+    control: UnixListener,
+    key: ChannelKey,
+) -> Result<(), MuxError> {
     let state: Shared = Arc::default();
+    let key = Arc::new(key);
     let guests = {
         let state = state.clone();
         async move {
@@ -85,7 +172,7 @@ pub async fn run_mux(guest: UnixListener, control: UnixListener) -> Result<(), M
                     .accept()
                     .await
                     .map_err(|e| MuxError::Accept("guest", e))?;
-                tokio::spawn(guest_conn(s, state.clone()));
+                tokio::spawn(guest_conn(s, state.clone(), key.clone()));
             }
         }
     };
@@ -104,63 +191,55 @@ pub async fn run_mux(guest: UnixListener, control: UnixListener) -> Result<(), M
     }
 }
 
-/// Reads the hello and answers it; `None` when refused or broken.
-async fn handshake<R, W>(
+/// Reads the first frame, which must be a hello; `Err` carries the reason to
+/// refuse with, `Ok(None)` means the peer went away first.
+async fn read_hello<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
-    writer: &mut FrameWriter<W>,
-    role: Role,
-    guest_connected: impl FnOnce() -> bool,
-) -> Option<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // QEMU connects its chardev before the guest boots, so the guest's hello
-    // may come much later (a slow TCG boot): only clients get a deadline.
-    let first = match role {
-        Role::Guest => reader.read().await.ok()??,
-        Role::Client => tokio::time::timeout(HELLO_TIMEOUT, reader.read())
-            .await
-            .ok()?
-            .ok()??,
+    deadline: Option<Duration>,
+) -> Result<Option<(u32, Role, Option<Secret>)>, String> {
+    let first = match deadline {
+        None => reader.read().await,
+        Some(d) => match tokio::time::timeout(d, reader.read()).await {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        },
     };
-    let refusal = match first {
-        Ok(Frame::Control {
+    match first {
+        Ok(None) | Err(_) => Ok(None),
+        Ok(Some(Ok(Frame::Control {
             msg: Msg::Hello {
-                version, role: r, ..
+                version, role, key, ..
             },
             ..
-        }) => {
-            if version != PROTOCOL_VERSION {
-                Some(format!(
-                    "protocol version {version} is not supported: this host speaks version {PROTOCOL_VERSION}; \
-                     use the bottle-guest built with this bottle"
-                ))
-            } else if r != role {
-                Some(format!("expected a {role:?} on this socket, got a {r:?}"))
-            } else {
-                None
-            }
-        }
-        _ => Some("the first frame must be a hello".to_string()),
-    };
-    let reply = match &refusal {
-        Some(reason) => Msg::Refused {
-            reason: reason.clone(),
-        },
-        None => Msg::Welcome {
-            version: PROTOCOL_VERSION,
-            guest_connected: guest_connected(),
-        },
-    };
-    writer
-        .write(&Frame::control(CONNECTION, reply))
-        .await
-        .ok()?;
-    match refusal {
-        Some(_) => None,
-        None => Some(()),
+        }))) => Ok(Some((version, role, key))),
+        Ok(Some(_)) => Err("the first frame must be a hello".to_string()),
     }
+}
+
+/// Why a hello with this version and role is refused on a `want` socket.
+fn check_hello(version: u32, role: Role, want: Role) -> Option<String> {
+    if version != PROTOCOL_VERSION {
+        Some(format!(
+            "protocol version {version} is not supported: this host speaks version {PROTOCOL_VERSION}; \
+             use the bottle-guest built with this bottle"
+        ))
+    } else if role != want {
+        Some(format!(
+            "expected a {want:?} on this socket, got a {role:?}"
+        ))
+    } else {
+        None
+    }
+}
+
+async fn send_refusal<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, reason: &str) {
+    let refused = Frame::control(
+        CONNECTION,
+        Msg::Refused {
+            reason: reason.to_string(),
+        },
+    );
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, writer.write(&refused)).await;
 }
 
 fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
@@ -184,25 +263,101 @@ async fn fail(targets: Vec<(mpsc::Sender<Frame>, u32)>, why: &str) {
     }
 }
 
-async fn guest_conn(stream: UnixStream, state: Shared) {
+/// Counts a guest connection as waiting for its hello while alive.
+struct Pending(Shared);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0);
+        st.pending = st.pending.saturating_sub(1);
+    }
+}
+
+/// Admits one guest connection: `Ok` with the writer's queue and generation
+/// once its hello carried the key and no guest was accepted before; `Err`
+/// with the reason it was refused (already sent to the peer and logged), or
+/// `None` when the peer left before saying hello.
+async fn admit_guest<R, W>(
+    reader: &mut FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    state: &Shared,
+    key: &ChannelKey,
+) -> Option<(u64, mpsc::Sender<Frame>)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let early = {
+        let mut st = lock(state);
+        if st.claimed {
+            Some(ALREADY_CONNECTED.to_string())
+        } else if st.pending >= MAX_PENDING_GUESTS {
+            Some("too many guest connections are waiting for their hello".to_string())
+        } else {
+            st.pending += 1;
+            None
+        }
+    };
+    let refusal = match early {
+        Some(reason) => Some(reason),
+        None => {
+            let _pending = Pending(state.clone());
+            // QEMU connects its chardev before the guest boots, so the
+            // guest's hello may come much later (a slow TCG boot): no deadline.
+            match read_hello(reader, None).await {
+                Ok(None) => return None,
+                Err(reason) => Some(reason),
+                Ok(Some((version, role, offered))) => check_hello(version, role, Role::Guest)
+                    .or_else(|| {
+                        let ok = offered.is_some_and(|Secret(k)| key.matches(&k));
+                        (!ok).then(|| BAD_KEY.to_string())
+                    }),
+            }
+        }
+    };
+    let refusal = refusal.or_else(|| lock(state).claimed.then(|| ALREADY_CONNECTED.to_string()));
+    if let Some(reason) = refusal {
+        lock(state).refused(&reason);
+        send_refusal(&mut writer, &reason).await;
+        return None;
+    }
+    let welcome = Frame::control(
+        CONNECTION,
+        Msg::Welcome {
+            version: PROTOCOL_VERSION,
+            guest_connected: true,
+        },
+    );
+    let tx = spawn_writer(writer);
+    let mut st = lock(state);
+    if st.claimed {
+        // Another connection won while this one's hello was checked.
+        st.refused(ALREADY_CONNECTED);
+        let _ = tx.try_send(Frame::control(
+            CONNECTION,
+            Msg::Refused {
+                reason: ALREADY_CONNECTED.to_string(),
+            },
+        ));
+        return None;
+    }
+    if tx.try_send(welcome).is_err() {
+        return None;
+    }
+    st.claimed = true;
+    st.last_refusal = None;
+    st.next_id += 1;
+    let gen = st.next_id;
+    st.guest = Some((gen, tx.clone()));
+    Some((gen, tx))
+}
+
+async fn guest_conn(stream: UnixStream, state: Shared, key: Arc<ChannelKey>) {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
-    let mut writer = FrameWriter::new(w);
-    if handshake(&mut reader, &mut writer, Role::Guest, || true)
-        .await
-        .is_none()
-    {
+    let Some((gen, tx)) = admit_guest(&mut reader, FrameWriter::new(w), &state, &key).await else {
         return;
-    }
-    let tx = spawn_writer(writer);
-    let (gen, stale) = {
-        let mut st = lock(&state);
-        st.next_id += 1;
-        let gen = st.next_id;
-        st.guest = Some((gen, tx.clone()));
-        (gen, st.fail_all())
     };
-    fail(stale, "the guest agent reconnected; the session was lost").await;
 
     loop {
         let frame = match reader.read().await {
@@ -220,20 +375,14 @@ async fn guest_conn(stream: UnixStream, state: Shared) {
             }
             Ok(Frame::Control {
                 session: CONNECTION,
-                msg: Msg::Hello { version, .. },
+                msg: Msg::Hello { .. },
             }) => {
-                // The agent restarted on a persistent channel (virtio port).
-                let stale = lock(&state).fail_all();
-                fail(stale, "the guest agent restarted; the session was lost").await;
-                let reply = if version == PROTOCOL_VERSION {
-                    Msg::Welcome {
-                        version: PROTOCOL_VERSION,
-                        guest_connected: true,
-                    }
-                } else {
-                    Msg::Refused {
-                        reason: format!("protocol version {version} is not supported"),
-                    }
+                // A second hello on the accepted stream (a persistent virtio
+                // port reopened by someone else) is never a new guest.
+                let reason = "the channel is already open: a second hello is never a replacement";
+                lock(&state).refused(reason);
+                let reply = Msg::Refused {
+                    reason: reason.to_string(),
                 };
                 let _ = tx.send(Frame::control(CONNECTION, reply)).await;
             }
@@ -284,17 +433,30 @@ async fn guest_conn(stream: UnixStream, state: Shared) {
             Vec::new()
         }
     };
-    fail(stale, "the guest agent disconnected").await;
+    fail(stale, CHANNEL_CLOSED).await;
 }
 
 async fn client_conn(stream: UnixStream, state: Shared) {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
-    let connected = || lock(&state).guest.is_some();
-    if handshake(&mut reader, &mut writer, Role::Client, connected)
+    let refusal = match read_hello(&mut reader, Some(HELLO_TIMEOUT)).await {
+        Ok(None) => return,
+        Ok(Some((version, role, _))) => check_hello(version, role, Role::Client),
+        Err(reason) => Some(reason),
+    };
+    if let Some(reason) = refusal {
+        send_refusal(&mut writer, &reason).await;
+        return;
+    }
+    let welcome = Msg::Welcome {
+        version: PROTOCOL_VERSION,
+        guest_connected: lock(&state).guest.is_some(),
+    };
+    if writer
+        .write(&Frame::control(CONNECTION, welcome))
         .await
-        .is_none()
+        .is_err()
     {
         return;
     }
@@ -330,12 +492,12 @@ async fn client_conn(stream: UnixStream, state: Shared) {
                         ..
                     }
                 );
-                let forward: Result<(mpsc::Sender<Frame>, u32), &str> = {
+                let forward: Result<(mpsc::Sender<Frame>, u32), String> = {
                     let mut st = lock(&state);
                     let existing = st.by_client.get(&(id, sid)).copied();
                     match (&st.guest, existing, is_request) {
-                        (_, Some(_), true) => Err("session id already in use"),
-                        (None, _, true) => Err("the guest agent is not connected"),
+                        (_, Some(_), true) => Err("session id already in use".to_string()),
+                        (None, _, true) => Err(st.no_guest()),
                         (Some((_, g)), None, true) => {
                             let g = g.clone();
                             let gsid = st.alloc_sid();
@@ -350,7 +512,7 @@ async fn client_conn(stream: UnixStream, state: Shared) {
                             }
                             Ok((g, gsid))
                         }
-                        (_, _, false) => Err("unknown session"),
+                        (_, _, false) => Err("unknown session".to_string()),
                     }
                 };
                 match forward {
@@ -397,5 +559,24 @@ async fn client_conn(stream: UnixStream, state: Shared) {
         for gsid in cancels {
             let _ = guest.send(Frame::control(gsid, Msg::Cancel)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_interval_with_a_count() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let first = log.note(t0, "x").unwrap();
+        assert!(first.contains("refused a guest connection: x"), "{first}");
+        for i in 1..=5 {
+            assert_eq!(log.note(t0 + Duration::from_secs(i), "x"), None);
+        }
+        let next = log.note(t0 + REFUSAL_LOG_INTERVAL, "y").unwrap();
+        assert!(next.contains(": y (5 more refused"), "{next}");
+        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL, "z"), None);
     }
 }

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bottle_guest::auth::ChannelKey;
 use bottle_guest::frame::{FrameReader, FrameWriter};
 use bottle_guest::host::{run_mux, Client};
-use bottle_guest::proto::{Frame, Msg, Role, CONNECTION, PROTOCOL_VERSION};
+use bottle_guest::proto::{Frame, Msg, Role, Secret, CONNECTION, PROTOCOL_VERSION};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
@@ -14,14 +15,27 @@ pub struct Rig {
     pub dir: tempfile::TempDir,
     pub guest_sock: PathBuf,
     pub control: PathBuf,
+    /// This launch's channel key, also written to `key_file`.
+    pub key: ChannelKey,
+    pub key_file: PathBuf,
     pub agent: Option<Child>,
 }
 
-pub fn spawn_agent(guest_sock: &Path) -> Child {
+/// Writes `key` to a file the agent reads with `--key-file`.
+pub fn write_key(dir: &Path, key: &ChannelKey) -> PathBuf {
+    let path = dir.join("agent.key");
+    std::fs::write(&path, key.to_hex()).unwrap();
+    path
+}
+
+/// The real agent in `serve` mode, presenting the key in `key_file`.
+pub fn spawn_agent(guest_sock: &Path, key_file: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bottle-guest"))
         .arg("serve")
         .arg("--connect")
         .arg(format!("unix:{}", guest_sock.display()))
+        .arg("--key-file")
+        .arg(key_file)
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -36,19 +50,28 @@ impl Rig {
         let control = dir.path().join("control.sock");
         let guest = UnixListener::bind(&guest_sock).unwrap();
         let ctl = UnixListener::bind(&control).unwrap();
-        tokio::spawn(run_mux(guest, ctl));
+        let key = ChannelKey::generate().unwrap();
+        let key_file = write_key(dir.path(), &key);
+        tokio::spawn(run_mux(guest, ctl, key.clone()));
         Rig {
             dir,
             guest_sock,
             control,
+            key,
+            key_file,
             agent: None,
         }
+    }
+
+    /// The real agent dialing this rig's mux with the right key.
+    pub fn spawn_agent(&self) -> Child {
+        spawn_agent(&self.guest_sock, &self.key_file)
     }
 
     /// A mux with a connected agent.
     pub async fn start() -> (Rig, Client) {
         let mut rig = Rig::mux_only();
-        rig.agent = Some(spawn_agent(&rig.guest_sock));
+        rig.agent = Some(rig.spawn_agent());
         let client = Client::connect(&rig.control).await.unwrap();
         client.wait_ready(Duration::from_secs(20)).await.unwrap();
         (rig, client)
@@ -86,10 +109,16 @@ impl Raw {
     }
 
     pub async fn hello(&mut self, version: u32, role: Role) -> Msg {
+        self.hello_with_key(version, role, None).await
+    }
+
+    /// A hello carrying `key` (hex) as a guest would.
+    pub async fn hello_with_key(&mut self, version: u32, role: Role, key: Option<&str>) -> Msg {
         let hello = Msg::Hello {
             version,
             role,
             software: "test".into(),
+            key: key.map(|k| Secret(k.to_string())),
         };
         self.send(Frame::control(CONNECTION, hello)).await;
         match self.next().await {

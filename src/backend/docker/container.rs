@@ -1,11 +1,15 @@
 //! The hardened agent container and its lifecycle.
 //!
-//! No network (`NetworkMode: none`), the unprivileged agent user, a read-only
-//! root with tmpfs for the writable paths, every capability dropped,
-//! `no-new-privileges`, limits from the manifest, Docker's init as PID 1. The
-//! only host paths it sees are the bottle's socket directory (read-only, at
-//! [`GUEST_SOCKET_DIR`]) and two small generated files, `/etc/hosts` and
-//! `/etc/resolv.conf`, also read-only.
+//! No network (`NetworkMode: none`), a read-only root with tmpfs for the
+//! writable paths, `no-new-privileges`, limits from the manifest, Docker's
+//! init as PID 1. The only host paths it sees are the bottle's socket
+//! directory (read-only, at [`GUEST_SOCKET_DIR`]) and two small generated
+//! files, `/etc/hosts` and `/etc/resolv.conf`, also read-only.
+//!
+//! The guest agent runs as root with only [`GUEST_CAPS`]: it alone can open
+//! the guest channel and read the channel key (both mode 0000 in the
+//! read-only mount), and it runs everything the host asks as the agent user
+//! ([`AGENT_UID`], `serve --user`), which has no capability at all.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,20 @@ const MIN_PIDS: u32 = 64;
 
 /// The agent user's uid and gid.
 pub const AGENT_UID: u32 = 1000;
+
+/// The only capabilities of the container (held by the root guest agent;
+/// the agent user's processes have none): switch to the agent user
+/// (`SETUID`, `SETGID`), signal its processes (`KILL`), open the root-only
+/// channel and key and write into the agent's directories (`DAC_OVERRIDE`),
+/// and hand the files it writes to the agent (`CHOWN`, `FOWNER`).
+pub const GUEST_CAPS: [&str; 6] = [
+    "SETUID",
+    "SETGID",
+    "KILL",
+    "DAC_OVERRIDE",
+    "CHOWN",
+    "FOWNER",
+];
 
 /// A guard port on loopback inside the container and the socket it forwards to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +208,8 @@ fn invalid(what: &'static str, why: String) -> DockerError {
 }
 
 /// The guest agent as the container's command: it dials the protocol socket
-/// and listens on loopback at each guard port, forwarding to its socket.
+/// with the channel key, serves as the agent user, and listens on loopback
+/// at each guard port, forwarding to its socket.
 pub fn guest_command() -> Vec<String> {
     let mut cmd = vec![
         GUEST_PATH.to_owned(),
@@ -198,6 +217,13 @@ pub fn guest_command() -> Vec<String> {
         "--connect".to_owned(),
     ];
     cmd.push(format!("unix:{GUEST_AGENT_SOCKET}"));
+    cmd.push("--key-file".to_owned());
+    cmd.push(format!(
+        "{GUEST_SOCKET_DIR}/{}",
+        bottle_guest::auth::DOCKER_KEY_FILE
+    ));
+    cmd.push("--user".to_owned());
+    cmd.push(AGENT_UID.to_string());
     for g in GUARD_FORWARDS {
         cmd.push("--forward".to_owned());
         cmd.push(format!(
@@ -242,6 +268,7 @@ fn create_body(spec: &AgentContainerSpec, hosts: &Path, resolv: &Path) -> Contai
         runtime: Some(spec.runtime.as_str().into()),
         readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(GUEST_CAPS.iter().map(|c| (*c).to_owned()).collect()),
         security_opt: Some(vec!["no-new-privileges:true".into()]),
         privileged: Some(false),
         init: Some(true),
@@ -277,7 +304,8 @@ fn create_body(spec: &AgentContainerSpec, hosts: &Path, resolv: &Path) -> Contai
         image: Some(spec.image.clone()),
         cmd: Some(spec.command.clone()),
         entrypoint: Some(Vec::new()),
-        user: Some(format!("{uid}:{uid}")),
+        // The guest agent; it runs the agent's commands as `uid`.
+        user: Some("0:0".into()),
         working_dir: Some("/workspace".into()),
         hostname: Some("bottle".into()),
         env: Some(env),
@@ -510,12 +538,26 @@ mod tests {
     }
 
     #[test]
-    fn agent_container_has_no_network_and_no_privileges() {
+    fn agent_container_has_no_network_and_only_the_guest_agents_capabilities() {
         let b = body();
         let h = b.host_config.unwrap();
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
-        assert_eq!(h.cap_add, None);
+        assert_eq!(
+            h.cap_add,
+            Some(
+                [
+                    "SETUID",
+                    "SETGID",
+                    "KILL",
+                    "DAC_OVERRIDE",
+                    "CHOWN",
+                    "FOWNER"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
         assert_eq!(
             h.security_opt,
             Some(vec!["no-new-privileges:true".to_owned()])
@@ -526,7 +568,11 @@ mod tests {
         assert_eq!(h.runtime.as_deref(), Some("runsc"));
         assert_eq!(h.port_bindings, None);
         assert_eq!(h.extra_hosts, None);
-        assert_eq!(b.user.as_deref(), Some("1000:1000"));
+        // Root for the guest agent only: it serves as the agent user.
+        assert_eq!(b.user.as_deref(), Some("0:0"));
+        let cmd = b.cmd.unwrap();
+        let user = cmd.iter().position(|a| a == "--user").unwrap();
+        assert_eq!(cmd[user + 1], "1000");
     }
 
     #[test]
@@ -591,6 +637,12 @@ mod tests {
                 "--connect",
                 "unix:/run/bottle/agent.sock"
             ]
+        );
+        let key = c.iter().position(|a| a == "--key-file").unwrap();
+        assert_eq!(c[key + 1], "/run/bottle/agent.key");
+        assert_eq!(
+            GUEST_AGENT_SOCKET,
+            format!("{GUEST_SOCKET_DIR}/{}", bottle_guest::auth::DOCKER_SOCKET)
         );
         assert!(c.contains(&"127.0.0.1:8888=unix:/run/bottle/proxy.sock".to_owned()));
         assert!(c.contains(&"127.0.0.1:9418=unix:/run/bottle/git-gate.sock".to_owned()));

@@ -18,7 +18,7 @@ mod runtime;
 pub use client::{DockerClient, DockerHost, MIN_API_VERSION};
 pub use container::{
     guest_command, AgentContainerSpec, ContainerInfo, GuardForward, AGENT_UID, GUARD_FORWARDS,
-    GUEST_AGENT_SOCKET, GUEST_PATH, GUEST_SOCKET_DIR,
+    GUEST_AGENT_SOCKET, GUEST_CAPS, GUEST_PATH, GUEST_SOCKET_DIR,
 };
 pub use error::DockerError;
 pub use image::ImageRef;
