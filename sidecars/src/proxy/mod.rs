@@ -17,6 +17,7 @@ pub mod decide;
 pub mod dlp;
 mod handler;
 pub mod net;
+pub mod path;
 mod ratelimit;
 pub mod routes;
 pub mod target;
