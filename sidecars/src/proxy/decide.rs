@@ -406,7 +406,10 @@ mod tests {
             "/o/r.git/info/refs/?service=git-receive-pack",
         ] {
             let rule = rule_of(check_request(&policy(), &h, "POST", pq));
-            assert!(rule == "git-push" || rule == "path-not-normal", "{pq}: {rule}");
+            assert!(
+                rule == "git-push" || rule == "path-not-normal",
+                "{pq}: {rule}"
+            );
         }
         assert_eq!(
             rule_of(check_request(

@@ -112,6 +112,19 @@ impl Proxy {
         if let Err(r) = decide::check_request(&state.policy, &target, &method, &pq) {
             return deny(r, 0);
         }
+        // Credentials go only into requests whose upstream leg is TLS,
+        // verified against the trusted roots (`upstream::connect_uri`): a
+        // route host over plain HTTP is refused before anything is read.
+        let routes: Vec<_> = state
+            .routes
+            .iter()
+            .filter(|r| target.ip.is_none() && r.route.host.matches_normalized(&target.host))
+            .collect();
+        if scheme == Scheme::Http {
+            if let Some(r) = routes.first() {
+                return deny(route_needs_https(&r.route.name, &target, &pq), 0);
+            }
+        }
         let (mut parts, body) = req.into_parts();
         let raw = match Limited::new(body, self.body_cap).collect().await {
             Ok(c) => c.to_bytes(),
@@ -146,11 +159,6 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(&mut parts.headers);
-        let routes: Vec<_> = state
-            .routes
-            .iter()
-            .filter(|r| target.ip.is_none() && r.route.host.matches_normalized(&target.host))
-            .collect();
         for r in &routes {
             parts.headers.remove(&r.header);
         }
@@ -365,6 +373,20 @@ fn bad_gateway(message: &str) -> Response<Body> {
     })
 }
 
+fn route_needs_https(route: &str, target: &Target, path_and_query: &str) -> Refusal {
+    let path = path_and_query.split('?').next().unwrap_or("/");
+    Refusal::forbidden(
+        "route-needs-https",
+        format!(
+            "`{}` is the host of route `{route}`, whose credential is only sent over TLS; this request \
+             is plain http. Use https://{}{path} instead (with HTTPS_PROXY set, clients tunnel it \
+             through the proxy).",
+            target.host,
+            target.host
+        ),
+    )
+}
+
 fn hit_refusal(hit: &Hit, target: &Target) -> Refusal {
     let message = match hit {
         Hit::Secret { rule, place, redacted } => format!(
@@ -375,7 +397,8 @@ fn hit_refusal(hit: &Hit, target: &Target) -> Refusal {
         ),
         Hit::Placeholder { route, place } => format!(
             "the placeholder of route `{route}` is in the {place} of a request to `{}`; a placeholder \
-             is only replaced in the route's own header on the route's own host and may not appear anywhere else.",
+             is only replaced in the route's own header, on the route's own host, over https, and may \
+             not appear anywhere else.",
             target.host
         ),
         Hit::Token { route, place } => format!(

@@ -42,11 +42,9 @@ pub fn inspect(raw: &str) -> Result<RequestPath, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let first = decode_once(raw.as_bytes(), true)?;
-    let for_rules = (!raw.contains('\\')
-        && !first.made_separator
-        && !first.bytes.contains(&0))
-    .then(|| String::from_utf8(first.bytes.clone()).ok())
-    .flatten();
+    let for_rules = (!raw.contains('\\') && !first.made_separator && !first.bytes.contains(&0))
+        .then(|| String::from_utf8(first.bytes.clone()).ok())
+        .flatten();
     let mut layers = vec![raw.as_bytes().to_vec()];
     let mut next = first;
     while next.changed {
@@ -83,8 +81,7 @@ impl RequestPath {
             match segments.as_slice() {
                 [.., last] if last.eq_ignore_ascii_case(b"git-receive-pack") => true,
                 [.., info, refs]
-                    if info.eq_ignore_ascii_case(b"info")
-                        && refs.eq_ignore_ascii_case(b"refs") =>
+                    if info.eq_ignore_ascii_case(b"info") && refs.eq_ignore_ascii_case(b"refs") =>
                 {
                     advertises_push()
                 }

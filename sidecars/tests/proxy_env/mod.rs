@@ -280,4 +280,3 @@ pub fn raw_request(proxy_url: &str, request_line: &str) -> (String, String) {
         .unwrap_or_default();
     (code, body)
 }
-
