@@ -330,15 +330,11 @@ impl Proxy {
                 Ok(Peek::Incomplete) => continue,
                 Ok(Peek::Hello { sni }) => break sni,
                 Err(e) => {
-                    self.record(
-                        &peer,
-                        "CONNECT",
-                        &target.authority(),
-                        "",
-                        "deny",
-                        "not-tls",
-                        0,
-                    );
+                    let rule = match e {
+                        clienthello::HelloError::Encrypted(_) => "encrypted-client-hello",
+                        _ => "not-tls",
+                    };
+                    self.record(&peer, "CONNECT", &target.authority(), "", "deny", rule, 0);
                     return self.log.warn(format_args!("passthrough to {target}: {e}"));
                 }
             }
