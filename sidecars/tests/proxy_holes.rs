@@ -4,7 +4,69 @@
 
 mod proxy_env;
 
+use base64::Engine as _;
+use bottle_sidecars::policy::TokenSource;
+use bottle_test_harness::tls::TestCa;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use proxy_env::*;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Serve HTTP/1.1 on `listener` (TLS with a leaf for `names` when `ca` is
+/// given) on the env's runtime, answering each request with `handler`.
+fn serve_local<F, Fut>(
+    env: &Env,
+    listener: std::net::TcpListener,
+    tls: Option<(&TestCa, &[&str])>,
+    handler: F,
+) where
+    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let acceptor = tls.map(|(ca, names)| {
+        let (chain, key) = ca.leaf(names);
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    listener.set_nonblocking(true).unwrap();
+    env.rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                });
+                let h1 = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            let _ = h1.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = h1.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                }
+            });
+        }
+    });
+}
 
 #[test]
 fn plain_http_to_a_route_host_is_refused_and_never_carries_the_real_token() {
@@ -162,4 +224,142 @@ fn passthrough_tunnels_refuse_encrypted_client_hello() {
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "the listener got a connection");
     assert!(env.audited_rule("encrypted-client-hello"));
+}
+
+/// A token whose escaped and encoded forms all differ from it.
+const ODD_TOKEN: &str = "sk/live+Tok=\"QX9z/abc123DEF456&<x>~end";
+
+fn percent(data: &str, keep: &[u8], lower: bool) -> String {
+    data.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || keep.contains(&b) {
+                char::from(b).to_string()
+            } else if lower {
+                format!("%{b:02x}")
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The forms of `token` an upstream might echo it in.
+fn encoded_forms(token: &str) -> Vec<(&'static str, String)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = serde_json::to_string(token).unwrap();
+    let json = json.trim_matches('"').to_string();
+    vec![
+        ("json", json.clone()),
+        ("json-slash", json.replace('/', "\\/")),
+        (
+            "json-html",
+            json.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        ),
+        ("percent", percent(token, b"-._~", false)),
+        ("percent-lower", percent(token, b"-._~", true)),
+        ("percent-js", percent(token, b"-._~!'()*", false)),
+        ("base64", b64.encode(token)),
+        ("base64url", b64url.encode(token)),
+        ("basic", b64.encode(format!("user:{token}"))),
+        ("basic-2", b64.encode(format!("u:{token}"))),
+    ]
+}
+
+/// Whether some run of base64 text in `text`, read at any alignment, decodes
+/// to bytes that hold `token`.
+fn leaks_in_base64(text: &str, token: &str) -> bool {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let lenient = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let normal: String = text
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    normal
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
+        .filter(|run| run.len() >= 8)
+        .any(|run| {
+            (0..4).any(|skip| {
+                let part = &run[skip.min(run.len())..];
+                // A trailing group of 2 or 3 characters still decodes (1 or 2 bytes).
+                let part = &part[..part.len() - usize::from(part.len() % 4 == 1)];
+                lenient
+                    .decode(part)
+                    .is_ok_and(|d| d.windows(token.len()).any(|w| w == token.as_bytes()))
+            })
+        })
+}
+
+#[test]
+fn route_responses_are_redacted_in_json_escaped_percent_encoded_and_base64_forms() {
+    if !have_clients() {
+        return;
+    }
+    let ca = TestCa::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let env = Env::with_config(
+        |p| {
+            p.allow_ports.push(port);
+            p.routes[0].token = TokenSource::Command(vec!["echo".into(), ODD_TOKEN.into()]);
+        },
+        |c| c.extra_root_pems.push(ca.cert_pem()),
+    );
+    // The route host echoes the credential it received in every form.
+    serve_local(
+        &env,
+        listener,
+        Some((&ca, &["routed.test"])),
+        |req| async move {
+            let token = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_string();
+            let forms = encoded_forms(&token);
+            let body: String = forms.iter().map(|(n, f)| format!("{n}={f}\n")).collect();
+            let json = serde_json::json!({ "echo": token }).to_string();
+            http::Response::builder()
+                .header("x-b64", &forms[6].1)
+                .header("location", format!("https://cb.test/?t={}", forms[3].1))
+                .body(Full::new(Bytes::from(format!("{body}{json}\n"))))
+                .unwrap()
+        },
+    );
+    let out = env.curl(&[
+        "-D",
+        "-",
+        "-H",
+        "Authorization: Bearer bottle-placeholder-api",
+        "-w",
+        "\n%{http_code}",
+        &format!("https://routed.test:{port}/echo"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.ends_with("\n200"), "{text}");
+    assert!(text.contains("bottle-placeholder-api"), "{text}");
+    assert!(!text.contains(ODD_TOKEN), "raw token: {text}");
+    for (name, form) in encoded_forms(ODD_TOKEN) {
+        assert!(!text.contains(&form), "{name} form {form:?} leaked: {text}");
+    }
+    assert!(!leaks_in_base64(&text, ODD_TOKEN), "{text}");
+    // The control: the helpers see the forms when nothing redacts them.
+    let raw: String = encoded_forms(ODD_TOKEN)
+        .iter()
+        .map(|(_, f)| format!("{f}\n"))
+        .collect();
+    assert!(leaks_in_base64(&raw, ODD_TOKEN));
 }
