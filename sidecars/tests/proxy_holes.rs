@@ -363,3 +363,31 @@ fn route_responses_are_redacted_in_json_escaped_percent_encoded_and_base64_forms
         .collect();
     assert!(leaks_in_base64(&raw, ODD_TOKEN));
 }
+
+#[test]
+fn names_resolving_to_documentation_teredo_or_local_nat64_addresses_are_refused_undialed() {
+    if !have_clients() {
+        return;
+    }
+    let names = [
+        "doc4.test",
+        "doc6.test",
+        "doc3fff.test",
+        "teredo.test",
+        "nat64local.test",
+    ];
+    let env = Env::new(|p| {
+        p.allow.extend(names.iter().map(|n| pat(n)));
+        p.allow_ips.clear();
+    });
+    for name in names {
+        let (code, body) = env.curl_status(&[&format!("http://{name}:{}/", env.plain.port())]);
+        assert_eq!(code, "403", "{name}: {body}");
+        assert!(body.contains("rule: ssrf"), "{name}: {body}");
+    }
+    assert!(
+        env.dialer.attempts.lock().unwrap().is_empty(),
+        "dialed: {:?}",
+        env.dialer.attempts.lock().unwrap()
+    );
+}
