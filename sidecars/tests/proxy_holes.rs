@@ -391,3 +391,251 @@ fn names_resolving_to_documentation_teredo_or_local_nat64_addresses_are_refused_
         env.dialer.attempts.lock().unwrap()
     );
 }
+
+const MIB: usize = 1 << 20;
+
+/// An upstream that reads each request body, waits `delay`, then answers
+/// `200 got N`: requests overlap in the proxy while it waits.
+fn slow_upstream(env: &Env, listener: std::net::TcpListener, tls: Option<(&TestCa, &[&str])>) {
+    serve_local(env, listener, tls, |req| async move {
+        use http_body_util::BodyExt;
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().len())
+            .unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        http::Response::new(Full::new(Bytes::from(format!("got {n}"))))
+    });
+}
+
+/// One raw HTTP/1.1 upload through the proxy; (status, body).
+fn upload(proxy_url: &str, url: &str, len: usize) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(proxy_url.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    write!(
+        conn,
+        "POST {url} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let body = vec![b'a'; len];
+    let _ = conn.write_all(&body);
+    let mut text = Vec::new();
+    let _ = conn.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let code = text.split(' ').nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn parallel_large_uploads_over_the_body_budget_get_503_and_the_proxy_keeps_serving() {
+    if !have_clients() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let env = Env::with_config(
+        |p| p.allow_ports.push(port),
+        |c| {
+            c.body_cap = 4 * MIB;
+            c.body_budget = 8 * MIB;
+        },
+    );
+    slow_upstream(&env, listener, None);
+    let url = format!("http://allowed.test:{port}/upload");
+    let uploads: Vec<_> = (0..12)
+        .map(|_| {
+            let proxy = env.proxy_url.clone();
+            let url = url.clone();
+            std::thread::spawn(move || upload(&proxy, &url, 3 * MIB))
+        })
+        .collect();
+    let results: Vec<(String, String)> = uploads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = results.iter().filter(|(c, _)| c == "200").count();
+    let refused: Vec<_> = results.iter().filter(|(c, _)| c == "503").collect();
+    assert_eq!(ok + refused.len(), results.len(), "{results:?}");
+    assert!(ok >= 1, "{results:?}");
+    assert!(!refused.is_empty(), "no upload was refused: {results:?}");
+    for (_, body) in &refused {
+        assert!(
+            body.contains("rule: over-budget") && body.contains("budget"),
+            "{body}"
+        );
+    }
+    for (code, body) in &results {
+        if code == "200" {
+            assert_eq!(body, &format!("got {}", 3 * MIB));
+        }
+    }
+    // Still serving: a small request afterwards.
+    let (code, body) = env.curl_status(&[&env.url("allowed.test", "/after")]);
+    assert_eq!(code, "200", "{body}");
+    assert!(env.audited_rule("over-budget"));
+}
+
+#[test]
+fn http2_streams_share_the_body_budget() {
+    if !have_clients() {
+        return;
+    }
+    let ca = TestCa::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let env = Env::with_config(
+        |p| p.allow_ports.push(port),
+        |c| {
+            c.extra_root_pems.push(ca.cert_pem());
+            c.body_cap = 4 * MIB;
+            c.body_budget = 8 * MIB;
+        },
+    );
+    slow_upstream(&env, listener, Some((&ca, &["allowed.test"])));
+    let bottle_ca = std::fs::read_to_string(&env.bottle_ca).unwrap();
+    let proxy_addr = env.proxy_url.trim_start_matches("http://").to_string();
+    let codes: Vec<u16> = env.rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&proxy_addr).await.unwrap();
+        let target = format!("allowed.test:{port}");
+        tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut bottle_ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("allowed.test".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let streams: Vec<_> = (0..10)
+            .map(|_| {
+                let mut sender = sender.clone();
+                let uri = format!("https://allowed.test:{port}/up");
+                tokio::spawn(async move {
+                    let req = http::Request::post(uri)
+                        .body(Full::new(Bytes::from(vec![b'b'; 3 * MIB])))
+                        .unwrap();
+                    sender.send_request(req).await.unwrap().status().as_u16()
+                })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for s in streams {
+            codes.push(s.await.unwrap());
+        }
+        codes
+    });
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    assert!(codes.contains(&200), "{codes:?}");
+    assert!(
+        codes.contains(&503),
+        "one connection's streams were not bounded: {codes:?}"
+    );
+}
+
+#[test]
+fn connections_over_the_cap_get_503_until_one_closes() {
+    if !have_clients() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let env = Env::with_config(|_| {}, |c| c.max_connections = 4);
+    let addr = env.proxy_url.trim_start_matches("http://").to_string();
+    let url = format!("http://allowed.test:{}/x", env.plain.port());
+    // Four kept-alive connections, each proven to hold its slot by one answered request.
+    let idle: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            write!(conn, "GET {url} HTTP/1.1\r\nHost: allowed.test\r\n\r\n").unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                conn.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let mut body = vec![0u8; len];
+            conn.read_exact(&mut body).unwrap();
+            conn
+        })
+        .collect();
+    let ask = || {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            conn,
+            "GET {url} HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = conn.read_to_string(&mut text);
+        text
+    };
+    let refused = ask();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.contains("rule: too-many-connections") && refused.contains("4 connections"),
+        "{refused}"
+    );
+    assert_eq!(env.plain.seen().len(), 4);
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = ask();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again: {answer}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(env.plain.seen().len(), 5);
+    assert!(env.audited_rule("too-many-connections"));
+}
