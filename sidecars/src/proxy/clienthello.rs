@@ -1,5 +1,9 @@
 //! Reading the SNI of a TLS ClientHello without terminating TLS, for
 //! passthrough hosts. Works through a checked cursor: never panics.
+//!
+//! A hello that carries Encrypted Client Hello (or the older encrypted SNI
+//! drafts) is refused: its outer SNI, the only one the proxy can read, need
+//! not be where the encrypted inner hello goes.
 
 /// Largest ClientHello we wait for (records beyond this are refused).
 pub const MAX_HELLO: usize = 64 * 1024;
@@ -17,6 +21,20 @@ pub enum HelloError {
     TooLarge,
     #[error("server name is not valid UTF-8")]
     BadName,
+    #[error("ClientHello carries more than one server name")]
+    SeveralNames,
+    #[error(
+        "ClientHello carries Encrypted Client Hello (extension {0:#06x}), which hides the real \
+         server name; a passthrough host must be reached without ECH"
+    )]
+    Encrypted(u16),
+}
+
+/// Extension types of Encrypted Client Hello (RFC 9849's `0xfe0d` and the
+/// draft code points `0xfe08`–`0xfe0c` before it) and of the encrypted SNI
+/// drafts (`0xffce`).
+fn hides_server_name(kind: u16) -> bool {
+    (0xfe08..=0xfe0d).contains(&kind) || kind == 0xffce
 }
 
 /// Outcome of looking at the bytes received so far.
@@ -110,27 +128,39 @@ fn parse_body(body: &[u8]) -> Result<Option<String>, HelloError> {
         return Ok(None);
     }
     let mut exts = Cursor { buf: c.vec16()? };
+    let mut sni = None;
+    let mut seen_sni = false;
     while !exts.buf.is_empty() {
         let kind = exts.u16()?;
         let data = exts.vec16()?;
+        let kind = u16::try_from(kind).map_err(|_| HelloError::Malformed)?;
+        if hides_server_name(kind) {
+            return Err(HelloError::Encrypted(kind));
+        }
         if kind != 0 {
             continue;
         }
+        if seen_sni {
+            return Err(HelloError::SeveralNames);
+        }
+        seen_sni = true;
         let mut list = Cursor {
             buf: Cursor { buf: data }.vec16()?,
         };
         while !list.buf.is_empty() {
             let name_type = list.u8()?;
             let name = list.vec16()?;
-            if name_type == 0 {
-                return std::str::from_utf8(name)
-                    .map(|s| Some(s.to_string()))
-                    .map_err(|_| HelloError::BadName);
+            if name_type != 0 {
+                continue;
             }
+            if sni.is_some() {
+                return Err(HelloError::SeveralNames);
+            }
+            let name = std::str::from_utf8(name).map_err(|_| HelloError::BadName)?;
+            sni = Some(name.to_string());
         }
-        return Ok(None);
     }
-    Ok(None)
+    Ok(sni)
 }
 
 #[cfg(test)]
@@ -140,6 +170,11 @@ mod tests {
 
     /// A minimal ClientHello carrying `sni`, split over records of `chunk` bytes.
     fn hello(sni: Option<&str>, chunk: usize) -> Vec<u8> {
+        hello_with(sni, chunk, &[])
+    }
+
+    /// Like [`hello`], with extra `(type, data)` extensions after the SNI.
+    fn hello_with(sni: Option<&str>, chunk: usize, extra: &[(u16, &[u8])]) -> Vec<u8> {
         let mut exts = Vec::new();
         if let Some(name) = sni {
             let mut entry = vec![0u8];
@@ -154,6 +189,11 @@ mod tests {
         exts.extend(43u16.to_be_bytes()); // supported_versions, ignored
         exts.extend(3u16.to_be_bytes());
         exts.extend([2, 3, 4]);
+        for (kind, data) in extra {
+            exts.extend(kind.to_be_bytes());
+            exts.extend((data.len() as u16).to_be_bytes());
+            exts.extend(*data);
+        }
         let mut body = vec![3, 3];
         body.extend([7u8; 32]);
         body.push(0);
@@ -198,6 +238,48 @@ mod tests {
     #[test]
     fn hello_without_sni_is_reported_as_such() {
         assert_eq!(peek(&hello(None, 4096)), Ok(Peek::Hello { sni: None }));
+    }
+
+    #[test]
+    fn encrypted_client_hello_and_encrypted_sni_are_refused() {
+        let ech: &[u8] = &[0, 0, 1, 0, 1, 7, 0, 1, 9, 0, 1, 9];
+        for kind in [0xfe0d, 0xfe0a, 0xffce] {
+            assert_eq!(
+                peek(&hello_with(Some("outer.example"), 4096, &[(kind, ech)])),
+                Err(HelloError::Encrypted(kind)),
+                "{kind:#x}"
+            );
+        }
+        // Also when the extension comes first and the SNI after it, across records.
+        assert_eq!(
+            peek(&hello_with(
+                None,
+                16,
+                &[(0xfe0d, ech), (0, &[0, 5, 0, 0, 2, b'a', b'b'])]
+            )),
+            Err(HelloError::Encrypted(0xfe0d))
+        );
+        // Other unknown extensions are fine.
+        assert_eq!(
+            peek(&hello_with(Some("a.example"), 4096, &[(0x1a1a, &[])])),
+            Ok(Peek::Hello {
+                sni: Some("a.example".into())
+            })
+        );
+    }
+
+    #[test]
+    fn a_second_server_name_is_refused() {
+        let second: &[u8] = &[0, 5, 0, 0, 2, b'a', b'b'];
+        assert_eq!(
+            peek(&hello_with(Some("a.example"), 4096, &[(0, second)])),
+            Err(HelloError::SeveralNames)
+        );
+        let two_in_one: &[u8] = &[0, 10, 0, 0, 2, b'a', b'b', 0, 0, 2, b'c', b'd'];
+        assert_eq!(
+            peek(&hello_with(None, 4096, &[(0, two_in_one)])),
+            Err(HelloError::SeveralNames)
+        );
     }
 
     #[test]

@@ -21,6 +21,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client may take to send a request head (slow-loris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/1.1 read and write buffer per connection (bounds a request head).
+const H1_BUF: usize = 64 * 1024;
+/// HTTP/2 per connection: streams at once, flow-control windows (how much a
+/// client may send that the proxy has not read yet) and the send buffer of
+/// each stream (how much of a response waits for a client that does not read).
+const H2_STREAMS: u32 = 64;
+const H2_CONN_WINDOW: u32 = 512 * 1024;
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_SEND_BUF: usize = 64 * 1024;
+/// A refused connection: how long the answer may take, and how much of what
+/// the client sent is read and dropped so it sees the answer, not a reset.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+const REFUSE_DRAIN: usize = 64 * 1024;
+
+/// Held while a client connection (and any tunnel opened on it) lives.
+type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 impl Proxy {
     /// Serve one client connection (HTTP/1.1 proxy protocol) until it closes.
@@ -28,16 +44,22 @@ impl Proxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Ok(slot) = self.connections.clone().try_acquire_owned() else {
+            return self.refuse_connection(stream, &peer).await;
+        };
+        let slot: Slot = Arc::new(slot);
         let proxy = self.clone();
         let peer = Arc::new(peer);
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(proxy.outer(req, peer).await) }
+            let slot = slot.clone();
+            async move { Ok::<_, Infallible>(proxy.outer(req, peer, slot).await) }
         });
         let result = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(H1_BUF)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
@@ -50,9 +72,54 @@ impl Proxy {
         }
     }
 
-    async fn outer(self: Arc<Self>, req: Request<Incoming>, peer: Arc<String>) -> Response<Body> {
+    /// Over `max_connections`: answer 503 on the raw stream and close it.
+    async fn refuse_connection<S>(&self, mut stream: S, peer: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let refusal = Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            rule: "too-many-connections".into(),
+            message: format!(
+                "this bottle already has {} connections open to the proxy, its cap; close idle \
+                 connections (or tunnels) or retry shortly",
+                self.max_connections
+            ),
+        };
+        self.record(peer, "", "", "", "deny", &refusal.rule, 0);
+        self.log.warn(format_args!("{}", refusal.message));
+        let body = refusal.body();
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             x-bottle-rule: {}\r\nretry-after: 1\r\nconnection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            refusal.rule,
+            body.len()
+        );
+        let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut read = 0;
+            while read < REFUSE_DRAIN {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => read += n,
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    }
+
+    async fn outer(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<String>,
+        slot: Slot,
+    ) -> Response<Body> {
         if req.method() == Method::CONNECT {
-            return self.connect(req, peer);
+            return self.connect(req, peer, slot);
         }
         let uri = req.uri();
         let method = req.method().as_str().to_string();
@@ -85,7 +152,12 @@ impl Proxy {
         }
     }
 
-    fn connect(self: Arc<Self>, req: Request<Incoming>, peer: Arc<String>) -> Response<Body> {
+    fn connect(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<String>,
+        slot: Slot,
+    ) -> Response<Body> {
         let raw = req
             .uri()
             .authority()
@@ -117,6 +189,8 @@ impl Proxy {
         drop(state);
         let proxy = self.clone();
         tokio::spawn(async move {
+            // The tunnel outlives the HTTP/1.1 connection it came from.
+            let _slot = slot;
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
@@ -238,12 +312,17 @@ impl Proxy {
         let io = TokioIo::new(tls);
         let result = if h2 {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(H2_STREAMS)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .max_send_buf_size(H2_SEND_BUF)
                 .serve_connection(io, service)
                 .await
         } else {
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(H1_BUF)
                 .keep_alive(true)
                 .serve_connection(io, service)
                 .await
@@ -330,15 +409,11 @@ impl Proxy {
                 Ok(Peek::Incomplete) => continue,
                 Ok(Peek::Hello { sni }) => break sni,
                 Err(e) => {
-                    self.record(
-                        &peer,
-                        "CONNECT",
-                        &target.authority(),
-                        "",
-                        "deny",
-                        "not-tls",
-                        0,
-                    );
+                    let rule = match e {
+                        clienthello::HelloError::Encrypted(_) => "encrypted-client-hello",
+                        _ => "not-tls",
+                    };
+                    self.record(&peer, "CONNECT", &target.authority(), "", "deny", rule, 0);
                     return self.log.warn(format_args!("passthrough to {target}: {e}"));
                 }
             }

@@ -3,6 +3,7 @@
 //! says how to allow the request.
 
 use super::net::IpAllowlist;
+use super::path;
 use super::target::Target;
 use crate::policy::Policy;
 use http::StatusCode;
@@ -99,8 +100,17 @@ pub fn check_request(
     let (raw_path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
-    let path = normalize_path(raw_path);
-    if is_git_push(path.as_deref().unwrap_or(raw_path), query) {
+    let path = path::inspect(raw_path).map_err(|why| {
+        Refusal::forbidden(
+            "path-not-normal",
+            format!(
+                "path `{raw_path}` on `{}` {why}; an upstream could read it as a different path \
+                 than the proxy checked. Send the plain path.",
+                t.host
+            ),
+        )
+    })?;
+    if path.is_git_push(query) {
         return Err(Refusal::forbidden(
             "git-push",
             format!(
@@ -119,12 +129,12 @@ pub fn check_request(
     if rules.is_empty() {
         return Ok(());
     }
-    let Some(path) = path else {
+    let Some(path) = path.for_rules else {
         return Err(Refusal::forbidden(
             "path-not-normal",
             format!(
-                "path `{raw_path}` on `{}` has dot segments, encoded slashes or backslashes, and \
-                 this host has method/path rules; send the plain path.",
+                "path `{raw_path}` on `{}` has encoded slashes or backslashes (or is not UTF-8 once \
+                 decoded), and this host has method/path rules; send the plain path.",
                 t.host
             ),
         ));
@@ -152,14 +162,6 @@ pub fn check_request(
     ))
 }
 
-fn is_git_push(path: &str, query: &str) -> bool {
-    path.ends_with("/git-receive-pack")
-        || (path.ends_with("/info/refs")
-            && query
-                .split('&')
-                .any(|kv| kv.eq_ignore_ascii_case("service=git-receive-pack")))
-}
-
 /// `/a/b` prefix matching on segment boundaries; `/` matches everything.
 fn path_has_prefix(path: &str, prefix: &str) -> bool {
     if prefix == "/" || path == prefix {
@@ -171,40 +173,6 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
-/// Percent-decode a path for matching; `None` for paths that could mean
-/// something else to the upstream (dot segments, encoded `/`, `\`, NUL, non-UTF-8).
-pub fn normalize_path(raw: &str) -> Option<String> {
-    if !raw.starts_with('/') {
-        return None;
-    }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = raw.get(i + 1..i + 3)?;
-            let v = u8::from_str_radix(hex, 16).ok()?;
-            if v == b'/' || v == b'\\' || v == 0 {
-                return None;
-            }
-            out.push(v);
-            i += 3;
-        } else {
-            if b == b'\\' {
-                return None;
-            }
-            out.push(b);
-            i += 1;
-        }
-    }
-    let path = String::from_utf8(out).ok()?;
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return None;
-    }
-    Some(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,15 +181,6 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #[test]
-        fn normalized_paths_never_hold_dot_segments(raw in "/[a-z./%0-9A-F\\\\]{0,30}") {
-            if let Some(p) = normalize_path(&raw) {
-                prop_assert!(p.starts_with('/'));
-                prop_assert!(!p.split('/').any(|s| s == "." || s == ".."));
-                prop_assert!(!p.contains('\\'));
-            }
-        }
-
         #[test]
         fn request_checks_never_panic(method in "[A-Z]{1,8}", pq in "\\PC{0,40}") {
             let _ = check_request(&policy(), &t("api.example.com:443"), &method, &pq);
@@ -392,6 +351,74 @@ mod tests {
         assert_eq!(
             rule_of(check_request(&policy(), &api, "POST", "/v1/%6dessages")),
             "allowed"
+        );
+    }
+
+    #[test]
+    fn tomcat_and_doubly_encoded_traversal_cannot_escape_a_path_rule() {
+        let api = t("api.example.com:443");
+        for p in [
+            "/v1/messages/..;/admin",
+            "/v1/messages/..;x=1/admin",
+            "/v1/messages/%252e%252e/admin",
+            "/v1/messages/%252E%252e/admin",
+            "/v1/messages/%2E%2e/admin",
+            "/v1/messages%252f..%252fadmin",
+        ] {
+            let r = check_request(&policy(), &api, "POST", p).unwrap_err();
+            assert_eq!(r.rule, "path-not-normal", "{p}");
+            assert!(r.body().contains("dot segment"), "{p}: {}", r.body());
+        }
+    }
+
+    #[test]
+    fn traversal_and_nul_are_refused_on_hosts_without_rules_too() {
+        let h = t("b.example.com:443");
+        for p in ["/a/../b", "/a/%2e%2e/b", "/a/..;/b", "/a%00", "/a%zz"] {
+            assert_eq!(
+                rule_of(check_request(&policy(), &h, "GET", p)),
+                "path-not-normal",
+                "{p}"
+            );
+        }
+        // Encoded slashes stay allowed where no rule has to match them (GitLab's API uses them).
+        assert_eq!(
+            rule_of(check_request(
+                &policy(),
+                &h,
+                "GET",
+                "/api/v4/projects/g%2Fp"
+            )),
+            "allowed"
+        );
+    }
+
+    #[test]
+    fn git_push_in_other_case_with_trailing_slash_or_encoded_service_is_refused() {
+        let h = t("b.example.com:443");
+        for pq in [
+            "/o/r.git/GIT-RECEIVE-PACK",
+            "/o/r.git/git-receive-pack/",
+            "/o/r.git/git-receive-pack/.",
+            "/o/r.git/git-receive-pack%00",
+            "/o/r.git%2Fgit-receive-pack",
+            "/o/r.git/info/refs?service=git%2Dreceive-pack",
+            "/o/r.git/info/refs/?service=git-receive-pack",
+        ] {
+            let rule = rule_of(check_request(&policy(), &h, "POST", pq));
+            assert!(
+                rule == "git-push" || rule == "path-not-normal",
+                "{pq}: {rule}"
+            );
+        }
+        assert_eq!(
+            rule_of(check_request(
+                &policy(),
+                &h,
+                "POST",
+                "/o/r.git/GIT-RECEIVE-PACK/"
+            )),
+            "git-push"
         );
     }
 

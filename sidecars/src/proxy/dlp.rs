@@ -2,11 +2,13 @@
 //! for secrets, route placeholders and real route tokens in the URL, the
 //! headers and the body.
 
+use super::budget::{self, Budget, OverBudget};
 use super::routes::{LiteralKind, Literals};
 use crate::scanner::Scanner;
 use bytes::Bytes;
 use http::HeaderMap;
 use std::io::Read;
+use std::sync::Arc;
 
 /// Why a body cannot be scanned (and so is refused).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,11 +17,19 @@ pub enum BodyError {
     TooLarge { cap: usize },
     #[error("body with content-encoding `{encoding}` cannot be decoded")]
     Undecodable { encoding: String },
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 /// Decode a body through its `Content-Encoding` list (applied in order, so
-/// undone in reverse), refusing results larger than `cap`.
-pub fn decode(encodings: &str, body: Bytes, cap: usize) -> Result<Bytes, BodyError> {
+/// undone in reverse), refusing results larger than `cap`; every decoded
+/// byte is reserved in `budget` before it is held, for as long as it lives.
+pub fn decode(
+    encodings: &str,
+    body: Bytes,
+    cap: usize,
+    budget: &Arc<Budget>,
+) -> Result<Bytes, BodyError> {
     if body.len() > cap {
         return Err(BodyError::TooLarge { cap });
     }
@@ -31,24 +41,35 @@ pub fn decode(encodings: &str, body: Bytes, cap: usize) -> Result<Bytes, BodyErr
     {
         data = match enc.as_str() {
             "" | "identity" => data,
-            "gzip" | "x-gzip" => {
-                read_capped(flate2::read::MultiGzDecoder::new(&data[..]), cap, &enc)?
-            }
-            "deflate" => read_capped(flate2::read::ZlibDecoder::new(&data[..]), cap, &enc)
+            "gzip" | "x-gzip" => read_capped(
+                flate2::read::MultiGzDecoder::new(&data[..]),
+                cap,
+                &enc,
+                budget,
+            )?,
+            "deflate" => read_capped(flate2::read::ZlibDecoder::new(&data[..]), cap, &enc, budget)
                 .or_else(|e| match e {
-                    BodyError::Undecodable { .. } => {
-                        read_capped(flate2::read::DeflateDecoder::new(&data[..]), cap, &enc)
-                    }
+                    BodyError::Undecodable { .. } => read_capped(
+                        flate2::read::DeflateDecoder::new(&data[..]),
+                        cap,
+                        &enc,
+                        budget,
+                    ),
                     other => Err(other),
                 })?,
-            "br" => read_capped(brotli::Decompressor::new(&data[..], 4096), cap, &enc)?,
+            "br" => read_capped(
+                brotli::Decompressor::new(&data[..], 4096),
+                cap,
+                &enc,
+                budget,
+            )?,
             "zstd" => {
                 let dec = zstd::stream::read::Decoder::new(&data[..]).map_err(|_| {
                     BodyError::Undecodable {
                         encoding: enc.clone(),
                     }
                 })?;
-                read_capped(dec, cap, &enc)?
+                read_capped(dec, cap, &enc, budget)?
             }
             _ => return Err(BodyError::Undecodable { encoding: enc }),
         };
@@ -56,19 +77,32 @@ pub fn decode(encodings: &str, body: Bytes, cap: usize) -> Result<Bytes, BodyErr
     Ok(data)
 }
 
-fn read_capped(reader: impl Read, cap: usize, enc: &str) -> Result<Bytes, BodyError> {
+fn read_capped(
+    mut reader: impl Read,
+    cap: usize,
+    enc: &str,
+    budget: &Arc<Budget>,
+) -> Result<Bytes, BodyError> {
+    let mut reservation = budget.reservation();
+    let undecodable = || BodyError::Undecodable {
+        encoding: enc.to_string(),
+    };
     let mut out = Vec::new();
-    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    reader
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|_| BodyError::Undecodable {
-            encoding: enc.to_string(),
-        })?;
-    if out.len() > cap {
-        return Err(BodyError::TooLarge { cap });
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(undecodable()),
+        };
+        if out.len().saturating_add(n) > cap {
+            return Err(BodyError::TooLarge { cap });
+        }
+        budget::grow_vec(&mut out, n, cap, &mut reservation)?;
+        out.extend_from_slice(chunk.get(..n).ok_or_else(undecodable)?);
     }
-    Ok(Bytes::from(out))
+    Ok(budget::hold(out, reservation))
 }
 
 /// Percent-decoding (and `+` as space for forms), lossy on bad escapes.
@@ -224,6 +258,10 @@ mod tests {
 
     const CAP: usize = 1 << 20;
 
+    fn decode(encodings: &str, body: Bytes, cap: usize) -> Result<Bytes, BodyError> {
+        super::decode(encodings, body, cap, &Budget::new(usize::MAX))
+    }
+
     #[test]
     fn every_supported_encoding_round_trips() {
         let plain = b"hello AKIA secret body".repeat(10);
@@ -280,6 +318,26 @@ mod tests {
             decode("", Bytes::from(vec![1u8; 11]), 10),
             Err(BodyError::TooLarge { cap: 10 })
         );
+    }
+
+    #[test]
+    fn decoding_counts_against_the_budget_while_the_result_lives() {
+        let plain = vec![b'x'; 200_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        let budget = Budget::new(100_000);
+        assert!(matches!(
+            super::decode("gzip", gz.clone(), CAP, &budget),
+            Err(BodyError::OverBudget(_))
+        ));
+        assert_eq!(budget.used(), 0);
+        let budget = Budget::new(1 << 20);
+        let decoded = super::decode("gzip", gz, CAP, &budget).unwrap();
+        assert_eq!(decoded, plain);
+        assert!(budget.used() >= 200_000);
+        drop(decoded);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! method/path rules, body within the cap, DLP, route injection, the pooled
 //! upstream call, response redaction for route hosts, audit.
 
+use super::body::{self, ReadError};
+use super::budget::{self, OverBudget};
 use super::decide::{self, Refusal};
-use super::dlp::{self, Dlp, Hit};
+use super::dlp::{self, BodyError, Dlp, Hit};
 use super::target::Target;
 use super::upstream::ConnectError;
 use super::{Proxy, State};
@@ -11,7 +13,7 @@ use crate::policy::DlpAction;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
@@ -46,6 +48,9 @@ pub fn refusal_response(refusal: &Refusal) -> Response<Body> {
     );
     if let Ok(rule) = HeaderValue::from_str(&refusal.rule) {
         headers.insert(HeaderName::from_static("x-bottle-rule"), rule);
+    }
+    if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -112,10 +117,26 @@ impl Proxy {
         if let Err(r) = decide::check_request(&state.policy, &target, &method, &pq) {
             return deny(r, 0);
         }
+        // Credentials go only into requests whose upstream leg is TLS,
+        // verified against the trusted roots (`upstream::connect_uri`): a
+        // route host over plain HTTP is refused before anything is read.
+        let routes: Vec<_> = state
+            .routes
+            .iter()
+            .filter(|r| target.ip.is_none() && r.route.host.matches_normalized(&target.host))
+            .collect();
+        if scheme == Scheme::Http {
+            if let Some(r) = routes.first() {
+                return deny(route_needs_https(&r.route.name, &target, &pq), 0);
+            }
+        }
         let (mut parts, body) = req.into_parts();
-        let raw = match Limited::new(body, self.body_cap).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => {
+        // Buffered bodies (raw and decoded) count against the bottle's budget
+        // for as long as they live (until hyper has sent them upstream).
+        let raw = match body::read(body, self.body_cap, &self.budget).await {
+            Ok(raw) => raw,
+            Err(ReadError::OverBudget(e)) => return deny(self.over_budget("request", e), 0),
+            Err(ReadError::TooLarge { .. } | ReadError::Cut) => {
                 return deny(
                     Refusal::forbidden(
                         "body-too-large",
@@ -129,15 +150,10 @@ impl Proxy {
             }
         };
         let bytes = u64::try_from(raw.len()).unwrap_or(u64::MAX);
-        let encoding = parts
-            .headers
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        let decoded = match dlp::decode(&encoding, raw.clone(), self.body_cap) {
+        let encoding = content_encoding(&parts.headers);
+        let decoded = match dlp::decode(&encoding, raw.clone(), self.body_cap, &self.budget) {
             Ok(d) => d,
+            Err(BodyError::OverBudget(e)) => return deny(self.over_budget("request", e), bytes),
             Err(e) => {
                 return deny(
                     Refusal::forbidden("body-unscannable", format!("{e}; it cannot be scanned")),
@@ -146,11 +162,6 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(&mut parts.headers);
-        let routes: Vec<_> = state
-            .routes
-            .iter()
-            .filter(|r| target.ip.is_none() && r.route.host.matches_normalized(&target.host))
-            .collect();
         for r in &routes {
             parts.headers.remove(&r.header);
         }
@@ -160,6 +171,7 @@ impl Proxy {
             route_names: &state.route_names,
         };
         let hits = dlp.scan_request(&pq, &parts.headers, &decoded);
+        drop(decoded);
         let mut warned = None;
         for hit in &hits {
             let blocking =
@@ -223,29 +235,31 @@ impl Proxy {
         self.redacted_response(parts, body, &state).await
     }
 
-    /// Route hosts: the body is read (within the cap), decoded, and every real
-    /// token in headers and body is replaced by its placeholder.
+    /// Route hosts: the body is read (within the cap and the budget), decoded,
+    /// and every real token in headers and body is replaced by its placeholder.
     async fn redacted_response(
         &self,
         mut parts: http::response::Parts,
         body: Incoming,
         state: &State,
     ) -> Response<Body> {
-        let raw = match Limited::new(body, self.body_cap).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => {
-                return bad_gateway("the route host's response is larger than the scanning cap")
+        let raw = match body::read(body, self.body_cap, &self.budget).await {
+            Ok(raw) => raw,
+            Err(ReadError::OverBudget(e)) => {
+                return refusal_response(&self.over_budget("response", e))
+            }
+            Err(ReadError::TooLarge { .. } | ReadError::Cut) => {
+                return bad_gateway(
+                    "the route host's response is larger than the scanning cap or was cut off",
+                )
             }
         };
-        let encoding = parts
-            .headers
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        let decoded = match dlp::decode(&encoding, raw, self.body_cap) {
+        let encoding = content_encoding(&parts.headers);
+        let decoded = match dlp::decode(&encoding, raw, self.body_cap, &self.budget) {
             Ok(d) => d,
+            Err(BodyError::OverBudget(e)) => {
+                return refusal_response(&self.over_budget("response", e))
+            }
             Err(e) => {
                 return bad_gateway(&format!("the route host's response cannot be scanned: {e}"))
             }
@@ -275,13 +289,38 @@ impl Proxy {
             }
         }
         let body = match state.literals.redact_tokens(&decoded, &state.routes) {
-            Some(new) => Bytes::from(new),
+            Some(new) => {
+                drop(decoded);
+                let mut reservation = self.budget.reservation();
+                if let Err(e) = reservation.grow(new.capacity()) {
+                    return refusal_response(&self.over_budget("response", e));
+                }
+                budget::hold(new, reservation)
+            }
             None => decoded,
         };
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         Response::from_parts(parts, full(body))
+    }
+
+    /// 503 when the budget for buffered bodies is in use.
+    fn over_budget(&self, what: &str, e: OverBudget) -> Refusal {
+        self.log.warn(format_args!(
+            "{what} refused: {e} ({} bytes held)",
+            self.budget.used()
+        ));
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            rule: "over-budget".into(),
+            message: format!(
+                "the proxy holds bodies in memory to scan them, and its {}-byte budget for this \
+                 bottle is in use by other requests, so this {what} cannot be held now. Retry when \
+                 fewer large requests are in flight (Retry-After), or raise the proxy's body budget.",
+                e.limit
+            ),
+        }
     }
 
     fn upstream_failure(
@@ -357,12 +396,35 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+fn content_encoding(headers: &HeaderMap) -> String {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn bad_gateway(message: &str) -> Response<Body> {
     refusal_response(&Refusal {
         status: StatusCode::BAD_GATEWAY,
         rule: "response-unscannable".into(),
         message: message.into(),
     })
+}
+
+fn route_needs_https(route: &str, target: &Target, path_and_query: &str) -> Refusal {
+    let path = path_and_query.split('?').next().unwrap_or("/");
+    Refusal::forbidden(
+        "route-needs-https",
+        format!(
+            "`{}` is the host of route `{route}`, whose credential is only sent over TLS; this request \
+             is plain http. Use https://{}{path} instead (with HTTPS_PROXY set, clients tunnel it \
+             through the proxy).",
+            target.host,
+            target.host
+        ),
+    )
 }
 
 fn hit_refusal(hit: &Hit, target: &Target) -> Refusal {
@@ -375,7 +437,8 @@ fn hit_refusal(hit: &Hit, target: &Target) -> Refusal {
         ),
         Hit::Placeholder { route, place } => format!(
             "the placeholder of route `{route}` is in the {place} of a request to `{}`; a placeholder \
-             is only replaced in the route's own header on the route's own host and may not appear anywhere else.",
+             is only replaced in the route's own header, on the route's own host, over https, and may \
+             not appear anywhere else.",
             target.host
         ),
         Hit::Token { route, place } => format!(

@@ -10,6 +10,8 @@
 //! address (pooled) → response (route hosts: real token redacted) → audit line.
 
 pub mod audit;
+mod body;
+pub mod budget;
 mod ca;
 pub mod clienthello;
 mod conn;
@@ -17,6 +19,7 @@ pub mod decide;
 pub mod dlp;
 mod handler;
 pub mod net;
+pub mod path;
 mod ratelimit;
 pub mod routes;
 pub mod target;
@@ -42,6 +45,11 @@ use upstream::{Connector, Upstream};
 
 /// Default cap on request bodies (and decoded bodies) the proxy scans: 16 MiB.
 pub const DEFAULT_BODY_CAP: usize = 16 << 20;
+/// Default memory budget for buffered bodies, shared by all of a bottle's
+/// requests: 256 MiB (eight bodies at the cap, raw and decoded).
+pub const DEFAULT_BODY_BUDGET: usize = 256 << 20;
+/// Default cap on client connections open at once (tunnels included): 1024.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Why the proxy could not be built or reloaded.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,16 @@ pub enum ProxyError {
     Scanner(#[from] ScannerError),
     #[error("audit log")]
     Audit(#[from] AuditError),
+    #[error(
+        "body_budget ({budget} bytes) is smaller than body_cap ({cap} bytes), so a body at the cap \
+         could never be scanned; raise body_budget or lower body_cap"
+    )]
+    BudgetBelowCap { budget: usize, cap: usize },
+    #[error(
+        "max_connections must be between 1 and {}",
+        tokio::sync::Semaphore::MAX_PERMITS
+    )]
+    MaxConnections,
 }
 
 /// Everything the proxy needs besides the CA and the scanner.
@@ -78,12 +96,20 @@ pub struct ProxyConfig {
     pub dialer: Arc<dyn Dialer>,
     /// Largest request body (raw and decoded) that is scanned; larger is refused.
     pub body_cap: usize,
+    /// Bytes of bodies buffered at once across all requests (HTTP/2 streams
+    /// included): request bodies raw and decoded, route-host responses; a
+    /// request that would go over gets 503. At least `body_cap`.
+    pub body_budget: usize,
+    /// Client connections served at once (an open CONNECT tunnel counts);
+    /// one more gets 503 and is closed.
+    pub max_connections: usize,
     /// Offer HTTP/2 to clients inside intercepted TLS.
     pub http2: bool,
 }
 
 impl ProxyConfig {
-    /// Defaults: system resolver and roots, 16 MiB body cap, HTTP/2 on, no audit file.
+    /// Defaults: system resolver and roots, 16 MiB body cap, 256 MiB body
+    /// budget, 1024 connections, HTTP/2 on, no audit file.
     pub fn new(identity: impl Into<String>, policy: Policy) -> Self {
         Self {
             identity: identity.into(),
@@ -94,6 +120,8 @@ impl ProxyConfig {
             resolver: Arc::new(SystemResolver),
             dialer: Arc::new(TcpDialer),
             body_cap: DEFAULT_BODY_CAP,
+            body_budget: DEFAULT_BODY_BUDGET,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             http2: true,
         }
     }
@@ -160,6 +188,9 @@ pub struct Proxy {
     client: HttpClient,
     audit: AuditLog,
     body_cap: usize,
+    budget: Arc<budget::Budget>,
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
     http2: bool,
     log: RateLimitedLog,
 }
@@ -171,6 +202,17 @@ impl Proxy {
         ca: BottleCa,
         scanner: Scanner,
     ) -> Result<Arc<Self>, ProxyError> {
+        if config.body_budget < config.body_cap {
+            return Err(ProxyError::BudgetBelowCap {
+                budget: config.body_budget,
+                cap: config.body_cap,
+            });
+        }
+        if config.max_connections == 0
+            || config.max_connections > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err(ProxyError::MaxConnections);
+        }
         let state = State::build(config.policy, &scanner, None)?;
         let state = Arc::new(RwLock::new(Arc::new(state)));
         let tls = upstream::client_config(config.system_roots, &config.extra_root_pems)
@@ -198,6 +240,9 @@ impl Proxy {
             client,
             audit,
             body_cap: config.body_cap,
+            budget: budget::Budget::new(config.body_budget),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
             http2: config.http2,
             log: RateLimitedLog::new(20, Duration::from_secs(10)),
         }))
@@ -323,6 +368,25 @@ mod tests {
         good.allow_ports.push(8443);
         proxy.reload(good.clone()).unwrap();
         assert_eq!(proxy.policy(), good);
+    }
+
+    #[test]
+    fn a_budget_below_the_cap_or_no_connections_is_refused() {
+        let mut config = ProxyConfig::new("t", policy());
+        config.system_roots = false;
+        config.body_budget = config.body_cap - 1;
+        let err = Proxy::new(
+            config.clone(),
+            BottleCa::generate("t").unwrap(),
+            Scanner::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ProxyError::BudgetBelowCap { .. }), "{err}");
+        config.body_budget = DEFAULT_BODY_BUDGET;
+        config.max_connections = 0;
+        let err =
+            Proxy::new(config, BottleCa::generate("t").unwrap(), Scanner::default()).unwrap_err();
+        assert!(matches!(err, ProxyError::MaxConnections), "{err}");
     }
 
     #[test]

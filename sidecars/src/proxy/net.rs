@@ -147,6 +147,9 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         [100, b, ..] if (64..128).contains(&b) => "carrier-grade NAT (100.64.0.0/10)",
         [192, 0, 0, _] => "IETF protocol assignments (192.0.0.0/24)",
         [198, b, ..] if b == 18 || b == 19 => "benchmarking (198.18.0.0/15)",
+        [192, 0, 2, _] => "documentation (192.0.2.0/24)",
+        [198, 51, 100, _] => "documentation (198.51.100.0/24)",
+        [203, 0, 113, _] => "documentation (203.0.113.0/24)",
         [a, ..] if (224..240).contains(&a) => "multicast",
         [a, ..] if a >= 240 => "reserved or broadcast",
         _ => return None,
@@ -178,6 +181,10 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return special_v4(embedded_v4(ip)).map(|_| "NAT64 of a non-public address");
     }
+    // Local-use NAT64 (RFC 8215): a site's own translator, whatever it embeds.
+    if seg[..3] == [0x64, 0xff9b, 1] {
+        return Some("local-use NAT64 (64:ff9b:1::/48)");
+    }
     if seg[0] == 0x2002 {
         let v4 = Ipv4Addr::new(
             (seg[1] >> 8) as u8,
@@ -186,6 +193,15 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
             seg[2] as u8,
         );
         return special_v4(v4).map(|_| "6to4 of a non-public address");
+    }
+    match (seg[0], seg[1]) {
+        // Teredo tunnels to an (obfuscated) IPv4 address through a relay.
+        (0x2001, 0) => return Some("Teredo (2001::/32)"),
+        (0x2001, 2) if seg[2] == 0 => return Some("benchmarking (2001:2::/48)"),
+        (0x2001, 0x0db8) => return Some("documentation (2001:db8::/32)"),
+        (0x3fff, s) if s & 0xf000 == 0 => return Some("documentation (3fff::/20)"),
+        (0x0100, 0) if seg[2..4] == [0, 0] => return Some("discard-only (100::/64)"),
+        _ => {}
     }
     match seg[0] {
         s if s & 0xfe00 == 0xfc00 => Some("unique local (fc00::/7)"),
@@ -256,6 +272,50 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::1",
         ] {
+            assert!(special_purpose(ip(a)).is_some(), "{a} should be refused");
+        }
+    }
+
+    #[test]
+    fn documentation_teredo_local_nat64_benchmarking_and_discard_ranges_are_refused() {
+        for (a, why) in [
+            ("192.0.2.1", "documentation (192.0.2.0/24)"),
+            ("198.51.100.255", "documentation (198.51.100.0/24)"),
+            ("203.0.113.7", "documentation (203.0.113.0/24)"),
+            ("2001:db8::1", "documentation (2001:db8::/32)"),
+            ("2001:db8:ffff::1", "documentation (2001:db8::/32)"),
+            ("3fff::1", "documentation (3fff::/20)"),
+            ("3fff:fff:ffff::1", "documentation (3fff::/20)"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo (2001::/32)"),
+            ("2001::1", "Teredo (2001::/32)"),
+            ("64:ff9b:1::808:808", "local-use NAT64 (64:ff9b:1::/48)"),
+            ("64:ff9b:1:ffff::1", "local-use NAT64 (64:ff9b:1::/48)"),
+            ("2001:2::1", "benchmarking (2001:2::/48)"),
+            ("100::1", "discard-only (100::/64)"),
+            ("::ffff:192.0.2.1", "IPv4-mapped non-public address"),
+            ("64:ff9b::cb00:7107", "NAT64 of a non-public address"),
+        ] {
+            assert_eq!(special_purpose(ip(a)), Some(why), "{a}");
+        }
+        // Neighbours of each range are public.
+        for a in [
+            "192.0.3.1",
+            "198.51.101.1",
+            "203.0.114.1",
+            "2001:db9::1",
+            "3fff:1000::1",
+            "2001:1::1",
+            "2001:2:1::1",
+            "64:ff9b:2::1",
+            "100:0:0:1::1",
+        ] {
+            assert_eq!(special_purpose(ip(a)), None, "{a}");
+        }
+    }
+
+    #[test]
+    fn the_older_ranges_stay_refused() {
+        for a in ["198.18.0.1", "192.0.0.8"] {
             assert!(special_purpose(ip(a)).is_some(), "{a} should be refused");
         }
     }

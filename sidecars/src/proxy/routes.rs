@@ -2,7 +2,7 @@
 //! placeholders the agent holds, and the matcher that finds either in bytes.
 
 use crate::policy::{Route, TokenSource};
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, MatchKind};
 use std::fmt;
 use std::process::Command;
 
@@ -141,10 +141,14 @@ pub enum LiteralKind {
     Token,
 }
 
-/// Finds placeholders and real tokens of all routes in bytes.
+/// Finds placeholders and real tokens of all routes in bytes; a token also
+/// in the forms an upstream may echo it in ([`token_forms`]).
 #[derive(Debug, Clone)]
 pub struct Literals {
-    matcher: Option<AhoCorasick>,
+    /// Reports every match, overlapping (for DLP).
+    finder: Option<AhoCorasick>,
+    /// Leftmost-longest, so a longer form wins over a form inside it (for redaction).
+    redactor: Option<AhoCorasick>,
     /// Per pattern: route index and kind.
     meta: Vec<(usize, LiteralKind)>,
 }
@@ -156,20 +160,31 @@ impl Literals {
         for (i, r) in routes.iter().enumerate() {
             patterns.push(r.route.placeholder());
             meta.push((i, LiteralKind::Placeholder));
-            patterns.push(r.token.0.clone());
-            meta.push((i, LiteralKind::Token));
+            for form in token_forms(&r.token.0) {
+                patterns.push(form);
+                meta.push((i, LiteralKind::Token));
+            }
         }
-        let matcher = if patterns.is_empty() {
-            None
-        } else {
-            AhoCorasick::new(&patterns).ok()
+        let build = |kind| {
+            (!patterns.is_empty())
+                .then(|| {
+                    AhoCorasick::builder()
+                        .match_kind(kind)
+                        .build(&patterns)
+                        .ok()
+                })
+                .flatten()
         };
-        Self { matcher, meta }
+        Self {
+            finder: build(MatchKind::Standard),
+            redactor: build(MatchKind::LeftmostLongest),
+            meta,
+        }
     }
 
     /// Every (route index, kind) found in `data`, possibly repeated.
     pub fn find(&self, data: &[u8]) -> Vec<(usize, LiteralKind)> {
-        let Some(m) = &self.matcher else {
+        let Some(m) = &self.finder else {
             return Vec::new();
         };
         m.find_overlapping_iter(data)
@@ -177,9 +192,10 @@ impl Literals {
             .collect()
     }
 
-    /// Replace every real token in `data` by its route's placeholder.
+    /// Replace every real token in `data`, in any of its forms, by its
+    /// route's placeholder.
     pub fn redact_tokens(&self, data: &[u8], routes: &[ResolvedRoute]) -> Option<Vec<u8>> {
-        let m = self.matcher.as_ref()?;
+        let m = self.redactor.as_ref()?;
         let mut changed = false;
         let mut out = Vec::with_capacity(data.len());
         let mut last = 0;
@@ -200,6 +216,84 @@ impl Literals {
         out.extend_from_slice(&data[last..]);
         Some(out)
     }
+}
+
+/// Shortest base64 fragment worth matching: shorter ones could turn up in
+/// unrelated base64 by chance.
+const MIN_BASE64_FRAGMENT: usize = 8;
+
+/// `token` as it is, JSON-escaped (minimal, with `\/`, with Go's `\u003c`
+/// HTML escapes), percent-encoded (RFC 3986 upper and lower case hex,
+/// `encodeURIComponent`), and base64 (standard and URL-safe alphabets, at
+/// each of the three byte alignments it can have inside a longer encoded
+/// string such as `user:token` in Basic auth: the characters that depend on
+/// the token alone). Deduplicated.
+pub fn token_forms(token: &str) -> Vec<String> {
+    let mut forms = vec![token.to_string()];
+    let json = json_escape(token);
+    forms.push(json.replace('/', "\\/"));
+    forms.push(
+        json.replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026"),
+    );
+    forms.push(json);
+    forms.push(percent_encode(token, b"-._~", b"0123456789ABCDEF"));
+    forms.push(percent_encode(token, b"-._~", b"0123456789abcdef"));
+    forms.push(percent_encode(token, b"-._~!'()*", b"0123456789ABCDEF"));
+    for engine in [
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for offset in 0..3 {
+            if let Some(fragment) = base64_fragment(engine, token.as_bytes(), offset) {
+                forms.push(fragment);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    forms.retain(|f| !f.is_empty() && seen.insert(f.clone()));
+    forms
+}
+
+fn json_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(&quoted)
+        .to_string()
+}
+
+fn percent_encode(s: &str, keep: &[u8], hex: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(hex[usize::from(b >> 4)]));
+            out.push(char::from(hex[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
+/// The base64 characters that only `data`'s bits decide when `data` starts
+/// `offset` bytes into the encoded input.
+fn base64_fragment(
+    engine: &base64::engine::GeneralPurpose,
+    data: &[u8],
+    offset: usize,
+) -> Option<String> {
+    use base64::Engine as _;
+    let mut input = vec![0u8; offset];
+    input.extend_from_slice(data);
+    let encoded = engine.encode(&input);
+    let start = (8 * offset).div_ceil(6);
+    let end = 8 * (offset + data.len()) / 6;
+    let fragment = encoded.get(start..end)?;
+    (fragment.len() >= MIN_BASE64_FRAGMENT).then(|| fragment.to_string())
 }
 
 #[cfg(test)]
@@ -274,5 +368,62 @@ mod tests {
             b"a bottle-placeholder-api b"
         );
         assert_eq!(lit.redact_tokens(b"nothing", &routes), None);
+    }
+
+    #[test]
+    fn encoded_forms_of_a_token_are_found_and_redacted() {
+        use base64::Engine as _;
+        let token = "ab/cd+ef=\"gh<ij>&kl~mn";
+        let r = resolve(&route(
+            "api",
+            TokenSource::Command(vec!["echo".into(), token.into()]),
+        ))
+        .unwrap();
+        let routes = vec![r];
+        let lit = Literals::new(&routes);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let cases = [
+            r#"ab\/cd+ef=\"gh<ij>&kl~mn"#.to_string(),
+            r#"ab/cd+ef=\"gh<ij>&kl~mn"#.to_string(),
+            r#"ab/cd+ef=\"gh\u003cij\u003e\u0026kl~mn"#.to_string(),
+            "ab%2Fcd%2Bef%3D%22gh%3Cij%3E%26kl~mn".to_string(),
+            "ab%2fcd%2bef%3d%22gh%3cij%3e%26kl~mn".to_string(),
+            b64.encode(token),
+            base64::engine::general_purpose::URL_SAFE.encode(token),
+            b64.encode(format!("user:{token}")),
+            b64.encode(format!("u:{token}")),
+            b64.encode(format!("x{token}y")),
+        ];
+        for form in cases {
+            let data = format!("before {form} after");
+            assert!(
+                lit.find(data.as_bytes()).contains(&(0, LiteralKind::Token)),
+                "{form}"
+            );
+            let redacted = lit.redact_tokens(data.as_bytes(), &routes).unwrap();
+            let redacted = String::from_utf8(redacted).unwrap();
+            assert!(redacted.contains("bottle-placeholder-api"), "{form}");
+            assert!(!redacted.contains(&form), "{form} -> {redacted}");
+        }
+        // Unrelated base64 is left alone.
+        let other = b64.encode("some other credential entirely");
+        assert_eq!(lit.redact_tokens(other.as_bytes(), &routes), None);
+    }
+
+    #[test]
+    fn base64_fragments_are_the_characters_only_the_token_decides() {
+        use base64::Engine as _;
+        let engine = &base64::engine::general_purpose::STANDARD_NO_PAD;
+        for offset in 0..3 {
+            let f = base64_fragment(engine, b"0123456789abcdef", offset).unwrap();
+            for prefix in [b"\0\0".as_slice(), b"\xff\xff", b"ab"] {
+                let mut input = prefix[..offset.min(2)].to_vec();
+                input.resize(offset, b'q');
+                input.extend_from_slice(b"0123456789abcdef");
+                input.extend_from_slice(b"tail");
+                assert!(engine.encode(&input).contains(&f), "offset {offset}");
+            }
+        }
+        assert_eq!(base64_fragment(engine, b"short", 1), None);
     }
 }
