@@ -43,7 +43,10 @@ impl Refusal {
     }
 }
 
-const SUPERVISE: &str = "or ask the operator through supervise (tool `request_egress`)";
+/// How a refused agent gets a policy widened today: the operator edits the
+/// manifest and starts the bottle again (a running bottle's policy cannot
+/// be changed yet, and supervise is not served: no tool is named).
+const SUPERVISE: &str = "then ask the operator to run the bottle again with the changed manifest";
 
 /// Whether the destination may be reached at all (before any byte is relayed).
 pub fn check_target(policy: &Policy, ips: &IpAllowlist, t: &Target) -> Result<(), Refusal> {
