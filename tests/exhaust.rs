@@ -1,0 +1,206 @@
+//! The agent cannot exhaust the host (issue 13): from inside a Docker bottle
+//! (runc: native speed, so 500 uploads take seconds, not the hours TCG
+//! would), 500 parallel 16 MiB uploads and a gzip bomb through the proxy.
+//! The bundle's peak RSS stays within its body budget plus a margin, the
+//! proxy keeps serving, and a second bottle on the same host is unaffected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[track_caller]
+fn require_docker_runc() -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    skip::require(
+        text.contains("backend docker: ready") && text.contains("ok   tiny image"),
+        &format!("Docker is not ready here (run scripts/setup):\n{text}"),
+    )
+}
+
+fn manifest(port: u16) -> String {
+    format!(
+        r#"
+[bottles.t]
+image = "tiny"
+cpus = 2
+memory_mib = 2048
+allow = ["localhost"]
+allow_ports = [{port}]
+allow_ips = ["127.0.0.1"]
+
+[bottles.t.docker]
+runtime = "runc"
+pids_limit = 2048
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#
+    )
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
+}
+
+/// An upstream on the host's loopback that lets each request wait before
+/// reading its body (so the proxy must hold, or refuse, what it buffered),
+/// then answers with the request line.
+struct SlowUpstream {
+    port: u16,
+}
+
+impl SlowUpstream {
+    fn start(hold: std::time::Duration) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    std::thread::sleep(hold);
+                    let mut reader = BufReader::new(match stream.try_clone() {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    });
+                    let mut stream = stream;
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0u64;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let _ =
+                            std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink());
+                        let body = request_line.trim_end().to_string();
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port }
+    }
+}
+
+/// Stops the bottle when the test ends, passing or not.
+struct StopOnDrop<'a>(&'a Sandbox, String);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop", &self.1]);
+    }
+}
+
+#[test]
+fn uploads_and_a_gzip_bomb_stay_within_the_budget_and_spare_another_bottle() {
+    if !require_docker_runc() {
+        return;
+    }
+    // Each request waits 3 s before the upstream reads it: 500 uploads are
+    // in flight at once, and the proxy must hold what it buffered or refuse.
+    let upstream = SlowUpstream::start(std::time::Duration::from_secs(3));
+    let port = upstream.port;
+    let sb = Sandbox::new();
+    let other = Sandbox::new();
+    let victim = sb.run_detached("--docker", &manifest(port));
+    let _stop = StopOnDrop(&sb, victim.clone());
+    let bystander = other.run_detached("--docker", &manifest(port));
+    let _stop_other = StopOnDrop(&other, bystander.clone());
+    let bundle = sb.metadata(&victim)["bundle_pid"].as_u64().unwrap();
+    let other_bundle = other.metadata(&bystander)["bundle_pid"].as_u64().unwrap();
+    let before = peak_rss_kib(bundle);
+
+    let url = format!("http://localhost:{port}");
+    let storm = format!(
+        r#"cd /home/agent
+dd if=/dev/zero of=big bs=1M count=16 2>/dev/null
+dd if=/dev/zero bs=1M count=256 2>/dev/null | gzip -c > bomb.gz
+i=0
+while [ $i -lt 500 ]; do
+  (wget -q -O /dev/null --post-file big {url}/upload-$i >/dev/null 2>&1 && echo ok || echo refused) > r.$i &
+  i=$((i + 1))
+done
+wget -q -O /dev/null --header 'Content-Encoding: gzip' --post-file bomb.gz {url}/bomb >/dev/null 2>&1 && echo bomb:ok || echo bomb:refused
+wait
+echo "passed: $(cat r.* | grep -c '^ok')"
+echo "refused: $(cat r.* | grep -c '^refused')"
+echo "after: $(wget -q -O - {url}/after 2>&1 | head -n 1)"
+"#
+    );
+    let out = sb.run(&["exec", &victim, "--", "/bin/sh", "-c", &storm]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let count = |key: &str| -> u32 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}` in:\n{text}"))
+    };
+    let (passed, refused) = (count("passed:"), count("refused:"));
+    assert_eq!(passed + refused, 500, "{text}");
+    assert!(passed > 0, "no upload got through:\n{text}");
+    assert!(refused > 0, "the budget never refused an upload:\n{text}");
+    // The proxy keeps serving.
+    assert!(text.contains("after: GET /after"), "{text}");
+    eprintln!("{text}");
+
+    // 500 × 16 MiB held at once would be 8 GiB; the body budget is 256 MiB.
+    let peak = peak_rss_kib(bundle);
+    eprintln!(
+        "bundle peak RSS: {} MiB (before: {} MiB)",
+        peak / 1024,
+        before / 1024
+    );
+    assert!(
+        peak < 640 * 1024,
+        "the bundle's peak RSS was {} MiB (before the storm {} MiB)",
+        peak / 1024,
+        before / 1024
+    );
+    // The other bottle on this host was never touched and still serves.
+    assert!(peak_rss_kib(other_bundle) < 128 * 1024);
+    let ok = other.run(&[
+        "exec",
+        &bystander,
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("wget -q -O - {url}/bystander | head -n 1"),
+    ]);
+    assert!(stdout(&ok).contains("GET /bystander"), "{}", stderr(&ok));
+}
