@@ -107,7 +107,8 @@ fn unlisted_host_gets_403_naming_the_host_and_how_to_allow() {
     assert!(
         body.contains("evil.test")
             && body.contains("host-not-allowed")
-            && body.contains("supervise"),
+            && body.contains("run the bottle again")
+            && !body.contains("request_egress"),
         "{body}"
     );
     assert!(env.audited_rule("host-not-allowed"));

@@ -21,6 +21,8 @@ probe docker-socket test -e /var/run/docker.sock
 probe agent-channel sh -c 'if [ -e /run/bottle/agent.sock ]; then set -- unix:/run/bottle/agent.sock; else set -- vsock:1024 virtio-port:agent; fi; for t; do timeout 2 /sbin/bottle-guest serve --connect "$t" 2>/dev/null | grep -q BOTTLE-GUEST-READY && exit 0; done; exit 1'
 if [ -e /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then echo "ipv6: present"; else echo "ipv6: none"; fi
 echo "unlisted: $(wget -q -O - http://unlisted.example/ 2>&1 | head -n1)"
+echo "traversal: $(wget -q -O - 'http://allowed.localhost/a/..;/b' 2>&1 | head -n1)"
+echo "double-encoded: $(wget -q -O - 'http://allowed.localhost/a/%252e%252e/b' 2>&1 | head -n1)"
 "#;
 
 /// The script with the host port filled in.
@@ -47,10 +49,16 @@ pub fn check(stdout: &str) {
             "expected `{expected}` in:\n{stdout}"
         );
     }
-    assert!(
-        stdout.contains("unlisted: ") && stdout.contains("403"),
-        "an unlisted host gets 403 from the proxy:\n{stdout}"
-    );
+    for probe in ["unlisted", "traversal", "double-encoded"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{probe}: ")))
+            .unwrap_or_else(|| panic!("no `{probe}` line in:\n{stdout}"));
+        assert!(
+            line.contains("403"),
+            "the proxy refuses `{probe}` with 403 before dialling:\n{stdout}"
+        );
+    }
 }
 
 /// A listener on the host's loopback that must never see a connection.

@@ -243,8 +243,10 @@ mod tests {
         assert!(
             r.body().contains("evil.test")
                 && r.body().contains("`allow`")
-                && r.body().contains("supervise")
+                && r.body().contains("run the bottle again")
         );
+        // No tool that is not served is named.
+        assert!(!r.body().contains("request_egress"));
         assert_eq!(
             rule_of(check_target(
                 &policy(),
