@@ -67,6 +67,10 @@ pub enum TreeError {
     UnsafePath(String),
     #[error("{0:?} is below a symlink")]
     BelowSymlink(String),
+    #[error("symlink {path:?} points outside the copied tree ({target:?}); it is not written")]
+    EscapingSymlink { path: String, target: String },
+    #[error("the guest sent more than {0} entries; the copy was stopped")]
+    TooManyEntries(usize),
     #[error("{path}")]
     Io {
         path: String,
@@ -83,6 +87,36 @@ pub(crate) struct SafeWriter {
     dest: PathBuf,
     symlinks: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, u32)>,
+    entries: usize,
+    max_entries: usize,
+}
+
+/// Most entries one copy-out writes (a guest cannot fill the host's inode
+/// table or spend its time on millions of empty files).
+pub const MAX_COPY_OUT_ENTRIES: usize = 200_000;
+
+/// Whether a symlink at `rel` with `target` stays inside the tree: relative,
+/// and never climbing above the tree's root.
+fn symlink_stays_inside(rel: &Path, target: &str) -> bool {
+    let target = Path::new(target);
+    if target.is_absolute() || target.as_os_str().is_empty() {
+        return false;
+    }
+    let mut depth = rel.components().count().saturating_sub(1) as isize;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 impl SafeWriter {
@@ -91,7 +125,15 @@ impl SafeWriter {
             dest: dest.to_path_buf(),
             symlinks: HashSet::new(),
             dirs: Vec::new(),
+            entries: 0,
+            max_entries: MAX_COPY_OUT_ENTRIES,
         }
+    }
+
+    #[cfg(test)]
+    fn with_max_entries(mut self, max: usize) -> SafeWriter {
+        self.max_entries = max;
+        self
     }
 
     fn target(&self, rel: &str) -> Result<(PathBuf, PathBuf), TreeError> {
@@ -129,6 +171,10 @@ impl SafeWriter {
             move |source| TreeError::Io { path, source }
         };
         let mode = mode & 0o777;
+        self.entries += 1;
+        if self.entries > self.max_entries {
+            return Err(TreeError::TooManyEntries(self.max_entries));
+        }
         if rel.is_empty() {
             return match kind {
                 EntryKind::Dir => {
@@ -153,6 +199,12 @@ impl SafeWriter {
                 Ok(())
             }
             EntryKind::Symlink { target } => {
+                if !symlink_stays_inside(&rel_path, target) {
+                    return Err(TreeError::EscapingSymlink {
+                        path: rel.to_string(),
+                        target: target.clone(),
+                    });
+                }
                 std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
                 self.symlinks.insert(rel_path);
                 Ok(())
@@ -218,11 +270,12 @@ mod tests {
             w.write("a/./b", 0o644, &file, b"x"),
             Err(TreeError::UnsafePath(_))
         ));
+        w.write("sub", 0o755, &EntryKind::Dir, b"").unwrap();
         w.write(
             "l",
             0o777,
             &EntryKind::Symlink {
-                target: d.path().display().to_string(),
+                target: "sub".to_string(),
             },
             b"",
         )
@@ -232,6 +285,49 @@ mod tests {
             Err(TreeError::BelowSymlink(_))
         ));
         assert!(!d.path().join("x").exists());
+    }
+
+    #[test]
+    fn symlinks_pointing_outside_the_tree_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SafeWriter::new(&d.path().join("out"));
+        w.write("", 0o755, &EntryKind::Dir, b"").unwrap();
+        w.write("a", 0o755, &EntryKind::Dir, b"").unwrap();
+        let link = |t: &str| EntryKind::Symlink {
+            target: t.to_string(),
+        };
+        for (at, target) in [
+            ("abs", "/etc/passwd"),
+            ("up", "../x"),
+            ("a/up2", "../../x"),
+            ("empty", ""),
+        ] {
+            assert!(
+                matches!(
+                    w.write(at, 0o777, &link(target), b""),
+                    Err(TreeError::EscapingSymlink { .. })
+                ),
+                "{at} -> {target}"
+            );
+        }
+        w.write("a/sibling", 0o777, &link("../a"), b"").unwrap();
+        w.write("rel", 0o777, &link("a/./sibling"), b"").unwrap();
+        assert!(!d.path().join("out/abs").exists());
+    }
+
+    #[test]
+    fn a_copy_out_stops_at_its_entry_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = SafeWriter::new(&d.path().join("out")).with_max_entries(3);
+        w.write("", 0o755, &EntryKind::Dir, b"").unwrap();
+        let file = EntryKind::File { len: 0 };
+        w.write("a", 0o644, &file, b"").unwrap();
+        w.write("b", 0o644, &file, b"").unwrap();
+        assert!(matches!(
+            w.write("c", 0o644, &file, b""),
+            Err(TreeError::TooManyEntries(3))
+        ));
+        assert!(!d.path().join("out/c").exists());
     }
 
     #[test]
