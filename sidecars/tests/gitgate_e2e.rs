@@ -41,6 +41,7 @@ impl Fixture {
             known_host_key: sshd.host_key().unwrap(),
             extra_hosts: Default::default(),
             allow_force_push: false,
+            allow_non_commit_refs: false,
         };
         tweak(&mut remote);
         let config = GitGateConfig {

@@ -340,6 +340,7 @@ mod tests {
                     .into(),
             extra_hosts: Default::default(),
             allow_force_push,
+            allow_non_commit_refs: false,
         };
         Mirror::open(dir, &remote, &["/bin/false".into()]).unwrap()
     }
