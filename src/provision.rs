@@ -425,6 +425,7 @@ pub fn git_remotes(plan: &Plan) -> Vec<bottle_sidecars::policy::GitRemote> {
                 known_host_key: g.known_host_key.clone().unwrap_or_default(),
                 extra_hosts: g.extra_hosts.clone(),
                 allow_force_push: g.allow_force_push,
+                allow_non_commit_refs: g.allow_non_commit_refs,
             })
             .collect()
     })

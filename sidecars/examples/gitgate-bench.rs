@@ -42,6 +42,7 @@ fn run() -> Result<(), String> {
                 known_host_key: host_key.trim().into(),
                 extra_hosts: Default::default(),
                 allow_force_push: false,
+                allow_non_commit_refs: false,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;

@@ -93,6 +93,10 @@ pub struct GitRemote {
     /// Whether force pushes and ref deletions are forwarded (default: refused).
     #[serde(default)]
     pub allow_force_push: bool,
+    /// Whether a ref may point at a tree or a blob (directly or through
+    /// annotated tags); the object is then scanned. Default: refused.
+    #[serde(default)]
+    pub allow_non_commit_refs: bool,
 }
 
 /// Everything the proxy enforces for one bottle. Swapped atomically on reload.

@@ -32,6 +32,7 @@ fn gate(dir: &std::path::Path) -> Arc<GitGate> {
                 .into(),
         extra_hosts: BTreeMap::new(),
         allow_force_push: false,
+        allow_non_commit_refs: false,
     };
     let config = GitGateConfig {
         mirrors_dir: dir.into(),

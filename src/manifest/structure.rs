@@ -88,6 +88,7 @@ static GIT: Schema = Schema {
         ("known_host_key", Kind::Str),
         ("extra_hosts", Kind::StrMap),
         ("allow_force_push", Kind::Bool),
+        ("allow_non_commit_refs", Kind::Bool),
     ],
     removed: &[],
 };

@@ -112,6 +112,21 @@ fn duplicate_git_names_are_an_error() {
 }
 
 #[test]
+fn allow_non_commit_refs_defaults_off_and_must_be_a_bool() {
+    let remote = |extra: &str| {
+        format!(
+            "[bottles.b]\n[[bottles.b.git]]\nname = \"r\"\nupstream = \"git@h:r.git\"\nknown_host_key = \"{KEY}\"\n{extra}"
+        )
+    };
+    let m = parse("test.toml", &remote("")).expect("loads");
+    assert!(!m.bottles["b"].git[0].allow_non_commit_refs);
+    let m = parse("test.toml", &remote("allow_non_commit_refs = true\n")).expect("loads");
+    assert!(m.bottles["b"].git[0].allow_non_commit_refs);
+    let (p, _, _) = only(&remote("allow_non_commit_refs = \"yes\"\n"));
+    assert_eq!(p.key_path, "bottles.b.git[0].allow_non_commit_refs");
+}
+
+#[test]
 fn invalid_host_pattern_is_an_error() {
     let (p, pos, text) = only("[bottles.b]\nallow = [\"ok.com\", \"https://bad.com/x\"]\n");
     assert_eq!(p.key_path, "bottles.b.allow[1]");

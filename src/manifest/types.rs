@@ -152,6 +152,9 @@ pub struct GitRemote {
     pub extra_hosts: BTreeMap<String, String>,
     #[serde(default)]
     pub allow_force_push: bool,
+    /// Let a ref point at a tree or blob (scanned like any file).
+    #[serde(default)]
+    pub allow_non_commit_refs: bool,
 }
 
 /// `[bottles.NAME.vm]`.

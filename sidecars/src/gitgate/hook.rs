@@ -17,14 +17,12 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::mirror::{self, Mirror};
-use super::scan::{self, GitRunner, RefUpdate};
+use super::refusal::PushRefusal;
+use super::scan::{self, GitRunner, ObjectKind, PeeledUpdate, RefUpdate, ScanOptions};
 use crate::scanner::Scanner;
 
 /// Environment variable naming the gate's socket for this push.
 pub const SOCKET_ENV: &str = "BOTTLE_GITGATE_SOCKET";
-
-/// Most findings listed in a rejection message.
-const MAX_LISTED: usize = 20;
 
 /// What the hook sends to the gate.
 #[derive(Debug, Serialize, Deserialize)]
@@ -154,98 +152,117 @@ pub fn check_quarantine(repo: &Path, object_dir: Option<&Path>) -> Result<Option
 
 /// Check a push against the remote's policy, scan it, and forward it.
 pub fn check_and_forward(mirror: &Mirror, scanner: &Scanner, request: &HookRequest) -> HookReply {
-    match check_and_forward_inner(mirror, scanner, request) {
+    match gate_push(mirror, scanner, request) {
         Ok(message) => HookReply { ok: true, message },
-        Err(message) => HookReply { ok: false, message },
+        Err(refusal) => {
+            tracing::info!(
+                remote = %mirror.remote.name,
+                rule = refusal.rule(),
+                "git-gate refused push"
+            );
+            HookReply {
+                ok: false,
+                message: refusal.to_string(),
+            }
+        }
     }
 }
 
-fn check_and_forward_inner(
+/// [`check_and_forward`] with a typed refusal: the checks in order (ref
+/// updates, quarantine, deletions, ref targets, fast-forwards, the scan),
+/// then the forward. Returns the message for the pusher.
+pub fn gate_push(
     mirror: &Mirror,
     scanner: &Scanner,
     request: &HookRequest,
-) -> Result<String, String> {
-    let refused = |why: String| format!("git-gate: push refused: {why}");
-    let updates = scan::parse_updates(&request.updates).map_err(refused)?;
+) -> Result<String, PushRefusal> {
+    let updates = scan::parse_updates(&request.updates).map_err(PushRefusal::BadRequest)?;
     if updates.is_empty() {
         return Ok(String::new());
     }
-    let quarantine =
-        check_quarantine(&mirror.path, request.object_dir.as_deref()).map_err(refused)?;
+    let quarantine = check_quarantine(&mirror.path, request.object_dir.as_deref())
+        .map_err(PushRefusal::BadRequest)?;
     let git = QuarantineGit {
         repo: mirror.path.clone(),
         quarantine,
     };
-
-    let forced = forced_updates(&git, &updates).map_err(refused)?;
-    if !mirror.remote.allow_force_push {
+    let remote = &mirror.remote;
+    if !remote.allow_force_push {
         if let Some(u) = updates.iter().find(|u| u.is_delete()) {
-            return Err(refused(format!(
-                "deleting {} is not allowed for remote `{}` (allow_force_push is off)",
-                u.name, mirror.remote.name
-            )));
+            return Err(PushRefusal::Deletion {
+                ref_name: u.name.clone(),
+                remote: remote.name.clone(),
+            });
         }
+    }
+    let options = ScanOptions::for_remote(remote);
+    let peeled = scan::peel_updates(&git, &updates)?;
+    scan::check_targets(&updates, &peeled, &options)?;
+    let forced = forced_updates(&git, &updates, &peeled)?;
+    if !remote.allow_force_push {
         if let Some(u) = forced.first() {
-            return Err(refused(format!(
-                "{} is not a fast-forward; force pushes are not allowed for remote `{}` (allow_force_push is off)",
-                u.name, mirror.remote.name
-            )));
+            return Err(PushRefusal::NonFastForward {
+                ref_name: u.name.clone(),
+                remote: remote.name.clone(),
+            });
         }
     }
 
     let started = std::time::Instant::now();
-    let (findings, stats) = scan::scan_updates(&git, scanner, &updates).map_err(refused)?;
+    let report = scan::scan_updates(&git, scanner, &updates, &peeled, &options)?;
+    let stats = report.stats;
     tracing::info!(
-        remote = %mirror.remote.name,
+        remote = %remote.name,
         commits = stats.commits,
+        objects = stats.objects,
         bytes = stats.bytes,
         ms = started.elapsed().as_millis() as u64,
-        findings = findings.len(),
+        findings = report.findings.len(),
         "git-gate scanned push"
     );
-    if !findings.is_empty() {
-        let mut msg = format!(
-            "git-gate: push refused: {} secret(s) found in the pushed commits; nothing was sent upstream.\n",
-            findings.len()
-        );
-        for f in findings.iter().take(MAX_LISTED) {
-            msg.push_str(&format!("git-gate:   {f}\n"));
-        }
-        if findings.len() > MAX_LISTED {
-            msg.push_str(&format!(
-                "git-gate:   … and {} more\n",
-                findings.len() - MAX_LISTED
-            ));
-        }
-        msg.push_str("git-gate: remove the secret from every commit (e.g. `git rebase -i`, then amend) and push again.\n");
-        return Err(msg);
+    if !report.findings.is_empty() {
+        return Err(PushRefusal::Secrets(report.findings));
     }
-
     let summary = format!(
-        "git-gate: scanned {} commit(s), {} bytes in {} ms: no secrets found\n",
+        "git-gate: scanned {} commit(s), {} bytes in {} ms (and {} other object(s)): no secrets found\n",
         stats.commits,
         stats.bytes,
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        stats.objects,
     );
     forward(&git, mirror, &updates, &forced).map(|text| summary + &text)
 }
 
-/// The updates that are not fast-forwards (deletions excluded).
+/// The updates that are not fast-forwards (deletions excluded). An update
+/// of a ref whose old or new side is not a commit is never a fast-forward.
 fn forced_updates<'a>(
     git: &QuarantineGit,
     updates: &'a [RefUpdate],
-) -> Result<Vec<&'a RefUpdate>, String> {
+    peeled: &[PeeledUpdate],
+) -> Result<Vec<&'a RefUpdate>, PushRefusal> {
     let mut out = Vec::new();
-    for u in updates.iter().filter(|u| !u.is_create() && !u.is_delete()) {
+    for (u, p) in updates.iter().zip(peeled) {
+        let (Some(old), Some(new)) = (&p.old, &p.new) else {
+            continue;
+        };
+        if old.target_kind != ObjectKind::Commit || new.target_kind != ObjectKind::Commit {
+            out.push(u);
+            continue;
+        }
         let status = git
             .command()
-            .args(["merge-base", "--is-ancestor", &u.old, &u.new])
+            .args(["merge-base", "--is-ancestor", &old.target, &new.target])
             .status()
-            .map_err(|e| format!("cannot run git merge-base: {e}"))?;
+            .map_err(|e| PushRefusal::CannotCheck(format!("cannot run git merge-base: {e}")))?;
         match status.code() {
             Some(0) => {}
             Some(1) => out.push(u),
-            _ => return Err(format!("cannot tell whether {} is a fast-forward", u.name)),
+            _ => {
+                return Err(PushRefusal::CannotCheck(format!(
+                    "cannot tell whether {} is a fast-forward",
+                    u.name
+                )))
+            }
         }
     }
     Ok(out)
@@ -258,11 +275,11 @@ fn forward(
     mirror: &Mirror,
     updates: &[RefUpdate],
     forced: &[&RefUpdate],
-) -> Result<String, String> {
+) -> Result<String, PushRefusal> {
     let ssh = mirror
         .ssh
         .command()
-        .map_err(|e| format!("git-gate: push refused: {e}"))?;
+        .map_err(|e| PushRefusal::CannotCheck(e.to_string()))?;
     let refspecs: Vec<String> = updates
         .iter()
         .map(|u| {
@@ -288,7 +305,7 @@ fn forward(
         .args(&refspecs);
     let out = cmd
         .output()
-        .map_err(|e| format!("git-gate: cannot run git push: {e}"))?;
+        .map_err(|e| PushRefusal::CannotCheck(format!("cannot run git push: {e}")))?;
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     if out.status.success() {
@@ -297,10 +314,10 @@ fn forward(
             mirror.remote.name
         ))
     } else {
-        Err(format!(
-            "git-gate: upstream `{}` rejected the push (nothing was updated here):\n{text}",
-            mirror.remote.name
-        ))
+        Err(PushRefusal::Upstream {
+            remote: mirror.remote.name.clone(),
+            output: text,
+        })
     }
 }
 
@@ -340,6 +357,7 @@ mod tests {
                     .into(),
             extra_hosts: Default::default(),
             allow_force_push,
+            allow_non_commit_refs: false,
         };
         Mirror::open(dir, &remote, &["/bin/false".into()]).unwrap()
     }
@@ -385,7 +403,8 @@ mod tests {
             name: "refs/heads/forced".into(),
         };
         let updates = [ff, forced];
-        let got = forced_updates(&git, &updates).unwrap();
+        let peeled = scan::peel_updates(&git, &updates).unwrap();
+        let got = forced_updates(&git, &updates, &peeled).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].name, "refs/heads/forced");
     }

@@ -31,6 +31,9 @@ pub enum MirrorError {
 /// The hook script git runs before accepting a push.
 pub const HOOK_NAME: &str = "pre-receive";
 
+/// Largest pack a push may send (`receive.maxInputSize`): 512 MiB.
+pub const MAX_PUSH_PACK: u64 = 512 << 20;
+
 /// A bare mirror of one remote.
 #[derive(Debug)]
 pub struct Mirror {
@@ -81,7 +84,9 @@ impl Mirror {
         } else {
             "true"
         };
+        let max_pack = MAX_PUSH_PACK.to_string();
         for (key, value) in [
+            ("receive.maxInputSize", max_pack.as_str()),
             ("receive.denyDeletes", deny),
             ("receive.denyNonFastForwards", deny),
             ("receive.fsckObjects", "true"),
@@ -211,7 +216,9 @@ pub fn hook_script(hook_command: &[String]) -> String {
 }
 
 /// A `git` command with a clean environment: no system or global config,
-/// no prompts, C locale. The caller's PATH is kept to find `git` and `ssh`.
+/// no prompts, C locale, and no replace refs (a pushed `refs/replace/*`
+/// must never change what the gate reads). The caller's PATH is kept to
+/// find `git` and `ssh`.
 pub fn git_plain() -> Command {
     let mut c = Command::new("git");
     c.env_clear();
@@ -223,6 +230,7 @@ pub fn git_plain() -> Command {
         .env("HOME", "/nonexistent")
         .env("LC_ALL", "C")
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
         .stdin(Stdio::null());
     c
 }

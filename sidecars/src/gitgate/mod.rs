@@ -4,7 +4,8 @@
 //! * [`pktline`]: the checked git:// request parser and `ERR` packets.
 //! * [`ssh`]: upstream URL parsing and the pinned `GIT_SSH_COMMAND`.
 //! * [`mirror`]: one bare mirror per remote, refreshed before every service.
-//! * [`scan`]: the secret scan over exactly the pushed commits.
+//! * [`scan`]: the secret scan over every object a push brings.
+//! * [`refusal`]: why a push was refused, typed, and what the pusher is told.
 //! * [`hook`]: the pre-receive hook client and the gate's check-and-forward.
 //!
 //! Real `git upload-pack` / `git receive-pack` do all pack work, with the
@@ -13,6 +14,7 @@
 pub mod hook;
 pub mod mirror;
 pub mod pktline;
+pub mod refusal;
 pub mod scan;
 pub mod ssh;
 
@@ -28,6 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 pub use hook::{run_hook, run_hook_main, SOCKET_ENV};
 pub use mirror::{Mirror, MirrorError};
 pub use pktline::{PktLineError, Request, Service};
+pub use refusal::PushRefusal;
 
 use crate::policy::GitRemote;
 use crate::scanner::Scanner;
@@ -360,6 +363,7 @@ mod tests {
                     .into(),
             extra_hosts: BTreeMap::new(),
             allow_force_push: false,
+            allow_non_commit_refs: false,
         }
     }
 

@@ -219,6 +219,7 @@ mod tests {
                     .into(),
             extra_hosts: BTreeMap::new(),
             allow_force_push: false,
+            allow_non_commit_refs: false,
         }
     }
 
