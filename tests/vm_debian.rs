@@ -128,6 +128,13 @@ echo "agent line" >> README && git commit -qam "agent change" && git push -q ori
 echo "aws_access_key_id = AKIAQ3EGRZN5LMXW7TPB" > creds.txt && git add creds.txt && git commit -qm "oops"
 if git push -q origin main 2>/tmp/push.err; then echo "push-secret: accepted"; else echo "push-secret: rejected"; fi
 grep -q -i aws /tmp/push.err && echo "push-secret-message: names the rule"
+git reset -q --hard HEAD~1
+blob=$(printf 'token ghp_R4nd0mT0k3nV4lu3Xy9Zq8Wv7Ut6Sr5Qp4On3\n' | git hash-object -w --stdin)
+git tag blob-tag "$blob"
+if git push -q origin refs/tags/blob-tag 2>/tmp/tag.err; then echo "push-tag-on-blob: accepted"; else echo "push-tag-on-blob: rejected"; fi
+git tag -d blob-tag >/dev/null
+echo x > "AKIAQ3EGRZN5LMXW7TPB.txt" && git add . && git commit -qm "named file"
+if git push -q origin main 2>/tmp/name.err; then echo "push-secret-name: accepted"; else echo "push-secret-name: rejected"; fi
 "#,
         port = upstream.port(),
     );
@@ -153,6 +160,14 @@ grep -q -i aws /tmp/push.err && echo "push-secret-message: names the rule"
     assert!(so.contains("push-clean: ok"), "{diag}");
     assert!(so.contains("push-secret: rejected"), "{diag}");
     assert!(so.contains("push-secret-message: names the rule"), "{diag}");
+    // Objects no new commit reaches, and file names, are scanned too.
+    assert!(so.contains("push-tag-on-blob: rejected"), "{diag}");
+    assert!(so.contains("push-secret-name: rejected"), "{diag}");
+    let tags = Command::new("git")
+        .args(["--git-dir", bare.to_str().unwrap(), "tag", "--list"])
+        .output()
+        .unwrap();
+    assert!(tags.stdout.is_empty(), "a tag reached upstream: {tags:?}");
     // Upstream has the clean commit and not the one with the secret.
     let log = Command::new("git")
         .args([
