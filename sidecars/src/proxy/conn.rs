@@ -416,7 +416,15 @@ impl Proxy {
                         clienthello::HelloError::Encrypted(_) => "encrypted-client-hello",
                         _ => "not-tls",
                     };
-                    self.record(&peer, "CONNECT", &target.authority(), "", "deny", rule, 0);
+                    let line = self.line(
+                        &self.current(),
+                        Kind::Tunnel,
+                        &peer,
+                        "CONNECT",
+                        &target.authority(),
+                        "",
+                    );
+                    self.record_deny(line, rule, 0);
                     return self.log.warn(format_args!("passthrough to {target}: {e}"));
                 }
             }
