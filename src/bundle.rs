@@ -22,6 +22,7 @@ pub mod files {
     pub const CONFIG: &str = "bundle.json";
     pub const LOG: &str = "bundle.log";
     pub const CA: &str = "ca.pem";
+    /// The audit log; rotated files are `audit.<n>.jsonl`, its head `audit.head`.
     pub const AUDIT: &str = "audit.jsonl";
     pub const CONTROL: &str = "control.sock";
     pub const GUEST: &str = "guest.sock";
@@ -74,6 +75,26 @@ pub struct BundleConfig {
     /// PEM roots trusted for upstream TLS besides the system's.
     #[serde(default)]
     pub extra_root_pems: Vec<String>,
+    /// Audit log rotation.
+    #[serde(default)]
+    pub audit: AuditLimits,
+}
+
+/// When the audit log is rotated and how many rotated files are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditLimits {
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+impl Default for AuditLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: bottle_sidecars::audit::DEFAULT_MAX_BYTES,
+            keep: bottle_sidecars::audit::DEFAULT_KEEP,
+        }
+    }
 }
 
 /// The line the bundle prints when it is serving.
@@ -137,6 +158,8 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
         .context("cannot load the secret scanner rules")?;
     let mut proxy_config = ProxyConfig::new(config.identity.clone(), config.policy.clone());
     proxy_config.audit_path = Some(dir.join(files::AUDIT));
+    proxy_config.audit_max_bytes = config.audit.max_bytes;
+    proxy_config.audit_keep = config.audit.keep;
     proxy_config.extra_root_pems = config.extra_root_pems.clone();
     let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
     let gate = if config.git.is_empty() {
@@ -316,6 +339,18 @@ async fn serve_vm(
     }
     let netstack =
         bottle_netstack::spawn(net, transport, forwards).context("cannot start the netstack")?;
+    // What the netstack refused goes into the audit chain every minute (when
+    // anything was) and once more at the end.
+    let counters = netstack.counters_reader();
+    let summary = bottle_sidecars::audit::SummaryTask::spawn(
+        proxy.audit_log().clone(),
+        bottle_sidecars::audit::Kind::Netstack,
+        bottle_sidecars::audit::SUMMARY_PERIOD,
+        move || {
+            let refusals = counters.snapshot().refusals();
+            refusals.into_iter().map(|(k, v)| (k.into(), v)).collect()
+        },
+    );
     announce(ready)?;
 
     // Live until the VM exits, the stack's transport closes, or we are told to stop.
@@ -336,6 +371,7 @@ async fn serve_vm(
             }
         }
     }
+    summary.finish().await;
     netstack.request_shutdown();
     Ok(())
 }

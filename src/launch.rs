@@ -103,6 +103,11 @@ pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
     if let Some(pid) = meta.bundle_pid {
         stop_process(pid, &meta.identity, Duration::from_secs(3));
     }
+    // The bundle is gone: its audit head is final. Kept in the metadata (which
+    // outlives the bottle with the log) so a cut tail shows in `bottle logs`.
+    if let Err(e) = dir.record_audit_head() {
+        eprintln!("bottle: warning: cannot record the audit log's head: {e:#}");
+    }
     if let Some(confined) = &meta.cgroup {
         crate::sys::cgroup::release(confined);
     }
@@ -254,6 +259,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         container_id: None,
         cgroup: None,
         command: plan.command.clone(),
+        audit_head: None,
     };
     dir.write_metadata(&meta)?;
     let fail = |e: anyhow::Error| -> anyhow::Error {
@@ -519,17 +525,45 @@ pub struct SessionSpec {
     pub uid: Option<u32>,
 }
 
-/// Print and verify a bottle's audit log.
+/// Print a bottle's audit log (all rotated files, oldest first, each line
+/// as written) once its chain verifies and reaches the recorded head: a
+/// running bottle's `audit.head`, or the head its metadata kept at stop.
 pub fn print_audit(dir: &Path) -> anyhow::Result<()> {
+    use bottle_sidecars::audit::{read_head, verify_chain};
+    use std::io::Write;
     let path = dir.join(crate::bundle::files::AUDIT);
-    let records = bottle_sidecars::proxy::audit::read_verified(&path)
-        .with_context(|| format!("audit log {} failed verification", path.display()))?;
-    let mut out = String::new();
-    for r in records {
-        out.push_str(&serde_json::to_string(&r)?);
-        out.push('\n');
+    let head = match read_head(&path)? {
+        Some(head) => Some(head),
+        None => recorded_head(dir),
+    };
+    let failed = || format!("audit log {} failed verification", path.display());
+    let verified = verify_chain(&path, head.as_ref(), |_, _| {}).with_context(failed)?;
+    if head.is_none() && verified.last > 0 {
+        eprintln!(
+            "bottle: warning: no head was recorded for this log (a bottle from an older \
+             version, or its bundle never wrote one): a cut tail cannot be detected"
+        );
     }
-    crate::commands::print_text(&out)
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_error = None;
+    verify_chain(&path, head.as_ref(), |line, _| {
+        if write_error.is_none() {
+            if let Err(e) = writeln!(out, "{line}") {
+                write_error = Some(e);
+            }
+        }
+    })
+    .with_context(failed)?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The audit head kept in a (possibly archived) bottle's metadata.
+fn recorded_head(dir: &Path) -> Option<bottle_sidecars::audit::Head> {
+    state::read_metadata_in(dir).ok()?.audit_head
 }
 
 /// Bundle processes of bottles under the state root `root`: (pid, identity),

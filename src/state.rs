@@ -100,6 +100,11 @@ pub struct Metadata {
     /// The cgroups the bundle (and the VM) run in, removed at teardown.
     #[serde(default)]
     pub cgroup: Option<crate::sys::cgroup::Confined>,
+    /// The audit chain's last line (position and hash), copied from the
+    /// bundle's `audit.head` at teardown: a log kept after the bottle stopped
+    /// that ends before it was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<bottle_sidecars::audit::Head>,
 }
 
 /// Root of all bottle state: `$BOTTLE_STATE_DIR`, else `$XDG_STATE_HOME/bottle`,
@@ -232,6 +237,26 @@ impl StateDir {
         serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
     }
 
+    /// Copy the audit log's head (kept next to it by the bundle) into the
+    /// metadata, which is kept with the log after the bottle stopped. Call
+    /// once the bundle has exited, so the head is final.
+    pub fn record_audit_head(&self) -> Result<(), StateError> {
+        let log = self.file(crate::bundle::files::AUDIT);
+        let head = match bottle_sidecars::audit::read_head(&log) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(StateError::Io {
+                    op: "read the audit head of",
+                    path: log,
+                    source: std::io::Error::other(e),
+                })
+            }
+        };
+        self.update_metadata(|m| m.audit_head = Some(head))
+            .map(|_| ())
+    }
+
     /// Keep what outlives the bottle — its audit log (all rotated files),
     /// metadata, session transcript and exit status — under
     /// `<root>/logs/<identity>/`, then remove the directory. What is kept
@@ -283,6 +308,13 @@ impl StateDir {
             }),
         }
     }
+}
+
+/// The metadata in `dir`, a bottle's state directory or its kept logs.
+pub fn read_metadata_in(dir: &Path) -> Result<Metadata, StateError> {
+    let path = dir.join(METADATA);
+    let bytes = fs::read(&path).map_err(io("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
 }
 
 /// Files of a bottle kept after it stopped (besides `audit*.jsonl`).
@@ -442,6 +474,7 @@ mod tests {
             container_id: None,
             cgroup: None,
             command: vec![],
+            audit_head: None,
         }
     }
 

@@ -289,3 +289,64 @@ fn channel_belongs_to_the_guest_agent_under_runc() {
 fn channel_belongs_to_the_guest_agent_under_runsc() {
     channel_belongs_to_the_guest_agent("runsc");
 }
+
+/// The audit log outlives the bottle, and its head is kept with it: a log
+/// whose last line was cut after the bottle stopped fails `bottle logs`.
+#[test]
+fn a_kept_audit_log_with_its_tail_cut_fails_verification() {
+    let _g = serial();
+    if !require_docker("runc") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let out = run(
+        &sb,
+        &manifest("runc", ""),
+        "for p in one two; do wget -q -O - http://unlisted.example/$p 2>&1 | head -n1; done",
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(so.contains("403"), "{so}");
+    let id = identity_from(&se);
+    assert_nothing_left(&sb, std::slice::from_ref(&id));
+    let logs = sb.run(&["logs", &id]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let lines: Vec<String> = stdout(&logs).lines().map(str::to_string).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("/two")),
+        "{}",
+        stdout(&logs)
+    );
+    // The head the bottle recorded at stop names the last line.
+    let kept = sb.state_dir().join("logs").join(&id);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kept.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["audit_head"]["count"].as_u64(),
+        Some(lines.len() as u64),
+        "{meta}"
+    );
+    // Cut the last line: the chain itself still verifies, the head does not.
+    let audit = kept.join("audit.jsonl");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let cut: String = text
+        .lines()
+        .take(lines.len() - 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&audit, cut).unwrap();
+    let cut = sb.run(&["logs", &id]);
+    assert_eq!(cut.status.code(), Some(1), "{}", stdout(&cut));
+    assert!(
+        stderr(&cut).contains("failed verification")
+            && stderr(&cut).contains("was cut")
+            && stderr(&cut).contains(&format!("recorded line {}", lines.len())),
+        "{}",
+        stderr(&cut)
+    );
+    assert!(
+        stdout(&cut).is_empty(),
+        "unverified lines printed: {}",
+        stdout(&cut)
+    );
+}

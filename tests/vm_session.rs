@@ -269,7 +269,8 @@ fn logs_of_a_stopped_bottle_are_kept_and_verified() {
             "--",
             "/bin/sh",
             "-c",
-            "wget -q -O - http://kept-after-stop.example/x 2>&1 | head -n1; hostname",
+            "timeout 5 nc -w 2 proxy.internal 22 </dev/null; \
+             wget -q -O - http://kept-after-stop.example/x 2>&1 | head -n1; hostname",
         ])
         .output()
         .expect("run bottle");
@@ -288,6 +289,29 @@ fn logs_of_a_stopped_bottle_are_kept_and_verified() {
         "{}",
         stdout(&logs)
     );
+    // The netstack's refusals are summarised in the same chain (at stop).
+    let summary = stdout(&logs)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["kind"] == "netstack")
+        .unwrap_or_else(|| panic!("no netstack summary:\n{}", stdout(&logs)));
+    assert!(
+        summary["refused"]["tcp-closed-port"].as_u64() >= Some(1),
+        "{summary}"
+    );
+    // The head kept at stop catches a tail cut afterwards.
+    let audit = sb
+        .state_dir()
+        .join("logs")
+        .join(&identity)
+        .join("audit.jsonl");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let n = text.lines().count();
+    let cut: String = text.lines().take(n - 1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&audit, cut).unwrap();
+    let cut = sb.run(&["logs", &identity]);
+    assert_eq!(cut.status.code(), Some(1), "{}", stdout(&cut));
+    assert!(stderr(&cut).contains("was cut"), "{}", stderr(&cut));
     let unknown = sb.run(&["logs", "a-zzzzz"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(

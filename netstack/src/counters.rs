@@ -53,6 +53,10 @@ counters! {
     drop_queue_full,
     /// TCP SYNs to other addresses, answered with RST.
     rst_other_address,
+    /// TCP SYNs to gateway ports nothing is forwarded on (answered with RST).
+    rst_closed_port,
+    /// UDP to gateway ports other than DNS and DHCP (port unreachable).
+    udp_closed_port,
     /// DHCP replies sent (offers, acks, naks).
     dhcp_replies,
     /// DHCP messages ignored (other MAC, wrong server, unknown type).
@@ -84,6 +88,30 @@ impl LiveCounters {
 }
 
 impl Counters {
+    /// What the stack refused, by reason (running totals; the bundle writes
+    /// the growth into the audit log). Zero reasons included.
+    pub fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [
+            ("tcp-other-address", self.rst_other_address),
+            ("tcp-closed-port", self.rst_closed_port),
+            ("tcp-flow-limit", self.flows_rejected),
+            ("udp-closed-port", self.udp_closed_port),
+            ("dropped-other-address", self.drop_other_address),
+            ("dropped-ipv6", self.drop_ipv6),
+            ("dropped-protocol", self.drop_protocol),
+            ("dropped-spoofed", self.drop_spoofed),
+            ("dropped-fragment", self.drop_fragment),
+            (
+                "dropped-malformed",
+                self.drop_malformed + self.drop_oversized,
+            ),
+            ("dropped-foreign-mac", self.drop_foreign_mac),
+            ("dns-rate-limited", self.dns_rate_limited),
+        ]
+        .into_iter()
+        .collect()
+    }
+
     /// Sum of every drop counter.
     pub fn drops(&self) -> u64 {
         self.drop_malformed
@@ -112,5 +140,18 @@ mod tests {
         let snap = live.snapshot();
         assert_eq!(snap.frames_in, 1);
         assert_eq!(snap.drops(), 2);
+    }
+
+    #[test]
+    fn refusals_name_each_reason() {
+        let live = LiveCounters::default();
+        LiveCounters::inc(&live.rst_other_address);
+        LiveCounters::add(&live.rst_closed_port, 2);
+        LiveCounters::inc(&live.flows_rejected);
+        let r = live.snapshot().refusals();
+        assert_eq!(r["tcp-other-address"], 1);
+        assert_eq!(r["tcp-closed-port"], 2);
+        assert_eq!(r["tcp-flow-limit"], 1);
+        assert_eq!(r["dns-rate-limited"], 0);
     }
 }

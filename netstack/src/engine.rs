@@ -252,6 +252,9 @@ impl<T: FrameTransport> Engine<T> {
                 Verdict::Syn { port } => {
                     if self.forwards.contains_key(&port) {
                         syns.push(port);
+                    } else {
+                        // No listener: smoltcp answers with RST.
+                        LiveCounters::inc(&self.counters.rst_closed_port);
                     }
                     self.device.push_rx(buf, n);
                 }

@@ -226,6 +226,7 @@ impl Gate {
                     };
                 }
                 // smoltcp answers with ICMP port unreachable.
+                LiveCounters::inc(&c.udp_closed_port);
                 Verdict::Stack
             }
             IpProtocol::Tcp => match TcpPacket::new_checked(body) {

@@ -65,6 +65,12 @@ impl NetstackHandle {
         self.counters.snapshot()
     }
 
+    /// A handle that reads the counters after the stack is gone (for the
+    /// audit log's refusal summary).
+    pub fn counters_reader(&self) -> CountersReader {
+        CountersReader(Arc::clone(&self.counters))
+    }
+
     /// Stops the stack: open connections are reset, the transport is dropped.
     pub async fn shutdown(self) {
         self.stop.stop();
@@ -92,6 +98,16 @@ impl NetstackHandle {
     /// Asks the stack to stop without waiting.
     pub fn request_shutdown(&self) {
         self.stop.stop();
+    }
+}
+
+/// Reads a stack's counters; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CountersReader(Arc<LiveCounters>);
+
+impl CountersReader {
+    pub fn snapshot(&self) -> Counters {
+        self.0.snapshot()
     }
 }
 

@@ -307,6 +307,8 @@ async fn other_ports_and_addresses_are_refused() {
     assert!(bait.accept().is_err(), "the host listener got a connection");
     let c = lab.stack.counters();
     assert!(c.rst_other_address >= 5, "{c:?}");
+    assert!(c.rst_closed_port >= 1, "{c:?}");
+    assert_eq!(c.refusals()["tcp-other-address"], c.rst_other_address);
     assert_eq!(c.flows_accepted, 0);
 }
 

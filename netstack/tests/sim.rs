@@ -335,6 +335,10 @@ async fn udp_dns_and_refused_ports_through_the_simulated_link() {
         guest.sockets.get::<tcp::Socket>(h).state(),
         tcp::State::Closed
     );
-    assert_eq!(stack.counters().flows_accepted, 0);
+    let counters = stack.counters();
+    assert_eq!(counters.flows_accepted, 0);
+    // Counted by reason, for the audit log's summary.
+    assert!(counters.refusals()["tcp-closed-port"] >= 1, "{counters:?}");
+    assert_eq!(counters.refusals()["tcp-other-address"], 0);
     stack.shutdown().await;
 }

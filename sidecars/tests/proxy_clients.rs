@@ -4,6 +4,7 @@
 
 mod proxy_env;
 
+use bottle_sidecars::audit::Event;
 use bottle_sidecars::policy::{DlpAction, DlpPolicy};
 use bottle_test_harness::tls::{TestCa, Upstream};
 use proxy_env::*;
@@ -667,7 +668,22 @@ fn audit_log_chain_verifies_after_a_mixed_session() {
     env.curl_status(&[&env.url("evil.test", "/b")]);
     env.curl_status(&["-X", "POST", &env.url("rules.test", "/c")]);
     let records = env.audit();
-    let rules: Vec<&str> = records.iter().map(|r| r.rule.as_str()).collect();
-    assert_eq!(rules, ["allow", "host-not-allowed", "method-path-rule"]);
+    let lines: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.rule.as_str(), r.decision.as_str()))
+        .collect();
+    // An allowed request is decided, then completed; a refusal is one line.
+    assert_eq!(
+        lines,
+        [
+            ("allow", "allow"),
+            ("allow", "allow"),
+            ("host-not-allowed", "deny"),
+            ("method-path-rule", "deny")
+        ]
+    );
+    assert_eq!(records[1].event, Event::Completed);
+    assert_eq!(records[1].of, records[0].seq);
+    assert_eq!(records[1].status, Some(200));
     assert!(records.iter().all(|r| r.identity == "agent-test1"));
 }

@@ -126,6 +126,7 @@ impl Backend for DockerBackend {
             git: crate::provision::git_remotes(plan),
             extra_root_pems: crate::policy::upstream_ca_pems(plan)
                 .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            audit: Default::default(),
         };
         crate::launch::start_bundle(state, &config, Duration::from_secs(30))?;
         let choice = runtime_choice(plan);

@@ -223,6 +223,7 @@ impl Backend for VmBackend {
             git: crate::provision::git_remotes(plan),
             extra_root_pems: crate::policy::upstream_ca_pems(plan)
                 .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            audit: Default::default(),
         };
         crate::launch::start_bundle(state, &config, Duration::from_secs(120))?;
         Ok(())

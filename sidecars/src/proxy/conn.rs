@@ -2,10 +2,12 @@
 //! TLS interception with the bottle CA, and passthrough splicing.
 
 use super::clienthello::{self, Peek};
+use super::counted::Counted;
 use super::decide::{self, Refusal};
 use super::handler::{refusal_response, Body, Scheme};
 use super::target::{parse_authority, parse_host, Target};
 use super::Proxy;
+use crate::audit::{Completion, Kind, Outcome};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -123,8 +125,9 @@ impl Proxy {
         }
         let uri = req.uri();
         let method = req.method().as_str().to_string();
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
         let refuse = |proxy: &Self, refusal: Refusal, host: &str| {
-            proxy.record(&peer, &method, host, uri.path(), "deny", &refusal.rule, 0);
+            proxy.record(&peer, &method, host, pq, "deny", &refusal.rule, 0);
             refusal_response(&refusal)
         };
         match (uri.scheme_str(), uri.authority()) {
@@ -382,7 +385,7 @@ impl Proxy {
                 &peer,
                 req.method().as_str(),
                 &target.host,
-                req.uri().path(),
+                req.uri().path_and_query().map_or("/", |p| p.as_str()),
                 "deny",
                 &refusal.rule,
                 0,
@@ -413,7 +416,15 @@ impl Proxy {
                         clienthello::HelloError::Encrypted(_) => "encrypted-client-hello",
                         _ => "not-tls",
                     };
-                    self.record(&peer, "CONNECT", &target.authority(), "", "deny", rule, 0);
+                    let line = self.line(
+                        &self.current(),
+                        Kind::Tunnel,
+                        &peer,
+                        "CONNECT",
+                        &target.authority(),
+                        "",
+                    );
+                    self.record_deny(line, rule, 0);
                     return self.log.warn(format_args!("passthrough to {target}: {e}"));
                 }
             }
@@ -421,35 +432,64 @@ impl Proxy {
         if self.refuse_sni_mismatch(&peer, &target, sni.as_deref()) {
             return;
         }
-        let mut upstream = match self
+        // The decision is on record before the dial; if it cannot be, the
+        // tunnel is closed and nothing is dialled.
+        let mut line = self.line(
+            &self.current(),
+            Kind::Tunnel,
+            &peer,
+            "CONNECT",
+            &target.authority(),
+            "",
+        );
+        line.decision = "allow".into();
+        line.rule = "passthrough".into();
+        let exchange = match self.audit.decide(line) {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                return self.log.warn(format_args!(
+                    "passthrough to {target} refused: cannot write the audit log: {e}"
+                ))
+            }
+        };
+        let upstream = match self
             .upstream
             .connect_checked(&target.host, target.port)
             .await
         {
             Ok(s) => s,
             Err(e) => {
-                let rule = if matches!(e, super::ConnectError::Ssrf { .. }) {
-                    "ssrf"
+                let (rule, outcome) = if matches!(e, super::ConnectError::Ssrf { .. }) {
+                    ("ssrf", Outcome::Refused)
                 } else {
-                    "upstream-error"
+                    ("upstream-error", Outcome::UpstreamFailed)
                 };
-                self.record(&peer, "CONNECT", &target.authority(), "", "deny", rule, 0);
+                let mut done = Completion::new(outcome);
+                done.rule = Some(rule.into());
+                let _ = exchange.complete(done);
                 return self.log.warn(format_args!("passthrough to {target}: {e}"));
             }
         };
-        self.record(
-            &peer,
-            "CONNECT",
-            &target.authority(),
-            "",
-            "allow",
-            "passthrough",
-            0,
-        );
-        if upstream.write_all(&buf).await.is_err() {
-            return;
+        let mut client = Counted::new(io);
+        let mut upstream = Counted::new(upstream);
+        let spliced = async {
+            upstream.write_all(&buf).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
         }
-        let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+        .await;
+        // Many TLS clients end a connection with a reset rather than a
+        // close: only a failure on the upstream side is one.
+        let outcome = match spliced {
+            Err(_) if upstream.failed => Outcome::UpstreamFailed,
+            _ => Outcome::Ok,
+        };
+        let _ = exchange.complete(Completion {
+            outcome,
+            status: None,
+            bytes_up: buf.len() as u64 + client.read,
+            bytes_down: upstream.read,
+            rule: None,
+        });
     }
 }
 

@@ -1,14 +1,17 @@
 //! One HTTP request to an allowed target: policy re-check (reload-aware),
 //! method/path rules, body within the cap, DLP, route injection, the pooled
-//! upstream call, response redaction for route hosts, audit.
+//! upstream call, response redaction for route hosts, audit (`decided` before
+//! the dial, `completed` when the response body ends).
 
 use super::body::{self, ReadError};
 use super::budget::{self, OverBudget};
+use super::counted::AuditedBody;
 use super::decide::{self, Refusal};
 use super::dlp::{self, BodyError, Dlp, Hit};
 use super::target::Target;
 use super::upstream::ConnectError;
 use super::{Proxy, State};
+use crate::audit::{Completion, Exchange, Kind, Outcome};
 use crate::policy::DlpAction;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -93,27 +96,19 @@ impl Proxy {
     ) -> Response<Body> {
         let state = self.current();
         let method = req.method().as_str().to_string();
-        let path = req.uri().path().to_string();
-        let deny = |refusal: Refusal, bytes: u64| {
-            self.record(
-                &peer,
-                &method,
-                &target.host,
-                &path,
-                "deny",
-                &refusal.rule,
-                bytes,
-            );
-            refusal_response(&refusal)
-        };
-        if let Err(r) = decide::check_target(&state.policy, &state.ips, &target) {
-            return deny(r, 0);
-        }
         let pq = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
+        let line = self.line(&state, Kind::Request, &peer, &method, &target.host, &pq);
+        let deny = |refusal: Refusal, bytes: u64| {
+            self.record_deny(line.clone(), &refusal.rule, bytes);
+            refusal_response(&refusal)
+        };
+        if let Err(r) = decide::check_target(&state.policy, &state.ips, &target) {
+            return deny(r, 0);
+        }
         if let Err(r) = decide::check_request(&state.policy, &target, &method, &pq) {
             return deny(r, 0);
         }
@@ -218,21 +213,45 @@ impl Proxy {
             parts.headers.insert(header::HOST, host);
         }
         let upstream_req = Request::from_parts(parts, Full::new(raw));
+        // The decision is on record before anything is dialled; if it cannot
+        // be, nothing is.
+        let mut decided = line;
+        (decided.decision, decided.rule) = match warned {
+            Some(rule) => ("warn".into(), rule),
+            None => (
+                "allow".into(),
+                if routes.is_empty() { "allow" } else { "route" }.into(),
+            ),
+        };
+        decided.bytes = bytes;
+        let mut exchange = match self.audit.decide(decided) {
+            Ok(exchange) => exchange,
+            Err(e) => return refusal_response(&self.audit_failed(&e)),
+        };
+        exchange.bytes_up = bytes;
+        // Dropped here (client gone before the answer): `cancelled`.
         let resp = match self.client.request(upstream_req).await {
             Ok(resp) => resp,
-            Err(e) => return self.upstream_failure(&e, &peer, &method, &target, &path, bytes),
+            Err(e) => {
+                let (refusal, outcome) = self.upstream_failure(&e, &target);
+                if outcome == Outcome::Refused {
+                    exchange.bytes_up = 0; // refused before the dial
+                }
+                return refuse_after_decision(exchange, refusal, outcome);
+            }
         };
-        let (decision, rule) = match &warned {
-            Some(rule) => ("warn", rule.as_str()),
-            None => ("allow", if routes.is_empty() { "allow" } else { "route" }),
-        };
-        self.record(&peer, &method, &target.host, &path, decision, rule, bytes);
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if routes.is_empty() {
-            return Response::from_parts(parts, body.boxed());
-        }
-        self.redacted_response(parts, body, &state).await
+        let resp = if routes.is_empty() {
+            Response::from_parts(parts, body.boxed())
+        } else {
+            match self.redacted_response(parts, body, &state).await {
+                Ok(resp) => resp,
+                Err(refusal) => return refuse_after_decision(exchange, refusal, Outcome::Refused),
+            }
+        };
+        let status = resp.status().as_u16();
+        resp.map(|body| AuditedBody::new(body, exchange, status).boxed())
     }
 
     /// Route hosts: the body is read (within the cap and the budget), decoded,
@@ -242,26 +261,24 @@ impl Proxy {
         mut parts: http::response::Parts,
         body: Incoming,
         state: &State,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Refusal> {
         let raw = match body::read(body, self.body_cap, &self.budget).await {
             Ok(raw) => raw,
-            Err(ReadError::OverBudget(e)) => {
-                return refusal_response(&self.over_budget("response", e))
-            }
+            Err(ReadError::OverBudget(e)) => return Err(self.over_budget("response", e)),
             Err(ReadError::TooLarge { .. } | ReadError::Cut) => {
-                return bad_gateway(
+                return Err(bad_gateway(
                     "the route host's response is larger than the scanning cap or was cut off",
-                )
+                ))
             }
         };
         let encoding = content_encoding(&parts.headers);
         let decoded = match dlp::decode(&encoding, raw, self.body_cap, &self.budget) {
             Ok(d) => d,
-            Err(BodyError::OverBudget(e)) => {
-                return refusal_response(&self.over_budget("response", e))
-            }
+            Err(BodyError::OverBudget(e)) => return Err(self.over_budget("response", e)),
             Err(e) => {
-                return bad_gateway(&format!("the route host's response cannot be scanned: {e}"))
+                return Err(bad_gateway(&format!(
+                    "the route host's response cannot be scanned: {e}"
+                )))
             }
         };
         parts.headers.remove(header::CONTENT_ENCODING);
@@ -293,7 +310,7 @@ impl Proxy {
                 drop(decoded);
                 let mut reservation = self.budget.reservation();
                 if let Err(e) = reservation.grow(new.capacity()) {
-                    return refusal_response(&self.over_budget("response", e));
+                    return Err(self.over_budget("response", e));
                 }
                 budget::hold(new, reservation)
             }
@@ -302,7 +319,7 @@ impl Proxy {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Response::from_parts(parts, full(body))
+        Ok(Response::from_parts(parts, full(body)))
     }
 
     /// 503 when the budget for buffered bodies is in use.
@@ -323,66 +340,66 @@ impl Proxy {
         }
     }
 
+    /// Why the upstream call failed, as the client's answer and the outcome
+    /// of the exchange (an SSRF address found at dial time is a refusal).
     fn upstream_failure(
         &self,
         e: &hyper_util::client::legacy::Error,
-        peer: &str,
-        method: &str,
         target: &Target,
-        path: &str,
-        bytes: u64,
-    ) -> Response<Body> {
+    ) -> (Refusal, Outcome) {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = source {
             if let Some(ce) = err.downcast_ref::<ConnectError>() {
-                let refusal = match ce {
-                    ConnectError::Ssrf { .. } => Refusal::forbidden(
-                        "ssrf",
-                        format!(
-                            "{ce}. Internal addresses are refused; to allow one, add it to `allow_ips` \
-                             in the bottle's manifest"
+                return match ce {
+                    ConnectError::Ssrf { .. } => (
+                        Refusal::forbidden(
+                            "ssrf",
+                            format!(
+                                "{ce}. Internal addresses are refused; to allow one, add it to \
+                                 `allow_ips` in the bottle's manifest"
+                            ),
                         ),
+                        Outcome::Refused,
                     ),
-                    other => Refusal {
-                        status: StatusCode::BAD_GATEWAY,
-                        rule: "upstream-error".into(),
-                        message: error_chain(other),
-                    },
+                    other => {
+                        let refusal = Refusal {
+                            status: StatusCode::BAD_GATEWAY,
+                            rule: "upstream-error".into(),
+                            message: error_chain(other),
+                        };
+                        self.log
+                            .warn(format_args!("upstream {target}: {}", refusal.message));
+                        (refusal, Outcome::UpstreamFailed)
+                    }
                 };
-                self.record(
-                    peer,
-                    method,
-                    &target.host,
-                    path,
-                    "deny",
-                    &refusal.rule,
-                    bytes,
-                );
-                if refusal.rule != "ssrf" {
-                    self.log
-                        .warn(format_args!("upstream {target}: {}", refusal.message));
-                }
-                return refusal_response(&refusal);
             }
             source = err.source();
         }
         let message = error_chain(e);
         self.log.warn(format_args!("upstream {target}: {message}"));
-        self.record(
-            peer,
-            method,
-            &target.host,
-            path,
-            "deny",
-            "upstream-error",
-            bytes,
-        );
-        refusal_response(&Refusal {
-            status: StatusCode::BAD_GATEWAY,
-            rule: "upstream-error".into(),
-            message,
-        })
+        (
+            Refusal {
+                status: StatusCode::BAD_GATEWAY,
+                rule: "upstream-error".into(),
+                message,
+            },
+            Outcome::UpstreamFailed,
+        )
     }
+}
+
+/// Answer `refusal` to a request whose `decided` line is written, and
+/// complete it with `outcome` and the refusal's rule.
+fn refuse_after_decision(exchange: Exchange, refusal: Refusal, outcome: Outcome) -> Response<Body> {
+    let bytes_up = exchange.bytes_up;
+    let _ = exchange.complete(Completion {
+        outcome,
+        status: Some(refusal.status.as_u16()),
+        bytes_up,
+        bytes_down: 0,
+        rule: Some(refusal.rule.clone()),
+    });
+    refusal_response(&refusal)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -405,12 +422,12 @@ fn content_encoding(headers: &HeaderMap) -> String {
         .join(",")
 }
 
-fn bad_gateway(message: &str) -> Response<Body> {
-    refusal_response(&Refusal {
+fn bad_gateway(message: &str) -> Refusal {
+    Refusal {
         status: StatusCode::BAD_GATEWAY,
         rule: "response-unscannable".into(),
         message: message.into(),
-    })
+    }
 }
 
 fn route_needs_https(route: &str, target: &Target, path_and_query: &str) -> Refusal {

@@ -6,15 +6,20 @@
 //! passthrough splice, or TLS terminated with a leaf of the bottle CA → Host
 //! == SNI → method/path rules and git push → body read within the cap and
 //! decoded → DLP on URL, headers, body (placeholders and real route tokens
-//! included) → route header injected → resolve, SSRF check, dial the checked
-//! address (pooled) → response (route hosts: real token redacted) → audit line.
+//! included) → route header injected → audit `decided` line (a failed write
+//! refuses the request: nothing is dialled) → resolve, SSRF check, dial the
+//! checked address (pooled) → response (route hosts: real token redacted) →
+//! audit `completed` line when the response body ends, fails or is dropped.
 
-pub mod audit;
+/// The audit log moved to the crate level (git-gate and the netstack write
+/// to the same chain); this path stays for compatibility.
+pub use crate::audit;
 mod body;
 pub mod budget;
 mod ca;
 pub mod clienthello;
 mod conn;
+mod counted;
 pub mod decide;
 pub mod dlp;
 mod handler;
@@ -31,7 +36,7 @@ pub use upstream::ConnectError;
 
 use crate::policy::Policy;
 use crate::scanner::{Scanner, ScannerError};
-use audit::{AuditError, AuditLog, AuditRecord};
+use audit::{AuditError, AuditLog, AuditOptions, AuditRecord, Kind};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -92,6 +97,10 @@ pub struct ProxyConfig {
     pub system_roots: bool,
     /// Where the chained audit log is appended; `None` keeps no log.
     pub audit_path: Option<PathBuf>,
+    /// Size at which the audit file is rotated (the chain continues in the
+    /// next file), and how many rotated files are kept.
+    pub audit_max_bytes: u64,
+    pub audit_keep: usize,
     pub resolver: Arc<dyn Resolver>,
     pub dialer: Arc<dyn Dialer>,
     /// Largest request body (raw and decoded) that is scanned; larger is refused.
@@ -117,6 +126,8 @@ impl ProxyConfig {
             extra_root_pems: Vec::new(),
             system_roots: true,
             audit_path: None,
+            audit_max_bytes: audit::DEFAULT_MAX_BYTES,
+            audit_keep: audit::DEFAULT_KEEP,
             resolver: Arc::new(SystemResolver),
             dialer: Arc::new(TcpDialer),
             body_cap: DEFAULT_BODY_CAP,
@@ -136,6 +147,9 @@ pub struct State {
     pub route_names: Vec<String>,
     pub literals: Literals,
     pub scanner: Scanner,
+    /// Every rule (none disabled) plus the route tokens: what audit lines
+    /// are redacted with.
+    pub redactor: Scanner,
 }
 
 impl State {
@@ -164,12 +178,20 @@ impl State {
             .clone()
             .disable_rules(&policy.dlp.disable_rules)?
             .with_literal_secrets(literal_secrets);
+        // Found tokens show as `[redacted:route-token:<name>]`.
+        let redactor = base.clone().with_literal_secrets(
+            routes
+                .iter()
+                .map(|r| (r.route.name.clone(), r.token.expose().as_bytes().to_vec()))
+                .collect(),
+        );
         Ok(Self {
             ips,
             route_names: routes.iter().map(|r| r.route.name.clone()).collect(),
             literals: Literals::new(&routes),
             routes,
             scanner,
+            redactor,
             policy,
         })
     }
@@ -186,7 +208,7 @@ pub struct Proxy {
     state: Arc<RwLock<Arc<State>>>,
     upstream: Arc<Upstream>,
     client: HttpClient,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     body_cap: usize,
     budget: Arc<budget::Budget>,
     connections: Arc<tokio::sync::Semaphore>,
@@ -227,10 +249,17 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(Connector(upstream.clone()));
-        let audit = match &config.audit_path {
-            Some(path) => AuditLog::open(path)?,
+        let audit = Arc::new(match &config.audit_path {
+            Some(path) => AuditLog::open(
+                path,
+                AuditOptions {
+                    identity: config.identity.clone(),
+                    max_bytes: config.audit_max_bytes,
+                    keep: config.audit_keep,
+                },
+            )?,
             None => AuditLog::disabled(),
-        };
+        });
         Ok(Arc::new(Self {
             identity: config.identity,
             ca,
@@ -271,34 +300,91 @@ impl Proxy {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The audit log every guard of this bottle writes to (git-gate and the
+    /// netstack summary share the proxy's chain).
+    pub fn audit_log(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// An audit line for a request: host, path and query with secrets
+    /// redacted (a blocked secret must not end up in the log).
+    fn line(
+        &self,
+        state: &State,
+        kind: Kind,
+        peer: &str,
+        method: &str,
+        host: &str,
+        path_and_query: &str,
+    ) -> AuditRecord {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let redact = |t: &str| audit::redact::redact_url_part(&state.redactor, t).into_owned();
+        let mut record = AuditRecord::new(kind, audit::Event::Decided);
+        record.identity = self.identity.clone();
+        record.peer = peer.to_string();
+        record.method = method.to_string();
+        record.host = redact(host);
+        record.path = redact(path);
+        record.query = query.map(redact);
+        record
+    }
+
+    /// Record a refusal (one `decided` line with decision `deny`). The
+    /// request is refused either way, so a failed write is only logged.
+    fn record_deny(&self, mut record: AuditRecord, rule: &str, bytes: u64) {
+        record.decision = "deny".into();
+        record.rule = rule.to_string();
+        record.bytes = bytes;
+        if let Err(e) = self.audit.append(record) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+
+    /// Record a refusal of a request (`path_and_query` as the client sent it).
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         peer: &str,
         method: &str,
         host: &str,
-        path: &str,
+        path_and_query: &str,
         decision: &str,
         rule: &str,
         bytes: u64,
     ) {
-        let time = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let record = AuditRecord {
-            time,
-            identity: self.identity.clone(),
-            peer: peer.to_string(),
-            method: method.to_string(),
-            host: host.to_string(),
-            path: path.to_string(),
-            decision: decision.to_string(),
-            rule: rule.to_string(),
-            bytes,
-            prev: String::new(),
-        };
+        let state = self.current();
+        let mut record = self.line(&state, Kind::Request, peer, method, host, path_and_query);
+        if decision == "deny" {
+            return self.record_deny(record, rule, bytes);
+        }
+        record.decision = decision.to_string();
+        record.rule = rule.to_string();
+        record.bytes = bytes;
         if let Err(e) = self.audit.append(record) {
             tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+
+    /// 503 when the decision cannot be recorded: nothing is dialled.
+    fn audit_failed(&self, e: &AuditError) -> decide::Refusal {
+        let why = match e {
+            AuditError::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        self.log.warn(format_args!(
+            "request refused: cannot write the audit log: {e}"
+        ));
+        decide::Refusal {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            rule: "audit-unavailable".into(),
+            message: format!(
+                "the audit log could not be written ({why}), so nothing was sent: the proxy \
+                 refuses what it cannot record. The host running the bottle must free disk space \
+                 in the bottle's state directory (or restart the bottle if the log stays closed)."
+            ),
         }
     }
 }
