@@ -8,6 +8,7 @@
 //! transport closes; then it stops the VM and exits. The VM process dies with
 //! the bundle (parent-death signal), so `kill -9` of either leaves neither.
 
+use crate::plan::Engine;
 use anyhow::Context;
 use bottle_sidecars::policy::{GitRemote, Policy};
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,8 @@ pub struct BundleConfig {
 pub struct Ready {
     pub ca_fingerprint: String,
     pub vm_pid: Option<u32>,
-    pub engine: Option<String>,
+    /// The VM engine it started (VM backend).
+    pub engine: Option<Engine>,
 }
 
 impl Ready {
@@ -91,7 +93,8 @@ impl Ready {
             self.ca_fingerprint,
             self.vm_pid
                 .map_or_else(|| "-".to_string(), |p| p.to_string()),
-            self.engine.as_deref().unwrap_or("-")
+            self.engine
+                .map_or_else(|| "-".to_string(), |e| e.to_string())
         )
     }
 
@@ -104,10 +107,7 @@ impl Ready {
         Some(Self {
             ca_fingerprint: fields.get("fp")?.to_string(),
             vm_pid: fields.get("vm_pid").and_then(|p| p.parse().ok()),
-            engine: fields
-                .get("engine")
-                .filter(|e| **e != "-")
-                .map(|e| e.to_string()),
+            engine: fields.get("engine").and_then(|e| e.parse().ok()),
         })
     }
 }
@@ -242,7 +242,16 @@ async fn serve_vm(
     use bottle_netstack::{Forward, NetConfig};
     let net_listener = bind(&dir.join(files::NET))?;
     let (engine, selection) = match vm.decided {
-        Some((kind, accel)) => decided_engine(kind, accel),
+        Some((kind, accel)) => (
+            bottle_vmm::engine_for(kind, accel),
+            bottle_vmm::Selection {
+                engine: kind,
+                accel,
+                reason: "decided by the plan".to_string(),
+                warning: (accel == bottle_vmm::Accel::Tcg)
+                    .then(|| bottle_vmm::TCG_WARNING.to_string()),
+            },
+        ),
         None => tokio::task::spawn_blocking(move || bottle_vmm::select_engine(vm.engine))
             .await
             .context("engine selection panicked")??,
@@ -276,11 +285,7 @@ async fn serve_vm(
     };
     let mut process = engine.spawn(&spec).context("cannot start the VM")?;
     ready.vm_pid = Some(process.pid());
-    ready.engine = Some(format!(
-        "{}-{}",
-        selection.engine.as_str(),
-        selection.accel.as_str()
-    ));
+    ready.engine = Some(Engine::Vm(selection.engine, selection.accel));
     let transport = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         bottle_netstack::accept_unix_stream(&net_listener),
@@ -338,27 +343,6 @@ async fn serve_vm(
     }
     netstack.request_shutdown();
     Ok(())
-}
-
-/// The engine the plan decided, without probing.
-fn decided_engine(
-    kind: bottle_vmm::EngineKind,
-    accel: bottle_vmm::Accel,
-) -> (Box<dyn bottle_vmm::Engine>, bottle_vmm::Selection) {
-    let engine: Box<dyn bottle_vmm::Engine> = match kind {
-        bottle_vmm::EngineKind::Libkrun => Box::new(bottle_vmm::KrunEngine::new()),
-        bottle_vmm::EngineKind::Qemu => Box::new(bottle_vmm::QemuEngine::new(accel)),
-    };
-    let warning = (accel == bottle_vmm::Accel::Tcg).then(|| bottle_vmm::TCG_WARNING.to_string());
-    (
-        engine,
-        bottle_vmm::Selection {
-            engine: kind,
-            accel,
-            reason: "decided by the plan".to_string(),
-            warning,
-        },
-    )
 }
 
 /// Bind a unix listener, replacing a stale socket file. Sockets are 0600,
@@ -521,7 +505,10 @@ mod tests {
         let r = Ready {
             ca_fingerprint: "ab:cd".into(),
             vm_pid: Some(42),
-            engine: Some("qemu-tcg".into()),
+            engine: Some(Engine::Vm(
+                bottle_vmm::EngineKind::Qemu,
+                bottle_vmm::Accel::Tcg,
+            )),
         };
         assert_eq!(Ready::parse(&r.to_line()), Some(r));
         let r = Ready {

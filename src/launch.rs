@@ -20,12 +20,8 @@ pub fn pid_matches(pid: u32, needle: &str) -> bool {
 
 /// Whether the bottle's processes (or container) are still there.
 pub fn is_alive(meta: &Metadata) -> bool {
-    match meta.backend.as_str() {
-        "vm" | "docker" => meta
-            .bundle_pid
-            .is_some_and(|pid| pid_matches(pid, &meta.identity)),
-        _ => false,
-    }
+    meta.bundle_pid
+        .is_some_and(|pid| pid_matches(pid, &meta.identity))
 }
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
@@ -91,12 +87,8 @@ fn confine_bundle(
 
 /// Stop everything a bottle made. Idempotent.
 pub fn teardown(meta: &Metadata, dir: &StateDir) -> Result<(), BackendError> {
-    let backend = match meta.backend.as_str() {
-        "docker" => BackendName::Docker,
-        _ => BackendName::Vm,
-    };
     crate::detached::stop(dir);
-    let result = backend_for(backend).teardown(meta, dir);
+    let result = backend_for(meta.backend).teardown(meta, dir);
     if let Some(pid) = meta.vm_pid {
         stop_process(pid, &meta.identity, Duration::from_secs(2));
     }
@@ -199,7 +191,7 @@ pub fn start_bundle(
                 dir.update_metadata(|m| {
                     m.vm_pid = ready.vm_pid;
                     if ready.engine.is_some() {
-                        m.engine = ready.engine.clone();
+                        m.engine = ready.engine;
                     }
                 })
                 .map_err(|e| BackendError::failed("cannot record the VM pid", e))?;
@@ -217,13 +209,6 @@ pub fn start_bundle(
     }
 }
 
-fn backend_name(plan: &Plan) -> BackendName {
-    match plan.backend {
-        "docker" => BackendName::Docker,
-        _ => BackendName::Vm,
-    }
-}
-
 /// With `BOTTLE_TIMING=1`, print when a launch step finished, in ms since
 /// the process started (read by `bench/boot.sh`).
 pub fn timing(step: &str) {
@@ -236,7 +221,7 @@ pub fn timing(step: &str) {
 /// Launch a bottle for `plan`, run its command, tear it down unless detached.
 /// Returns the command's exit code.
 pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
-    let backend = backend_for(backend_name(plan));
+    let backend = backend_for(plan.backend);
     let root = state::state_root()?;
     let dir = StateDir::create(&root, &plan.identity)?;
     let meta = Metadata {
@@ -245,8 +230,8 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         agent: plan.agent.clone(),
         bottle: plan.bottle.clone(),
         cwd: plan.cwd.clone(),
-        backend: plan.backend.to_string(),
-        engine: plan.engine.clone(),
+        backend: plan.backend,
+        engine: plan.engine,
         started_at: state::now_rfc3339(),
         status: Status::Starting,
         bundle_pid: None,
@@ -353,7 +338,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     }
     let code =
         runtime.block_on(interrupts.guard(run_session(&client, &session, plan.command.clone())));
-    if plan.backend == "vm" {
+    if let BackendName::Vm = plan.backend {
         // Power the guest off first: the VM, then the bundle, exit at once.
         let _ = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(2), client.poweroff(false)).await

@@ -23,7 +23,7 @@ pub fn ls(json: bool) -> anyhow::Result<()> {
             Entry::Ok(_, meta) => {
                 let alive = crate::launch::is_alive(&meta);
                 Row {
-                    backend: meta.backend,
+                    backend: meta.backend.to_string(),
                     identity: meta.identity,
                     agent: meta.agent,
                     status: if alive || meta.status != state::Status::Running {
