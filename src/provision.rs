@@ -4,10 +4,9 @@
 //! idempotent (it writes whole files) and logged on stderr.
 
 use crate::manifest::BackendName;
-use crate::plan::{Plan, Prompt, RoutePlan};
+use crate::plan::{placeholder_env, Plan, Prompt};
 use bottle_guest::host::Client;
 use bottle_guest::proto::User;
-use bottle_sidecars::policy::TokenSource;
 use std::path::Path;
 
 /// Where things go in the guest. A VM's agent is root-capable (the guest
@@ -70,29 +69,6 @@ fn step(step: &'static str) -> impl FnOnce(bottle_guest::host::ClientError) -> P
     move |source| ProvisionError::Step { step, source }
 }
 
-/// Environment variables that carry route placeholders in the guest: the
-/// variable the real token is read from on the host (for `env` sources), plus
-/// the names Claude Code reads when a route covers Anthropic's API.
-pub fn placeholder_env(routes: &[RoutePlan]) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    for route in routes {
-        if let TokenSource::Env(var) = &route.token_from {
-            env.push((var.clone(), route.placeholder.clone()));
-        }
-        if route.host.eq_ignore_ascii_case("api.anthropic.com") {
-            let var = if route.header.eq_ignore_ascii_case("authorization") {
-                "CLAUDE_CODE_OAUTH_TOKEN"
-            } else {
-                "ANTHROPIC_API_KEY"
-            };
-            env.push((var.to_string(), route.placeholder.clone()));
-        }
-    }
-    env.sort();
-    env.dedup_by(|a, b| a.0 == b.0);
-    env
-}
-
 /// The agent's whole environment in the guest (no real secret is ever in it).
 pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
     let proxy = format!("http://proxy.internal:{}", crate::plan::PROXY_PORT);
@@ -147,7 +123,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     // Each step's line, and its finish time for `bench/boot.sh` (BOTTLE_TIMING=1).
     let log = |step: &str, what: String| {
         eprintln!("bottle: provision: {what}");
-        crate::launch::timing(&format!("provision-{step}"));
+        crate::timing::step(&format!("provision-{step}"));
     };
     let l = layout(plan);
     // Files only root may write go as root in a VM; in a container the agent writes its own.
@@ -404,44 +380,6 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn route(host: &str, header: &str, from: TokenSource) -> RoutePlan {
-        RoutePlan {
-            name: "r".into(),
-            host: host.into(),
-            header: header.into(),
-            prefix: String::new(),
-            token_from: from,
-            placeholder: "bottle-placeholder-r".into(),
-        }
-    }
-
-    #[test]
-    fn anthropic_api_key_route_gives_placeholder_api_key() {
-        let env = placeholder_env(&[route(
-            "api.anthropic.com",
-            "x-api-key",
-            TokenSource::File("/k".into()),
-        )]);
-        assert_eq!(
-            env,
-            vec![(
-                "ANTHROPIC_API_KEY".to_string(),
-                "bottle-placeholder-r".to_string()
-            )]
-        );
-    }
-
-    #[test]
-    fn anthropic_bearer_route_gives_oauth_placeholder_and_env_source_name() {
-        let env = placeholder_env(&[route(
-            "api.anthropic.com",
-            "Authorization",
-            TokenSource::Env("MY_TOKEN".into()),
-        )]);
-        let names: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["CLAUDE_CODE_OAUTH_TOKEN", "MY_TOKEN"]);
-    }
 
     #[test]
     fn shell_quoting_survives_single_quotes() {

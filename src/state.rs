@@ -184,6 +184,19 @@ impl StateDir {
         self.path.join(name)
     }
 
+    /// The last `lines` lines of a log file in the directory, for failure
+    /// reports (or a line saying it is missing).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let path = self.file(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(_) => format!("({} is missing)", path.display()),
+        }
+    }
+
     fn lock(&self) -> Result<Flock<File>, StateError> {
         let lock_path = self.file(LOCK);
         let file = OpenOptions::new()

@@ -8,7 +8,7 @@ use super::docker::{
 };
 use super::{Availability, Backend, BackendError, Found};
 use crate::bundle::{BundleConfig, Mode};
-use crate::commands::doctor::Check;
+use crate::doctor::Check;
 use crate::manifest::BackendName;
 use crate::plan::{Engine, Plan};
 use crate::state::{Metadata, StateDir};
@@ -48,6 +48,36 @@ fn image_ref(name: &str) -> Result<(ImageRef, std::path::PathBuf), BackendError>
 impl Backend for DockerBackend {
     fn name(&self) -> BackendName {
         BackendName::Docker
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        let result = block_on(async {
+            let client = match DockerClient::connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return vec![Check {
+                        name: "dockerd".into(),
+                        ok: false,
+                        detail: e.to_string(),
+                        fix: Some("run scripts/setup-docker.sh".into()),
+                    }]
+                }
+            };
+            let (major, minor) = client.api_version();
+            let mut checks = vec![Check {
+                name: "dockerd".into(),
+                ok: true,
+                detail: format!("reachable, API {major}.{minor}"),
+                fix: None,
+            }];
+            checks.push(match client.probe_runsc().await {
+                Ok(Ok(())) => Check { name: "runsc (gVisor)".into(), ok: true, detail: "starts a --network none container".into(), fix: None },
+                Ok(Err(problem)) => Check { name: "runsc (gVisor)".into(), ok: false, detail: problem.to_string(), fix: Some("see `bottle doctor` output above: register runsc in /etc/docker/daemon.json with runtimeArgs [\"--network=none\", \"--host-uds=open\"] and restart dockerd".into()) },
+                Err(e) => Check { name: "runsc (gVisor)".into(), ok: false, detail: e.to_string(), fix: None },
+            });
+            checks
+        });
+        result.unwrap_or_default()
     }
 
     fn availability(&self) -> Availability {
@@ -115,7 +145,7 @@ impl Backend for DockerBackend {
             extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
                 .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
         };
-        crate::launch::start_bundle(state, &config, Duration::from_secs(30))?;
+        crate::bundle::start(state, &config, Duration::from_secs(30))?;
         let choice = plan.requested.runtime;
         let container = block_on(async {
             let client = DockerClient::connect().await?;
@@ -192,14 +222,15 @@ impl Backend for DockerBackend {
     }
 
     fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
-        block_on(async {
-            DockerClient::connect()
-                .await?
-                .remove_by_identity(&meta.identity)
-                .await
-        })?
-        .map_err(api)?;
-        Ok(())
+        // The container first, then the bundle whose sockets it used; the
+        // bundle is stopped even when dockerd cannot be reached.
+        let removed = remove_container(&meta.identity);
+        crate::bundle::stop(meta);
+        removed
+    }
+
+    fn remove_orphan(&self, found: &Found) -> Result<(), BackendError> {
+        remove_container(&found.identity)
     }
 }
 
@@ -244,8 +275,8 @@ async fn choose_runtime_cached(
     Ok(selection)
 }
 
-/// Remove the containers of an identity (orphans found by `enumerate`).
-pub fn remove_container(identity: &str) -> Result<(), BackendError> {
+/// Remove the containers of an identity (none is fine).
+fn remove_container(identity: &str) -> Result<(), BackendError> {
     block_on(async {
         DockerClient::connect()
             .await?
@@ -254,35 +285,4 @@ pub fn remove_container(identity: &str) -> Result<(), BackendError> {
     })?
     .map_err(api)?;
     Ok(())
-}
-
-/// The Docker backend's lines in `bottle doctor`.
-pub fn doctor_checks() -> Vec<Check> {
-    let result = block_on(async {
-        let client = match DockerClient::connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                return vec![Check {
-                    name: "dockerd".into(),
-                    ok: false,
-                    detail: e.to_string(),
-                    fix: Some("run scripts/setup-docker.sh".into()),
-                }]
-            }
-        };
-        let (major, minor) = client.api_version();
-        let mut checks = vec![Check {
-            name: "dockerd".into(),
-            ok: true,
-            detail: format!("reachable, API {major}.{minor}"),
-            fix: None,
-        }];
-        checks.push(match client.probe_runsc().await {
-            Ok(Ok(())) => Check { name: "runsc (gVisor)".into(), ok: true, detail: "starts a --network none container".into(), fix: None },
-            Ok(Err(problem)) => Check { name: "runsc (gVisor)".into(), ok: false, detail: problem.to_string(), fix: Some("see `bottle doctor` output above: register runsc in /etc/docker/daemon.json with runtimeArgs [\"--network=none\", \"--host-uds=open\"] and restart dockerd".into()) },
-            Err(e) => Check { name: "runsc (gVisor)".into(), ok: false, detail: e.to_string(), fix: None },
-        });
-        checks
-    });
-    result.unwrap_or_default()
 }

@@ -1,10 +1,11 @@
 //! The VM backend: a microVM (libkrun or QEMU microvm) whose only network is
 //! the bundle's netstack. The bundle process starts and supervises the VM, so
-//! launching here means writing the bundle's config and starting it.
+//! launching here means writing the bundle's config and starting it, and
+//! tearing down means stopping the VM, then the bundle.
 
 use super::{Availability, Backend, BackendError, Found};
 use crate::bundle::{BundleConfig, Mode, VmLaunch};
-use crate::commands::doctor::Check;
+use crate::doctor::Check;
 use crate::manifest::BackendName;
 use crate::plan::{Engine, Plan};
 use crate::state::{Metadata, StateDir};
@@ -60,6 +61,19 @@ fn cached_probe(engine: EngineKind, accel: Accel, kernel: &std::path::Path) -> O
 impl Backend for VmBackend {
     fn name(&self) -> BackendName {
         BackendName::Vm
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        let guest = crate::images::guest_binary().ok();
+        bottle_vmm::doctor(guest.as_deref())
+            .into_iter()
+            .map(|c| Check {
+                name: c.name,
+                ok: c.ok,
+                detail: c.detail,
+                fix: c.fix,
+            })
+            .collect()
     }
 
     fn availability(&self) -> Availability {
@@ -178,14 +192,14 @@ impl Backend for VmBackend {
             extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
                 .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
         };
-        crate::launch::start_bundle(state, &config, Duration::from_secs(120))?;
+        crate::bundle::start(state, &config, Duration::from_secs(120))?;
         Ok(())
     }
 
     fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
         let root =
             crate::state::state_root().map_err(|e| BackendError::failed("no state root", e))?;
-        Ok(crate::launch::bundle_processes(&root)
+        Ok(crate::bundle::processes(&root)
             .into_iter()
             .map(|(pid, identity)| Found {
                 identity,
@@ -195,22 +209,20 @@ impl Backend for VmBackend {
             .collect())
     }
 
-    fn teardown(&self, _meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
-        // The VM and the bundle are processes: `launch::teardown` stops them.
+    fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
+        // The VM first (the bundle would stop it too, but it may be gone).
+        if let Some(pid) = meta.vm_pid {
+            crate::sys::process::stop_process(pid, &meta.identity, Duration::from_secs(2));
+        }
+        crate::bundle::stop(meta);
         Ok(())
     }
-}
 
-/// The VM backend's lines in `bottle doctor`.
-pub fn doctor_checks() -> Vec<Check> {
-    let guest = crate::images::guest_binary().ok();
-    bottle_vmm::doctor(guest.as_deref())
-        .into_iter()
-        .map(|c| Check {
-            name: c.name,
-            ok: c.ok,
-            detail: c.detail,
-            fix: c.fix,
-        })
-        .collect()
+    fn remove_orphan(&self, found: &Found) -> Result<(), BackendError> {
+        // The handle is the bundle's pid; the VM dies with it.
+        if let Ok(pid) = found.handle.parse::<u32>() {
+            crate::sys::process::stop_process(pid, &found.identity, Duration::from_secs(3));
+        }
+        Ok(())
+    }
 }

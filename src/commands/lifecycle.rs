@@ -4,6 +4,7 @@ use super::{print, ExitStatusError};
 use crate::cli::ImageCommand;
 use crate::state::{self, StateDir};
 use anyhow::Context;
+use std::path::Path;
 
 fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
     let root = state::state_root()?;
@@ -24,7 +25,7 @@ fn exit_with(code: i32) -> anyhow::Result<()> {
 
 pub fn attach(id: &str) -> anyhow::Result<()> {
     let (dir, meta) = open(id)?;
-    if !crate::launch::is_alive(&meta) {
+    if !crate::bundle::is_alive(&meta) {
         anyhow::bail!(
             "bottle {id} is not running (its bundle process is gone); `bottle cleanup` removes it"
         );
@@ -37,7 +38,7 @@ pub fn attach(id: &str) -> anyhow::Result<()> {
 
 pub fn exec(id: &str, command: Vec<String>) -> anyhow::Result<()> {
     let (dir, meta) = open(id)?;
-    exit_with(crate::launch::run_in(&dir, &meta, command)?)
+    exit_with(crate::session::run_in(&dir, &meta, command)?)
 }
 
 pub fn resume(id: &str) -> anyhow::Result<()> {
@@ -48,7 +49,7 @@ pub fn stop(id: &str) -> anyhow::Result<()> {
     let root = state::state_root()?;
     let dir = StateDir::open(&root, id)?;
     if let Ok(meta) = dir.read_metadata() {
-        crate::launch::teardown(&meta, &dir)?;
+        crate::launch::stop(&meta, &dir)?;
         let _ = dir.update_metadata(|m| m.status = state::Status::Stopped);
     }
     dir.retire()?;
@@ -59,15 +60,28 @@ pub fn stop(id: &str) -> anyhow::Result<()> {
 pub fn logs(id: &str) -> anyhow::Result<()> {
     let root = state::state_root()?;
     match StateDir::open(&root, id) {
-        Ok(dir) => crate::launch::print_audit(dir.path()),
+        Ok(dir) => print_audit(dir.path()),
         Err(e) => match state::archived(&root, id) {
-            Some(archive) => crate::launch::print_audit(&archive),
+            Some(archive) => print_audit(&archive),
             None => Err(anyhow::Error::new(e).context(format!(
                 "no running bottle `{id}` and no kept logs for it in {}",
                 state::logs_root(&root).display()
             ))),
         },
     }
+}
+
+/// Print and verify a bottle's audit log.
+fn print_audit(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(crate::bundle::files::AUDIT);
+    let records = bottle_sidecars::proxy::audit::read_verified(&path)
+        .with_context(|| format!("audit log {} failed verification", path.display()))?;
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&serde_json::to_string(&r)?);
+        out.push('\n');
+    }
+    print(&out)
 }
 
 pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! status for `run` and `exec`. A broken pipe on output counts as success.
 
 mod cleanup;
-pub mod doctor;
+mod doctor;
 mod lifecycle;
 mod ls;
 mod run;
@@ -24,12 +24,9 @@ pub struct UsageError(pub String);
 #[error("command exited with status {0}")]
 pub struct ExitStatusError(pub u8);
 
-/// When the process started, for `BOTTLE_TIMING=1` breakdowns.
-pub static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
-    START.get_or_init(std::time::Instant::now);
+    crate::timing::start();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

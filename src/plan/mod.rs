@@ -381,11 +381,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         ]
         .map(String::from),
     );
-    env.extend(
-        crate::provision::placeholder_env(&routes)
-            .into_iter()
-            .map(|(k, _)| k),
-    );
+    env.extend(placeholder_env(&routes).into_iter().map(|(k, _)| k));
     env.sort();
     env.dedup();
     Ok(Plan {
@@ -529,6 +525,29 @@ pub fn host_access(
     access
 }
 
+/// Environment variables that carry route placeholders in the guest: the
+/// variable the real token is read from on the host (for `env` sources), plus
+/// the names Claude Code reads when a route covers Anthropic's API.
+pub fn placeholder_env(routes: &[RoutePlan]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for route in routes {
+        if let TokenSource::Env(var) = &route.token_from {
+            env.push((var.clone(), route.placeholder.clone()));
+        }
+        if route.host.eq_ignore_ascii_case("api.anthropic.com") {
+            let var = if route.header.eq_ignore_ascii_case("authorization") {
+                "CLAUDE_CODE_OAUTH_TOKEN"
+            } else {
+                "ANTHROPIC_API_KEY"
+            };
+            env.push((var.to_string(), route.placeholder.clone()));
+        }
+    }
+    env.sort();
+    env.dedup_by(|a, b| a.0 == b.0);
+    env
+}
+
 fn route_plan(route: &Route, base_dir: &Path) -> Result<RoutePlan, crate::policy::PolicyError> {
     let name = manifest::route_name(route);
     let token_from = crate::policy::token_source(&route.token, base_dir)
@@ -541,4 +560,47 @@ fn route_plan(route: &Route, base_dir: &Path) -> Result<RoutePlan, crate::policy
         prefix: route.prefix.clone(),
         token_from,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, header: &str, from: TokenSource) -> RoutePlan {
+        RoutePlan {
+            name: "r".into(),
+            host: host.into(),
+            header: header.into(),
+            prefix: String::new(),
+            token_from: from,
+            placeholder: "bottle-placeholder-r".into(),
+        }
+    }
+
+    #[test]
+    fn anthropic_api_key_route_gives_placeholder_api_key() {
+        let env = placeholder_env(&[route(
+            "api.anthropic.com",
+            "x-api-key",
+            TokenSource::File("/k".into()),
+        )]);
+        assert_eq!(
+            env,
+            vec![(
+                "ANTHROPIC_API_KEY".to_string(),
+                "bottle-placeholder-r".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn anthropic_bearer_route_gives_oauth_placeholder_and_env_source_name() {
+        let env = placeholder_env(&[route(
+            "api.anthropic.com",
+            "Authorization",
+            TokenSource::Env("MY_TOKEN".into()),
+        )]);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["CLAUDE_CODE_OAUTH_TOKEN", "MY_TOKEN"]);
+    }
 }
