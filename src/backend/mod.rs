@@ -23,8 +23,6 @@ pub use selection::Availability;
 /// Why a backend step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("the {0} backend cannot launch bottles yet: {1}")]
-    NotBuilt(&'static str, &'static str),
     #[error("{0}")]
     Unavailable(String),
     #[error("{what}")]

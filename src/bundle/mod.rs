@@ -116,17 +116,6 @@ impl Ready {
     }
 }
 
-/// `bottle __git-hook …`: git-gate's pre-receive hook.
-pub fn git_hook(args: &[String]) -> anyhow::Result<()> {
-    let _ = args;
-    let code = bottle_sidecars::gitgate::run_hook(
-        &|k| std::env::var(k).ok(),
-        &mut std::io::stdin().lock(),
-        &mut std::io::stderr().lock(),
-    );
-    std::process::exit(code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

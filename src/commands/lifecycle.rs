@@ -2,9 +2,10 @@
 
 use super::{print, ExitStatusError};
 use crate::cli::ImageCommand;
+use crate::images;
 use crate::state::{self, StateDir};
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
     let root = state::state_root()?;
@@ -84,6 +85,52 @@ fn print_audit(dir: &Path) -> anyhow::Result<()> {
     print(&out)
 }
 
+/// `bottle image build|ls|rm`.
 pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {
-    crate::images::run(cmd)
+    let store = bottle_vmm::image::ImageStore::open();
+    match cmd {
+        ImageCommand::Build { name, claude } => {
+            let name = match (name.as_str(), claude) {
+                ("debian", true) => "claude".to_string(),
+                (_, true) => anyhow::bail!("--claude adds Claude Code to the `debian` image (the result is the `claude` image)"),
+                _ => name,
+            };
+            let dir = images::build(&name)?;
+            print(&format!("built {name}: {}\n", dir.display()))
+        }
+        ImageCommand::Ls => {
+            // Which build each bottle of this binary would use.
+            let current: Vec<PathBuf> = images::IMAGE_NAMES
+                .iter()
+                .filter_map(|n| images::image_dir(n).ok())
+                .collect();
+            let mut out = String::from("NAME\tKEY\tSIZE\tIN USE\tPURPOSE\tDIR\n");
+            for i in store.list()? {
+                out.push_str(&format!(
+                    "{}\t{}\t{:.1} MiB\t{}\t{}\t{}\n",
+                    i.name,
+                    i.key,
+                    i.size_bytes as f64 / (1024.0 * 1024.0),
+                    if current.contains(&i.dir) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    i.purpose,
+                    i.dir.display()
+                ));
+            }
+            print(&out)
+        }
+        ImageCommand::Rm { name } => {
+            let n = store.remove(&name)?;
+            if n == 0 {
+                anyhow::bail!("no image `{name}` (see `bottle image ls`)");
+            }
+            print(&format!(
+                "removed {n} build{} of {name}\n",
+                if n == 1 { "" } else { "s" }
+            ))
+        }
+    }
 }
