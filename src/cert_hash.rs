@@ -176,8 +176,8 @@ mod tests {
             Ok(out) if out.status.success() => {
                 assert_eq!(ours, String::from_utf8_lossy(&out.stdout).trim());
             }
+            // Skips (or fails under BOTTLE_TEST_STRICT=1).
             _ => {
-                // Skips (or, under BOTTLE_TEST_STRICT, fails) with the reason.
                 bottle_test_harness::skip::require(false, "openssl not installed");
             }
         }

@@ -1,6 +1,6 @@
 //! Command-line interface (clap derive).
 
-use crate::manifest::{BackendName, EngineName};
+use crate::manifest::{BackendName, EngineChoice, RuntimeChoice};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -49,7 +49,7 @@ pub enum RuntimeArg {
     Runsc,
 }
 
-impl From<RuntimeArg> for crate::manifest::DockerRuntime {
+impl From<RuntimeArg> for RuntimeChoice {
     fn from(r: RuntimeArg) -> Self {
         match r {
             RuntimeArg::Auto => Self::Auto,
@@ -69,6 +69,16 @@ impl BackendFlags {
             None
         }
     }
+
+    /// The VM engine asked for, over the manifest's.
+    pub fn engine(self) -> Option<EngineChoice> {
+        self.engine.map(EngineChoice::from)
+    }
+
+    /// The Docker runtime asked for, over the manifest's.
+    pub fn runtime(self) -> Option<RuntimeChoice> {
+        self.runtime.map(RuntimeChoice::from)
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -78,12 +88,12 @@ pub enum EngineArg {
     Qemu,
 }
 
-impl From<EngineArg> for EngineName {
+impl From<EngineArg> for EngineChoice {
     fn from(e: EngineArg) -> Self {
         match e {
-            EngineArg::Auto => EngineName::Auto,
-            EngineArg::Libkrun => EngineName::Libkrun,
-            EngineArg::Qemu => EngineName::Qemu,
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Libkrun => EngineChoice::Libkrun,
+            EngineArg::Qemu => EngineChoice::Qemu,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! `INPUT` (bytes), `RESIZE` (rows, cols). Holder → client: `OUTPUT`
 //! (bytes), `EXIT` (i32 status).
 
-use crate::launch::{SessionSpec, SESSION_FILE};
+use crate::session::{SessionSpec, SESSION_FILE};
 use crate::state::{self, StateDir};
 use anyhow::Context;
 use std::collections::VecDeque;
@@ -27,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
+/// The hidden subcommand the holder runs as: `bottle __session STATE_DIR`.
+pub const SUBCOMMAND: &str = "__session";
 /// The holder's socket in the bottle's state dir.
 pub const SOCKET: &str = "session.sock";
 /// The command the holder runs (JSON array of strings).
@@ -112,7 +114,7 @@ pub fn start(dir: &StateDir, command: &[String]) -> anyhow::Result<u32> {
     let log = std::fs::File::create(dir.file(HOLDER_LOG))
         .with_context(|| format!("cannot create {}", dir.file(HOLDER_LOG).display()))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("__session")
+    cmd.arg(SUBCOMMAND)
         .arg(dir.path())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -132,7 +134,7 @@ pub fn start(dir: &StateDir, command: &[String]) -> anyhow::Result<u32> {
             }
             anyhow::bail!(
                 "the session holder exited ({status}) before the command started:\n{}",
-                crate::launch::log_tail(&dir.file(HOLDER_LOG), 10)
+                dir.log_tail(HOLDER_LOG, 10)
             );
         }
         if std::time::Instant::now() >= deadline {
@@ -149,7 +151,7 @@ pub fn stop(dir: &StateDir) {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
     {
-        crate::launch::stop_process(pid, "__session", Duration::from_secs(2));
+        crate::sys::process::stop_process(pid, SUBCOMMAND, Duration::from_secs(2));
     }
 }
 

@@ -1,8 +1,6 @@
-//! `bottle image build|ls|rm`: guest images, cached under the user's cache dir
-//! and keyed by their definition.
+//! Guest images (what `bottle image build|ls|rm` manages), cached under the
+//! user's cache dir and keyed by their definition.
 
-use crate::cli::ImageCommand;
-use crate::commands::print_text as print;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -111,55 +109,6 @@ pub fn build(name: &str) -> anyhow::Result<PathBuf> {
             &guest,
             &mut |line| eprintln!("image: {line}"),
         )?),
-    }
-}
-
-pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
-    let store = bottle_vmm::image::ImageStore::open();
-    match cmd {
-        ImageCommand::Build { name, claude } => {
-            let name = match (name.as_str(), claude) {
-                ("debian", true) => "claude".to_string(),
-                (_, true) => anyhow::bail!("--claude adds Claude Code to the `debian` image (the result is the `claude` image)"),
-                _ => name,
-            };
-            let dir = build(&name)?;
-            print(&format!("built {name}: {}\n", dir.display()))
-        }
-        ImageCommand::Ls => {
-            // Which build each bottle of this binary would use.
-            let current: Vec<PathBuf> = IMAGE_NAMES
-                .iter()
-                .filter_map(|n| image_dir(n).ok())
-                .collect();
-            let mut out = String::from("NAME\tKEY\tSIZE\tIN USE\tPURPOSE\tDIR\n");
-            for i in store.list()? {
-                out.push_str(&format!(
-                    "{}\t{}\t{:.1} MiB\t{}\t{}\t{}\n",
-                    i.name,
-                    i.key,
-                    i.size_bytes as f64 / (1024.0 * 1024.0),
-                    if current.contains(&i.dir) {
-                        "yes"
-                    } else {
-                        "no"
-                    },
-                    i.purpose,
-                    i.dir.display()
-                ));
-            }
-            print(&out)
-        }
-        ImageCommand::Rm { name } => {
-            let n = store.remove(&name)?;
-            if n == 0 {
-                anyhow::bail!("no image `{name}` (see `bottle image ls`)");
-            }
-            print(&format!(
-                "removed {n} build{} of {name}\n",
-                if n == 1 { "" } else { "s" }
-            ))
-        }
     }
 }
 

@@ -1,18 +1,23 @@
-//! The plan's policy as the guards' values (`bottle_sidecars::policy`).
+//! The manifest's bottle as the guards' values (`bottle_sidecars::policy`):
+//! built once, by `prepare`, into the plan; the bundle gets them as they are.
 
-use crate::plan::Plan;
+use crate::manifest::paths;
+use crate::manifest::{self, Bottle, TokenSpec};
 use bottle_sidecars::policy::{
-    DlpAction, DlpPolicy, HostPattern, Policy, RequestRule, Route, TokenSource,
+    DlpAction, DlpPolicy, GitRemote, HostPattern, Policy, RequestRule, Route, TokenSource,
 };
+use std::path::{Path, PathBuf};
 
-/// Why the plan's policy could not be built (the manifest checks make this rare).
+/// Why the bottle's policy could not be built (the manifest checks make this rare).
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("host pattern `{0}`: {1}")]
     Host(String, bottle_sidecars::policy::HostPatternError),
+    #[error("route `{0}` has no token source; write exactly one of `env`, `file` or `command`")]
+    NoToken(String),
     #[error("cannot read upstream CA {path}")]
     Ca {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -22,24 +27,27 @@ fn host(raw: &str) -> Result<HostPattern, PolicyError> {
     HostPattern::parse(raw).map_err(|e| PolicyError::Host(raw.to_string(), e))
 }
 
-/// Build the proxy policy for a plan.
-pub fn policy_for(plan: &Plan) -> Result<Policy, PolicyError> {
-    let bottle = plan.source.bottle.as_ref();
-    let routes = bottle.map_or_else(Vec::new, |b| b.routes.clone());
+/// Where a route's token comes from; a file is resolved against the
+/// manifest's directory (`base_dir`). `None` when the spec names none (the
+/// manifest checks refuse that).
+pub fn token_source(spec: &TokenSpec, base_dir: &Path) -> Option<TokenSource> {
+    match (&spec.env, &spec.file, &spec.command) {
+        (Some(v), _, _) => Some(TokenSource::Env(v.clone())),
+        (_, Some(f), _) => Some(TokenSource::File(paths::expand(base_dir, f))),
+        (_, _, Some(c)) => Some(TokenSource::Command(c.clone())),
+        _ => None,
+    }
+}
+
+/// The proxy policy of a bottle.
+pub fn build(bottle: &Bottle, base_dir: &Path) -> Result<Policy, PolicyError> {
+    let hosts = |list: &[String]| list.iter().map(|h| host(h)).collect::<Result<_, _>>();
     Ok(Policy {
-        allow: plan
-            .allow
-            .iter()
-            .map(|h| host(h))
-            .collect::<Result<_, _>>()?,
-        allow_ports: plan.allow_ports.clone(),
-        passthrough: plan
-            .passthrough
-            .iter()
-            .map(|h| host(h))
-            .collect::<Result<_, _>>()?,
-        allow_ips: plan.allow_ips.clone(),
-        rules: plan
+        allow: hosts(&bottle.allow)?,
+        allow_ports: bottle.allow_ports.clone(),
+        passthrough: hosts(&bottle.passthrough)?,
+        allow_ips: bottle.allow_ips.clone(),
+        rules: bottle
             .rules
             .iter()
             .map(|r| {
@@ -50,19 +58,15 @@ pub fn policy_for(plan: &Plan) -> Result<Policy, PolicyError> {
                 })
             })
             .collect::<Result<_, PolicyError>>()?,
-        routes: routes
+        routes: bottle
+            .routes
             .iter()
             .map(|r| {
-                let token = match (&r.token.env, &r.token.file, &r.token.command) {
-                    (Some(v), _, _) => TokenSource::Env(v.clone()),
-                    (_, Some(f), _) => {
-                        TokenSource::File(crate::plan::expand_home(&plan.source.base_dir, f))
-                    }
-                    (_, _, Some(c)) => TokenSource::Command(c.clone()),
-                    _ => TokenSource::Env(String::new()),
-                };
+                let name = manifest::route_name(r);
+                let token = token_source(&r.token, base_dir)
+                    .ok_or_else(|| PolicyError::NoToken(name.clone()))?;
                 Ok(Route {
-                    name: crate::manifest::route_name(r),
+                    name,
                     host: host(&r.host)?,
                     header: r.header.clone(),
                     prefix: r.prefix.clone(),
@@ -71,28 +75,41 @@ pub fn policy_for(plan: &Plan) -> Result<Policy, PolicyError> {
             })
             .collect::<Result<_, PolicyError>>()?,
         dlp: DlpPolicy {
-            action: if plan.dlp_action == "warn" {
-                DlpAction::Warn
-            } else {
-                DlpAction::Block
+            action: match bottle.dlp.action {
+                manifest::DlpAction::Block => DlpAction::Block,
+                manifest::DlpAction::Warn => DlpAction::Warn,
             },
-            disable_rules: plan.dlp_disabled_rules.clone(),
+            disable_rules: bottle.dlp.disable_rules.clone(),
         },
     })
 }
 
-/// The PEM text of the bottle's `upstream_ca` files.
-pub fn upstream_ca_pems(plan: &Plan) -> Result<Vec<String>, PolicyError> {
-    let files = plan
-        .source
-        .bottle
-        .as_ref()
-        .map_or_else(Vec::new, |b| b.upstream_ca.clone());
+/// The bottle's git remotes, as git-gate serves them.
+pub fn git_remotes(bottle: &Bottle, base_dir: &Path) -> Vec<GitRemote> {
+    bottle
+        .git
+        .iter()
+        .map(|g| GitRemote {
+            name: g.name.clone(),
+            upstream: g.upstream.clone(),
+            identity_file: g.identity_file.as_ref().map(|p| paths::expand(base_dir, p)),
+            known_host_key: g.known_host_key.clone().unwrap_or_default(),
+            extra_hosts: g.extra_hosts.clone(),
+            allow_force_push: g.allow_force_push,
+            allow_non_commit_refs: g.allow_non_commit_refs,
+        })
+        .collect()
+}
+
+/// The PEM text of the upstream CA files (read at launch, never when planning).
+pub fn read_pems(files: &[PathBuf]) -> Result<Vec<String>, PolicyError> {
     files
         .iter()
-        .map(|f| {
-            let path = crate::plan::expand_home(&plan.source.base_dir, f);
-            std::fs::read_to_string(&path).map_err(|source| PolicyError::Ca { path, source })
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Ca {
+                path: path.clone(),
+                source,
+            })
         })
         .collect()
 }

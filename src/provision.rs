@@ -3,7 +3,8 @@
 //! workspace → git config → route placeholders → agent settings. Each step is
 //! idempotent (it writes whole files) and logged on stderr.
 
-use crate::plan::{Plan, RoutePlan};
+use crate::manifest::BackendName;
+use crate::plan::{placeholder_env, Plan, Prompt};
 use bottle_guest::host::Client;
 use bottle_guest::proto::User;
 use std::path::Path;
@@ -39,12 +40,12 @@ pub const DOCKER_LAYOUT: GuestLayout = GuestLayout {
 
 /// The layout for the plan's backend.
 pub fn layout(plan: &Plan) -> GuestLayout {
-    if plan.backend == "docker" {
-        DOCKER_LAYOUT
-    } else {
-        VM_LAYOUT
+    match plan.backend {
+        BackendName::Vm => VM_LAYOUT,
+        BackendName::Docker => DOCKER_LAYOUT,
     }
 }
+
 /// The agent's home and workspace in the guest.
 pub const AGENT_HOME: &str = "/home/agent";
 pub const WORKSPACE: &str = "/workspace";
@@ -66,29 +67,6 @@ pub enum ProvisionError {
 
 fn step(step: &'static str) -> impl FnOnce(bottle_guest::host::ClientError) -> ProvisionError {
     move |source| ProvisionError::Step { step, source }
-}
-
-/// Environment variables that carry route placeholders in the guest: the
-/// variable the real token is read from on the host (for `env` sources), plus
-/// the names Claude Code reads when a route covers Anthropic's API.
-pub fn placeholder_env(routes: &[RoutePlan]) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    for route in routes {
-        if let Some(var) = route.token_from.strip_prefix("env ") {
-            env.push((var.to_string(), route.placeholder.clone()));
-        }
-        if route.host.eq_ignore_ascii_case("api.anthropic.com") {
-            let var = if route.header.eq_ignore_ascii_case("authorization") {
-                "CLAUDE_CODE_OAUTH_TOKEN"
-            } else {
-                "ANTHROPIC_API_KEY"
-            };
-            env.push((var.to_string(), route.placeholder.clone()));
-        }
-    }
-    env.sort();
-    env.dedup_by(|a, b| a.0 == b.0);
-    env
 }
 
 /// The agent's whole environment in the guest (no real secret is ever in it).
@@ -121,9 +99,7 @@ pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
         ("LOGNAME".into(), "agent".into()),
     ];
     env.extend(placeholder_env(&plan.routes));
-    if let Some(agent) = &plan.source.agent {
-        env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
+    env.extend(plan.agent_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
 }
 
@@ -147,7 +123,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     // Each step's line, and its finish time for `bench/boot.sh` (BOTTLE_TIMING=1).
     let log = |step: &str, what: String| {
         eprintln!("bottle: provision: {what}");
-        crate::launch::timing(&format!("provision-{step}"));
+        crate::timing::step(&format!("provision-{step}"));
     };
     let l = layout(plan);
     // Files only root may write go as root in a VM; in a container the agent writes its own.
@@ -224,34 +200,17 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     );
 
     // 3. Prompt, where Claude Code reads the user's memory.
-    let agent = plan
-        .source
-        .agent
-        .clone()
-        .unwrap_or_else(|| crate::manifest::Agent {
-            bottle: plan.bottle.clone(),
-            command: plan.command.clone(),
-            prompt: None,
-            prompt_file: None,
-            skills: Vec::new(),
-            allow_secret_paths: false,
-            env: Default::default(),
-            copy_cwd: plan.copy_cwd,
-        });
-    let prompt = match (&agent.prompt, &agent.prompt_file) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(f)) => {
+    let prompt = match &plan.prompt {
+        Some(Prompt::Inline(text)) => Some(text.clone()),
+        Some(Prompt::File(f)) => {
             // Checked again here (the plan did it too): a path swapped for a
             // symlink since is still refused.
-            let path = crate::manifest::paths::checked(
-                &plan.source.base_dir,
-                f,
-                agent_path_key(plan, &agent, "prompt_file"),
-            )
-            .map_err(|e| ProvisionError::Host {
-                step: "prompt",
-                why: e.to_string(),
-            })?;
+            let path =
+                crate::manifest::paths::checked(&plan.cwd, f, agent_path_key(plan, "prompt_file"))
+                    .map_err(|e| ProvisionError::Host {
+                        step: "prompt",
+                        why: e.to_string(),
+                    })?;
             Some(
                 std::fs::read_to_string(&path).map_err(|e| ProvisionError::Host {
                     step: "prompt",
@@ -259,7 +218,7 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
                 })?,
             )
         }
-        (None, None) => None,
+        None => None,
     };
     if let Some(prompt) = prompt {
         client
@@ -285,15 +244,12 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
             .unwrap_or_else(|| "skill".into());
         // Checked again here (the plan did it too): a path swapped for a
         // symlink since is still refused. The real path is what is copied.
-        let skill = &crate::manifest::paths::checked(
-            &plan.source.base_dir,
-            skill,
-            agent_path_key(plan, &agent, "skills"),
-        )
-        .map_err(|e| ProvisionError::Host {
-            step: "skills",
-            why: e.to_string(),
-        })?;
+        let skill =
+            &crate::manifest::paths::checked(&plan.cwd, skill, agent_path_key(plan, "skills"))
+                .map_err(|e| ProvisionError::Host {
+                    step: "skills",
+                    why: e.to_string(),
+                })?;
         if !skill.is_dir() {
             return Err(ProvisionError::Host {
                 step: "skills",
@@ -330,9 +286,9 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     let mut gitconfig = String::from(
         "[user]\n\tname = bottle agent\n\temail = agent@bottle.invalid\n[safe]\n\tdirectory = *\n",
     );
-    gitconfig.push_str(&bottle_sidecars::gitgate::agent_git_config(&git_remotes(
-        plan,
-    )));
+    gitconfig.push_str(&bottle_sidecars::gitgate::agent_git_config(
+        &plan.git_remotes,
+    ));
     client
         .write_file(
             &format!("{AGENT_HOME}/.gitconfig"),
@@ -382,16 +338,14 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
     Ok(())
 }
 
-fn agent_path_key<'a>(
-    plan: &'a Plan,
-    agent: &crate::manifest::Agent,
-    key: &'static str,
-) -> crate::manifest::paths::PathKey<'a> {
+/// The plan's paths are absolute, so the base they are checked against
+/// (the plan's cwd) does not change them.
+fn agent_path_key<'a>(plan: &'a Plan, key: &'static str) -> crate::manifest::paths::PathKey<'a> {
     crate::manifest::paths::PathKey {
         table: "agents",
         name: &plan.agent,
         key,
-        allow_secret_paths: agent.allow_secret_paths,
+        allow_secret_paths: plan.allow_secret_paths,
     }
 }
 
@@ -410,27 +364,6 @@ ln -sf bottle.pem /etc/ssl/certs/{hash}.$n"
     )
 }
 
-/// The manifest's git remotes of this plan, as policy values.
-pub fn git_remotes(plan: &Plan) -> Vec<bottle_sidecars::policy::GitRemote> {
-    plan.source.bottle.as_ref().map_or_else(Vec::new, |b| {
-        b.git
-            .iter()
-            .map(|g| bottle_sidecars::policy::GitRemote {
-                name: g.name.clone(),
-                upstream: g.upstream.clone(),
-                identity_file: g
-                    .identity_file
-                    .as_ref()
-                    .map(|p| crate::plan::expand_home(&plan.source.base_dir, p)),
-                known_host_key: g.known_host_key.clone().unwrap_or_default(),
-                extra_hosts: g.extra_hosts.clone(),
-                allow_force_push: g.allow_force_push,
-                allow_non_commit_refs: g.allow_non_commit_refs,
-            })
-            .collect()
-    })
-}
-
 fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
 }
@@ -447,36 +380,6 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn route(host: &str, header: &str, from: &str) -> RoutePlan {
-        RoutePlan {
-            name: "r".into(),
-            host: host.into(),
-            header: header.into(),
-            prefix: String::new(),
-            token_from: from.into(),
-            placeholder: "bottle-placeholder-r".into(),
-        }
-    }
-
-    #[test]
-    fn anthropic_api_key_route_gives_placeholder_api_key() {
-        let env = placeholder_env(&[route("api.anthropic.com", "x-api-key", "file /k")]);
-        assert_eq!(
-            env,
-            vec![(
-                "ANTHROPIC_API_KEY".to_string(),
-                "bottle-placeholder-r".to_string()
-            )]
-        );
-    }
-
-    #[test]
-    fn anthropic_bearer_route_gives_oauth_placeholder_and_env_source_name() {
-        let env = placeholder_env(&[route("api.anthropic.com", "Authorization", "env MY_TOKEN")]);
-        let names: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["CLAUDE_CODE_OAUTH_TOKEN", "MY_TOKEN"]);
-    }
 
     #[test]
     fn shell_quoting_survives_single_quotes() {

@@ -81,10 +81,11 @@ pub struct Metadata {
     pub bottle: String,
     pub cwd: PathBuf,
     /// `vm` or `docker`.
-    pub backend: String,
-    /// Engine (`qemu-tcg`, `libkrun`, `runc`, `runsc`…).
-    #[serde(default)]
-    pub engine: Option<String>,
+    pub backend: crate::manifest::BackendName,
+    /// The engine it runs on (`qemu-tcg`, `libkrun-kvm`, `runc`, `runsc`…);
+    /// one this version does not know reads as `None`.
+    #[serde(default, deserialize_with = "crate::plan::engine::lenient")]
+    pub engine: Option<crate::plan::Engine>,
     /// RFC 3339.
     pub started_at: String,
     pub status: Status,
@@ -186,6 +187,19 @@ impl StateDir {
     /// A file inside the directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    /// The last `lines` lines of a log file in the directory, for failure
+    /// reports (or a line saying it is missing).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let path = self.file(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(_) => format!("({} is missing)", path.display()),
+        }
     }
 
     fn lock(&self) -> Result<Flock<File>, StateError> {
@@ -465,7 +479,7 @@ mod tests {
             agent: "a".into(),
             bottle: "b".into(),
             cwd: "/w".into(),
-            backend: "vm".into(),
+            backend: crate::manifest::BackendName::Vm,
             engine: None,
             started_at: now_rfc3339(),
             status: Status::Running,
@@ -495,6 +509,39 @@ mod tests {
             names.iter().all(|n| !n.to_string_lossy().contains(".tmp.")),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn metadata_written_before_the_typed_engine_still_reads() {
+        let old = r#"{"version": 1, "identity": "a-abcde", "agent": "a", "bottle": "b",
+            "cwd": "/w", "backend": "docker", "engine": "runsc",
+            "started_at": "2026-01-01T00:00:00Z", "status": "running", "bundle_pid": 7}"#;
+        let meta: Metadata = serde_json::from_str(old).unwrap();
+        assert_eq!(meta.backend, crate::manifest::BackendName::Docker);
+        assert_eq!(
+            meta.engine,
+            Some(crate::plan::Engine::Container(
+                crate::backend::docker::Runtime::Runsc
+            ))
+        );
+        let vm = old
+            .replace("\"docker\"", "\"vm\"")
+            .replace("\"runsc\"", "\"qemu-tcg\"");
+        let meta: Metadata = serde_json::from_str(&vm).unwrap();
+        assert_eq!(
+            meta.engine,
+            Some(crate::plan::Engine::Vm(
+                bottle_vmm::EngineKind::Qemu,
+                bottle_vmm::Accel::Tcg
+            ))
+        );
+        // An engine a later version added does not make the bottle unreadable.
+        let future = old.replace("\"runsc\"", "\"firecracker-kvm\"");
+        let meta: Metadata = serde_json::from_str(&future).unwrap();
+        assert_eq!((meta.engine, meta.bundle_pid), (None, Some(7)));
+        // And what this version writes is what it always wrote.
+        let written = serde_json::to_value(&meta).unwrap();
+        assert_eq!(written["backend"], "docker");
     }
 
     #[test]

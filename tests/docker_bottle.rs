@@ -64,6 +64,33 @@ fn run(sb: &Sandbox, manifest: &str, script: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// The Docker backend's teardown removes the container and stops the bundle
+/// by itself, and a second call succeeds.
+#[test]
+fn the_docker_backends_teardown_removes_everything_and_runs_twice() {
+    let _g = serial();
+    if !require_docker("runc") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let id = sb.run_detached("--docker", &manifest("runc", ""));
+    let meta = teardown_twice(&sb, &id);
+    let bundle = meta.bundle_pid.unwrap();
+    assert!(
+        !bottle::sys::process::pid_matches(bundle, &id),
+        "bundle {bundle} still runs"
+    );
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!names.contains(id.as_str()), "container left: {names}");
+    let stop = sb.run(&["stop", &id]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_nothing_left(&sb, &[id]);
+}
+
 fn assert_nothing_left(sb: &Sandbox, identities: &[String]) {
     assert!(
         sb.state_entries().is_empty(),

@@ -251,6 +251,35 @@ fn the_bundle_and_vm_run_in_their_own_limited_cgroup() {
     }
 }
 
+/// The VM backend's teardown stops the VM, the bundle and their cgroup by
+/// itself, and a second call succeeds; `bottle stop` afterwards still
+/// removes the state.
+#[test]
+fn the_vm_backends_teardown_stops_everything_and_runs_twice() {
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let identity = sb.run_detached("--vm", TINY);
+    let _stop = StopOnDrop(&sb, identity.clone());
+    let meta = teardown_twice(&sb, &identity);
+    let (bundle, vm) = (meta.bundle_pid.unwrap(), meta.vm_pid.unwrap());
+    assert!(
+        !bottle::sys::process::pid_matches(bundle, &identity),
+        "bundle {bundle} still runs"
+    );
+    assert!(
+        !bottle::sys::process::pid_matches(vm, &identity),
+        "VM {vm} still runs"
+    );
+    for dir in meta.cgroup.iter().flat_map(|c| &c.dirs) {
+        assert!(!dir.exists(), "{dir:?} left behind");
+    }
+    let stop = sb.run(&["stop", &identity]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(sb.state_entries().is_empty(), "{:?}", sb.state_entries());
+}
+
 /// The audit log survives the bottle: after `bottle stop`, `bottle logs ID`
 /// still prints the proxy's decisions, chain verified.
 #[test]

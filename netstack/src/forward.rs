@@ -1,6 +1,5 @@
-//! The forward table's handler kinds, and the built-in handlers (dial, TCP DNS).
+//! The forward table's handler kind, and the built-in TCP DNS handler.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,44 +16,21 @@ pub enum Forward {
     /// In-process handler: called once per accepted connection, on the
     /// engine task, so it must return quickly (spawn for real work).
     Handler(HandlerFn),
-    /// Dial a host address and splice (tests/benchmarks only; never from the manifest).
-    Dial(SocketAddr),
 }
 
 impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Forward::Handler(_) => f.write_str("Handler"),
-            Forward::Dial(a) => write!(f, "Dial({a})"),
         }
     }
 }
-
-/// Splice buffer per direction for dialled connections.
-const SPLICE_BUF: usize = 256 << 10;
 
 impl Forward {
     pub(crate) fn start(&self, stream: GuestStream, info: ConnInfo) {
         match self {
             Forward::Handler(h) => h(stream, info),
-            Forward::Dial(addr) => {
-                let addr = *addr;
-                tokio::spawn(dial(addr, stream));
-            }
         }
-    }
-}
-
-async fn dial(addr: SocketAddr, mut guest: GuestStream) {
-    match tokio::net::TcpStream::connect(addr).await {
-        Ok(mut up) => {
-            let _ = up.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut guest, &mut up, SPLICE_BUF, SPLICE_BUF,
-            )
-            .await;
-        }
-        Err(e) => tracing::debug!(%addr, error = %e, "dial forward failed"),
     }
 }
 

@@ -2,12 +2,15 @@
 //! container whose only way out is the bundle's unix sockets, bind-mounted
 //! read-only at `/run/bottle`. The engine calls are in [`super::docker`].
 
-use super::docker::{AgentContainerSpec, DockerClient, DockerError, ImageRef, RuntimeChoice};
+use super::docker::{
+    AgentContainerSpec, DockerClient, DockerError, ImageRef, Runtime, RuntimeChoice,
+    RuntimeSelection,
+};
 use super::{Availability, Backend, BackendError, Found};
 use crate::bundle::{BundleConfig, Mode};
-use crate::commands::doctor::Check;
-use crate::manifest::{BackendName, DockerRuntime};
-use crate::plan::Plan;
+use crate::doctor::Check;
+use crate::manifest::BackendName;
+use crate::plan::{Engine, Plan};
 use crate::state::{Metadata, StateDir};
 use std::time::Duration;
 
@@ -25,14 +28,6 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, BackendErro
 
 fn api(e: DockerError) -> BackendError {
     BackendError::Unavailable(e.to_string())
-}
-
-fn runtime_choice(plan: &Plan) -> RuntimeChoice {
-    match plan.source.bottle.as_ref().map(|b| b.docker.runtime) {
-        Some(DockerRuntime::Runc) => RuntimeChoice::Runc,
-        Some(DockerRuntime::Runsc) => RuntimeChoice::Runsc,
-        _ => RuntimeChoice::Auto,
-    }
 }
 
 /// The image tag for a bottle image: `bottle-<name>:<definition hash>`.
@@ -53,6 +48,36 @@ fn image_ref(name: &str) -> Result<(ImageRef, std::path::PathBuf), BackendError>
 impl Backend for DockerBackend {
     fn name(&self) -> BackendName {
         BackendName::Docker
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        let result = block_on(async {
+            let client = match DockerClient::connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return vec![Check {
+                        name: "dockerd".into(),
+                        ok: false,
+                        detail: e.to_string(),
+                        fix: Some("run scripts/setup-docker.sh".into()),
+                    }]
+                }
+            };
+            let (major, minor) = client.api_version();
+            let mut checks = vec![Check {
+                name: "dockerd".into(),
+                ok: true,
+                detail: format!("reachable, API {major}.{minor}"),
+                fix: None,
+            }];
+            checks.push(match client.probe_runsc().await {
+                Ok(Ok(())) => Check { name: "runsc (gVisor)".into(), ok: true, detail: "starts a --network none container".into(), fix: None },
+                Ok(Err(problem)) => Check { name: "runsc (gVisor)".into(), ok: false, detail: problem.to_string(), fix: Some("see `bottle doctor` output above: register runsc in /etc/docker/daemon.json with runtimeArgs [\"--network=none\", \"--host-uds=open\"] and restart dockerd".into()) },
+                Err(e) => Check { name: "runsc (gVisor)".into(), ok: false, detail: e.to_string(), fix: None },
+            });
+            checks
+        });
+        result.unwrap_or_default()
     }
 
     fn availability(&self) -> Availability {
@@ -77,37 +102,31 @@ impl Backend for DockerBackend {
 
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
         // Say which runtime will run it and why; this asks dockerd, starts nothing.
-        let choice = runtime_choice(plan);
-        let selection = block_on(async {
+        let choice = plan.requested.runtime;
+        let (runtime, reason) = block_on(async {
             let client = DockerClient::connect().await?;
             match choice {
-                RuntimeChoice::Runc => Ok((
-                    "runc".to_string(),
-                    "chosen by --runtime or the manifest".to_string(),
-                )),
+                RuntimeChoice::Runc => Ok((Runtime::Runc, "chosen by --runtime or the manifest")),
                 _ => {
                     let runtimes = client.runtimes().await?;
-                    Ok(if runtimes.contains_key("runsc") {
+                    Ok(if runtimes.contains_key(Runtime::Runsc.as_str()) {
                         (
-                            "runsc".to_string(),
-                            "dockerd has gVisor registered (probed at launch)".to_string(),
+                            Runtime::Runsc,
+                            "dockerd has gVisor registered (probed at launch)",
                         )
                     } else if choice == RuntimeChoice::Runsc {
                         return Err(DockerError::RunscUnavailable(
                             super::docker::RunscProblem::NotRegistered,
                         ));
                     } else {
-                        (
-                            "runc".to_string(),
-                            "dockerd has no runsc runtime registered".to_string(),
-                        )
+                        (Runtime::Runc, "dockerd has no runsc runtime registered")
                     })
                 }
             }
         })?
         .map_err(api)?;
-        plan.engine = Some(selection.0);
-        plan.engine_reason = Some(selection.1);
+        plan.engine = Some(Engine::Container(runtime));
+        plan.engine_reason = Some(reason.to_string());
         if plan.supervise {
             plan.warnings.push(
                 "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
@@ -121,15 +140,14 @@ impl Backend for DockerBackend {
         let config = BundleConfig {
             identity: plan.identity.clone(),
             mode: Mode::Docker,
-            policy: crate::policy::policy_for(plan)
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
-            git: crate::provision::git_remotes(plan),
-            extra_root_pems: crate::policy::upstream_ca_pems(plan)
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            policy: plan.policy.clone(),
+            git: plan.git_remotes.clone(),
+            extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
+                .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
             audit: Default::default(),
         };
-        crate::launch::start_bundle(state, &config, Duration::from_secs(30))?;
-        let choice = runtime_choice(plan);
+        crate::bundle::start(state, &config, Duration::from_secs(30))?;
+        let choice = plan.requested.runtime;
         let container = block_on(async {
             let client = DockerClient::connect().await?;
             if !client.image_exists(&image).await? {
@@ -147,15 +165,13 @@ impl Backend for DockerBackend {
             );
             spec.memory_bytes = u64::from(plan.memory_mib) << 20;
             spec.nano_cpus = u64::from(plan.cpus) * 1_000_000_000;
-            if let Some(b) = &plan.source.bottle {
-                spec.pids_limit = u32::try_from(b.docker.pids_limit).unwrap_or(u32::MAX);
-            }
+            spec.pids_limit = plan.pids_limit;
             spec.env.push(format!("BOTTLE_IDENTITY={}", plan.identity));
             let id = client.create_agent_container(&spec).await?;
             state
                 .update_metadata(|m| {
                     m.container_id = Some(id.clone());
-                    m.engine = Some(runtime.runtime.as_str().to_string());
+                    m.engine = Some(Engine::Container(runtime.runtime));
                 })
                 .map_err(|e| DockerError::Invalid {
                     what: "metadata",
@@ -207,14 +223,15 @@ impl Backend for DockerBackend {
     }
 
     fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
-        block_on(async {
-            DockerClient::connect()
-                .await?
-                .remove_by_identity(&meta.identity)
-                .await
-        })?
-        .map_err(api)?;
-        Ok(())
+        // The container first, then the bundle whose sockets it used; the
+        // bundle is stopped even when dockerd cannot be reached.
+        let removed = remove_container(&meta.identity);
+        crate::bundle::stop(meta);
+        removed
+    }
+
+    fn remove_orphan(&self, found: &Found) -> Result<(), BackendError> {
+        remove_container(&found.identity)
     }
 }
 
@@ -224,12 +241,12 @@ impl Backend for DockerBackend {
 async fn choose_runtime_cached(
     client: &DockerClient,
     choice: RuntimeChoice,
-) -> Result<super::docker::RuntimeSelection, DockerError> {
+) -> Result<RuntimeSelection, DockerError> {
     if choice == RuntimeChoice::Runc {
         return client.choose_runtime(choice).await;
     }
     let runtimes = client.runtimes().await?;
-    let key = runtimes.get("runsc").map(|info| {
+    let key = runtimes.get(Runtime::Runsc.as_str()).map(|info| {
         let (major, minor) = client.api_version();
         format!(
             "api {major}.{minor} | {} {}",
@@ -243,14 +260,14 @@ async fn choose_runtime_cached(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         if cached.as_deref() == Some(key.as_str()) {
-            return Ok(super::docker::RuntimeSelection {
-                runtime: super::docker::Runtime::Runsc,
+            return Ok(RuntimeSelection {
+                runtime: Runtime::Runsc,
                 reason: "gVisor (runsc) is registered and its probe passed before".to_string(),
             });
         }
     }
     let selection = client.choose_runtime(choice).await?;
-    if let (super::docker::Runtime::Runsc, Some(key)) = (selection.runtime, key) {
+    if let (Runtime::Runsc, Some(key)) = (selection.runtime, key) {
         if let Ok(bytes) = serde_json::to_vec(&key) {
             let _ = std::fs::create_dir_all(bottle_vmm::cache_root());
             let _ = crate::state::write_atomic(&cache, &bytes);
@@ -259,8 +276,8 @@ async fn choose_runtime_cached(
     Ok(selection)
 }
 
-/// Remove the containers of an identity (orphans found by `enumerate`).
-pub fn remove_container(identity: &str) -> Result<(), BackendError> {
+/// Remove the containers of an identity (none is fine).
+fn remove_container(identity: &str) -> Result<(), BackendError> {
     block_on(async {
         DockerClient::connect()
             .await?
@@ -269,35 +286,4 @@ pub fn remove_container(identity: &str) -> Result<(), BackendError> {
     })?
     .map_err(api)?;
     Ok(())
-}
-
-/// The Docker backend's lines in `bottle doctor`.
-pub fn doctor_checks() -> Vec<Check> {
-    let result = block_on(async {
-        let client = match DockerClient::connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                return vec![Check {
-                    name: "dockerd".into(),
-                    ok: false,
-                    detail: e.to_string(),
-                    fix: Some("run scripts/setup-docker.sh".into()),
-                }]
-            }
-        };
-        let (major, minor) = client.api_version();
-        let mut checks = vec![Check {
-            name: "dockerd".into(),
-            ok: true,
-            detail: format!("reachable, API {major}.{minor}"),
-            fix: None,
-        }];
-        checks.push(match client.probe_runsc().await {
-            Ok(Ok(())) => Check { name: "runsc (gVisor)".into(), ok: true, detail: "starts a --network none container".into(), fix: None },
-            Ok(Err(problem)) => Check { name: "runsc (gVisor)".into(), ok: false, detail: problem.to_string(), fix: Some("see `bottle doctor` output above: register runsc in /etc/docker/daemon.json with runtimeArgs [\"--network=none\", \"--host-uds=open\"] and restart dockerd".into()) },
-            Err(e) => Check { name: "runsc (gVisor)".into(), ok: false, detail: e.to_string(), fix: None },
-        });
-        checks
-    });
-    result.unwrap_or_default()
 }

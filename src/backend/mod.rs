@@ -1,16 +1,20 @@
 //! The `Backend` trait and its two implementations (`vm`, `docker`).
 //!
-//! The lifecycle is the plan's: `availability` → `prepare` (validate and
-//! resolve, write nothing) → `launch` → `provision` → `exec`/`attach` →
-//! `enumerate` → `teardown` (idempotent). Provisioning, exec and attach go
-//! through the guest agent's protocol on the bottle's control socket, the same
-//! for both backends, so they are provided methods here.
+//! A backend owns its bottles' whole lifecycle on the host: `availability`
+//! and `doctor` (can it run here, and why not) → `prepare` (decide the
+//! engine, write nothing) → `launch` (start the bundle and the sandbox,
+//! record them in the metadata) → `enumerate` (what runs, from the system
+//! itself) → `teardown` (idempotent) or `remove_orphan`. What happens inside
+//! a launched bottle (provisioning, the agent's session, exec, attach) goes
+//! through the guest agent's protocol on the bottle's control socket, the
+//! same for every backend, so it is not here but in `provision` and `session`.
 
 pub mod docker;
 pub mod docker_backend;
 pub mod selection;
 pub mod vm;
 
+use crate::doctor::Check;
 use crate::manifest::BackendName;
 use crate::plan::Plan;
 use crate::state::{Metadata, StateDir};
@@ -19,8 +23,6 @@ pub use selection::Availability;
 /// Why a backend step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("the {0} backend cannot launch bottles yet: {1}")]
-    NotBuilt(&'static str, &'static str),
     #[error("{0}")]
     Unavailable(String),
     #[error("{what}")]
@@ -43,6 +45,18 @@ impl BackendError {
     }
 }
 
+impl From<crate::bundle::StartError> for BackendError {
+    fn from(e: crate::bundle::StartError) -> Self {
+        match e {
+            crate::bundle::StartError::Failed { what, source } => Self::Failed {
+                what,
+                source: Some(source),
+            },
+            crate::bundle::StartError::NotReady(why) => Self::Unavailable(why),
+        }
+    }
+}
+
 /// A bottle a backend found running (for `ls`, the dashboard and `cleanup`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -59,21 +73,30 @@ pub trait Backend {
     /// Whether this backend can run here; says why not and how to fix it.
     fn availability(&self) -> Availability;
 
+    /// This backend's lines in `bottle doctor`.
+    fn doctor(&self) -> Vec<Check>;
+
     /// Resolve backend-specific parts of the plan (engine, runtime, image).
     /// Writes nothing.
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError>;
 
-    /// Start the sandbox (VM or container) for a prepared plan whose bundle
-    /// is running; records pids or container ids in the metadata.
+    /// Start the bottle for a prepared plan: its bundle (`bundle::start`)
+    /// and its sandbox (VM or container), recording pids, cgroup and
+    /// container id in the metadata as they appear, so that `teardown`
+    /// can undo a launch that failed half way.
     fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError>;
 
     /// Bottles this backend has running, found from the system itself
     /// (processes, container labels), not from state files.
     fn enumerate(&self) -> Result<Vec<Found>, BackendError>;
 
-    /// Stop and remove everything the backend made for this bottle.
-    /// Idempotent: a second call, or a call after a crash, succeeds.
+    /// Stop and remove everything `launch` made for this bottle (sandbox,
+    /// bundle, cgroup); the state directory is the caller's. Idempotent: a
+    /// second call, or a call after a crash, succeeds.
     fn teardown(&self, meta: &Metadata, state: &StateDir) -> Result<(), BackendError>;
+
+    /// Remove a bottle `enumerate` found that has no state directory.
+    fn remove_orphan(&self, found: &Found) -> Result<(), BackendError>;
 }
 
 /// The backend implementation for a name.

@@ -4,9 +4,6 @@
 
 use crate::manifest::BackendName;
 
-/// A backend the user can ask for.
-pub type BackendChoice = BackendName;
-
 /// Whether a backend can run here, and if not why and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Availability {
@@ -20,16 +17,6 @@ impl Availability {
     }
 }
 
-/// The outcome of selection, shown in the plan.
-#[derive(Debug, Clone, Default)]
-pub struct Selected {
-    pub backend: BackendName,
-    pub reason: String,
-    pub engine: Option<String>,
-    pub engine_reason: Option<String>,
-    pub warnings: Vec<String>,
-}
-
 /// Why no backend could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectionError {
@@ -37,7 +24,7 @@ pub enum SelectionError {
     BadEnv(String),
     #[error("the {backend} backend was asked for ({by}) but cannot run here: {why}\nfix: {fix}")]
     Unavailable {
-        backend: &'static str,
+        backend: BackendName,
         by: String,
         why: String,
         fix: String,
@@ -60,19 +47,20 @@ pub fn select(
 ) -> Result<(BackendName, String), SelectionError> {
     let env_choice = match env.map(str::trim).filter(|v| !v.is_empty()) {
         None => None,
-        Some("vm") => Some(BackendName::Vm),
-        Some("docker") => Some(BackendName::Docker),
-        Some(other) => return Err(SelectionError::BadEnv(other.to_string())),
+        Some(word) => Some(
+            word.parse::<BackendName>()
+                .map_err(|_| SelectionError::BadEnv(word.to_string()))?,
+        ),
     };
     let explicit = flag
-        .map(|b| (b, format!("--{}", b.as_str())))
-        .or_else(|| env_choice.map(|b| (b, format!("BOTTLE_BACKEND={}", b.as_str()))))
-        .or_else(|| manifest.map(|b| (b, format!("the bottle's `backend = \"{}\"`", b.as_str()))));
+        .map(|b| (b, format!("--{b}")))
+        .or_else(|| env_choice.map(|b| (b, format!("BOTTLE_BACKEND={b}"))))
+        .or_else(|| manifest.map(|b| (b, format!("the bottle's `backend = \"{b}\"`"))));
     if let Some((backend, by)) = explicit {
         return match available(backend) {
             Availability::Ready { detail } => Ok((backend, format!("chosen by {by}; {detail}"))),
             Availability::Unavailable { why, fix } => Err(SelectionError::Unavailable {
-                backend: backend.as_str(),
+                backend,
                 by,
                 why,
                 fix,

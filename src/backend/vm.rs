@@ -1,15 +1,16 @@
 //! The VM backend: a microVM (libkrun or QEMU microvm) whose only network is
 //! the bundle's netstack. The bundle process starts and supervises the VM, so
-//! launching here means writing the bundle's config and starting it.
+//! launching here means writing the bundle's config and starting it, and
+//! tearing down means stopping the VM, then the bundle.
 
 use super::{Availability, Backend, BackendError, Found};
 use crate::bundle::{BundleConfig, Mode, VmLaunch};
-use crate::commands::doctor::Check;
-use crate::manifest::{BackendName, EngineName};
-use crate::plan::Plan;
+use crate::doctor::Check;
+use crate::manifest::BackendName;
+use crate::plan::{Engine, Plan};
 use crate::state::{Metadata, StateDir};
 use bottle_vmm::probe::{self, ProbeResult};
-use bottle_vmm::{Accel, EngineChoice, EngineKind};
+use bottle_vmm::{Accel, EngineKind};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,37 +58,22 @@ fn cached_probe(engine: EngineKind, accel: Accel, kernel: &std::path::Path) -> O
     probe::cached(&bottle_vmm::cache_root().join("probes.json"), &key)
 }
 
-fn engine_choice(plan: &Plan) -> EngineChoice {
-    match plan.engine.as_deref() {
-        Some("libkrun") => EngineChoice::Libkrun,
-        Some("qemu") => EngineChoice::Qemu,
-        _ => match plan.source.bottle.as_ref().map(|b| b.vm.engine) {
-            Some(EngineName::Libkrun) => EngineChoice::Libkrun,
-            Some(EngineName::Qemu) => EngineChoice::Qemu,
-            _ => EngineChoice::Auto,
-        },
-    }
-}
-
-/// The engine and acceleration `prepare` decided (`qemu-tcg`, `libkrun-kvm`…).
-fn decided_engine(plan: &Plan) -> Option<(EngineKind, Accel)> {
-    let (engine, accel) = plan.engine.as_deref()?.split_once('-')?;
-    let engine = match engine {
-        "qemu" => EngineKind::Qemu,
-        "libkrun" => EngineKind::Libkrun,
-        _ => return None,
-    };
-    let accel = match accel {
-        "kvm" => Accel::Kvm,
-        "tcg" => Accel::Tcg,
-        _ => return None,
-    };
-    Some((engine, accel))
-}
-
 impl Backend for VmBackend {
     fn name(&self) -> BackendName {
         BackendName::Vm
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        let guest = crate::images::guest_binary().ok();
+        bottle_vmm::doctor(guest.as_deref())
+            .into_iter()
+            .map(|c| Check {
+                name: c.name,
+                ok: c.ok,
+                detail: c.detail,
+                fix: c.fix,
+            })
+            .collect()
     }
 
     fn availability(&self) -> Availability {
@@ -122,7 +108,7 @@ impl Backend for VmBackend {
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
         crate::images::image_dir(&plan.image)
             .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
-        let choice = engine_choice(plan);
+        let choice = plan.requested.engine;
         let kernel = bottle_vmm::kernel::locate().ok();
         let decided = kernel.as_ref().and_then(|k| {
             let krun = cached_probe(EngineKind::Libkrun, Accel::Kvm, k)?;
@@ -140,14 +126,14 @@ impl Backend for VmBackend {
         });
         match decided {
             Some(sel) => {
-                plan.engine = Some(format!("{}-{}", sel.engine.as_str(), sel.accel.as_str()));
+                plan.engine = Some(Engine::Vm(sel.engine, sel.accel));
                 plan.engine_reason = Some(sel.reason);
                 if let Some(w) = sel.warning {
                     plan.warnings.push(w);
                 }
             }
             None => {
-                plan.engine = Some(format!("{choice:?}").to_lowercase());
+                plan.engine = Some(Engine::VmProbed(choice));
                 plan.engine_reason = Some(
                     "decided at launch by boot probes (libkrun, else qemu with KVM, else qemu TCG)"
                         .to_string(),
@@ -182,57 +168,39 @@ impl Backend for VmBackend {
                 })?)
             }
         };
-        let gateway = plan
-            .network
-            .gateway
-            .parse()
-            .map_err(|e| BackendError::failed("bad gateway address", e))?;
-        let guest = plan
-            .network
-            .guest
-            .parse()
-            .map_err(|e| BackendError::failed("bad guest address", e))?;
-        let prefix_len = plan
-            .network
-            .subnet
-            .rsplit('/')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(24);
         let mut mac = [0x02, 0, 0, 0, 0, 0];
         let seed: [u8; 4] = rand::random();
         mac[2..].copy_from_slice(&seed);
         let config = BundleConfig {
             identity: plan.identity.clone(),
             mode: Mode::Vm(VmLaunch {
-                engine: engine_choice(plan),
-                decided: decided_engine(plan),
+                engine: plan.requested.engine,
+                decided: plan.engine.and_then(Engine::decided_vm),
                 cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
                 memory_mib: plan.memory_mib,
                 kernel,
                 initramfs,
                 root_disk,
-                gateway,
-                guest,
-                prefix_len,
+                gateway: plan.network.gateway,
+                guest: plan.network.guest,
+                prefix_len: plan.network.subnet.prefix_len,
                 mtu: plan.network.mtu,
                 guest_mac: mac,
             }),
-            policy: crate::policy::policy_for(plan)
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
-            git: crate::provision::git_remotes(plan),
-            extra_root_pems: crate::policy::upstream_ca_pems(plan)
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            policy: plan.policy.clone(),
+            git: plan.git_remotes.clone(),
+            extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
+                .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
             audit: Default::default(),
         };
-        crate::launch::start_bundle(state, &config, Duration::from_secs(120))?;
+        crate::bundle::start(state, &config, Duration::from_secs(120))?;
         Ok(())
     }
 
     fn enumerate(&self) -> Result<Vec<Found>, BackendError> {
         let root =
             crate::state::state_root().map_err(|e| BackendError::failed("no state root", e))?;
-        Ok(crate::launch::bundle_processes(&root)
+        Ok(crate::bundle::processes(&root)
             .into_iter()
             .map(|(pid, identity)| Found {
                 identity,
@@ -242,22 +210,20 @@ impl Backend for VmBackend {
             .collect())
     }
 
-    fn teardown(&self, _meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
-        // The VM and the bundle are processes: `launch::teardown` stops them.
+    fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
+        // The VM first (the bundle would stop it too, but it may be gone).
+        if let Some(pid) = meta.vm_pid {
+            crate::sys::process::stop_process(pid, &meta.identity, Duration::from_secs(2));
+        }
+        crate::bundle::stop(meta);
         Ok(())
     }
-}
 
-/// The VM backend's lines in `bottle doctor`.
-pub fn doctor_checks() -> Vec<Check> {
-    let guest = crate::images::guest_binary().ok();
-    bottle_vmm::doctor(guest.as_deref())
-        .into_iter()
-        .map(|c| Check {
-            name: c.name,
-            ok: c.ok,
-            detail: c.detail,
-            fix: c.fix,
-        })
-        .collect()
+    fn remove_orphan(&self, found: &Found) -> Result<(), BackendError> {
+        // The handle is the bundle's pid; the VM dies with it.
+        if let Ok(pid) = found.handle.parse::<u32>() {
+            crate::sys::process::stop_process(pid, &found.identity, Duration::from_secs(3));
+        }
+        Ok(())
+    }
 }

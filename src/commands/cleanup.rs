@@ -15,7 +15,7 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
         let (dir, why, meta) = match entry {
             Entry::Broken { dir, reason } => (dir, reason, None),
             Entry::Ok(dir, meta) => {
-                if crate::launch::is_alive(&meta) {
+                if crate::bundle::is_alive(&meta) {
                     continue;
                 }
                 (dir, "its processes are gone".to_string(), Some(meta))
@@ -32,13 +32,13 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
         ))?;
         if !dry_run {
             if let Some(meta) = &meta {
-                crate::launch::teardown(meta, &dir)?;
+                crate::launch::stop(meta, &dir)?;
             }
             dir.retire()?;
             removed += 1;
         }
     }
-    for name in [BackendName::Vm, BackendName::Docker] {
+    for name in BackendName::ALL {
         let backend = backend_for(name);
         if !backend.availability().is_ready() {
             continue;
@@ -48,9 +48,8 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
                 continue;
             }
             print(&format!(
-                "{}: {} {} has no state{}\n",
+                "{}: {name} {} has no state{}\n",
                 found.identity,
-                name.as_str(),
                 found.handle,
                 if dry_run {
                     " (would remove)"
@@ -59,7 +58,7 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
                 }
             ))?;
             if !dry_run {
-                crate::launch::remove_orphan(name, &found)?;
+                backend.remove_orphan(&found)?;
                 removed += 1;
             }
         }

@@ -4,116 +4,12 @@
 use super::print;
 use crate::backend::{backend_for, Availability};
 use crate::manifest::BackendName;
-use std::process::Command;
-
-/// One line of the doctor's report.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn new(name: &str, ok: bool, detail: impl Into<String>, fix: Option<&str>) -> Self {
-        Self {
-            name: name.to_string(),
-            ok,
-            detail: detail.into(),
-            fix: if ok { None } else { fix.map(str::to_string) },
-        }
-    }
-}
-
-/// First line of `program args` output, if it runs.
-fn version_of(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    let text = if out.stdout.is_empty() {
-        out.stderr
-    } else {
-        out.stdout
-    };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .next()
-        .map(|l| l.trim().to_string())
-}
-
-fn program_check(name: &str, program: &str, args: &[&str], package: &str, why: &str) -> Check {
-    match version_of(program, args) {
-        Some(v) => Check::new(name, true, v, None),
-        None => Check::new(
-            name,
-            false,
-            format!("`{program}` not found ({why})"),
-            Some(&format!("apt-get install {package}")),
-        ),
-    }
-}
-
-fn host_checks() -> Vec<Check> {
-    let mut checks = Vec::new();
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm");
-    checks.push(match kvm {
-        Ok(_) => Check::new("/dev/kvm", true, "present and accessible (whether a guest really boots on it: see the engine probes)", None),
-        Err(e) => Check::new("/dev/kvm", false, format!("not usable: {e}; the qemu engine falls back to TCG software emulation (slower)"), Some("enable virtualisation (or nested virtualisation) and add your user to the `kvm` group")),
-    });
-    checks.push(program_check(
-        "git",
-        "git",
-        &["--version"],
-        "git",
-        "the agent's repos and git-gate",
-    ));
-    checks.push(program_check(
-        "ssh",
-        "ssh",
-        &["-V"],
-        "openssh-client",
-        "git-gate pushes upstream over SSH",
-    ));
-    checks.push(program_check(
-        "ip (netns tests)",
-        "ip",
-        &["-V"],
-        "iproute2",
-        "network-namespace tests",
-    ));
-    let tun = std::path::Path::new("/dev/net/tun").exists();
-    checks.push(Check::new(
-        "/dev/net/tun (tests)",
-        tun,
-        if tun { "present" } else { "missing" },
-        Some("modprobe tun"),
-    ));
-    let cgroup = crate::sys::cgroup::describe();
-    checks.push(Check::new(
-        "cgroups (bundle limits)",
-        cgroup.is_ok(),
-        match &cgroup {
-            Ok(how) => format!("each bottle's bundle and VM get memory and pids limits ({how})"),
-            Err(why) => why.clone(),
-        },
-        Some("run as root, or delegate a cgroup v2 subtree with the memory and pids controllers to this user"),
-    ));
-    checks.push(program_check(
-        "mmdebstrap (images)",
-        "mmdebstrap",
-        &["--version"],
-        "mmdebstrap",
-        "`bottle image build debian`",
-    ));
-    checks
-}
 
 pub fn doctor(rules: bool) -> anyhow::Result<()> {
-    let mut checks = host_checks();
-    checks.extend(crate::backend::vm::doctor_checks());
-    checks.extend(crate::backend::docker_backend::doctor_checks());
+    let mut checks = crate::doctor::host_checks();
+    for name in BackendName::ALL {
+        checks.extend(backend_for(name).doctor());
+    }
     let mut out = String::new();
     for c in &checks {
         out.push_str(&format!(
@@ -127,15 +23,14 @@ pub fn doctor(rules: bool) -> anyhow::Result<()> {
         }
     }
     let mut any_ready = false;
-    for name in [BackendName::Vm, BackendName::Docker] {
+    for name in BackendName::ALL {
         match backend_for(name).availability() {
             Availability::Ready { detail } => {
                 any_ready = true;
-                out.push_str(&format!("backend {}: ready ({detail})\n", name.as_str()));
+                out.push_str(&format!("backend {name}: ready ({detail})\n"));
             }
             Availability::Unavailable { why, fix } => out.push_str(&format!(
-                "backend {}: unavailable: {why}\n     fix: {fix}\n",
-                name.as_str()
+                "backend {name}: unavailable: {why}\n     fix: {fix}\n"
             )),
         }
     }

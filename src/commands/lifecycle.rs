@@ -2,8 +2,10 @@
 
 use super::{print, ExitStatusError};
 use crate::cli::ImageCommand;
+use crate::images;
 use crate::state::{self, StateDir};
 use anyhow::Context;
+use std::path::{Path, PathBuf};
 
 fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
     let root = state::state_root()?;
@@ -24,7 +26,7 @@ fn exit_with(code: i32) -> anyhow::Result<()> {
 
 pub fn attach(id: &str) -> anyhow::Result<()> {
     let (dir, meta) = open(id)?;
-    if !crate::launch::is_alive(&meta) {
+    if !crate::bundle::is_alive(&meta) {
         anyhow::bail!(
             "bottle {id} is not running (its bundle process is gone); `bottle cleanup` removes it"
         );
@@ -37,7 +39,7 @@ pub fn attach(id: &str) -> anyhow::Result<()> {
 
 pub fn exec(id: &str, command: Vec<String>) -> anyhow::Result<()> {
     let (dir, meta) = open(id)?;
-    exit_with(crate::launch::run_in(&dir, &meta, command)?)
+    exit_with(crate::session::run_in(&dir, &meta, command)?)
 }
 
 pub fn resume(id: &str) -> anyhow::Result<()> {
@@ -48,7 +50,7 @@ pub fn stop(id: &str) -> anyhow::Result<()> {
     let root = state::state_root()?;
     let dir = StateDir::open(&root, id)?;
     if let Ok(meta) = dir.read_metadata() {
-        crate::launch::teardown(&meta, &dir)?;
+        crate::launch::stop(&meta, &dir)?;
         let _ = dir.update_metadata(|m| m.status = state::Status::Stopped);
     }
     dir.retire()?;
@@ -59,9 +61,9 @@ pub fn stop(id: &str) -> anyhow::Result<()> {
 pub fn logs(id: &str) -> anyhow::Result<()> {
     let root = state::state_root()?;
     match StateDir::open(&root, id) {
-        Ok(dir) => crate::launch::print_audit(dir.path()),
+        Ok(dir) => print_audit(dir.path()),
         Err(e) => match state::archived(&root, id) {
-            Some(archive) => crate::launch::print_audit(&archive),
+            Some(archive) => print_audit(&archive),
             None => Err(anyhow::Error::new(e).context(format!(
                 "no running bottle `{id}` and no kept logs for it in {}",
                 state::logs_root(&root).display()
@@ -70,6 +72,88 @@ pub fn logs(id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Print a bottle's audit log (all rotated files, oldest first, each line
+/// as written) once its chain verifies and reaches the recorded head: a
+/// running bottle's `audit.head`, or the head its metadata kept at stop.
+fn print_audit(dir: &Path) -> anyhow::Result<()> {
+    use bottle_sidecars::audit::{read_head, verify_chain};
+    use std::io::Write;
+    let path = dir.join(crate::bundle::files::AUDIT);
+    let head = match read_head(&path)? {
+        Some(head) => Some(head),
+        None => state::read_metadata_in(dir).ok().and_then(|m| m.audit_head),
+    };
+    let failed = || format!("audit log {} failed verification", path.display());
+    let verified = verify_chain(&path, head.as_ref(), |_, _| {}).with_context(failed)?;
+    if head.is_none() && verified.last > 0 {
+        eprintln!(
+            "bottle: warning: no head was recorded for this log (a bottle from an older \
+             version, or its bundle never wrote one): a cut tail cannot be detected"
+        );
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_error = None;
+    verify_chain(&path, head.as_ref(), |line, _| {
+        if write_error.is_none() {
+            if let Err(e) = writeln!(out, "{line}") {
+                write_error = Some(e);
+            }
+        }
+    })
+    .with_context(failed)?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `bottle image build|ls|rm`.
 pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {
-    crate::images::run(cmd)
+    let store = bottle_vmm::image::ImageStore::open();
+    match cmd {
+        ImageCommand::Build { name, claude } => {
+            let name = match (name.as_str(), claude) {
+                ("debian", true) => "claude".to_string(),
+                (_, true) => anyhow::bail!("--claude adds Claude Code to the `debian` image (the result is the `claude` image)"),
+                _ => name,
+            };
+            let dir = images::build(&name)?;
+            print(&format!("built {name}: {}\n", dir.display()))
+        }
+        ImageCommand::Ls => {
+            // Which build each bottle of this binary would use.
+            let current: Vec<PathBuf> = images::IMAGE_NAMES
+                .iter()
+                .filter_map(|n| images::image_dir(n).ok())
+                .collect();
+            let mut out = String::from("NAME\tKEY\tSIZE\tIN USE\tPURPOSE\tDIR\n");
+            for i in store.list()? {
+                out.push_str(&format!(
+                    "{}\t{}\t{:.1} MiB\t{}\t{}\t{}\n",
+                    i.name,
+                    i.key,
+                    i.size_bytes as f64 / (1024.0 * 1024.0),
+                    if current.contains(&i.dir) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    i.purpose,
+                    i.dir.display()
+                ));
+            }
+            print(&out)
+        }
+        ImageCommand::Rm { name } => {
+            let n = store.remove(&name)?;
+            if n == 0 {
+                anyhow::bail!("no image `{name}` (see `bottle image ls`)");
+            }
+            print(&format!(
+                "removed {n} build{} of {name}\n",
+                if n == 1 { "" } else { "s" }
+            ))
+        }
+    }
 }

@@ -21,9 +21,9 @@ pub fn ls(json: bool) -> anyhow::Result<()> {
         .into_iter()
         .map(|entry| match entry {
             Entry::Ok(_, meta) => {
-                let alive = crate::launch::is_alive(&meta);
+                let alive = crate::bundle::is_alive(&meta);
                 Row {
-                    backend: meta.backend,
+                    backend: meta.backend.to_string(),
                     identity: meta.identity,
                     agent: meta.agent,
                     status: if alive || meta.status != state::Status::Running {

@@ -3,7 +3,7 @@
 //! status for `run` and `exec`. A broken pipe on output counts as success.
 
 mod cleanup;
-pub mod doctor;
+mod doctor;
 mod lifecycle;
 mod ls;
 mod run;
@@ -24,22 +24,19 @@ pub struct UsageError(pub String);
 #[error("command exited with status {0}")]
 pub struct ExitStatusError(pub u8);
 
-/// When the process started, for `BOTTLE_TIMING=1` breakdowns.
-pub static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
-    START.get_or_init(std::time::Instant::now);
+    crate::timing::start();
     let cli = Cli::parse();
     match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => report(&err),
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<()> {
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let manifest = cli.manifest;
-    match cli.command {
+    let done = match cli.command {
         Command::Run {
             agent,
             backend,
@@ -78,9 +75,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => lifecycle::image(cmd),
         Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
         Command::Session { state_dir } => crate::detached::serve(&state_dir),
-        Command::GitHook { args } => crate::bundle::git_hook(&args),
+        // git-gate's pre-receive hook: its messages and exit status are git's.
+        Command::GitHook { .. } => return Ok(bottle_sidecars::gitgate::run_hook_main()),
         Command::Krun { spec_json } => bottle_vmm::krun_main(&spec_json),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// Print an error as one paragraph (the chain, without a debug dump) and pick
@@ -122,12 +121,7 @@ fn is_usage(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Write to stdout, treating a closed pipe as the end of output.
-pub(crate) fn print_text(text: &str) -> anyhow::Result<()> {
-    print(text)
-}
-
-/// Write to stdout.
+/// Write to stdout (a closed pipe ends the output: `report` counts it as success).
 pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -44,38 +44,27 @@ pub fn make_plan(
     let mut cache = std::collections::BTreeMap::new();
     let mut available = |name: BackendName| -> Availability {
         cache
-            .entry(name.as_str())
+            .entry(name)
             .or_insert_with(|| backend_for(name).availability())
             .clone()
     };
-    let (backend, reason) = selection::select(
+    let (backend, backend_reason) = selection::select(
         flags.backend(),
         env.as_deref(),
         bottle.backend,
         &mut available,
     )?;
-    let selected = selection::Selected {
-        backend,
-        reason,
-        ..Default::default()
-    };
     let mut plan = plan::prepare(PlanInputs {
         loaded,
         agent,
         cwd,
-        selected,
+        backend,
+        backend_reason,
+        engine: flags.engine(),
+        runtime: flags.runtime(),
         command_override: (!command.is_empty()).then_some(command),
         identity: crate::identity::new_identity(agent),
     })?;
-    if let Some(runtime) = flags.runtime {
-        if let Some(bottle) = plan.source.bottle.as_mut() {
-            bottle.docker.runtime = runtime.into();
-        }
-    }
-    if let Some(engine) = flags.engine {
-        plan.engine = Some(format!("{engine:?}").to_lowercase());
-        plan.engine_reason = Some("chosen by --engine".to_string());
-    }
     backend_for(backend)
         .prepare(&mut plan)
         .context("cannot prepare the bottle")?;

@@ -409,3 +409,165 @@ fn describe_value(value: &Value) -> &'static str {
         Value::InlineTable(_) => "a table",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The schema above and the serde types in `types.rs` describe the same
+    //! document: a manifest that sets every key is accepted by the schema,
+    //! and its typed value, serialised, has exactly the schema's keys, table
+    //! by table, with values of the schema's kinds. Adding a key to one and
+    //! not the other fails here (and a new key belongs in `EVERY_KEY`).
+
+    use super::*;
+    use serde_json::Value as Json;
+
+    /// Sets every key of the schema, each array of tables and named table once.
+    const EVERY_KEY: &str = r#"
+[bottles.b]
+image = "tiny"
+cpus = 1
+memory_mib = 256
+allow = ["a.example"]
+allow_ports = [443]
+passthrough = ["p.example"]
+allow_ips = ["10.0.0.1"]
+upstream_ca = ["ca.pem"]
+allow_secret_paths = true
+dlp = { action = "warn", disable_rules = ["r"] }
+supervise = true
+backend = "vm"
+vm = { engine = "qemu" }
+docker = { runtime = "runc", pids_limit = 100 }
+network = { subnet = "10.0.2.0/24", mtu = 1500 }
+
+[[bottles.b.routes]]
+name = "n"
+host = "api.example"
+header = "Authorization"
+prefix = "Bearer "
+token = { env = "E", file = "f", command = ["c"] }
+
+[[bottles.b.rules]]
+host = "api.example"
+methods = ["GET"]
+paths = ["/v1/*"]
+
+[[bottles.b.git]]
+name = "r"
+upstream = "ssh://git@h.example/r.git"
+identity_file = "~/.ssh/k"
+known_host_key = "ssh-ed25519 AAAA"
+extra_hosts = { "h.example" = "10.0.0.2" }
+allow_force_push = true
+
+[agents.a]
+bottle = "b"
+command = ["claude"]
+prompt = "p"
+prompt_file = "p.md"
+skills = ["s"]
+allow_secret_paths = true
+env = { K = "v" }
+copy_cwd = false
+"#;
+
+    /// Compare one table's serialised value with its schema, recursively.
+    fn agree(schema: &Schema, value: &Json, path: &str, problems: &mut Vec<String>) {
+        let Some(object) = value.as_object() else {
+            problems.push(format!("{path}: the type is not a table: {value}"));
+            return;
+        };
+        let typed: std::collections::BTreeSet<&str> = object.keys().map(String::as_str).collect();
+        let schema_keys: std::collections::BTreeSet<&str> =
+            schema.fields.iter().map(|(name, _)| *name).collect();
+        for k in typed.difference(&schema_keys) {
+            problems.push(format!("{path}.{k}: in types.rs, not in the schema"));
+        }
+        for k in schema_keys.difference(&typed) {
+            problems.push(format!("{path}.{k}: in the schema, not in types.rs"));
+        }
+        for (name, _) in schema.removed {
+            if schema_keys.contains(name) {
+                problems.push(format!("{path}.{name}: both a key and a removed key"));
+            }
+        }
+        for (name, kind) in schema.fields {
+            let Some(v) = object.get(*name) else { continue };
+            let here = join(path, name);
+            let first = |v: &Json| -> Option<Json> {
+                match v {
+                    Json::Array(a) => a.first().cloned(),
+                    Json::Object(o) => o.values().next().cloned(),
+                    _ => None,
+                }
+            };
+            let ok = match kind {
+                Kind::Str => v.is_string(),
+                Kind::Int => v.is_i64() || v.is_u64(),
+                Kind::Bool => v.is_boolean(),
+                Kind::StrArray => first(v).is_some_and(|e| e.is_string()),
+                Kind::IntArray => first(v).is_some_and(|e| e.is_u64() || e.is_i64()),
+                Kind::StrMap => v.is_object() && first(v).is_some_and(|e| e.is_string()),
+                Kind::Table(sub) => {
+                    agree(sub, v, &here, problems);
+                    true
+                }
+                Kind::ArrayOfTables(sub) => match first(v) {
+                    Some(element) => {
+                        agree(sub, &element, &format!("{here}[0]"), problems);
+                        true
+                    }
+                    None => false,
+                },
+                Kind::Named(sub) => match v.as_object().and_then(|o| o.iter().next()) {
+                    Some((key, element)) => {
+                        agree(sub, element, &join(&here, key), problems);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if !ok {
+                problems.push(format!(
+                    "{here}: the schema says {}, the type gives {v} (does EVERY_KEY set it?)",
+                    kind.describe()
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_and_the_serde_types_have_the_same_keys_and_kinds() {
+        let doc = toml_edit::ImDocument::parse(EVERY_KEY.to_string()).unwrap();
+        let problems = check(&doc);
+        assert!(
+            problems.is_empty(),
+            "the schema refuses EVERY_KEY: {problems:?}"
+        );
+        let typed: super::super::Manifest = toml::from_str(EVERY_KEY).unwrap();
+        let value = serde_json::to_value(&typed).unwrap();
+        let mut problems = Vec::new();
+        agree(&ROOT, &value, "", &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn the_agreement_check_catches_a_key_only_one_side_has() {
+        static SHORT: Schema = Schema {
+            fields: &[("subnet", Kind::Str)],
+            removed: &[],
+        };
+        let mut problems = Vec::new();
+        let value = serde_json::json!({ "subnet": "10.0.2.0/24", "mtu": 1500 });
+        agree(&SHORT, &value, "network", &mut problems);
+        assert_eq!(problems, ["network.mtu: in types.rs, not in the schema"]);
+        let mut problems = Vec::new();
+        agree(
+            &NETWORK,
+            &serde_json::json!({ "subnet": "x" }),
+            "network",
+            &mut problems,
+        );
+        assert_eq!(problems, ["network.mtu: in the schema, not in types.rs"]);
+    }
+}

@@ -1,6 +1,8 @@
 //! Typed manifest values, deserialised with serde after the structural pass
 //! in [`super::structure`] has accepted the document.
 
+pub use crate::backend::docker::RuntimeChoice;
+pub use bottle_vmm::EngineChoice;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +18,9 @@ pub struct Manifest {
 }
 
 /// `backend = "vm" | "docker"`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {
     #[default]
@@ -25,11 +29,36 @@ pub enum BackendName {
 }
 
 impl BackendName {
+    /// Every backend, in the order auto-selection tries them.
+    pub const ALL: [BackendName; 2] = [BackendName::Vm, BackendName::Docker];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Vm => "vm",
             Self::Docker => "docker",
         }
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that names no backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a backend; use `vm` or `docker`")]
+pub struct UnknownBackend(pub String);
+
+impl std::str::FromStr for BackendName {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
@@ -107,6 +136,15 @@ pub enum DlpAction {
     Warn,
 }
 
+impl DlpAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Warn => "warn",
+        }
+    }
+}
+
 /// `[[bottles.NAME.routes]]`: credential injection for one host.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -158,28 +196,33 @@ pub struct GitRemote {
 }
 
 /// `[bottles.NAME.vm]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSection {
-    #[serde(default)]
-    pub engine: EngineName,
+    /// `auto`, `libkrun` or `qemu`.
+    #[serde(default = "default_engine")]
+    pub engine: EngineChoice,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineName {
-    #[default]
-    Auto,
-    Libkrun,
-    Qemu,
+impl Default for VmSection {
+    fn default() -> Self {
+        Self {
+            engine: default_engine(),
+        }
+    }
+}
+
+pub fn default_engine() -> EngineChoice {
+    EngineChoice::Auto
 }
 
 /// `[bottles.NAME.docker]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerSection {
+    /// `auto`, `runc` or `runsc`.
     #[serde(default)]
-    pub runtime: DockerRuntime,
+    pub runtime: RuntimeChoice,
     /// Maximum number of processes in the container.
     #[serde(default = "default_pids_limit")]
     pub pids_limit: i64,
@@ -192,19 +235,10 @@ pub fn default_pids_limit() -> i64 {
 impl Default for DockerSection {
     fn default() -> Self {
         Self {
-            runtime: DockerRuntime::default(),
+            runtime: RuntimeChoice::default(),
             pids_limit: default_pids_limit(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DockerRuntime {
-    #[default]
-    Auto,
-    Runc,
-    Runsc,
 }
 
 /// `[bottles.NAME.network]`: the guest-side addresses of the netstack.

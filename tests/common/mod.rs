@@ -159,6 +159,18 @@ pub fn require_vm() -> bool {
     )
 }
 
+/// `Backend::teardown` of a running bottle, called twice through the
+/// library as `bottle stop` would call it: both calls must succeed. Returns
+/// the metadata it tore down.
+pub fn teardown_twice(sb: &Sandbox, identity: &str) -> bottle::state::Metadata {
+    let dir = bottle::state::StateDir::open(&sb.state_dir(), identity).unwrap();
+    let meta = dir.read_metadata().unwrap();
+    let backend = bottle::backend::backend_for(meta.backend);
+    backend.teardown(&meta, &dir).expect("first teardown");
+    backend.teardown(&meta, &dir).expect("second teardown");
+    meta
+}
+
 /// Is `path` gone?
 pub fn gone(path: &Path) -> bool {
     !path.exists()

@@ -28,7 +28,7 @@ pub use paths::cache_root;
 pub use probe::{probe, ProbeResult};
 pub use qemu::QemuEngine;
 pub use secret::initramfs_with_secret;
-pub use select::{select_engine, Selection, TCG_WARNING};
+pub use select::{engine_for, select_engine, Selection, TCG_WARNING};
 pub use spec::{MacAddr, VmSpec, AGENT_PORT_NAME, AGENT_VSOCK_PORT, READY_MARKER};
 pub use sys::KrunError;
 

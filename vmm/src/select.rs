@@ -141,11 +141,15 @@ pub fn select_engine(requested: EngineChoice) -> Result<(Box<dyn Engine>, Select
         .map(drop)
         .map_err(|e| e.to_string());
     let sel = decide(requested, &krun, &qemu_kvm, present)?;
-    let engine: Box<dyn Engine> = match sel.engine {
+    Ok((engine_for(sel.engine, sel.accel), sel))
+}
+
+/// The engine for a decided kind and acceleration (no probing).
+pub fn engine_for(kind: EngineKind, accel: Accel) -> Box<dyn Engine> {
+    match kind {
         EngineKind::Libkrun => Box::new(KrunEngine::new()),
-        EngineKind::Qemu => Box::new(QemuEngine::new(sel.accel)),
-    };
-    Ok((engine, sel))
+        EngineKind::Qemu => Box::new(QemuEngine::new(accel)),
+    }
 }
 
 #[cfg(test)]

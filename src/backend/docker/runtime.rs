@@ -13,8 +13,9 @@ use super::error::DockerError;
 /// own, and permission to connect to the bind-mounted host unix sockets.
 pub const RUNSC_ARGS: [&str; 2] = ["--network=none", "--host-uds=open"];
 
-/// An OCI runtime the backend can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An OCI runtime the backend can use (serialised as dockerd names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// The default runtime: namespaces, cgroups, seccomp.
     Runc,
@@ -40,7 +41,8 @@ impl fmt::Display for Runtime {
 
 /// What the user asked for (`--runtime`, or the manifest's
 /// `[bottles.NAME.docker] runtime`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuntimeChoice {
     /// runsc when it is registered and its probe passes, else runc.
     #[default]

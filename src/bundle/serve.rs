@@ -1,137 +1,15 @@
-//! The per-bottle bundle process (`bottle __bundle STATE_DIR`): the guards
-//! (proxy, git-gate), the guest-agent mux and, for the VM backend, the
-//! netstack and the VM process it supervises — all in one process.
-//!
-//! The launcher writes `bundle.json` (no secrets: token sources only), starts
-//! this process with stdout on a pipe and waits for one `READY …` line. The
-//! bundle lives until SIGTERM, until the VM exits, or until the netstack's
-//! transport closes; then it stops the VM and exits. The VM process dies with
-//! the bundle (parent-death signal), so `kill -9` of either leaves neither.
+//! The bundle process itself (`bottle __bundle STATE_DIR`): reads
+//! `bundle.json`, serves the guards and the guest mux, starts and supervises
+//! the VM, prints `READY …` and lives until told to stop.
 
+use super::{files, BundleConfig, Mode, Ready, VmLaunch};
+use crate::plan::Engine;
 use anyhow::Context;
-use bottle_sidecars::policy::{GitRemote, Policy};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
-
-/// File names inside a bottle's state directory.
-pub mod files {
-    pub const CONFIG: &str = "bundle.json";
-    pub const LOG: &str = "bundle.log";
-    pub const CA: &str = "ca.pem";
-    /// The audit log; rotated files are `audit.<n>.jsonl`, its head `audit.head`.
-    pub const AUDIT: &str = "audit.jsonl";
-    pub const CONTROL: &str = "control.sock";
-    pub const GUEST: &str = "guest.sock";
-    pub const NET: &str = "net.sock";
-    pub const CONSOLE: &str = "console.log";
-    /// VM: the image's initramfs plus a segment with the guest channel key.
-    pub const INITRAMFS: &str = "initramfs.img";
-    pub const MIRRORS: &str = "git";
-    /// Docker: the directory bind-mounted into the container.
-    pub const SOCK_DIR: &str = "sock";
-}
-
-/// How the guest reaches the bundle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
-pub enum Mode {
-    /// A microVM on the netstack; the bundle starts and supervises it.
-    Vm(VmLaunch),
-    /// A container with no network; guards on unix sockets in `sock/`.
-    Docker,
-}
-
-/// What the bundle needs to boot the VM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VmLaunch {
-    pub engine: bottle_vmm::EngineChoice,
-    /// The engine the plan already decided from cached probes, if any: the
-    /// bundle then starts it without probing again.
-    #[serde(default)]
-    pub decided: Option<(bottle_vmm::EngineKind, bottle_vmm::Accel)>,
-    pub cpus: u8,
-    pub memory_mib: u32,
-    pub kernel: PathBuf,
-    pub initramfs: PathBuf,
-    pub root_disk: Option<PathBuf>,
-    pub gateway: std::net::Ipv4Addr,
-    pub guest: std::net::Ipv4Addr,
-    pub prefix_len: u8,
-    pub mtu: u32,
-    pub guest_mac: [u8; 6],
-}
-
-/// `bundle.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BundleConfig {
-    pub identity: String,
-    pub mode: Mode,
-    pub policy: Policy,
-    pub git: Vec<GitRemote>,
-    /// PEM roots trusted for upstream TLS besides the system's.
-    #[serde(default)]
-    pub extra_root_pems: Vec<String>,
-    /// Audit log rotation.
-    #[serde(default)]
-    pub audit: AuditLimits,
-}
-
-/// When the audit log is rotated and how many rotated files are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AuditLimits {
-    pub max_bytes: u64,
-    pub keep: usize,
-}
-
-impl Default for AuditLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: bottle_sidecars::audit::DEFAULT_MAX_BYTES,
-            keep: bottle_sidecars::audit::DEFAULT_KEEP,
-        }
-    }
-}
-
-/// The line the bundle prints when it is serving.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ready {
-    pub ca_fingerprint: String,
-    pub vm_pid: Option<u32>,
-    pub engine: Option<String>,
-}
-
-impl Ready {
-    pub fn to_line(&self) -> String {
-        format!(
-            "READY fp={} vm_pid={} engine={}\n",
-            self.ca_fingerprint,
-            self.vm_pid
-                .map_or_else(|| "-".to_string(), |p| p.to_string()),
-            self.engine.as_deref().unwrap_or("-")
-        )
-    }
-
-    pub fn parse(line: &str) -> Option<Self> {
-        let rest = line.trim().strip_prefix("READY ")?;
-        let fields: BTreeMap<&str, &str> = rest
-            .split(' ')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
-        Some(Self {
-            ca_fingerprint: fields.get("fp")?.to_string(),
-            vm_pid: fields.get("vm_pid").and_then(|p| p.parse().ok()),
-            engine: fields
-                .get("engine")
-                .filter(|e| **e != "-")
-                .map(|e| e.to_string()),
-        })
-    }
-}
 
 /// Entry point of `bottle __bundle STATE_DIR`.
 pub fn run(state_dir: &Path) -> anyhow::Result<()> {
@@ -265,7 +143,16 @@ async fn serve_vm(
     use bottle_netstack::{Forward, NetConfig};
     let net_listener = bind(&dir.join(files::NET))?;
     let (engine, selection) = match vm.decided {
-        Some((kind, accel)) => decided_engine(kind, accel),
+        Some((kind, accel)) => (
+            bottle_vmm::engine_for(kind, accel),
+            bottle_vmm::Selection {
+                engine: kind,
+                accel,
+                reason: "decided by the plan".to_string(),
+                warning: (accel == bottle_vmm::Accel::Tcg)
+                    .then(|| bottle_vmm::TCG_WARNING.to_string()),
+            },
+        ),
         None => tokio::task::spawn_blocking(move || bottle_vmm::select_engine(vm.engine))
             .await
             .context("engine selection panicked")??,
@@ -299,11 +186,7 @@ async fn serve_vm(
     };
     let mut process = engine.spawn(&spec).context("cannot start the VM")?;
     ready.vm_pid = Some(process.pid());
-    ready.engine = Some(format!(
-        "{}-{}",
-        selection.engine.as_str(),
-        selection.accel.as_str()
-    ));
+    ready.engine = Some(Engine::Vm(selection.engine, selection.accel));
     let transport = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         bottle_netstack::accept_unix_stream(&net_listener),
@@ -367,34 +250,13 @@ async fn serve_vm(
         _ = wait_for_stop_signal() => {
             eprintln!("bottle: stop requested; stopping the VM");
             if let Some(pid) = ready.vm_pid {
-                crate::launch::stop_process(pid, "", std::time::Duration::from_secs(2));
+                crate::sys::process::stop_process(pid, "", std::time::Duration::from_secs(2));
             }
         }
     }
     summary.finish().await;
     netstack.request_shutdown();
     Ok(())
-}
-
-/// The engine the plan decided, without probing.
-fn decided_engine(
-    kind: bottle_vmm::EngineKind,
-    accel: bottle_vmm::Accel,
-) -> (Box<dyn bottle_vmm::Engine>, bottle_vmm::Selection) {
-    let engine: Box<dyn bottle_vmm::Engine> = match kind {
-        bottle_vmm::EngineKind::Libkrun => Box::new(bottle_vmm::KrunEngine::new()),
-        bottle_vmm::EngineKind::Qemu => Box::new(bottle_vmm::QemuEngine::new(accel)),
-    };
-    let warning = (accel == bottle_vmm::Accel::Tcg).then(|| bottle_vmm::TCG_WARNING.to_string());
-    (
-        engine,
-        bottle_vmm::Selection {
-            engine: kind,
-            accel,
-            reason: "decided by the plan".to_string(),
-            warning,
-        },
-    )
 }
 
 /// Bind a unix listener, replacing a stale socket file. Sockets are 0600,
@@ -503,17 +365,6 @@ async fn wait_for_stop_signal() {
     }
 }
 
-/// `bottle __git-hook …`: git-gate's pre-receive hook.
-pub fn git_hook(args: &[String]) -> anyhow::Result<()> {
-    let _ = args;
-    let code = bottle_sidecars::gitgate::run_hook(
-        &|k| std::env::var(k).ok(),
-        &mut std::io::stdin().lock(),
-        &mut std::io::stderr().lock(),
-    );
-    std::process::exit(code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,22 +401,5 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(held.lock().unwrap().len(), MAX_GUARD_CONNECTIONS);
         drop(again);
-    }
-
-    #[test]
-    fn ready_line_round_trips() {
-        let r = Ready {
-            ca_fingerprint: "ab:cd".into(),
-            vm_pid: Some(42),
-            engine: Some("qemu-tcg".into()),
-        };
-        assert_eq!(Ready::parse(&r.to_line()), Some(r));
-        let r = Ready {
-            ca_fingerprint: "ab".into(),
-            vm_pid: None,
-            engine: None,
-        };
-        assert_eq!(Ready::parse(&r.to_line()), Some(r));
-        assert_eq!(Ready::parse("error: x"), None);
     }
 }

@@ -1,12 +1,24 @@
 //! `prepare`: (manifest, agent, backend, cwd) → a [`Plan`] that says exactly
-//! what a launch will do. Building a plan touches nothing: no state dir, no
-//! process, no file. Token values never appear in it, only where they come from.
+//! what a launch will do, and holds everything the launch needs: after
+//! `prepare`, nothing reads the manifest again. Building a plan touches
+//! nothing: no state dir, no process, no file. Token values never appear in
+//! it, only where they come from.
 
-use crate::backend::selection::Selected;
+pub(crate) mod engine;
+mod render;
+
+pub use engine::{Engine, UnknownEngine};
+pub use render::render_command;
+
+use crate::backend::docker::RuntimeChoice;
 use crate::manifest::paths::{self, PathKey, SecretPath};
 use crate::manifest::trust::TrustStatus;
-use crate::manifest::{self, validate, Agent, Bottle, Loaded, Route};
-use serde::Serialize;
+use crate::manifest::{self, validate, Agent, BackendName, Bottle, DlpAction, Loaded, Route};
+use bottle_sidecars::policy::{GitRemote, Policy, TokenSource};
+use bottle_vmm::EngineChoice;
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// Why a plan could not be made.
@@ -20,6 +32,12 @@ pub enum PlanError {
     },
     #[error(transparent)]
     SecretPath(#[from] Box<SecretPath>),
+    #[error("the policy of bottle `{bottle}`")]
+    Policy {
+        bottle: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
 }
 
 /// Where the agent's credential for a route comes from (never the value).
@@ -29,10 +47,24 @@ pub struct RoutePlan {
     pub host: String,
     pub header: String,
     pub prefix: String,
-    /// `env ANTHROPIC_API_KEY`, `file /path`, `command prog …`.
-    pub token_from: String,
+    /// `env ANTHROPIC_API_KEY`, `file /path`, `command prog …` in JSON.
+    #[serde(serialize_with = "token_text")]
+    pub token_from: TokenSource,
     /// What the agent holds instead of the token.
     pub placeholder: String,
+}
+
+/// A token source as one line: `env VAR`, `file PATH`, `command ARGV…`.
+pub fn describe_token(source: &TokenSource) -> String {
+    match source {
+        TokenSource::Env(v) => format!("env {v}"),
+        TokenSource::File(f) => format!("file {}", f.display()),
+        TokenSource::Command(c) => format!("command {}", c.join(" ")),
+    }
+}
+
+fn token_text<S: Serializer>(source: &TokenSource, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&describe_token(source))
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -61,12 +93,31 @@ pub struct TlsPlan {
     pub ca_fingerprint: Option<String>,
 }
 
+/// An IPv4 network, `10.0.2.0/24` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+impl Serialize for Subnet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NetworkPlan {
     pub dns_name: &'static str,
-    pub subnet: String,
-    pub gateway: String,
-    pub guest: String,
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+    pub guest: Ipv4Addr,
     pub mtu: u32,
     pub ports: Vec<(u16, &'static str)>,
 }
@@ -91,7 +142,34 @@ pub struct HostFile {
     pub why: String,
 }
 
-/// Everything a launch will do, for the preflight and `bottle plan --json`.
+/// The agent's prompt: `"inline"` or its file's path in JSON (the text
+/// itself is not printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Inline(String),
+    /// Resolved and checked against secret locations.
+    File(PathBuf),
+}
+
+impl Serialize for Prompt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Prompt::Inline(_) => s.serialize_str("inline"),
+            Prompt::File(p) => p.serialize(s),
+        }
+    }
+}
+
+/// What the user asked of the backend: `--engine`/`--runtime`, else the
+/// bottle's `[vm] engine` / `[docker] runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Requested {
+    pub engine: EngineChoice,
+    pub runtime: RuntimeChoice,
+}
+
+/// Everything a launch will do, for the preflight and `bottle plan --json`,
+/// and everything it needs (the `skip`ped fields are not printed).
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub identity: String,
@@ -102,21 +180,35 @@ pub struct Plan {
     pub trust: TrustStatus,
     /// What the manifest runs and reads on the host.
     pub host_access: HostAccess,
-    pub backend: &'static str,
+    pub backend: BackendName,
     pub backend_reason: String,
-    /// VM engine or container runtime, and why.
-    pub engine: Option<String>,
+    /// VM engine or container runtime (set by the backend's `prepare`), and why.
+    pub engine: Option<Engine>,
     pub engine_reason: Option<String>,
+    #[serde(skip)]
+    pub requested: Requested,
     pub warnings: Vec<String>,
     pub image: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Docker: the container's process limit.
+    #[serde(skip)]
+    pub pids_limit: u32,
     pub command: Vec<String>,
     pub cwd: PathBuf,
     pub copy_cwd: bool,
-    pub prompt: Option<String>,
+    pub prompt: Option<Prompt>,
+    /// As written, `~` and relative paths expanded (the last component
+    /// names the skill in the guest); checked again when copied.
     pub skills: Vec<PathBuf>,
+    /// The names of the agent's environment variables.
     pub env: Vec<String>,
+    /// The agent's own variables (`[agents.NAME] env`), with their values.
+    #[serde(skip)]
+    pub agent_env: BTreeMap<String, String>,
+    /// Whether `prompt_file` and `skills` may be in secret locations.
+    #[serde(skip)]
+    pub allow_secret_paths: bool,
     pub network: NetworkPlan,
     pub allow: Vec<String>,
     pub allow_ports: Vec<u16>,
@@ -126,19 +218,18 @@ pub struct Plan {
     pub routes: Vec<RoutePlan>,
     pub git: Vec<GitPlan>,
     pub tls_interception: TlsPlan,
-    pub dlp_action: &'static str,
+    pub dlp_action: DlpAction,
     pub dlp_disabled_rules: Vec<String>,
     pub supervise: bool,
+    /// What the proxy enforces.
     #[serde(skip)]
-    pub source: PlanSource,
-}
-
-/// The manifest pieces a launch needs beyond what the plan prints.
-#[derive(Debug, Clone, Default)]
-pub struct PlanSource {
-    pub bottle: Option<Bottle>,
-    pub agent: Option<Agent>,
-    pub base_dir: PathBuf,
+    pub policy: Policy,
+    /// What git-gate serves.
+    #[serde(skip)]
+    pub git_remotes: Vec<GitRemote>,
+    /// Extra roots for upstream TLS (resolved and checked; read at launch).
+    #[serde(skip)]
+    pub upstream_ca: Vec<PathBuf>,
 }
 
 /// Inputs of [`prepare`].
@@ -147,7 +238,12 @@ pub struct PlanInputs<'a> {
     pub loaded: &'a Loaded,
     pub agent: &'a str,
     pub cwd: &'a Path,
-    pub selected: Selected,
+    pub backend: BackendName,
+    pub backend_reason: String,
+    /// `--engine`, over the bottle's `[vm] engine`.
+    pub engine: Option<EngineChoice>,
+    /// `--runtime`, over the bottle's `[docker] runtime`.
+    pub runtime: Option<RuntimeChoice>,
     pub command_override: Option<Vec<String>>,
     pub identity: String,
 }
@@ -208,9 +304,14 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         key,
         allow_secret_paths: agent.allow_secret_paths,
     };
-    let prompt_file = match (&agent.prompt, &agent.prompt_file) {
-        (None, Some(p)) => Some(paths::checked(&base_dir, p, agent_key("prompt_file"))?),
-        _ => None,
+    let prompt = match (&agent.prompt, &agent.prompt_file) {
+        (Some(text), _) => Some(Prompt::Inline(text.clone())),
+        (None, Some(p)) => Some(Prompt::File(paths::checked(
+            &base_dir,
+            p,
+            agent_key("prompt_file"),
+        )?)),
+        (None, None) => None,
     };
     // The plan keeps each skill's path as written (its last component names
     // the skill in the guest); its real path is checked and listed as host access.
@@ -240,18 +341,27 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let host_access = host_access(
-        bottle,
-        &base_dir,
-        prompt_file.as_deref(),
-        &real_skills,
-        &upstream_ca,
-    );
-    let (net, prefix) = validate::parse_subnet(&bottle.network.subnet)
-        .unwrap_or((std::net::Ipv4Addr::new(10, 0, 2, 0), 24));
+    let prompt_file = match &prompt {
+        Some(Prompt::File(p)) => Some(p.as_path()),
+        _ => None,
+    };
+    let host_access = host_access(bottle, &base_dir, prompt_file, &real_skills, &upstream_ca);
+    let policy_error = |source| PlanError::Policy {
+        bottle: agent.bottle.clone(),
+        source,
+    };
+    let policy = crate::policy::build(bottle, &base_dir).map_err(policy_error)?;
+    let routes = bottle
+        .routes
+        .iter()
+        .map(|r| route_plan(r, &base_dir))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(policy_error)?;
+    let (net, prefix) =
+        validate::parse_subnet(&bottle.network.subnet).unwrap_or((Ipv4Addr::new(10, 0, 2, 0), 24));
     let octets = u32::from(net) & (u32::MAX << (32 - u32::from(prefix)));
-    let gateway = std::net::Ipv4Addr::from(octets + 2);
-    let guest = std::net::Ipv4Addr::from(octets + 15.min((1u32 << (32 - u32::from(prefix))) - 2));
+    let gateway = Ipv4Addr::from(octets + 2);
+    let guest = Ipv4Addr::from(octets + 15.min((1u32 << (32 - u32::from(prefix))) - 2));
     let mut ports = vec![(PROXY_PORT, "proxy (firewall + egress)")];
     if !bottle.git.is_empty() {
         ports.push((GIT_PORT, "git-gate"));
@@ -259,7 +369,6 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
     if bottle.supervise {
         ports.push((SUPERVISE_PORT, "supervise (MCP)"));
     }
-    let routes = bottle.routes.iter().map(route_plan).collect::<Vec<_>>();
     let mut env: Vec<String> = agent.env.keys().cloned().collect();
     env.extend(
         [
@@ -272,14 +381,9 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         ]
         .map(String::from),
     );
-    env.extend(
-        crate::provision::placeholder_env(&routes)
-            .into_iter()
-            .map(|(k, _)| k),
-    );
+    env.extend(placeholder_env(&routes).into_iter().map(|(k, _)| k));
     env.sort();
     env.dedup();
-    let selected = inputs.selected;
     Ok(Plan {
         identity: inputs.identity,
         agent: inputs.agent.to_string(),
@@ -287,31 +391,37 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         manifest: inputs.loaded.origin.describe(),
         trust: inputs.loaded.trust.clone(),
         host_access,
-        backend: selected.backend.as_str(),
-        backend_reason: selected.reason,
-        engine: selected.engine,
-        engine_reason: selected.engine_reason,
-        warnings: selected.warnings,
+        backend: inputs.backend,
+        backend_reason: inputs.backend_reason,
+        engine: None,
+        engine_reason: None,
+        requested: Requested {
+            engine: inputs.engine.unwrap_or(bottle.vm.engine),
+            runtime: inputs.runtime.unwrap_or(bottle.docker.runtime),
+        },
+        warnings: Vec::new(),
         image: bottle.image.clone(),
         cpus: bottle.cpus,
         memory_mib: bottle.memory_mib,
+        pids_limit: u32::try_from(bottle.docker.pids_limit).unwrap_or(u32::MAX),
         command: inputs
             .command_override
             .unwrap_or_else(|| agent.command.clone()),
         cwd: inputs.cwd.to_path_buf(),
         copy_cwd: agent.copy_cwd,
-        prompt: match (&agent.prompt, &prompt_file) {
-            (Some(_), _) => Some("inline".to_string()),
-            (None, Some(p)) => Some(p.display().to_string()),
-            (None, None) => None,
-        },
+        prompt,
         skills,
         env,
+        agent_env: agent.env.clone(),
+        allow_secret_paths: agent.allow_secret_paths,
         network: NetworkPlan {
             dns_name: "proxy.internal",
-            subnet: format!("{}/{prefix}", std::net::Ipv4Addr::from(octets)),
-            gateway: gateway.to_string(),
-            guest: guest.to_string(),
+            subnet: Subnet {
+                network: Ipv4Addr::from(octets),
+                prefix_len: prefix,
+            },
+            gateway,
+            guest,
             mtu: bottle.network.mtu,
             ports,
         },
@@ -341,7 +451,10 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
                     .as_deref()
                     .and_then(validate::host_key_fingerprint)
                     .unwrap_or_default(),
-                identity_file: g.identity_file.as_ref().map(|p| expand_home(&base_dir, p)),
+                identity_file: g
+                    .identity_file
+                    .as_ref()
+                    .map(|p| paths::expand(&base_dir, p)),
                 allow_force_push: g.allow_force_push,
             })
             .collect(),
@@ -350,17 +463,12 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             ca: "per-bottle ECDSA P-256, in memory, made at launch",
             ca_fingerprint: None,
         },
-        dlp_action: match bottle.dlp.action {
-            manifest::DlpAction::Block => "block",
-            manifest::DlpAction::Warn => "warn",
-        },
+        dlp_action: bottle.dlp.action,
         dlp_disabled_rules: bottle.dlp.disable_rules.clone(),
         supervise: bottle.supervise,
-        source: PlanSource {
-            bottle: Some(bottle.clone()),
-            agent: Some(agent.clone()),
-            base_dir,
-        },
+        policy,
+        git_remotes: crate::policy::git_remotes(bottle, &base_dir),
+        upstream_ca,
     })
 }
 
@@ -417,196 +525,82 @@ pub fn host_access(
     access
 }
 
-/// A command on one line: long scripts are summarised.
-pub fn render_command(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if a.contains('\n') {
-                format!("'<script, {} lines>'", a.lines().count())
-            } else if a.is_empty()
-                || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c))
-            {
-                format!("'{}'", a.replace('\'', "'\\''"))
+/// Environment variables that carry route placeholders in the guest: the
+/// variable the real token is read from on the host (for `env` sources), plus
+/// the names Claude Code reads when a route covers Anthropic's API.
+pub fn placeholder_env(routes: &[RoutePlan]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for route in routes {
+        if let TokenSource::Env(var) = &route.token_from {
+            env.push((var.clone(), route.placeholder.clone()));
+        }
+        if route.host.eq_ignore_ascii_case("api.anthropic.com") {
+            let var = if route.header.eq_ignore_ascii_case("authorization") {
+                "CLAUDE_CODE_OAUTH_TOKEN"
             } else {
-                a.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+                "ANTHROPIC_API_KEY"
+            };
+            env.push((var.to_string(), route.placeholder.clone()));
+        }
+    }
+    env.sort();
+    env.dedup_by(|a, b| a.0 == b.0);
+    env
 }
 
-fn route_plan(route: &Route) -> RoutePlan {
+fn route_plan(route: &Route, base_dir: &Path) -> Result<RoutePlan, crate::policy::PolicyError> {
     let name = manifest::route_name(route);
-    let t = &route.token;
-    let token_from = match (&t.env, &t.file, &t.command) {
-        (Some(v), _, _) => format!("env {v}"),
-        (_, Some(f), _) => format!("file {}", f.display()),
-        (_, _, Some(c)) => format!("command {}", c.join(" ")),
-        _ => "nothing".to_string(),
-    };
-    RoutePlan {
+    let token_from = crate::policy::token_source(&route.token, base_dir)
+        .ok_or_else(|| crate::policy::PolicyError::NoToken(name.clone()))?;
+    Ok(RoutePlan {
         placeholder: format!("bottle-placeholder-{name}"),
         name,
         host: route.host.clone(),
         header: route.header.clone(),
         prefix: route.prefix.clone(),
         token_from,
-    }
+    })
 }
 
-/// Resolve `~/` and relative paths against the manifest's directory.
-pub fn expand_home(base: &Path, p: &Path) -> PathBuf {
-    if let Ok(rest) = p.strip_prefix("~") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, header: &str, from: TokenSource) -> RoutePlan {
+        RoutePlan {
+            name: "r".into(),
+            host: host.into(),
+            header: header.into(),
+            prefix: String::new(),
+            token_from: from,
+            placeholder: "bottle-placeholder-r".into(),
         }
     }
-    base.join(p)
-}
 
-impl Plan {
-    /// The human preflight text.
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut o = String::new();
-        let list = |v: &[String]| {
-            if v.is_empty() {
-                "(none)".to_string()
-            } else {
-                v.join(", ")
-            }
-        };
-        let _ = writeln!(
-            o,
-            "bottle plan for agent `{}` (identity {})",
-            self.agent, self.identity
+    #[test]
+    fn anthropic_api_key_route_gives_placeholder_api_key() {
+        let env = placeholder_env(&[route(
+            "api.anthropic.com",
+            "x-api-key",
+            TokenSource::File("/k".into()),
+        )]);
+        assert_eq!(
+            env,
+            vec![(
+                "ANTHROPIC_API_KEY".to_string(),
+                "bottle-placeholder-r".to_string()
+            )]
         );
-        let _ = writeln!(o, "  manifest       : {}", self.manifest);
-        let _ = writeln!(o, "  manifest trust : {}", self.trust.describe());
-        for c in &self.host_access.commands {
-            let _ = writeln!(
-                o,
-                "  host command   : {}  ({}; runs on this host as you at launch)",
-                render_command(&c.argv),
-                c.why
-            );
-        }
-        for f in &self.host_access.files {
-            let _ = writeln!(o, "  host file      : {}  ({})", f.path.display(), f.why);
-        }
-        let _ = writeln!(o, "  bottle         : {}", self.bottle);
-        let _ = writeln!(
-            o,
-            "  backend        : {} ({})",
-            self.backend, self.backend_reason
-        );
-        if let Some(engine) = &self.engine {
-            let _ = writeln!(
-                o,
-                "  engine         : {engine} ({})",
-                self.engine_reason.as_deref().unwrap_or("")
-            );
-        }
-        let _ = writeln!(
-            o,
-            "  image          : {}  ({} vCPU, {} MiB)",
-            self.image, self.cpus, self.memory_mib
-        );
-        let _ = writeln!(o, "  command        : {}", render_command(&self.command));
-        let _ = writeln!(
-            o,
-            "  workspace      : {}",
-            if self.copy_cwd {
-                format!("{} copied in (host tree never written)", self.cwd.display())
-            } else {
-                "not copied".to_string()
-            }
-        );
-        if self.backend == "docker" {
-            let _ = writeln!(o, "  network        : none (loopback only); {} is 127.0.0.1, forwarded to the guards' unix sockets", self.network.dns_name);
-        } else {
-            let _ = writeln!(
-                o,
-                "  network        : only {} = {} ({} /{}), MTU {}",
-                self.network.dns_name,
-                self.network.gateway,
-                self.network.guest,
-                self.network.subnet.rsplit('/').next().unwrap_or(""),
-                self.network.mtu
-            );
-        }
-        for (port, what) in &self.network.ports {
-            let _ = writeln!(o, "                   :{port} → {what}");
-        }
-        let _ = writeln!(o, "  allow          : {}", list(&self.allow));
-        let ports: Vec<String> = self.allow_ports.iter().map(u16::to_string).collect();
-        let _ = writeln!(o, "  allow ports    : {}", list(&ports));
-        if !self.allow_ips.is_empty() {
-            let _ = writeln!(o, "  allow IPs      : {}", list(&self.allow_ips));
-        }
-        let _ = writeln!(o, "  passthrough    : {}", list(&self.passthrough));
-        for r in &self.rules {
-            let _ = writeln!(
-                o,
-                "  rule           : {} methods [{}] paths [{}]",
-                r.host,
-                list(&r.methods),
-                list(&r.paths)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "  tls intercept  : {}",
-            if self.tls_interception.enabled {
-                self.tls_interception.ca
-            } else {
-                "off"
-            }
-        );
-        let _ = writeln!(
-            o,
-            "  dlp            : {}{}",
-            self.dlp_action,
-            if self.dlp_disabled_rules.is_empty() {
-                String::new()
-            } else {
-                format!(" (rules off: {})", self.dlp_disabled_rules.join(", "))
-            }
-        );
-        for r in &self.routes {
-            let _ = writeln!(
-                o,
-                "  route          : {} header {} ← {} (agent holds {})",
-                r.host, r.header, r.token_from, r.placeholder
-            );
-        }
-        for g in &self.git {
-            let _ = writeln!(
-                o,
-                "  git remote     : {} → {} (host key {}){}",
-                g.name,
-                g.upstream,
-                g.host_key_fingerprint,
-                if g.allow_force_push {
-                    ", force push allowed"
-                } else {
-                    ""
-                }
-            );
-        }
-        let _ = writeln!(
-            o,
-            "  supervise      : {}",
-            if self.supervise {
-                "on (MCP on :9100)"
-            } else {
-                "off"
-            }
-        );
-        let _ = writeln!(o, "  env            : {}", list(&self.env));
-        for w in &self.warnings {
-            let _ = writeln!(o, "  warning        : {w}");
-        }
-        o
+    }
+
+    #[test]
+    fn anthropic_bearer_route_gives_oauth_placeholder_and_env_source_name() {
+        let env = placeholder_env(&[route(
+            "api.anthropic.com",
+            "Authorization",
+            TokenSource::Env("MY_TOKEN".into()),
+        )]);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["CLAUDE_CODE_OAUTH_TOKEN", "MY_TOKEN"]);
     }
 }

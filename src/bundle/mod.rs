@@ -1,0 +1,163 @@
+//! The per-bottle bundle process (`bottle __bundle STATE_DIR`): the guards
+//! (proxy, git-gate), the guest-agent mux and, for the VM backend, the
+//! netstack and the VM process it supervises — all in one process.
+//!
+//! The launcher writes `bundle.json` (no secrets: token sources only), starts
+//! this process with stdout on a pipe and waits for one `READY …` line. The
+//! bundle lives until SIGTERM, until the VM exits, or until the netstack's
+//! transport closes; then it stops the VM and exits. The VM process dies with
+//! the bundle (parent-death signal), so `kill -9` of either leaves neither.
+
+mod serve;
+mod start;
+
+pub use serve::run;
+pub use start::{
+    is_alive, processes, start, stop, StartError, BUNDLE_MEMORY_MIB, BUNDLE_PIDS, SUBCOMMAND,
+};
+
+use crate::plan::Engine;
+use bottle_sidecars::policy::{GitRemote, Policy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// File names inside a bottle's state directory.
+pub mod files {
+    pub const CONFIG: &str = "bundle.json";
+    pub const LOG: &str = "bundle.log";
+    pub const CA: &str = "ca.pem";
+    /// The audit log; rotated files are `audit.<n>.jsonl`, its head `audit.head`.
+    pub const AUDIT: &str = "audit.jsonl";
+    pub const CONTROL: &str = "control.sock";
+    pub const GUEST: &str = "guest.sock";
+    pub const NET: &str = "net.sock";
+    pub const CONSOLE: &str = "console.log";
+    /// VM: the image's initramfs plus a segment with the guest channel key.
+    pub const INITRAMFS: &str = "initramfs.img";
+    pub const MIRRORS: &str = "git";
+    /// Docker: the directory bind-mounted into the container.
+    pub const SOCK_DIR: &str = "sock";
+}
+
+/// How the guest reaches the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Mode {
+    /// A microVM on the netstack; the bundle starts and supervises it.
+    Vm(VmLaunch),
+    /// A container with no network; guards on unix sockets in `sock/`.
+    Docker,
+}
+
+/// What the bundle needs to boot the VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmLaunch {
+    pub engine: bottle_vmm::EngineChoice,
+    /// The engine the plan already decided from cached probes, if any: the
+    /// bundle then starts it without probing again.
+    #[serde(default)]
+    pub decided: Option<(bottle_vmm::EngineKind, bottle_vmm::Accel)>,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub root_disk: Option<PathBuf>,
+    pub gateway: std::net::Ipv4Addr,
+    pub guest: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub mtu: u32,
+    pub guest_mac: [u8; 6],
+}
+
+/// `bundle.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleConfig {
+    pub identity: String,
+    pub mode: Mode,
+    pub policy: Policy,
+    pub git: Vec<GitRemote>,
+    /// PEM roots trusted for upstream TLS besides the system's.
+    #[serde(default)]
+    pub extra_root_pems: Vec<String>,
+    /// Audit log rotation.
+    #[serde(default)]
+    pub audit: AuditLimits,
+}
+
+/// When the audit log is rotated and how many rotated files are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditLimits {
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+impl Default for AuditLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: bottle_sidecars::audit::DEFAULT_MAX_BYTES,
+            keep: bottle_sidecars::audit::DEFAULT_KEEP,
+        }
+    }
+}
+
+/// The line the bundle prints when it is serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub ca_fingerprint: String,
+    pub vm_pid: Option<u32>,
+    /// The VM engine it started (VM backend).
+    pub engine: Option<Engine>,
+}
+
+impl Ready {
+    pub fn to_line(&self) -> String {
+        format!(
+            "READY fp={} vm_pid={} engine={}\n",
+            self.ca_fingerprint,
+            self.vm_pid
+                .map_or_else(|| "-".to_string(), |p| p.to_string()),
+            self.engine
+                .map_or_else(|| "-".to_string(), |e| e.to_string())
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("READY ")?;
+        let fields: BTreeMap<&str, &str> = rest
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Some(Self {
+            ca_fingerprint: fields.get("fp")?.to_string(),
+            vm_pid: fields.get("vm_pid").and_then(|p| p.parse().ok()),
+            engine: fields.get("engine").and_then(|e| e.parse().ok()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_round_trips() {
+        let r = Ready {
+            ca_fingerprint: "ab:cd".into(),
+            vm_pid: Some(42),
+            engine: Some(Engine::Vm(
+                bottle_vmm::EngineKind::Qemu,
+                bottle_vmm::Accel::Tcg,
+            )),
+        };
+        assert_eq!(Ready::parse(&r.to_line()), Some(r));
+        let r = Ready {
+            ca_fingerprint: "ab".into(),
+            vm_pid: None,
+            engine: None,
+        };
+        assert_eq!(Ready::parse(&r.to_line()), Some(r));
+        assert_eq!(Ready::parse("error: x"), None);
+    }
+}

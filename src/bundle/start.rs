@@ -1,0 +1,174 @@
+//! The launcher's side of the bundle: start the process and wait for its
+//! `READY` line, confine it, tell whether it lives, find it, stop it.
+
+use super::{files, BundleConfig, Mode, Ready};
+use crate::state::{self, Metadata, StateDir};
+use crate::sys::process;
+use std::path::Path;
+use std::time::Duration;
+
+/// The hidden subcommand the bundle runs as: `bottle __bundle STATE_DIR`.
+pub const SUBCOMMAND: &str = "__bundle";
+
+/// Memory the bundle's guards may use beyond the VM's own memory (qemu's
+/// TCG translation cache included); past it the kernel stops this bottle,
+/// not the host.
+pub const BUNDLE_MEMORY_MIB: u64 = 1024;
+/// Processes and threads of one bottle's bundle and VM.
+pub const BUNDLE_PIDS: u32 = 1024;
+
+/// Why the bundle could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// It started but did not report ready; the text ends with its log.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+fn failed(
+    what: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StartError {
+    StartError::Failed {
+        what: what.into(),
+        source: Box::new(source),
+    }
+}
+
+/// Put the bundle (and so the VM it starts) in its own cgroup with memory
+/// and pids limits, where the host lets us; warn where it does not.
+fn confine(config: &BundleConfig, pid: u32) -> Option<crate::sys::cgroup::Confined> {
+    let vm_mib = match &config.mode {
+        Mode::Vm(vm) => u64::from(vm.memory_mib),
+        Mode::Docker => 0,
+    };
+    let limits = crate::sys::cgroup::Limits {
+        memory_bytes: (vm_mib + BUNDLE_MEMORY_MIB) << 20,
+        pids: BUNDLE_PIDS,
+    };
+    match crate::sys::cgroup::confine(&config.identity, pid, limits) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!(
+                "bottle: warning: {}: the bundle runs without memory and pids limits ({e})",
+                config.identity
+            );
+            None
+        }
+    }
+}
+
+/// Write `bundle.json`, spawn the bundle process for a bottle and wait for
+/// its READY line. Records its pid, cgroup, and the VM's pid and engine in
+/// the metadata.
+pub fn start(
+    dir: &StateDir,
+    config: &BundleConfig,
+    timeout: Duration,
+) -> Result<Ready, StartError> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let bytes = serde_json::to_vec_pretty(config)
+        .map_err(|e| failed("cannot encode the bundle config", e))?;
+    state::write_atomic(&dir.file(files::CONFIG), &bytes)
+        .map_err(|e| failed("cannot write the bundle config", e))?;
+    let log_path = dir.file(files::LOG);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| failed(format!("cannot open {}", log_path.display()), e))?;
+    let exe = std::env::current_exe().map_err(|e| failed("cannot find the bottle binary", e))?;
+    let mut child = Command::new(exe)
+        .arg(SUBCOMMAND)
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        // Its own process group: a Ctrl-C on the terminal is for the agent, not the guards.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| failed("cannot start the bundle process", e))?;
+    let pid = child.id();
+    let confined = confine(config, pid);
+    dir.update_metadata(|m| {
+        m.bundle_pid = Some(pid);
+        m.cgroup = confined;
+    })
+    .map_err(|e| failed("cannot record the bundle pid", e))?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let _ = tx.send(line);
+    });
+    let mut failure = |why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        StartError::NotReady(format!(
+            "{why}\n--- bundle log ({}) ---\n{}\n--- VM console ({}) ---\n{}",
+            log_path.display(),
+            dir.log_tail(files::LOG, 25),
+            dir.file(files::CONSOLE).display(),
+            dir.log_tail(files::CONSOLE, 15)
+        ))
+    };
+    match rx.recv_timeout(timeout) {
+        Ok(line) => match Ready::parse(&line) {
+            Some(ready) => {
+                dir.update_metadata(|m| {
+                    m.vm_pid = ready.vm_pid;
+                    if ready.engine.is_some() {
+                        m.engine = ready.engine;
+                    }
+                })
+                .map_err(|e| failed("cannot record the VM pid", e))?;
+                // The child is reaped by nobody once we exit; it was re-parented
+                // to its own process group and keeps running as a daemon.
+                std::mem::forget(child);
+                Ok(ready)
+            }
+            None => Err(failure("the bundle process failed to start".to_string())),
+        },
+        Err(_) => Err(failure(format!(
+            "the bundle process did not get ready within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// Whether the bottle's bundle process (and so its guards) still runs.
+pub fn is_alive(meta: &Metadata) -> bool {
+    meta.bundle_pid
+        .is_some_and(|pid| process::pid_matches(pid, &meta.identity))
+}
+
+/// Stop the bundle process and remove its cgroup. Idempotent.
+pub fn stop(meta: &Metadata) {
+    if let Some(pid) = meta.bundle_pid {
+        process::stop_process(pid, &meta.identity, Duration::from_secs(3));
+    }
+    if let Some(confined) = &meta.cgroup {
+        crate::sys::cgroup::release(confined);
+    }
+}
+
+/// Bundle processes of bottles under the state root `root`: (pid, identity),
+/// found in /proc by their command line `… __bundle <root>/<identity>`.
+/// Bottles of other state roots (other users, other test sandboxes) are not ours.
+pub fn processes(root: &Path) -> Vec<(u32, String)> {
+    process::started_with(SUBCOMMAND, root)
+        .into_iter()
+        .filter(|(_, identity)| crate::identity::is_identity(identity))
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! Processes bottle started, found and stopped through `/proc` and signals.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Whether a pid is a live process whose command line mentions `needle`
+/// (so a recycled pid is never mistaken for ours).
+pub fn pid_matches(pid: u32, needle: &str) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => needle.is_empty() || String::from_utf8_lossy(&cmdline).contains(needle),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
+    }
+}
+
+/// Stop a process we started: SIGTERM, wait up to `grace`, then SIGKILL.
+/// Nothing happens when `pid` is gone or is not ours (`needle`, see
+/// [`pid_matches`]), so stopping twice is harmless.
+pub fn stop_process(pid: u32, needle: &str, grace: Duration) {
+    if !pid_matches(pid, needle) {
+        return;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if !pid_matches(pid, needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    for _ in 0..40 {
+        if !pid_matches(pid, needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes started as `… MARKER <dir>/<name> …` with `dir` equal to
+/// `root`: (pid, name). Processes under other roots (other users, other
+/// test sandboxes) are not listed.
+pub fn started_with(marker: &str, root: &Path) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let Some(dir) = args
+            .iter()
+            .position(|a| *a == marker.as_bytes())
+            .and_then(|pos| args.get(pos + 1))
+        else {
+            continue;
+        };
+        let dir = Path::new(std::str::from_utf8(dir).unwrap_or_default());
+        if dir.parent() != Some(root) {
+            continue;
+        }
+        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+            found.push((pid, name.to_string()));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kills the child when the test ends, passing or not.
+    struct Reap(std::process::Child);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_process_started_under_a_root_is_found_and_stopped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("x-abcde");
+        let child = std::process::Command::new("sh")
+            .args(["-c", "while :; do sleep 0.1; done", "__marker"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut child = Reap(child);
+        // Until the child has exec'd, its command line is ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pid_matches(pid, "__marker") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let other = tempfile::tempdir().unwrap();
+        assert!(started_with("__marker", other.path()).is_empty());
+        assert!(
+            started_with("__marker", root.path()).contains(&(pid, "x-abcde".to_string())),
+            "{:?}",
+            started_with("__marker", root.path())
+        );
+        assert!(pid_matches(pid, "x-abcde"));
+        assert!(!pid_matches(pid, "someone-else"));
+        // Not ours by its command line: left alone.
+        stop_process(pid, "someone-else", Duration::from_millis(10));
+        assert!(pid_matches(pid, "x-abcde"));
+        // Stopped (with SIGKILL after the grace if SIGTERM is ignored).
+        stop_process(pid, "x-abcde", Duration::from_millis(500));
+        let _ = child.0.wait();
+        assert!(!pid_matches(pid, ""));
+        // Stopping again is harmless.
+        stop_process(pid, "x-abcde", Duration::from_millis(10));
+    }
+}
