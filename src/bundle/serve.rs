@@ -13,6 +13,12 @@ use tokio::net::UnixListener;
 
 /// Entry point of `bottle __bundle STATE_DIR`.
 pub fn run(state_dir: &Path) -> anyhow::Result<()> {
+    // The launcher closes our stdin once it has put us in the bottle's
+    // cgroup: wait for that, so the VM we start is born inside it.
+    {
+        use std::io::Read;
+        let _ = std::io::stdin().read(&mut [0u8; 1]);
+    }
     let config_path = state_dir.join(files::CONFIG);
     let bytes = std::fs::read(&config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;

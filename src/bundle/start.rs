@@ -89,7 +89,8 @@ pub fn start(
     let mut child = Command::new(exe)
         .arg(SUBCOMMAND)
         .arg(dir.path())
-        .stdin(Stdio::null())
+        // Closed once the bundle is in its cgroup (it waits for that).
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         // Its own process group: a Ctrl-C on the terminal is for the agent, not the guards.
@@ -98,6 +99,8 @@ pub fn start(
         .map_err(|e| failed("cannot start the bundle process", e))?;
     let pid = child.id();
     let confined = confine(config, pid);
+    // Confined (or not confinable here): let the bundle go on.
+    drop(child.stdin.take());
     dir.update_metadata(|m| {
         m.bundle_pid = Some(pid);
         m.cgroup = confined;
