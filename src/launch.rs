@@ -15,7 +15,7 @@ use crate::backend::{backend_for, BackendError};
 use crate::bundle::files;
 use crate::manifest::BackendName;
 use crate::plan::Plan;
-use crate::session::{self, Interrupts, SessionSpec, SESSION_FILE};
+use crate::session::{self, Interrupts, SESSION_FILE};
 use crate::state::{self, Metadata, StateDir, Status};
 use crate::timing;
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         started.elapsed().as_millis(),
         crate::plan::render_command(&plan.command)
     );
-    let session = SessionSpec::for_plan(plan);
+    let session = crate::provision::session(plan);
     let bytes = serde_json::to_vec(&session)?;
     state::write_atomic(&dir.file(SESSION_FILE), &bytes)?;
     if detach {

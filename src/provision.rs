@@ -109,6 +109,15 @@ pub fn agent_user(plan: &Plan) -> Option<User> {
     layout(plan).privileged.then_some(User::Uid(AGENT_UID))
 }
 
+/// How the plan's agent runs its commands (kept for `exec` and `attach`).
+pub fn session(plan: &Plan) -> crate::session::SessionSpec {
+    crate::session::SessionSpec {
+        env: agent_env(plan),
+        cwd: agent_cwd(plan),
+        uid: layout(plan).privileged.then_some(AGENT_UID),
+    }
+}
+
 /// The working directory the agent's command starts in.
 pub fn agent_cwd(plan: &Plan) -> String {
     if plan.copy_cwd {

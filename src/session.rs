@@ -4,7 +4,6 @@
 //! killing the launcher half way. `bottle exec` runs here too; the detached
 //! holder (`detached`) keeps a session of its own.
 
-use crate::plan::Plan;
 use crate::state::{Metadata, StateDir};
 use anyhow::Context;
 
@@ -18,19 +17,6 @@ pub struct SessionSpec {
     pub cwd: String,
     /// The uid to ask the guest agent for (`None`: its own, in a container).
     pub uid: Option<u32>,
-}
-
-impl SessionSpec {
-    /// How the plan's agent runs its commands.
-    pub fn for_plan(plan: &Plan) -> Self {
-        Self {
-            env: crate::provision::agent_env(plan),
-            cwd: crate::provision::agent_cwd(plan),
-            uid: crate::provision::layout(plan)
-                .privileged
-                .then_some(crate::provision::AGENT_UID),
-        }
-    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught so that a launch can clean up.
