@@ -321,7 +321,16 @@ impl Proxy {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        let redact = |t: &str| audit::redact::redact_url_part(&state.redactor, t).into_owned();
+        // The common case, nothing to redact, costs one scan (two when the
+        // URL has percent escapes).
+        let clean = audit::redact::is_clean(&state.redactor, &format!("{host}\n{path_and_query}"));
+        let redact = |t: &str| {
+            if clean {
+                t.to_string()
+            } else {
+                audit::redact::redact_url_part(&state.redactor, t).into_owned()
+            }
+        };
         let mut record = AuditRecord::new(kind, audit::Event::Decided);
         record.identity = self.identity.clone();
         record.peer = peer.to_string();
