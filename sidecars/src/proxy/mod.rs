@@ -353,28 +353,17 @@ impl Proxy {
     }
 
     /// Record a refusal of a request (`path_and_query` as the client sent it).
-    #[allow(clippy::too_many_arguments)]
-    fn record(
+    fn record_refusal(
         &self,
         peer: &str,
         method: &str,
         host: &str,
         path_and_query: &str,
-        decision: &str,
         rule: &str,
-        bytes: u64,
     ) {
         let state = self.current();
-        let mut record = self.line(&state, Kind::Request, peer, method, host, path_and_query);
-        if decision == "deny" {
-            return self.record_deny(record, rule, bytes);
-        }
-        record.decision = decision.to_string();
-        record.rule = rule.to_string();
-        record.bytes = bytes;
-        if let Err(e) = self.audit.append(record) {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
+        let record = self.line(&state, Kind::Request, peer, method, host, path_and_query);
+        self.record_deny(record, rule, 0);
     }
 
     /// 503 when the decision cannot be recorded: nothing is dialled.
