@@ -163,6 +163,24 @@ pub struct GitAudit {
     pub detail: Option<String>,
 }
 
+impl GitAudit {
+    /// The `decided` line of this decision (`kind` `git`; the remote as
+    /// `host`, the service as `method`). For a push that is then forwarded,
+    /// pass it to [`super::AuditLog::decide`] and complete the exchange with
+    /// the upstream's answer.
+    pub fn into_record(self) -> AuditRecord {
+        let mut record = AuditRecord::new(Kind::Git, Event::Decided);
+        record.peer = self.peer;
+        record.method = self.fields.service.clone();
+        record.host = self.fields.remote.clone();
+        record.decision = self.decision;
+        record.rule = self.rule;
+        record.detail = self.detail;
+        record.git = Some(self.fields);
+        record
+    }
+}
+
 impl AuditRecord {
     /// A line of `kind`/`event`; the log fills time, identity, seq and prev.
     pub fn new(kind: Kind, event: Event) -> Self {

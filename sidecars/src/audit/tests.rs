@@ -224,7 +224,15 @@ fn rotation_keeps_a_bounded_number_of_files_and_says_where_the_rest_began() {
     for i in 0..20 {
         log.append(record(&format!("h{i}.test"))).unwrap();
     }
-    let rotated = super::log::rotated_files(&path).unwrap();
+    // Files beyond `keep` are deleted off the request path: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rotated = loop {
+        let rotated = super::log::rotated_files(&path).unwrap();
+        if rotated.len() <= 2 || std::time::Instant::now() > deadline {
+            break rotated;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert_eq!(rotated.len(), 2, "{rotated:?}");
     // The oldest lines are gone by policy: the chain verifies from the
     // first line kept, which a rotation line announced.
@@ -302,4 +310,55 @@ fn a_summary_is_written_only_when_something_new_was_refused() {
     let last = records[1].refused.clone().unwrap();
     assert_eq!(last.get("tcp-other-address"), Some(&2));
     assert_eq!(last.get("dns-rate-limited"), Some(&1));
+}
+
+#[test]
+fn a_git_decision_is_a_git_line_in_the_same_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = Arc::new(open(&path, DEFAULT_MAX_BYTES, DEFAULT_KEEP));
+    log.append(record("a.test")).unwrap();
+    log.record_git(GitAudit {
+        peer: "10.0.2.15:40000".into(),
+        decision: "deny".into(),
+        rule: "dlp:aws-access-key-id".into(),
+        fields: GitFields {
+            remote: "origin".into(),
+            service: "push".into(),
+            refs: vec!["refs/heads/main".into()],
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            file: Some("config/keys.env".into()),
+            findings: Some(1),
+        },
+        detail: Some("1 secret found".into()),
+    })
+    .unwrap();
+    // A forwarded push: decided, then completed with the upstream's answer.
+    let push = GitAudit {
+        peer: "10.0.2.15:40002".into(),
+        decision: "allow".into(),
+        rule: "push".into(),
+        fields: GitFields {
+            remote: "origin".into(),
+            service: "push".into(),
+            ..GitFields::default()
+        },
+        detail: None,
+    };
+    let exchange = log.decide(push.into_record()).unwrap();
+    exchange
+        .complete(Completion::new(Outcome::UpstreamFailed))
+        .unwrap();
+    let records = read_verified(&path).unwrap();
+    assert_eq!(records.len(), 4);
+    let git = &records[1];
+    assert_eq!(
+        (git.kind, git.host.as_str(), git.method.as_str()),
+        (Kind::Git, "origin", "push")
+    );
+    let fields = git.git.as_ref().unwrap();
+    assert_eq!(fields.file.as_deref(), Some("config/keys.env"));
+    assert_eq!(records[3].kind, Kind::Git);
+    assert_eq!(records[3].outcome, Some(Outcome::UpstreamFailed));
+    assert_eq!(records[3].of, records[2].seq);
 }

@@ -88,7 +88,7 @@ impl Proxy {
                 self.max_connections
             ),
         };
-        self.record(peer, "", "", "", "deny", &refusal.rule, 0);
+        self.record_refusal(peer, "", "", "", &refusal.rule);
         self.log.warn(format_args!("{}", refusal.message));
         let body = refusal.body();
         let answer = format!(
@@ -127,7 +127,7 @@ impl Proxy {
         let method = req.method().as_str().to_string();
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
         let refuse = |proxy: &Self, refusal: Refusal, host: &str| {
-            proxy.record(&peer, &method, host, pq, "deny", &refusal.rule, 0);
+            proxy.record_refusal(&peer, &method, host, pq, &refusal.rule);
             refusal_response(&refusal)
         };
         match (uri.scheme_str(), uri.authority()) {
@@ -171,21 +171,13 @@ impl Proxy {
             Err(e) => {
                 let refusal =
                     Refusal::bad_request("bad-target", format!("CONNECT target `{raw}`: {e}"));
-                self.record(&peer, "CONNECT", &raw, "", "deny", &refusal.rule, 0);
+                self.record_refusal(&peer, "CONNECT", &raw, "", &refusal.rule);
                 return refusal_response(&refusal);
             }
         };
         let state = self.current();
         if let Err(refusal) = decide::check_target(&state.policy, &state.ips, &target) {
-            self.record(
-                &peer,
-                "CONNECT",
-                &target.authority(),
-                "",
-                "deny",
-                &refusal.rule,
-                0,
-            );
+            self.record_refusal(&peer, "CONNECT", &target.authority(), "", &refusal.rule);
             return refusal_response(&refusal);
         }
         let passthrough = decide::is_passthrough(&state.policy, &target);
@@ -216,15 +208,7 @@ impl Proxy {
     fn refuse_sni_mismatch(&self, peer: &str, target: &Target, sni: Option<&str>) -> bool {
         match Self::sni_refusal(target, sni) {
             Some(refusal) => {
-                self.record(
-                    peer,
-                    "CONNECT",
-                    &target.authority(),
-                    "",
-                    "deny",
-                    &refusal.rule,
-                    0,
-                );
+                self.record_refusal(peer, "CONNECT", &target.authority(), "", &refusal.rule);
                 self.log.warn(format_args!("{}", refusal.message));
                 true
             }
@@ -354,7 +338,7 @@ impl Proxy {
                     target.authority()
                 ),
             );
-            self.record(&peer, "CONNECT", &target.host, "", "deny", &refusal.rule, 0);
+            self.record_refusal(&peer, "CONNECT", &target.host, "", &refusal.rule);
             return refusal_response(&refusal);
         }
         let named = req
@@ -381,14 +365,12 @@ impl Proxy {
                     target.authority()
                 ),
             );
-            self.record(
+            self.record_refusal(
                 &peer,
                 req.method().as_str(),
                 &target.host,
                 req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                "deny",
                 &refusal.rule,
-                0,
             );
             return refusal_response(&refusal);
         }

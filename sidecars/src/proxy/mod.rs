@@ -321,7 +321,16 @@ impl Proxy {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        let redact = |t: &str| audit::redact::redact_url_part(&state.redactor, t).into_owned();
+        // The common case, nothing to redact, costs one scan (two when the
+        // URL has percent escapes).
+        let clean = audit::redact::is_clean(&state.redactor, &format!("{host}\n{path_and_query}"));
+        let redact = |t: &str| {
+            if clean {
+                t.to_string()
+            } else {
+                audit::redact::redact_url_part(&state.redactor, t).into_owned()
+            }
+        };
         let mut record = AuditRecord::new(kind, audit::Event::Decided);
         record.identity = self.identity.clone();
         record.peer = peer.to_string();
@@ -344,28 +353,17 @@ impl Proxy {
     }
 
     /// Record a refusal of a request (`path_and_query` as the client sent it).
-    #[allow(clippy::too_many_arguments)]
-    fn record(
+    fn record_refusal(
         &self,
         peer: &str,
         method: &str,
         host: &str,
         path_and_query: &str,
-        decision: &str,
         rule: &str,
-        bytes: u64,
     ) {
         let state = self.current();
-        let mut record = self.line(&state, Kind::Request, peer, method, host, path_and_query);
-        if decision == "deny" {
-            return self.record_deny(record, rule, bytes);
-        }
-        record.decision = decision.to_string();
-        record.rule = rule.to_string();
-        record.bytes = bytes;
-        if let Err(e) = self.audit.append(record) {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
+        let record = self.line(&state, Kind::Request, peer, method, host, path_and_query);
+        self.record_deny(record, rule, 0);
     }
 
     /// 503 when the decision cannot be recorded: nothing is dialled.
