@@ -391,12 +391,8 @@ pub enum AttachEnd {
 pub fn attach(dir: &StateDir, identity: &str) -> anyhow::Result<AttachEnd> {
     let socket = dir.file(SOCKET);
     if !socket.exists() {
-        if let Some(code) = recorded_exit(dir) {
-            eprintln!(
-                "bottle: the session of {identity} already ended (exit {code}); its output is in {}",
-                dir.file(TRANSCRIPT).display()
-            );
-            return Ok(AttachEnd::Exited(code));
+        if let Some(end) = ended(dir, identity) {
+            return Ok(end);
         }
         anyhow::bail!(
             "bottle {identity} has no session to attach to (it was not started with `bottle run --detach`); run a command in it with `bottle exec {identity} -- CMD`"
@@ -408,17 +404,21 @@ pub fn attach(dir: &StateDir, identity: &str) -> anyhow::Result<AttachEnd> {
     let result = runtime.block_on(attach_terminal(&socket, identity));
     // The stdin reader is a blocking thread; do not wait for it.
     runtime.shutdown_background();
-    match (result, recorded_exit(dir)) {
+    match result {
         // The command ended as we connected: its recorded status.
-        (Err(_), Some(code)) => {
-            eprintln!(
-                "bottle: the session of {identity} already ended (exit {code}); its output is in {}",
-                dir.file(TRANSCRIPT).display()
-            );
-            Ok(AttachEnd::Exited(code))
-        }
-        (result, _) => result,
+        Err(e) => ended(dir, identity).ok_or(e),
+        ok => ok,
     }
+}
+
+/// The recorded end of a session that already finished, said to the user.
+fn ended(dir: &StateDir, identity: &str) -> Option<AttachEnd> {
+    let code = recorded_exit(dir)?;
+    eprintln!(
+        "bottle: the session of {identity} already ended (exit {code}); its output is in {}",
+        dir.file(TRANSCRIPT).display()
+    );
+    Some(AttachEnd::Exited(code))
 }
 
 fn recorded_exit(dir: &StateDir) -> Option<i32> {

@@ -117,15 +117,6 @@ impl SlowUpstream {
     }
 }
 
-/// Stops the bottle when the test ends, passing or not.
-struct StopOnDrop<'a>(&'a Sandbox, String);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["stop", &self.1]);
-    }
-}
-
 #[test]
 fn uploads_and_a_gzip_bomb_stay_within_the_budget_and_spare_another_bottle() {
     if !require_docker_runc() {

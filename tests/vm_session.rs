@@ -9,16 +9,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Stops the bottle when the test ends, passing or not, so a failed
-/// assertion leaves no VM behind.
-struct StopOnDrop<'a>(&'a Sandbox, String);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["stop", &self.1]);
-    }
-}
-
 const TINY: &str = r#"
 [bottles.t]
 image = "tiny"

@@ -112,6 +112,16 @@ impl Sandbox {
     }
 }
 
+/// Stops a bottle when the test ends, passing or not, so a failed assertion
+/// leaves no VM, container or bundle behind.
+pub struct StopOnDrop<'a>(pub &'a Sandbox, pub String);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop", &self.1]);
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
