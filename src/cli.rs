@@ -115,7 +115,7 @@ pub enum Command {
         /// Print the plan and stop; touches nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Leave the bottle running when the command ends (attach again with `bottle attach`).
+        /// Return once the command started; the bottle and its session keep running (`bottle attach ID` joins them).
         #[arg(long)]
         detach: bool,
         /// Command to run instead of the agent's.
