@@ -50,6 +50,7 @@ fn run() -> Result<(), String> {
         mirrors_dir: mirrors.into(),
         remotes,
         hook_command: vec![hook.clone()],
+        audit: None,
     };
     let scanner = Scanner::builtin().map_err(|e| e.to_string())?;
     let gate = GitGate::new(config, scanner).map_err(|e| e.to_string())?;

@@ -38,6 +38,7 @@ fn gate(dir: &std::path::Path) -> Arc<GitGate> {
         mirrors_dir: dir.into(),
         remotes: vec![remote],
         hook_command: vec!["/bin/false".into()],
+        audit: None,
     };
     GitGate::new(config, Scanner::default()).unwrap()
 }

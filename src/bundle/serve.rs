@@ -55,6 +55,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             mirrors_dir: dir.join(files::MIRRORS),
             remotes: config.git.clone(),
             hook_command: vec![exe.display().to_string(), "__git-hook".to_string()],
+            audit: Some(proxy.audit_log().clone()),
         };
         Some(
             bottle_sidecars::gitgate::GitGate::new(gate_config, scanner)

@@ -16,6 +16,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use super::audit::GateAudit;
 use super::mirror::{self, Mirror};
 use super::refusal::PushRefusal;
 use super::scan::{self, GitRunner, ObjectKind, PeeledUpdate, RefUpdate, ScanOptions};
@@ -150,9 +151,15 @@ pub fn check_quarantine(repo: &Path, object_dir: Option<&Path>) -> Result<Option
     }
 }
 
-/// Check a push against the remote's policy, scan it, and forward it.
-pub fn check_and_forward(mirror: &Mirror, scanner: &Scanner, request: &HookRequest) -> HookReply {
-    match gate_push(mirror, scanner, request) {
+/// Check a push against the remote's policy, scan it, and forward it; every
+/// refusal and every forward is written to `audit`.
+pub fn check_and_forward(
+    mirror: &Mirror,
+    scanner: &Scanner,
+    request: &HookRequest,
+    audit: &GateAudit,
+) -> HookReply {
+    match gate_push(mirror, scanner, request, audit) {
         Ok(message) => HookReply { ok: true, message },
         Err(refusal) => {
             tracing::info!(
@@ -170,15 +177,48 @@ pub fn check_and_forward(mirror: &Mirror, scanner: &Scanner, request: &HookReque
 
 /// [`check_and_forward`] with a typed refusal: the checks in order (ref
 /// updates, quarantine, deletions, ref targets, fast-forwards, the scan),
-/// then the forward. Returns the message for the pusher.
+/// the audit line, then the forward. Returns the message for the pusher.
 pub fn gate_push(
     mirror: &Mirror,
     scanner: &Scanner,
     request: &HookRequest,
+    audit: &GateAudit,
 ) -> Result<String, PushRefusal> {
+    let checked = check_push(mirror, scanner, request).inspect_err(|r| audit.refused_push(r))?;
+    let Some(checked) = checked else {
+        return Ok(String::new());
+    };
+    let refs = checked.updates.iter().map(|u| u.name.clone()).collect();
+    let exchange = audit.allow("push", refs).map_err(|e| {
+        let refusal = PushRefusal::CannotCheck(format!(
+            "cannot write the bottle's audit log ({e}); nothing was sent upstream"
+        ));
+        audit.refused_push(&refusal);
+        refusal
+    })?;
+    let forced: Vec<&RefUpdate> = checked.forced.iter().collect();
+    let result = forward(&checked.git, mirror, &checked.updates, &forced);
+    exchange.complete(result.is_ok());
+    result.map(|text| checked.summary + &text)
+}
+
+/// A push that passed every check, ready to forward.
+struct CheckedPush {
+    git: QuarantineGit,
+    updates: Vec<RefUpdate>,
+    forced: Vec<RefUpdate>,
+    summary: String,
+}
+
+/// Every check before the forward; `None` when the push updates nothing.
+fn check_push(
+    mirror: &Mirror,
+    scanner: &Scanner,
+    request: &HookRequest,
+) -> Result<Option<CheckedPush>, PushRefusal> {
     let updates = scan::parse_updates(&request.updates).map_err(PushRefusal::BadRequest)?;
     if updates.is_empty() {
-        return Ok(String::new());
+        return Ok(None);
     }
     let quarantine = check_quarantine(&mirror.path, request.object_dir.as_deref())
         .map_err(PushRefusal::BadRequest)?;
@@ -198,7 +238,10 @@ pub fn gate_push(
     let options = ScanOptions::for_remote(remote);
     let peeled = scan::peel_updates(&git, &updates)?;
     scan::check_targets(&updates, &peeled, &options)?;
-    let forced = forced_updates(&git, &updates, &peeled)?;
+    let forced: Vec<RefUpdate> = forced_updates(&git, &updates, &peeled)?
+        .into_iter()
+        .cloned()
+        .collect();
     if !remote.allow_force_push {
         if let Some(u) = forced.first() {
             return Err(PushRefusal::NonFastForward {
@@ -230,7 +273,12 @@ pub fn gate_push(
         started.elapsed().as_millis(),
         stats.objects,
     );
-    forward(&git, mirror, &updates, &forced).map(|text| summary + &text)
+    Ok(Some(CheckedPush {
+        git,
+        updates,
+        forced,
+        summary,
+    }))
 }
 
 /// The updates that are not fast-forwards (deletions excluded). An update
@@ -422,7 +470,7 @@ mod tests {
             updates: format!("{a} {b} refs/heads/main\n"),
             object_dir: None,
         };
-        let reply = check_and_forward(&m, &scanner, &forced);
+        let reply = check_and_forward(&m, &scanner, &forced, &GateAudit::disabled());
         assert!(!reply.ok);
         assert!(
             reply.message.contains("not a fast-forward"),
@@ -433,7 +481,7 @@ mod tests {
             updates: format!("{a} {zero} refs/heads/main\n"),
             object_dir: None,
         };
-        let reply = check_and_forward(&m, &scanner, &delete);
+        let reply = check_and_forward(&m, &scanner, &delete, &GateAudit::disabled());
         assert!(!reply.ok);
         assert!(
             reply
@@ -452,7 +500,7 @@ mod tests {
             updates: "not a ref update\n".into(),
             object_dir: None,
         };
-        let reply = check_and_forward(&m, &Scanner::default(), &req);
+        let reply = check_and_forward(&m, &Scanner::default(), &req, &GateAudit::disabled());
         assert!(!reply.ok);
         assert!(reply.message.contains("malformed ref update"));
     }

@@ -7,10 +7,12 @@
 //! * [`scan`]: the secret scan over every object a push brings.
 //! * [`refusal`]: why a push was refused, typed, and what the pusher is told.
 //! * [`hook`]: the pre-receive hook client and the gate's check-and-forward.
+//! * [`audit`]: every decision in the bottle's hash-chained audit log.
 //!
 //! Real `git upload-pack` / `git receive-pack` do all pack work, with the
 //! client stream as their stdio.
 
+pub mod audit;
 pub mod hook;
 pub mod mirror;
 pub mod pktline;
@@ -27,11 +29,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+pub use audit::GateAudit;
 pub use hook::{run_hook, run_hook_main, SOCKET_ENV};
 pub use mirror::{Mirror, MirrorError};
 pub use pktline::{PktLineError, Request, Service};
 pub use refusal::PushRefusal;
 
+use crate::audit::AuditLog;
 use crate::policy::GitRemote;
 use crate::scanner::Scanner;
 
@@ -71,6 +75,9 @@ pub struct GitGateConfig {
     /// argv git runs as the pre-receive hook; it must call [`run_hook`]
     /// (production: `[<bottle binary>, "__git-hook"]`).
     pub hook_command: Vec<String>,
+    /// The bottle's audit log (the proxy's): every fetch, push and refusal
+    /// is written to it; `None` writes nothing (tests, benchmarks).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// The git:// server of one bottle.
@@ -80,6 +87,7 @@ pub struct GitGate {
     scanner: Arc<Scanner>,
     socket_dir: PathBuf,
     sessions: AtomicU64,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl GitGate {
@@ -108,6 +116,7 @@ impl GitGate {
             scanner: Arc::new(scanner),
             socket_dir,
             sessions: AtomicU64::new(0),
+            audit: config.audit,
         }))
     }
 
@@ -123,14 +132,22 @@ impl GitGate {
         mut stream: S,
         peer: String,
     ) {
+        let audit = GateAudit::new(self.audit.clone(), &peer);
         let request =
             match tokio::time::timeout(REQUEST_TIMEOUT, pktline::read_request(&mut stream)).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return refuse(&mut stream, &peer, &format!("git-gate: {e}")).await,
+                Ok(Err(e)) => {
+                    let msg = format!("git-gate: {e}");
+                    audit.refused("", "bad-request", &msg);
+                    return refuse(&mut stream, &peer, &msg).await;
+                }
                 Err(_) => {
-                    return refuse(&mut stream, &peer, "git-gate: no request within 30s").await
+                    let msg = "git-gate: no request within 30s";
+                    audit.refused("", "request-timeout", msg);
+                    return refuse(&mut stream, &peer, msg).await;
                 }
             };
+        let service = service_name(request.service);
         let Some(mirror) = self.mirrors.get(&request.repo).cloned() else {
             let mut names: Vec<&str> = self.mirrors.keys().map(String::as_str).collect();
             names.sort_unstable();
@@ -143,23 +160,37 @@ impl GitGate {
                     names.join(", ")
                 }
             );
+            audit.refused(service, "unknown-repo", &msg);
             return refuse(&mut stream, &peer, &msg).await;
         };
+        let audit = audit.for_remote(&mirror.remote.name);
         tracing::debug!(%peer, repo = %request.repo, service = request.service.subcommand(), "git-gate request");
         match request.service {
             Service::UploadPack => {
                 {
                     let _guard = mirror.lock.lock().await;
                     if let Err(e) = mirror.refresh().await {
-                        return refuse(&mut stream, &peer, &stale_message(&mirror, &e)).await;
+                        let msg = stale_message(&mirror, &e);
+                        audit.refused(service, "upstream-unreachable", &msg);
+                        return refuse(&mut stream, &peer, &msg).await;
                     }
                 }
-                self.run_service(stream, &mirror, &request, None).await;
+                let exchange = match audit.allow(service, Vec::new()) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let msg = audit_message(&e);
+                        return refuse(&mut stream, &peer, &msg).await;
+                    }
+                };
+                let ok = self.run_service(stream, &mirror, &request, None).await;
+                exchange.complete(ok);
             }
             Service::ReceivePack => {
                 let _guard = mirror.lock.lock().await;
                 if let Err(e) = mirror.refresh().await {
-                    return refuse(&mut stream, &peer, &stale_message(&mirror, &e)).await;
+                    let msg = stale_message(&mirror, &e);
+                    audit.refused(service, "upstream-unreachable", &msg);
+                    return refuse(&mut stream, &peer, &msg).await;
                 }
                 let n = self.sessions.fetch_add(1, Ordering::Relaxed);
                 let socket = self
@@ -170,11 +201,16 @@ impl GitGate {
                     Ok(l) => l,
                     Err(e) => {
                         let msg = format!("git-gate: cannot accept pushes right now ({e})");
+                        audit.refused(service, "hook-unavailable", &msg);
                         return refuse(&mut stream, &peer, &msg).await;
                     }
                 };
-                let hook_task =
-                    tokio::spawn(serve_hook(listener, mirror.clone(), self.scanner.clone()));
+                let hook_task = tokio::spawn(serve_hook(
+                    listener,
+                    mirror.clone(),
+                    self.scanner.clone(),
+                    audit,
+                ));
                 // The mirror stays locked for the whole push; a stalled client
                 // must not keep it forever (dropping the future kills git).
                 let session = self.run_service(stream, &mirror, &request, Some(&socket));
@@ -197,7 +233,7 @@ impl GitGate {
         mirror: &Mirror,
         request: &Request,
         hook_socket: Option<&Path>,
-    ) {
+    ) -> bool {
         let mut cmd = mirror::git_plain();
         cmd.arg("-c")
             .arg(format!("core.hooksPath={}", mirror.hooks_dir().display()));
@@ -227,13 +263,13 @@ impl GitGate {
                         "git-gate: cannot run git ({e})"
                     )))
                     .await;
-                return;
+                return false;
             }
         };
         let (Some(mut cin), Some(mut cout), Some(cerr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return;
+            return false;
         };
         let name = mirror.remote.name.clone();
         let err_task = tokio::spawn(async move {
@@ -247,9 +283,10 @@ impl GitGate {
         });
         let _ = tokio::io::copy(&mut cout, &mut wr).await;
         let _ = wr.shutdown().await;
-        let _ = child.wait().await;
+        let status = child.wait().await;
         in_task.abort();
         let _ = err_task.await;
+        status.is_ok_and(|s| s.success())
     }
 }
 
@@ -258,6 +295,7 @@ async fn serve_hook(
     listener: tokio::net::UnixListener,
     mirror: Arc<Mirror>,
     scanner: Arc<Scanner>,
+    audit: GateAudit,
 ) {
     while let Ok((conn, _)) = listener.accept().await {
         let (rd, mut wr) = conn.into_split();
@@ -268,8 +306,8 @@ async fn serve_hook(
         {
             Ok(_) => match serde_json::from_str::<hook::HookRequest>(&line) {
                 Ok(req) => {
-                    let (m, s) = (mirror.clone(), scanner.clone());
-                    tokio::task::spawn_blocking(move || hook::check_and_forward(&m, &s, &req))
+                    let (m, s, a) = (mirror.clone(), scanner.clone(), audit.clone());
+                    tokio::task::spawn_blocking(move || hook::check_and_forward(&m, &s, &req, &a))
                         .await
                         .unwrap_or_else(|_| hook::HookReply {
                             ok: false,
@@ -291,6 +329,19 @@ async fn serve_hook(
         out.push(b'\n');
         let _ = wr.write_all(&out).await;
     }
+}
+
+/// The service's name in audit lines.
+fn service_name(service: Service) -> &'static str {
+    match service {
+        Service::UploadPack => "fetch",
+        Service::ReceivePack => "push",
+    }
+}
+
+/// What the client is told when its allowed request cannot be recorded.
+fn audit_message(e: &crate::audit::AuditError) -> String {
+    format!("git-gate: cannot write the bottle's audit log ({e}); refusing, since every fetch and push must be recorded")
 }
 
 fn stale_message(mirror: &Mirror, e: &MirrorError) -> String {
@@ -387,6 +438,7 @@ mod tests {
             mirrors_dir: dir.path().into(),
             remotes: vec![remote("a", "git@h:a.git"), remote("a", "git@h:b.git")],
             hook_command: vec!["/bin/false".into()],
+            audit: None,
         };
         assert!(matches!(
             GitGate::new(cfg, Scanner::default()),
@@ -403,6 +455,7 @@ mod tests {
             mirrors_dir: dir.path().into(),
             remotes: vec![r],
             hook_command: vec!["x".into()],
+            audit: None,
         };
         let err = GitGate::new(cfg, Scanner::default()).unwrap_err();
         assert!(format!("{:?}", err).contains("NoHostKey"));
@@ -415,6 +468,7 @@ mod tests {
             mirrors_dir: dir.path().into(),
             remotes: vec![remote("app", "git@h:a.git")],
             hook_command: vec!["x".into()],
+            audit: None,
         };
         let gate = GitGate::new(cfg, Scanner::default()).unwrap();
         let (mut client, server) = tokio::io::duplex(4096);

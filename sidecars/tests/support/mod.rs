@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use bottle_sidecars::audit::{read_verified, AuditLog, AuditOptions, AuditRecord};
 use bottle_sidecars::gitgate::{serve_tcp, GitGate, GitGateConfig};
 use bottle_sidecars::policy::GitRemote;
 use bottle_sidecars::scanner::Scanner;
@@ -23,6 +24,11 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// The gate's audit log, its chain verified.
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        read_verified(&self.tmp.path().join("audit.jsonl")).unwrap()
+    }
+
     /// sshd upstream with one commit on `branch`, and a gate serving it as `app`.
     pub fn new(branch: &str, tweak: impl FnOnce(&mut GitRemote)) -> Option<Self> {
         if !Sshd::require() {
@@ -44,10 +50,13 @@ impl Fixture {
             allow_non_commit_refs: false,
         };
         tweak(&mut remote);
+        let audit =
+            AuditLog::open(&tmp.path().join("audit.jsonl"), AuditOptions::new("test")).unwrap();
         let config = GitGateConfig {
             mirrors_dir: tmp.path().join("mirrors"),
             remotes: vec![remote],
             hook_command: vec![env!("CARGO_BIN_EXE_bottle-git-hook").into()],
+            audit: Some(Arc::new(audit)),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
