@@ -82,11 +82,13 @@ fn guest_sees_only_proxy_internal() {
         return;
     }
     let sb = Sandbox::new();
-    let tripwire = escape::Tripwire::new();
+    let Some(tripwire) = escape::Tripwire::new() else {
+        return;
+    };
     let script = format!(
         "echo \"resolv: $(grep nameserver /etc/resolv.conf)\"\n\
          echo \"dns: $(nslookup -type=a proxy.internal 2>&1 | grep -A1 'Name:' | grep Address | head -n1)\"\n{}",
-        escape::script(tripwire.port())
+        escape::script(&tripwire)
     );
     let out = run_in_vm(&sb, TINY, &script);
     let so = stdout(&out);
