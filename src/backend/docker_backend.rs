@@ -144,7 +144,7 @@ impl Backend for DockerBackend {
             git: plan.git_remotes.clone(),
             extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
                 .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
-            audit: Default::default(),
+            limits: plan.limits,
         };
         crate::bundle::start(state, &config, Duration::from_secs(30))?;
         let choice = plan.requested.runtime;

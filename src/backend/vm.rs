@@ -191,7 +191,7 @@ impl Backend for VmBackend {
             git: plan.git_remotes.clone(),
             extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
                 .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
-            audit: Default::default(),
+            limits: plan.limits,
         };
         crate::bundle::start(state, &config, Duration::from_secs(120))?;
         Ok(())

@@ -80,26 +80,9 @@ pub struct BundleConfig {
     /// PEM roots trusted for upstream TLS besides the system's.
     #[serde(default)]
     pub extra_root_pems: Vec<String>,
-    /// Audit log rotation.
+    /// Caps on connections, flows, buffered bodies and the audit log.
     #[serde(default)]
-    pub audit: AuditLimits,
-}
-
-/// When the audit log is rotated and how many rotated files are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AuditLimits {
-    pub max_bytes: u64,
-    pub keep: usize,
-}
-
-impl Default for AuditLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: bottle_sidecars::audit::DEFAULT_MAX_BYTES,
-            keep: bottle_sidecars::audit::DEFAULT_KEEP,
-        }
-    }
+    pub limits: crate::manifest::Limits,
 }
 
 /// The line the bundle prints when it is serving.

@@ -42,8 +42,11 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
         .context("cannot load the secret scanner rules")?;
     let mut proxy_config = ProxyConfig::new(config.identity.clone(), config.policy.clone());
     proxy_config.audit_path = Some(dir.join(files::AUDIT));
-    proxy_config.audit_max_bytes = config.audit.max_bytes;
-    proxy_config.audit_keep = config.audit.keep;
+    let limits = &config.limits;
+    proxy_config.audit_max_bytes = u64::from(limits.audit_file_mib) << 20;
+    proxy_config.audit_keep = limits.audit_files_kept as usize;
+    proxy_config.body_budget = (limits.buffered_mib as usize) << 20;
+    proxy_config.max_connections = limits.connections as usize;
     proxy_config.extra_root_pems = config.extra_root_pems.clone();
     let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
     let gate = if config.git.is_empty() {
@@ -100,19 +103,25 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
     };
     match config.mode.clone() {
         Mode::Docker => {
+            let cap = config.limits.connections as usize;
             let sock_dir = dir.join(files::SOCK_DIR);
             let proxy_listener = bind(&sock_dir.join("proxy.sock"))?;
             let proxy2 = proxy.clone();
-            tokio::spawn(accept_loop(proxy_listener, "proxy", move |s, permit| {
-                let p = proxy2.clone();
-                tokio::spawn(async move {
-                    p.serve(s, "container".to_string()).await;
-                    drop(permit);
-                });
-            }));
+            tokio::spawn(accept_loop(
+                proxy_listener,
+                "proxy",
+                cap,
+                move |s, permit| {
+                    let p = proxy2.clone();
+                    tokio::spawn(async move {
+                        p.serve(s, "container".to_string()).await;
+                        drop(permit);
+                    });
+                },
+            ));
             if let Some(gate) = gate.clone() {
                 let listener = bind(&sock_dir.join("git-gate.sock"))?;
-                tokio::spawn(accept_loop(listener, "git-gate", move |s, permit| {
+                tokio::spawn(accept_loop(listener, "git-gate", cap, move |s, permit| {
                     let g = gate.clone();
                     tokio::spawn(async move {
                         g.serve(s, "container".to_string()).await;
@@ -134,7 +143,8 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             )
             .context("cannot give the VM its channel key")?;
             vm.initramfs = initramfs;
-            serve_vm(dir, config.identity, vm, proxy, gate, &mut ready).await
+            let flows = config.limits.flows as usize;
+            serve_vm(dir, config.identity, vm, flows, proxy, gate, &mut ready).await
         }
     }
 }
@@ -143,6 +153,7 @@ async fn serve_vm(
     dir: PathBuf,
     identity: String,
     vm: VmLaunch,
+    flows: usize,
     proxy: Arc<bottle_sidecars::proxy::Proxy>,
     gate: Option<Arc<bottle_sidecars::gitgate::GitGate>>,
     ready: &mut Ready,
@@ -209,6 +220,10 @@ async fn serve_vm(
         guest_mac: Some(vm.guest_mac),
         ..NetConfig::default()
     };
+    let tuning = bottle_netstack::Tuning {
+        max_flows: flows,
+        ..bottle_netstack::Tuning::default()
+    };
     let mut forwards = BTreeMap::new();
     let p = proxy.clone();
     forwards.insert(
@@ -227,8 +242,8 @@ async fn serve_vm(
             })),
         );
     }
-    let netstack =
-        bottle_netstack::spawn(net, transport, forwards).context("cannot start the netstack")?;
+    let netstack = bottle_netstack::spawn_tuned(net, tuning, transport, forwards)
+        .context("cannot start the netstack")?;
     // What the netstack refused goes into the audit chain every minute (when
     // anything was) and once more at the end.
     let counters = netstack.counters_reader();
@@ -309,17 +324,16 @@ fn write_root_only(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Connections one guard serves at once from a container; past it a new
-/// connection is closed at once (the netstack has the same kind of cap on
-/// the VM side, `max_flows`).
-pub const MAX_GUARD_CONNECTIONS: usize = 512;
-
+/// Serve a guard's socket for a container, at most `cap` connections at
+/// once (`limits.connections`); past it a new connection is closed at once
+/// (the netstack has the same kind of cap on the VM side, `limits.flows`).
 async fn accept_loop(
     listener: UnixListener,
     guard: &'static str,
+    cap: usize,
     mut handle: impl FnMut(tokio::net::UnixStream, tokio::sync::OwnedSemaphorePermit) + Send + 'static,
 ) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_GUARD_CONNECTIONS));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
     let mut refused: u64 = 0;
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
@@ -333,9 +347,7 @@ async fn accept_loop(
                     if last_warning
                         .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
                     {
-                        tracing::warn!(
-                            "{guard}: {MAX_GUARD_CONNECTIONS} connections open; refused {refused} so far"
-                        );
+                        tracing::warn!("{guard}: {cap} connections open; refused {refused} so far");
                         last_warning = Some(std::time::Instant::now());
                     }
                 }
@@ -385,14 +397,15 @@ mod tests {
         // The handler holds every connection (and its permit) open.
         let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let h = held.clone();
-        tokio::spawn(accept_loop(listener, "test", move |s, permit| {
+        const CAP: usize = 64;
+        tokio::spawn(accept_loop(listener, "test", CAP, move |s, permit| {
             h.lock().unwrap().push((s, permit));
         }));
         let mut clients = Vec::new();
-        for _ in 0..MAX_GUARD_CONNECTIONS {
+        for _ in 0..CAP {
             clients.push(tokio::net::UnixStream::connect(&path).await.unwrap());
         }
-        while held.lock().unwrap().len() < MAX_GUARD_CONNECTIONS {
+        while held.lock().unwrap().len() < CAP {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let mut over = tokio::net::UnixStream::connect(&path).await.unwrap();
@@ -406,7 +419,7 @@ mod tests {
         held.lock().unwrap().pop();
         let again = tokio::net::UnixStream::connect(&path).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert_eq!(held.lock().unwrap().len(), MAX_GUARD_CONNECTIONS);
+        assert_eq!(held.lock().unwrap().len(), CAP);
         drop(again);
     }
 }

@@ -108,6 +108,16 @@ static NETWORK: Schema = Schema {
     fields: &[("subnet", Kind::Str), ("mtu", Kind::Int)],
     removed: &[],
 };
+static LIMITS: Schema = Schema {
+    fields: &[
+        ("connections", Kind::Int),
+        ("buffered_mib", Kind::Int),
+        ("flows", Kind::Int),
+        ("audit_file_mib", Kind::Int),
+        ("audit_files_kept", Kind::Int),
+    ],
+    removed: &[],
+};
 static BOTTLE: Schema = Schema {
     fields: &[
         ("image", Kind::Str),
@@ -128,6 +138,7 @@ static BOTTLE: Schema = Schema {
         ("vm", Kind::Table(&VM)),
         ("docker", Kind::Table(&DOCKER)),
         ("network", Kind::Table(&NETWORK)),
+        ("limits", Kind::Table(&LIMITS)),
     ],
     removed: &[
         (

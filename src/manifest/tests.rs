@@ -228,3 +228,21 @@ fn locate_prefers_flag_then_cwd_then_config_then_embedded() {
         Err(ManifestError::NotFound(_))
     ));
 }
+
+#[test]
+fn limits_default_and_out_of_range_values_are_named() {
+    let m = parse(
+        "t.toml",
+        "[bottles.b]\n[bottles.b.limits]\nconnections = 8\n",
+    )
+    .unwrap();
+    let b = &m.bottles["b"];
+    assert_eq!(b.limits.connections, 8);
+    assert_eq!(b.limits.buffered_mib, Limits::default().buffered_mib);
+    let text = problems("[bottles.b.limits]\nbuffered_mib = 16\nflows = 0\n").to_string();
+    assert!(text.contains("bottles.b.limits.buffered_mib"), "{text}");
+    assert!(text.contains("one 16 MiB body raw and decoded"), "{text}");
+    assert!(text.contains("bottles.b.limits.flows"), "{text}");
+    let text = problems("[bottles.b.limits]\nsockets = 3\n").to_string();
+    assert!(text.contains("known keys here: connections"), "{text}");
+}

@@ -103,6 +103,46 @@ pub struct Bottle {
     pub docker: DockerSection,
     #[serde(default)]
     pub network: NetworkSection,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[bottles.NAME.limits]`: what the agent can make the host hold. Every
+/// cap refuses the excess (503, RST, a closed socket), never the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Proxy client connections open at once (tunnels included); on Docker
+    /// also each guard socket's connections.
+    pub connections: u32,
+    /// MiB of request and response bodies the proxy buffers at once, across
+    /// all requests; over it a request gets 503.
+    pub buffered_mib: u32,
+    /// VM: TCP flows the netstack keeps at once; more SYNs get RST.
+    pub flows: u32,
+    /// Size in MiB at which the audit log is rotated (the chain continues).
+    pub audit_file_mib: u32,
+    /// Rotated audit files kept besides the current one.
+    pub audit_files_kept: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 1024,
+            buffered_mib: 256,
+            flows: 2048,
+            audit_file_mib: 64,
+            audit_files_kept: 4,
+        }
+    }
+}
+
+impl Limits {
+    /// The smallest `buffered_mib`: one body at the proxy's cap, raw and decoded.
+    pub const MIN_BUFFERED_MIB: u32 = 32;
+    pub const MAX_CONNECTIONS: u32 = 65_536;
+    pub const MAX_FLOWS: u32 = 65_536;
 }
 
 pub fn default_image() -> String {

@@ -2,7 +2,7 @@
 //! exclusive keys, host patterns, SSH URLs and pinned host keys.
 
 use super::diag::Problem;
-use super::types::{Manifest, TokenSpec};
+use super::types::{Limits, Manifest, TokenSpec};
 use base64::Engine as _;
 use bottle_sidecars::policy::HostPattern;
 use sha2::{Digest, Sha256};
@@ -184,6 +184,50 @@ pub fn check(
                 format!("MTU {} is out of range", bottle.network.mtu),
                 Some("use 576 to 65520 (default 1500)".to_string()),
             );
+        }
+        let limits = &bottle.limits;
+        for (key, value, range, hint) in [
+            (
+                "connections",
+                limits.connections,
+                1..=Limits::MAX_CONNECTIONS,
+                format!("use 1 to {} (default 1024)", Limits::MAX_CONNECTIONS),
+            ),
+            (
+                "buffered_mib",
+                limits.buffered_mib,
+                Limits::MIN_BUFFERED_MIB..=65_536,
+                format!(
+                    "use {} to 65536 (default 256): the proxy must hold one 16 MiB body raw and decoded",
+                    Limits::MIN_BUFFERED_MIB
+                ),
+            ),
+            (
+                "flows",
+                limits.flows,
+                16..=Limits::MAX_FLOWS,
+                format!("use 16 to {} (default 2048)", Limits::MAX_FLOWS),
+            ),
+            (
+                "audit_file_mib",
+                limits.audit_file_mib,
+                1..=4096,
+                "use 1 to 4096 (default 64)".to_string(),
+            ),
+            (
+                "audit_files_kept",
+                limits.audit_files_kept,
+                0..=1000,
+                "use 0 to 1000 (default 4)".to_string(),
+            ),
+        ] {
+            if !range.contains(&value) {
+                c.report(
+                    &at(&[Seg::Key("limits"), Seg::Key(key)]),
+                    format!("{key} = {value} is out of range"),
+                    Some(hint),
+                );
+            }
         }
         if parse_subnet(&bottle.network.subnet).is_none() {
             c.report(

@@ -210,6 +210,7 @@ pub struct Plan {
     #[serde(skip)]
     pub allow_secret_paths: bool,
     pub network: NetworkPlan,
+    pub limits: crate::manifest::Limits,
     pub allow: Vec<String>,
     pub allow_ports: Vec<u16>,
     pub allow_ips: Vec<String>,
@@ -404,6 +405,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         cpus: bottle.cpus,
         memory_mib: bottle.memory_mib,
         pids_limit: u32::try_from(bottle.docker.pids_limit).unwrap_or(u32::MAX),
+        limits: bottle.limits,
         command: inputs
             .command_override
             .unwrap_or_else(|| agent.command.clone()),
