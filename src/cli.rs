@@ -165,10 +165,32 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Stop a bottle and remove everything it made.
-    Stop { id: String },
-    /// Run the agent again in a bottle that is still up.
-    Resume { id: String },
+    /// Stop a bottle: keep its workspace and agent transcripts (for `bottle resume`), then remove everything it made.
+    Stop {
+        id: String,
+        /// Keep nothing from the guest (the audit log and session output are still kept).
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Rejoin a running bottle's session; restart a stopped one with its identity, manifest, workspace and transcripts (Claude Code with --continue).
+    Resume {
+        id: String,
+        /// Return once the agent runs (as `run --detach`).
+        #[arg(long)]
+        detach: bool,
+        /// Do not ask before restarting a stopped bottle.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print where a bottle's transcripts are: its session output, the agent's transcripts, its audit log.
+    Transcript { id: String },
+    /// Copy between the host and a running bottle: `bottle cp ID:PATH DEST` or `bottle cp SRC ID:PATH`.
+    Cp {
+        /// `ID:GUEST_PATH` or a host path.
+        src: String,
+        /// A host path or `ID:GUEST_PATH`.
+        dest: String,
+    },
     /// Print a bottle's audit log (verifying its hash chain).
     Logs { id: String },
     /// Remove orphans: state without a live bottle, bottles without state.

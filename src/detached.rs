@@ -12,8 +12,13 @@
 //!
 //! Wire format on `session.sock`: frames of one kind byte, a big-endian u32
 //! length and the payload. Client → holder: `HELLO` (rows, cols),
-//! `INPUT` (bytes), `RESIZE` (rows, cols). Holder → client: `OUTPUT`
-//! (bytes), `EXIT` (i32 status).
+//! `INPUT` (bytes), `RESIZE` (rows, cols). Holder → client: `ROLE` (1 byte:
+//! 1 writer, 0 viewer), `OUTPUT` (bytes), `EXIT` (i32 status).
+//!
+//! One writer: the first client to attach while nobody writes gets the
+//! keyboard (its input and terminal size reach the command); clients that
+//! attach meanwhile watch. When the writer leaves, the next client to
+//! attach writes.
 
 use crate::session::{SessionSpec, SESSION_FILE};
 use crate::state::{self, StateDir};
@@ -58,6 +63,7 @@ const INPUT: u8 = 2;
 const RESIZE: u8 = 3;
 const OUTPUT: u8 = 4;
 const EXIT: u8 = 5;
+const ROLE: u8 = 6;
 /// Largest frame either side accepts.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -162,6 +168,9 @@ struct Feed {
     recent: VecDeque<u8>,
     live: broadcast::Sender<Arc<Vec<u8>>>,
     exit: Option<i32>,
+    /// The client that holds the keyboard, if any.
+    writer: Option<u64>,
+    next_client: u64,
 }
 
 impl Feed {
@@ -232,6 +241,8 @@ async fn hold(dir: &StateDir, spec: SessionSpec, command: Vec<String>) -> anyhow
         recent: VecDeque::new(),
         live,
         exit: None,
+        writer: None,
+        next_client: 0,
     }));
     let mut transcript = Transcript::open(&dir.file(TRANSCRIPT))?;
     state::write_atomic(&dir.file(STARTED_FILE), b"")?;
@@ -281,19 +292,41 @@ async fn serve_client(
     let Ok((HELLO, body)) = read_frame(&mut rd).await else {
         return;
     };
-    if let Some((rows, cols)) = parse_size(&body) {
-        let _ = handle.resize(rows, cols).await;
-    }
-    let (replay, mut live, exit) = match feed.lock() {
-        Ok(f) => (
-            f.recent.iter().copied().collect::<Vec<u8>>(),
-            f.live.subscribe(),
-            f.exit,
-        ),
+    let (replay, mut live, exit, me, writes) = match feed.lock() {
+        Ok(mut f) => {
+            let me = f.next_client;
+            f.next_client += 1;
+            let writes = f.writer.is_none();
+            if writes {
+                f.writer = Some(me);
+            }
+            (
+                f.recent.iter().copied().collect::<Vec<u8>>(),
+                f.live.subscribe(),
+                f.exit,
+                me,
+                writes,
+            )
+        }
         Err(_) => return,
     };
+    if writes {
+        if let Some((rows, cols)) = parse_size(&body) {
+            let _ = handle.resize(rows, cols).await;
+        }
+    }
+    if write_frame(&mut wr, ROLE, &[u8::from(writes)])
+        .await
+        .is_err()
+    {
+        release(&feed, me);
+        return;
+    }
     let input = tokio::spawn(async move {
         while let Ok((kind, body)) = read_frame(&mut rd).await {
+            if !writes {
+                continue; // a viewer's keys go nowhere
+            }
             let sent = match kind {
                 INPUT => handle.write_stdin(&body).await,
                 RESIZE => match parse_size(&body) {
@@ -334,6 +367,16 @@ async fn serve_client(
     };
     let _ = out.await;
     input.abort();
+    release(&feed, me);
+}
+
+/// The client `me` left: free the keyboard if it held it.
+fn release(feed: &Mutex<Feed>, me: u64) {
+    if let Ok(mut f) = feed.lock() {
+        if f.writer == Some(me) {
+            f.writer = None;
+        }
+    }
 }
 
 /// The session's whole output, up to [`TRANSCRIPT_CAP`].
@@ -490,6 +533,11 @@ async fn attach_terminal(socket: &PathBuf, identity: &str) -> anyhow::Result<Att
                 Ok((EXIT, body)) => {
                     let code = body.try_into().map(i32::from_be_bytes).unwrap_or(1);
                     break AttachEnd::Exited(code);
+                }
+                Ok((ROLE, body)) => {
+                    if body.first() == Some(&0) {
+                        eprint!("bottle: watching {identity} read-only: another terminal has the keyboard (when it detaches, attach again to type)\r\n");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

@@ -5,9 +5,11 @@
 //!    (`Backend::launch`), recording pids and ids in the metadata.
 //! 3. Wait for the guest agent on the bundle's control socket.
 //! 4. Provision the guest (`provision`).
-//! 5. The agent's command: here on this terminal (`session`), or in a
-//!    holder process that outlives this one (`detached`, with `--detach`).
-//! 6. Unless detached: stop the bottle ([`stop`]) and retire its state.
+//! 5. The agent's command: in a holder process that outlives this one
+//!    (`detached`) when on a terminal (this client attaches to it) or with
+//!    `--detach`; else here, on this process's pipes (`session`).
+//! 6. Unless detached: keep the workspace and transcripts (`kept`), stop
+//!    the bottle ([`stop`]) and retire its state.
 //!
 //! A failure or a signal at any step stops what was made so far.
 
@@ -18,6 +20,7 @@ use crate::plan::Plan;
 use crate::session::{self, Interrupts, SESSION_FILE};
 use crate::state::{self, Metadata, StateDir, Status};
 use crate::timing;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 /// Launch a bottle for `plan`, run its command, tear it down unless detached.
@@ -42,6 +45,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         cgroup: None,
         command: plan.command.clone(),
         audit_head: None,
+        manifest: plan.manifest_path.clone(),
     };
     dir.write_metadata(&meta)?;
     // Whatever fails from here on takes down what was made so far.
@@ -113,9 +117,11 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let session = crate::provision::session(plan);
     let bytes = serde_json::to_vec(&session)?;
     state::write_atomic(&dir.file(SESSION_FILE), &bytes)?;
-    if detach {
-        // The session belongs to the bottle: a holder process runs it, and
-        // this client returns as soon as the command started.
+    // On a terminal the session belongs to the bottle too: a holder runs it
+    // and this client attaches, so a closed terminal or the detach keys
+    // leave the agent running (`bottle attach` rejoins it).
+    let interactive = !detach && std::io::stdin().is_terminal();
+    if detach || interactive {
         drop(client);
         drop(interrupts);
         runtime.shutdown_background();
@@ -126,15 +132,36 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
             ))));
         }
         timing::step("command-started");
-        eprintln!(
-            "bottle: {0} runs detached (bottle attach {0}, bottle exec {0} -- CMD, bottle stop {0})",
-            plan.identity
-        );
-        println!("{}", plan.identity);
-        return Ok(0);
+        if detach {
+            eprintln!(
+                "bottle: {0} runs detached (bottle attach {0}, bottle exec {0} -- CMD, bottle stop {0})",
+                plan.identity
+            );
+            println!("{}", plan.identity);
+            return Ok(0);
+        }
+        return match crate::detached::attach(&dir, &plan.identity) {
+            Ok(crate::detached::AttachEnd::Exited(code)) => {
+                timing::step("command-done");
+                report_kept(&crate::kept::keep_running(&dir));
+                let meta = dir.read_metadata().unwrap_or(meta);
+                stop(&meta, &dir)?;
+                let _ = dir.update_metadata(|m| m.status = Status::Stopped);
+                dir.retire()?;
+                timing::step("torn-down");
+                Ok(code)
+            }
+            Ok(crate::detached::AttachEnd::Detached) => Ok(0),
+            Err(e) => Err(e.context(format!(
+                "lost the session; {0} keeps running (bottle attach {0}, bottle stop {0})",
+                plan.identity
+            ))),
+        };
     }
     let code =
         runtime.block_on(interrupts.guard(session::run(&client, &session, plan.command.clone())));
+    // What the agent left, for `bottle resume`.
+    report_kept(&runtime.block_on(crate::kept::keep(&client, &dir)));
     match plan.backend {
         // Power the guest off first: the VM, then the bundle, exit at once.
         BackendName::Vm => {
@@ -157,6 +184,13 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     dir.retire()?;
     timing::step("torn-down");
     code
+}
+
+/// Say what a stopping bottle kept (or could not keep).
+pub fn report_kept(report: &crate::kept::KeptReport) {
+    for line in &report.lines {
+        eprintln!("bottle: {line}");
+    }
 }
 
 /// Stop everything a bottle made: its detached session holder, then what

@@ -12,6 +12,7 @@ pub mod detached;
 pub mod doctor;
 pub mod identity;
 pub mod images;
+pub mod kept;
 pub mod launch;
 pub mod manifest;
 pub mod plan;

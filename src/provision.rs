@@ -120,7 +120,8 @@ pub fn session(plan: &Plan) -> crate::session::SessionSpec {
 
 /// The working directory the agent's command starts in.
 pub fn agent_cwd(plan: &Plan) -> String {
-    if plan.copy_cwd {
+    let resumed_workspace = plan.resume.as_ref().is_some_and(|r| r.workspace.is_some());
+    if plan.copy_cwd || resumed_workspace {
         WORKSPACE.to_string()
     } else {
         AGENT_HOME.to_string()
@@ -276,17 +277,40 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         log("skills", format!("skill `{name}` copied"));
     }
 
-    // 5. Workspace (a copy: the host tree is never written by the guest).
-    if plan.copy_cwd {
+    // 5. Workspace (a copy: the host tree is never written by the guest);
+    // a resumed bottle gets the workspace and transcripts it kept instead.
+    let resume = plan.resume.clone().unwrap_or_default();
+    let source = match &resume.workspace {
+        Some(kept) => Some(kept.clone()),
+        None => plan.copy_cwd.then(|| plan.cwd.clone()),
+    };
+    if let Some(source) = source {
         let entries = client
-            .copy_dir_in(&plan.cwd, WORKSPACE, agent_user(plan))
+            .copy_dir_in(&source, WORKSPACE, agent_user(plan))
             .await
             .map_err(step("workspace"))?;
         log(
             "workspace",
             format!(
                 "workspace {} copied to {WORKSPACE} ({entries} entries)",
-                plan.cwd.display()
+                source.display()
+            ),
+        );
+    }
+    if let Some(transcripts) = &resume.transcripts {
+        let entries = client
+            .copy_dir_in(
+                transcripts,
+                crate::kept::GUEST_TRANSCRIPTS,
+                agent_user(plan),
+            )
+            .await
+            .map_err(step("workspace"))?;
+        log(
+            "workspace",
+            format!(
+                "agent transcripts restored to {} ({entries} entries)",
+                crate::kept::GUEST_TRANSCRIPTS
             ),
         );
     }

@@ -106,6 +106,10 @@ pub struct Metadata {
     /// that ends before it was cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<bottle_sidecars::audit::Head>,
+    /// The manifest file it was planned from (none: the built-in one), for
+    /// `bottle resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<PathBuf>,
 }
 
 /// Root of all bottle state: `$BOTTLE_STATE_DIR`, else `$XDG_STATE_HOME/bottle`,
@@ -302,6 +306,10 @@ impl StateDir {
             for p in &keep {
                 if let Some(name) = p.file_name() {
                     let to = archive.join(name);
+                    // A resumed bottle's new `kept/` replaces the old one.
+                    if to.is_dir() {
+                        fs::remove_dir_all(&to).map_err(io("replace", &to))?;
+                    }
                     fs::rename(p, &to).map_err(io("archive", p))?;
                 }
             }
@@ -332,7 +340,12 @@ pub fn read_metadata_in(dir: &Path) -> Result<Metadata, StateError> {
 }
 
 /// Files of a bottle kept after it stopped (besides `audit*.jsonl`).
-const ARCHIVED: &[&str] = &[METADATA, "session.log", "session-exit.json"];
+const ARCHIVED: &[&str] = &[
+    METADATA,
+    "session.log",
+    "session-exit.json",
+    crate::kept::KEPT,
+];
 /// Stopped bottles whose logs are kept; older ones are removed first.
 pub const MAX_ARCHIVES: usize = 200;
 
@@ -489,6 +502,7 @@ mod tests {
             cgroup: None,
             command: vec![],
             audit_head: None,
+            manifest: None,
         }
     }
 

@@ -18,21 +18,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[track_caller]
-fn require_docker(runtime: &str) -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
-        .arg("doctor")
-        .output()
-        .expect("doctor");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let ready = text.contains("backend docker: ready") && text.contains("ok   tiny image");
-    let runsc = text.contains("ok   runsc (gVisor)");
-    skip::require(
-        ready && (runtime != "runsc" || runsc),
-        &format!("Docker with {runtime} is not ready here (run scripts/setup):\n{text}"),
-    )
-}
-
 fn manifest(runtime: &str, extra: &str) -> String {
     format!(
         r#"

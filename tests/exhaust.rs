@@ -9,20 +9,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
-
-#[track_caller]
-fn require_docker_runc() -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
-        .arg("doctor")
-        .output()
-        .expect("doctor");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    skip::require(
-        text.contains("backend docker: ready") && text.contains("ok   tiny image"),
-        &format!("Docker is not ready here (run scripts/setup):\n{text}"),
-    )
-}
 
 fn manifest(port: u16) -> String {
     manifest_with(port, "")
@@ -126,7 +112,7 @@ impl SlowUpstream {
 
 #[test]
 fn uploads_and_a_gzip_bomb_stay_within_the_budget_and_spare_another_bottle() {
-    if !require_docker_runc() {
+    if !require_docker("runc") {
         return;
     }
     // Each request waits 3 s before the upstream reads it: 500 uploads are
@@ -259,7 +245,7 @@ rm -f r.* big
 
 #[test]
 fn the_manifests_limits_bound_what_the_proxy_buffers() {
-    if !require_docker_runc() {
+    if !require_docker("runc") {
         return;
     }
     let upstream = SlowUpstream::start(std::time::Duration::from_secs(2));

@@ -339,3 +339,49 @@ fn logs_of_a_stopped_bottle_are_kept_and_verified() {
         stderr(&unknown)
     );
 }
+
+#[test]
+fn on_the_vm_cp_in_is_the_agents_and_resume_brings_back_the_kept_workspace() {
+    if !require_vm() {
+        return;
+    }
+    let sb = Sandbox::new();
+    std::fs::write(sb.cwd().join("notes.txt"), "v1\n").unwrap();
+    let manifest = TINY.replace("copy_cwd = false", "copy_cwd = true").replace(
+        "command = [\"/bin/true\"]",
+        "command = [\"/bin/sleep\", \"600\"]",
+    );
+    let id = sb.run_detached("--vm", &manifest);
+    let _stop = StopOnDrop(&sb, id.clone());
+    let hello = sb.dir.path().join("hello.txt");
+    std::fs::write(&hello, "in\n").unwrap();
+    let cp = sb.run(&["cp", hello.to_str().unwrap(), &format!("{id}:/workspace/")]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    let owner = sb.run(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "stat -c %u /workspace/hello.txt; echo v2 >> /workspace/notes.txt",
+    ]);
+    assert_eq!(stdout(&owner).trim(), "1000", "{}", stderr(&owner));
+
+    let stop = sb.run(&["stop", &id]);
+    assert!(
+        stderr(&stop).contains("kept the workspace"),
+        "{}",
+        stderr(&stop)
+    );
+    let resumed = sb.run(&["resume", &id, "--yes", "--detach"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let seen = sb.run(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /workspace/notes.txt /workspace/hello.txt",
+    ]);
+    assert_eq!(stdout(&seen), "v1\nv2\nin\n", "{}", stderr(&seen));
+}

@@ -7,7 +7,7 @@ use crate::state::{self, StateDir};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
+pub(super) fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
     let root = state::state_root()?;
     let dir = StateDir::open(&root, id)?;
     let meta = dir
@@ -16,7 +16,7 @@ fn open(id: &str) -> anyhow::Result<(StateDir, state::Metadata)> {
     Ok((dir, meta))
 }
 
-fn exit_with(code: i32) -> anyhow::Result<()> {
+pub(super) fn exit_with(code: i32) -> anyhow::Result<()> {
     if code == 0 {
         Ok(())
     } else {
@@ -42,14 +42,13 @@ pub fn exec(id: &str, command: Vec<String>) -> anyhow::Result<()> {
     exit_with(crate::session::run_in(&dir, &meta, command)?)
 }
 
-pub fn resume(id: &str) -> anyhow::Result<()> {
-    attach(id)
-}
-
-pub fn stop(id: &str) -> anyhow::Result<()> {
+pub fn stop(id: &str, discard: bool) -> anyhow::Result<()> {
     let root = state::state_root()?;
     let dir = StateDir::open(&root, id)?;
     if let Ok(meta) = dir.read_metadata() {
+        if !discard && crate::bundle::is_alive(&meta) {
+            crate::launch::report_kept(&crate::kept::keep_running(&dir));
+        }
         crate::launch::stop(&meta, &dir)?;
         let _ = dir.update_metadata(|m| m.status = state::Status::Stopped);
     }

@@ -3,9 +3,11 @@
 //! status for `run` and `exec`. A broken pipe on output counts as success.
 
 mod cleanup;
+mod cp;
 mod doctor;
 mod lifecycle;
 mod ls;
+mod resume;
 mod run;
 mod trust;
 
@@ -63,8 +65,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls { json } => ls::ls(json),
         Command::Attach { id } => lifecycle::attach(&id),
         Command::Exec { id, command } => lifecycle::exec(&id, command),
-        Command::Stop { id } => lifecycle::stop(&id),
-        Command::Resume { id } => lifecycle::resume(&id),
+        Command::Stop { id, discard } => lifecycle::stop(&id, discard),
+        Command::Resume { id, detach, yes } => resume::resume(&id, detach, yes),
+        Command::Transcript { id } => resume::transcript(&id),
+        Command::Cp { src, dest } => cp::cp(&src, &dest),
         Command::Logs { id } => lifecycle::logs(&id),
         Command::Cleanup { dry_run } => cleanup::cleanup(dry_run),
         Command::Doctor { rules } => doctor::doctor(rules),

@@ -39,6 +39,18 @@ pub fn make_plan(
     flags: BackendFlags,
     command: Vec<String>,
 ) -> anyhow::Result<Plan> {
+    make_plan_as(loaded, cwd, agent, flags, command, None)
+}
+
+/// [`make_plan`] for a given identity (`bottle resume` keeps its own).
+pub fn make_plan_as(
+    loaded: &Loaded,
+    cwd: &std::path::Path,
+    agent: &str,
+    flags: BackendFlags,
+    command: Vec<String>,
+    identity: Option<String>,
+) -> anyhow::Result<Plan> {
     let (_, bottle) = plan::find_agent(loaded, agent)?;
     let env = std::env::var("BOTTLE_BACKEND").ok();
     let mut cache = std::collections::BTreeMap::new();
@@ -63,7 +75,7 @@ pub fn make_plan(
         engine: flags.engine(),
         runtime: flags.runtime(),
         command_override: (!command.is_empty()).then_some(command),
-        identity: crate::identity::new_identity(agent),
+        identity: identity.unwrap_or_else(|| crate::identity::new_identity(agent)),
     })?;
     backend_for(backend)
         .prepare(&mut plan)
@@ -108,7 +120,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Ask y/N on a terminal; refuse without one.
-fn confirm() -> anyhow::Result<()> {
+pub(super) fn confirm() -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(UsageError("no terminal to confirm the plan on: pass --yes to launch without asking, or --dry-run to only print the plan".to_string()).into());

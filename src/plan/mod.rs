@@ -176,6 +176,12 @@ pub struct Plan {
     pub agent: String,
     pub bottle: String,
     pub manifest: String,
+    /// The manifest's file (none: the built-in one), recorded for `resume`.
+    #[serde(skip)]
+    pub manifest_path: Option<PathBuf>,
+    /// `bottle resume`: what the stopped bottle kept, copied in instead.
+    #[serde(skip)]
+    pub resume: Option<crate::kept::ResumeFrom>,
     /// Whether `bottle run` may act on the manifest.
     pub trust: TrustStatus,
     /// What the manifest runs and reads on the host.
@@ -390,6 +396,8 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         agent: inputs.agent.to_string(),
         bottle: agent.bottle.clone(),
         manifest: inputs.loaded.origin.describe(),
+        manifest_path: inputs.loaded.origin.path().map(Path::to_path_buf),
+        resume: None,
         trust: inputs.loaded.trust.clone(),
         host_access,
         backend: inputs.backend,

@@ -153,6 +153,22 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
     pids
 }
 
+/// Docker with `runtime` (`runc` or `runsc`) and the tiny image, or a skip.
+#[track_caller]
+pub fn require_docker(runtime: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ready = text.contains("backend docker: ready") && text.contains("ok   tiny image");
+    let runsc = text.contains("ok   runsc (gVisor)");
+    skip::require(
+        ready && (runtime != "runsc" || runsc),
+        &format!("Docker with {runtime} is not ready here (run scripts/setup):\n{text}"),
+    )
+}
+
 /// Whether the VM backend can run here; `require`s it.
 #[track_caller]
 pub fn require_vm() -> bool {
