@@ -145,6 +145,7 @@ impl Backend for DockerBackend {
             extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
                 .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
             limits: plan.limits,
+            resolve: plan.resolve.clone(),
         };
         crate::bundle::start(state, &config, Duration::from_secs(30))?;
         let choice = plan.requested.runtime;

@@ -83,6 +83,9 @@ pub struct BundleConfig {
     /// Caps on connections, flows, buffered bodies and the audit log.
     #[serde(default)]
     pub limits: crate::manifest::Limits,
+    /// Names the proxy resolves to fixed addresses (`ADDR` or `ADDR:PORT`).
+    #[serde(default)]
+    pub resolve: std::collections::BTreeMap<String, String>,
 }
 
 /// The line the bundle prints when it is serving.

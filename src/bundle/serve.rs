@@ -48,6 +48,18 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
     proxy_config.body_budget = (limits.buffered_mib as usize) << 20;
     proxy_config.max_connections = limits.connections as usize;
     proxy_config.extra_root_pems = config.extra_root_pems.clone();
+    if !config.resolve.is_empty() {
+        let mut pins = Vec::new();
+        for (host, raw) in &config.resolve {
+            let pin = bottle_sidecars::proxy::AddressPin::parse(raw)
+                .with_context(|| format!("resolve: `{raw}` for {host} is not an address"))?;
+            pins.push((host.clone(), pin));
+        }
+        proxy_config.resolver = Arc::new(bottle_sidecars::proxy::PinnedResolver::new(
+            pins,
+            proxy_config.resolver.clone(),
+        ));
+    }
     let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
     let gate = if config.git.is_empty() {
         None

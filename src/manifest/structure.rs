@@ -127,6 +127,7 @@ static BOTTLE: Schema = Schema {
         ("allow_ports", Kind::IntArray),
         ("passthrough", Kind::StrArray),
         ("allow_ips", Kind::StrArray),
+        ("resolve", Kind::StrMap),
         ("upstream_ca", Kind::StrArray),
         ("allow_secret_paths", Kind::Bool),
         ("dlp", Kind::Table(&DLP)),

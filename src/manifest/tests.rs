@@ -246,3 +246,17 @@ fn limits_default_and_out_of_range_values_are_named() {
     let text = problems("[bottles.b.limits]\nsockets = 3\n").to_string();
     assert!(text.contains("known keys here: connections"), "{text}");
 }
+
+#[test]
+fn resolve_pins_names_to_addresses_and_names_bad_entries() {
+    let m = parse(
+        "t.toml",
+        "[bottles.b]\nresolve = { \"api.example.com\" = \"127.0.0.1:8443\", \"corp.internal\" = \"10.1.2.3\" }\n",
+    )
+    .unwrap();
+    assert_eq!(m.bottles["b"].resolve["api.example.com"], "127.0.0.1:8443");
+    let text = problems("[bottles.b]\nresolve = { \"*.x.com\" = \"1.2.3.4\", \"y.com\" = \"y.example\" }\n").to_string();
+    assert!(text.contains("bottles.b.resolve"), "{text}");
+    assert!(text.contains("is not a host name"), "{text}");
+    assert!(text.contains("`y.example` is not an address"), "{text}");
+}

@@ -80,6 +80,10 @@ pub struct Bottle {
     pub passthrough: Vec<String>,
     #[serde(default)]
     pub allow_ips: Vec<String>,
+    /// Names the proxy resolves to a fixed address (`"ADDR"` or
+    /// `"ADDR:PORT"`) instead of asking DNS, like curl's `--resolve`.
+    #[serde(default)]
+    pub resolve: std::collections::BTreeMap<String, String>,
     /// PEM files with extra roots the proxy trusts for upstream TLS.
     #[serde(default)]
     pub upstream_ca: Vec<PathBuf>,

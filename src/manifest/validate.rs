@@ -150,6 +150,28 @@ pub fn check(
                 );
             }
         }
+        for (host, pin) in &bottle.resolve {
+            let path: Vec<Seg<'_>> = base
+                .iter()
+                .copied()
+                .chain([Seg::Key("resolve"), Seg::Key(host)])
+                .collect();
+            match HostPattern::parse(host) {
+                Ok(p) if !p.is_wildcard() => {}
+                _ => c.report(
+                    &path,
+                    format!("`{host}` is not a host name"),
+                    Some("write a plain name such as `api.example.com` (no wildcard)".to_string()),
+                ),
+            }
+            if bottle_sidecars::proxy::AddressPin::parse(pin).is_none() {
+                c.report(
+                    &path,
+                    format!("`{pin}` is not an address"),
+                    Some("write an IP address, optionally with a port: `10.1.2.3` or `127.0.0.1:8443`".to_string()),
+                );
+            }
+        }
         for (i, port) in bottle.allow_ports.iter().enumerate() {
             if *port == 0 {
                 let path: Vec<Seg<'_>> = base

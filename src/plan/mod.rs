@@ -220,6 +220,8 @@ pub struct Plan {
     pub allow: Vec<String>,
     pub allow_ports: Vec<u16>,
     pub allow_ips: Vec<String>,
+    /// Names the proxy resolves to fixed addresses.
+    pub resolve: BTreeMap<String, String>,
     pub passthrough: Vec<String>,
     pub rules: Vec<RulePlan>,
     pub routes: Vec<RoutePlan>,
@@ -438,6 +440,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         allow: bottle.allow.clone(),
         allow_ports: bottle.allow_ports.clone(),
         allow_ips: bottle.allow_ips.clone(),
+        resolve: bottle.resolve.clone(),
         passthrough: bottle.passthrough.clone(),
         rules: bottle
             .rules

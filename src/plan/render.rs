@@ -101,6 +101,9 @@ impl Plan {
         let _ = writeln!(o, "  allow          : {}", list(&self.allow));
         let ports: Vec<String> = self.allow_ports.iter().map(u16::to_string).collect();
         let _ = writeln!(o, "  allow ports    : {}", list(&ports));
+        for (host, pin) in &self.resolve {
+            let _ = writeln!(o, "  resolve        : {host} → {pin} (not DNS)");
+        }
         if !self.allow_ips.is_empty() {
             let _ = writeln!(o, "  allow IPs      : {}", list(&self.allow_ips));
         }

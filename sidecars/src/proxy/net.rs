@@ -40,6 +40,73 @@ impl Resolver for SystemResolver {
     }
 }
 
+/// Names pinned to addresses, like curl's `--resolve` (and, with a port,
+/// `--connect-to`): split DNS, or a test upstream on loopback under its real
+/// name. TLS still verifies the name; the SSRF guard still checks the
+/// address. Other names go to `fallback`.
+#[derive(Debug, Clone)]
+pub struct PinnedResolver {
+    pins: std::collections::HashMap<String, AddressPin>,
+    fallback: std::sync::Arc<dyn Resolver>,
+}
+
+/// Where a pinned name goes: an address, and optionally another port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPin {
+    pub ip: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl AddressPin {
+    /// `ADDR` or `ADDR:PORT` (`[v6]:PORT` for IPv6).
+    pub fn parse(raw: &str) -> Option<AddressPin> {
+        if let Ok(ip) = raw.parse() {
+            return Some(AddressPin { ip, port: None });
+        }
+        let addr: SocketAddr = raw.parse().ok()?;
+        (addr.port() != 0).then_some(AddressPin {
+            ip: addr.ip(),
+            port: Some(addr.port()),
+        })
+    }
+}
+
+impl PinnedResolver {
+    /// `pins`: host name (any case, trailing dot ignored) → pin.
+    pub fn new(
+        pins: impl IntoIterator<Item = (String, AddressPin)>,
+        fallback: std::sync::Arc<dyn Resolver>,
+    ) -> Self {
+        Self {
+            pins: pins
+                .into_iter()
+                .map(|(h, p)| (normal_host(&h), p))
+                .collect(),
+            fallback,
+        }
+    }
+}
+
+fn normal_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Resolver for PinnedResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
+        match self.pins.get(&normal_host(host)) {
+            Some(pin) => {
+                let addr = SocketAddr::new(pin.ip, pin.port.unwrap_or(port));
+                Box::pin(async move { Ok(vec![addr]) })
+            }
+            None => self.fallback.resolve(host, port),
+        }
+    }
+}
+
 /// Plain `connect(2)` with `TCP_NODELAY`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TcpDialer;
@@ -361,5 +428,41 @@ mod tests {
         assert!(IpNet::parse("::/129").is_err());
         assert!(IpNet::parse("::/0").unwrap().contains(ip("fe80::1")));
         assert!(IpNet::parse("[::1]").unwrap().contains(ip("::1")));
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Nowhere;
+    impl Resolver for Nowhere {
+        fn resolve<'a>(&'a self, _: &'a str, _: u16) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
+            Box::pin(async { Err(io::Error::other("not pinned")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn pinned_names_resolve_to_their_pin_and_others_fall_through() {
+        let r = PinnedResolver::new(
+            [
+                ("API.Example.com.".to_string(), AddressPin::parse("127.0.0.1:8443").unwrap()),
+                ("split.corp".to_string(), AddressPin::parse("10.1.2.3").unwrap()),
+            ],
+            std::sync::Arc::new(Nowhere),
+        );
+        assert_eq!(
+            r.resolve("api.example.com", 443).await.unwrap(),
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
+        assert_eq!(
+            r.resolve("split.corp", 443).await.unwrap(),
+            vec!["10.1.2.3:443".parse().unwrap()]
+        );
+        assert!(r.resolve("other.example", 443).await.is_err());
+        assert_eq!(AddressPin::parse("[::1]:9").unwrap().port, Some(9));
+        assert!(AddressPin::parse("host:1").is_none());
+        assert!(AddressPin::parse("127.0.0.1:0").is_none());
     }
 }

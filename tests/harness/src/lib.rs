@@ -5,6 +5,7 @@
 //! test returns early; in CI (`BOTTLE_TEST_STRICT=1`) it fails instead, so a
 //! skipped feature can never pass CI unnoticed.
 
+pub mod anthropic;
 pub mod netns;
 pub mod skip;
 pub mod sshd;

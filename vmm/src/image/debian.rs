@@ -46,6 +46,10 @@ impl RootFormat {
     }
 }
 
+/// The Claude Code release the `claude` image installs (npm
+/// `@anthropic-ai/claude-code`); changing it changes the image's key.
+pub const CLAUDE_CODE_VERSION: &str = "2.1.332";
+
 /// What goes into a Debian image. Its JSON form is the cache key's input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebianOpts {
@@ -53,7 +57,8 @@ pub struct DebianOpts {
     pub suite: String,
     /// Packages beyond [`BASE_PACKAGES`].
     pub extra_packages: Vec<String>,
-    /// `npm install -g @anthropic-ai/claude-code` inside the image.
+    /// `npm install -g @anthropic-ai/claude-code@`[`CLAUDE_CODE_VERSION`]
+    /// inside the image.
     pub claude: bool,
     pub format: RootFormat,
     /// Debian mirror URL; none = mmdebstrap's default (the host's sources).
@@ -112,6 +117,9 @@ impl DebianOpts {
         let mut h = Sha256::new();
         h.update(RECIPE_VERSION.as_bytes());
         h.update(serde_json::to_vec(self).unwrap_or_default());
+        if self.claude {
+            h.update(CLAUDE_CODE_VERSION.as_bytes());
+        }
         hex::encode(h.finalize())[..16].to_string()
     }
 
@@ -143,7 +151,7 @@ impl DebianOpts {
                 None => String::new(),
             };
             a.push(format!(
-                "--customize-hook=chroot \"$1\" env {ca_env}sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code && claude --version && rm -rf /root/.npm /usr/local/lib/node_modules/@anthropic-ai/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64-musl' \
+                "--customize-hook=chroot \"$1\" env {ca_env}sh -c 'npm install -g --no-fund --no-audit @anthropic-ai/claude-code@{CLAUDE_CODE_VERSION} && claude --version && rm -rf /root/.npm /usr/local/lib/node_modules/@anthropic-ai/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64-musl' \
                  || {{ echo 'bottle: installing Claude Code from npm failed (is registry.npmjs.org reachable? behind a TLS-intercepting proxy set NODE_EXTRA_CA_CERTS)' >&2; exit 1; }}"
             ));
             if let Some(ca) = &self.build_ca {
