@@ -129,3 +129,21 @@ pub fn read_pems(files: &[PathBuf]) -> Result<Vec<String>, PolicyError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dlp_host_actions_reach_the_proxy_policy() {
+        let m = manifest::parse(
+            "t",
+            "[bottles.b]\ndlp = { action = \"warn\", hosts = { \"api.anthropic.com\" = \"redact\" } }\n",
+        )
+        .unwrap();
+        let p = build(&m.bottles["b"], Path::new("/")).unwrap();
+        assert_eq!(p.dlp.action, DlpAction::Warn);
+        assert_eq!(p.dlp.action_for("api.anthropic.com"), DlpAction::Redact);
+        assert_eq!(p.dlp.action_for("github.com"), DlpAction::Warn);
+    }
+}
