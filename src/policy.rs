@@ -4,7 +4,7 @@
 use crate::manifest::paths;
 use crate::manifest::{self, Bottle, TokenSpec};
 use bottle_sidecars::policy::{
-    DlpAction, DlpPolicy, GitRemote, HostPattern, Policy, RequestRule, Route, TokenSource,
+    DlpAction, DlpHost, DlpPolicy, GitRemote, HostPattern, Policy, RequestRule, Route, TokenSource,
 };
 use std::path::{Path, PathBuf};
 
@@ -75,13 +75,29 @@ pub fn build(bottle: &Bottle, base_dir: &Path) -> Result<Policy, PolicyError> {
             })
             .collect::<Result<_, PolicyError>>()?,
         dlp: DlpPolicy {
-            action: match bottle.dlp.action {
-                manifest::DlpAction::Block => DlpAction::Block,
-                manifest::DlpAction::Warn => DlpAction::Warn,
-            },
+            action: dlp_action(bottle.dlp.action),
             disable_rules: bottle.dlp.disable_rules.clone(),
+            hosts: bottle
+                .dlp
+                .hosts
+                .iter()
+                .map(|(h, a)| {
+                    Ok(DlpHost {
+                        host: host(h)?,
+                        action: dlp_action(*a),
+                    })
+                })
+                .collect::<Result<_, PolicyError>>()?,
         },
     })
+}
+
+fn dlp_action(action: manifest::DlpAction) -> DlpAction {
+    match action {
+        manifest::DlpAction::Block => DlpAction::Block,
+        manifest::DlpAction::Warn => DlpAction::Warn,
+        manifest::DlpAction::Redact => DlpAction::Redact,
+    }
 }
 
 /// The bottle's git remotes, as git-gate serves them.
@@ -112,4 +128,22 @@ pub fn read_pems(files: &[PathBuf]) -> Result<Vec<String>, PolicyError> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dlp_host_actions_reach_the_proxy_policy() {
+        let m = manifest::parse(
+            "t",
+            "[bottles.b]\ndlp = { action = \"warn\", hosts = { \"api.anthropic.com\" = \"redact\" } }\n",
+        )
+        .unwrap();
+        let p = build(&m.bottles["b"], Path::new("/")).unwrap();
+        assert_eq!(p.dlp.action, DlpAction::Warn);
+        assert_eq!(p.dlp.action_for("api.anthropic.com"), DlpAction::Redact);
+        assert_eq!(p.dlp.action_for("github.com"), DlpAction::Warn);
+    }
 }

@@ -20,15 +20,54 @@ pub enum DlpAction {
     Block,
     /// Let the request through and write the finding to the audit log.
     Warn,
+    /// Replace each finding in a JSON body's string values with a marker
+    /// naming the rule and send the rewritten body; block anything else
+    /// (findings in the URL or headers, bodies that are not JSON).
+    Redact,
+}
+
+impl DlpAction {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Warn => "warn",
+            Self::Redact => "redact",
+        }
+    }
+}
+
+/// A per-host override of the bottle's DLP action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlpHost {
+    pub host: HostPattern,
+    pub action: DlpAction,
 }
 
 /// DLP settings of one bottle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DlpPolicy {
+    /// The action for hosts without an override.
     pub action: DlpAction,
     /// Scanner rule ids that are switched off for this bottle.
     #[serde(default)]
     pub disable_rules: Vec<String>,
+    /// Per-host actions (`dlp.hosts` in the manifest).
+    #[serde(default)]
+    pub hosts: Vec<DlpHost>,
+}
+
+impl DlpPolicy {
+    /// The action for a request to `host` (already normalised, see
+    /// [`normalize_host`]): an exact pattern wins over wildcards, a longer
+    /// wildcard over a shorter one, and without a match the bottle's action.
+    pub fn action_for(&self, host: &str) -> DlpAction {
+        self.hosts
+            .iter()
+            .filter(|h| h.host.matches_normalized(host))
+            .max_by_key(|h| (!h.host.is_wildcard(), h.host.name().len()))
+            .map_or(self.action, |h| h.action)
+    }
 }
 
 /// Where the real credential of an egress route is read from, at launch, on the host.
@@ -118,4 +157,45 @@ pub struct Policy {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub dlp: DlpPolicy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(pattern: &str, action: DlpAction) -> DlpHost {
+        DlpHost {
+            host: HostPattern::parse(pattern).unwrap(),
+            action,
+        }
+    }
+
+    #[test]
+    fn the_most_specific_host_override_wins_and_others_get_the_default() {
+        let p = DlpPolicy {
+            action: DlpAction::Block,
+            disable_rules: vec![],
+            hosts: vec![
+                host("*.example.com", DlpAction::Warn),
+                host("api.example.com", DlpAction::Redact),
+                host("*.eu.example.com", DlpAction::Block),
+                host("*.anthropic.com", DlpAction::Redact),
+            ],
+        };
+        assert_eq!(p.action_for("api.example.com"), DlpAction::Redact);
+        assert_eq!(p.action_for("www.example.com"), DlpAction::Warn);
+        assert_eq!(p.action_for("x.eu.example.com"), DlpAction::Block);
+        assert_eq!(p.action_for("api.anthropic.com"), DlpAction::Redact);
+        assert_eq!(p.action_for("example.com"), DlpAction::Block);
+        assert_eq!(p.action_for("other.test"), DlpAction::Block);
+    }
+
+    #[test]
+    fn old_policies_without_hosts_still_parse() {
+        let p: DlpPolicy = serde_json::from_str(r#"{"action":"warn","disable_rules":[]}"#).unwrap();
+        assert_eq!(p.action, DlpAction::Warn);
+        assert!(p.hosts.is_empty());
+        let back: DlpPolicy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
 }

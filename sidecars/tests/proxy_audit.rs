@@ -255,6 +255,7 @@ fn secrets_in_the_url_are_redacted_in_the_log() {
         p.dlp = DlpPolicy {
             action: DlpAction::Warn,
             disable_rules: vec![],
+            ..Default::default()
         }
     });
     let (code, body) = env2.curl_status(&[&env2.url("allowed.test", &format!("/w?key={AWS_KEY}"))]);

@@ -310,6 +310,7 @@ fn warn_mode_passes_and_logs() {
         p.dlp = DlpPolicy {
             action: DlpAction::Warn,
             disable_rules: vec![],
+            ..Default::default()
         }
     });
     let (code, body) = env.curl_status(&[

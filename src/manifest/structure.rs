@@ -22,17 +22,21 @@ enum Kind {
     Named(&'static Schema),
     /// A table of free keys with string values.
     StrMap,
+    /// One of a fixed set of strings.
+    Enum(&'static [&'static str]),
+    /// A table of free keys whose values are each one of a fixed set of strings.
+    EnumMap(&'static [&'static str]),
 }
 
 impl Kind {
     fn describe(self) -> &'static str {
         match self {
-            Kind::Str => "a string",
+            Kind::Str | Kind::Enum(_) => "a string",
             Kind::Int => "an integer",
             Kind::Bool => "true or false",
             Kind::StrArray => "an array of strings",
             Kind::IntArray => "an array of integers",
-            Kind::Table(_) | Kind::Named(_) | Kind::StrMap => "a table",
+            Kind::Table(_) | Kind::Named(_) | Kind::StrMap | Kind::EnumMap(_) => "a table",
             Kind::ArrayOfTables(_) => "an array of tables (`[[...]]`)",
         }
     }
@@ -92,8 +96,13 @@ static GIT: Schema = Schema {
     ],
     removed: &[],
 };
+static DLP_ACTIONS: &[&str] = super::types::DlpAction::NAMES;
 static DLP: Schema = Schema {
-    fields: &[("action", Kind::Str), ("disable_rules", Kind::StrArray)],
+    fields: &[
+        ("action", Kind::Enum(DLP_ACTIONS)),
+        ("disable_rules", Kind::StrArray),
+        ("hosts", Kind::EnumMap(DLP_ACTIONS)),
+    ],
     removed: &[],
 };
 static VM: Schema = Schema {
@@ -156,7 +165,7 @@ static BOTTLE: Schema = Schema {
         ),
         ("ssh", "raw SSH access was removed; declare the remote in `[[bottles.NAME.git]]` so pushes go through git-gate"),
         ("allowlist", "the key is now `allow`"),
-        ("dlp_action", "write `dlp = { action = \"block\" | \"warn\" }`"),
+        ("dlp_action", "write `dlp = { action = \"block\" | \"warn\" | \"redact\" }`"),
     ],
 };
 static AGENT: Schema = Schema {
@@ -265,6 +274,33 @@ fn check_item(
         Kind::Str => match item.as_value() {
             Some(Value::String(_)) => {}
             other => wrong(problems, describe_found(item, other)),
+        },
+        Kind::Enum(names) => match item.as_value() {
+            Some(Value::String(s)) => check_enum(s.value(), names, path, span.clone(), problems),
+            other => wrong(problems, describe_found(item, other)),
+        },
+        Kind::EnumMap(names) => match item.as_table_like() {
+            Some(table) => {
+                for (name, sub) in table.iter() {
+                    let sub_span = sub.span().or_else(|| span.clone());
+                    match sub.as_value() {
+                        Some(Value::String(s)) => check_enum(
+                            s.value(),
+                            names,
+                            &join(path, &quote_key(name)),
+                            sub_span,
+                            problems,
+                        ),
+                        other => problems.push(Problem::new(
+                            join(path, &quote_key(name)),
+                            sub_span,
+                            format!("expected a string, found {}", describe_found(sub, other)),
+                            Some(format!("write one of: {}", quoted(names))),
+                        )),
+                    }
+                }
+            }
+            None => wrong(problems, describe_found(item, item.as_value())),
         },
         Kind::Int => match item.as_value() {
             Some(Value::Integer(_)) => {}
@@ -393,6 +429,46 @@ fn check_item(
     }
 }
 
+/// A value of an enumerated key: unknown values are named with the valid ones.
+fn check_enum(
+    value: &str,
+    names: &[&str],
+    path: &str,
+    span: Option<Range<usize>>,
+    problems: &mut Vec<Problem>,
+) {
+    if names.contains(&value) {
+        return;
+    }
+    let hint = match did_you_mean(value, names) {
+        Some(best) => format!("did you mean `{best}`? Valid values: {}", quoted(names)),
+        None => format!("valid values: {}", quoted(names)),
+    };
+    problems.push(Problem::new(
+        path.to_string(),
+        span,
+        format!("unknown value `{value}`"),
+        Some(hint),
+    ));
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A free key in a key path: quoted when it holds dots (host names).
+fn quote_key(key: &str) -> String {
+    if key.contains('.') {
+        format!("\"{key}\"")
+    } else {
+        key.to_string()
+    }
+}
+
 /// Names of bottles and agents: they become parts of identities and paths.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -445,7 +521,7 @@ passthrough = ["p.example"]
 allow_ips = ["10.0.0.1"]
 upstream_ca = ["ca.pem"]
 allow_secret_paths = true
-dlp = { action = "warn", disable_rules = ["r"] }
+dlp = { action = "warn", disable_rules = ["r"], hosts = { "api.example" = "redact" } }
 supervise = true
 backend = "vm"
 vm = { engine = "qemu" }
@@ -514,12 +590,14 @@ copy_cwd = false
                 }
             };
             let ok = match kind {
-                Kind::Str => v.is_string(),
+                Kind::Str | Kind::Enum(_) => v.is_string(),
                 Kind::Int => v.is_i64() || v.is_u64(),
                 Kind::Bool => v.is_boolean(),
                 Kind::StrArray => first(v).is_some_and(|e| e.is_string()),
                 Kind::IntArray => first(v).is_some_and(|e| e.is_u64() || e.is_i64()),
-                Kind::StrMap => v.is_object() && first(v).is_some_and(|e| e.is_string()),
+                Kind::StrMap | Kind::EnumMap(_) => {
+                    v.is_object() && first(v).is_some_and(|e| e.is_string())
+                }
                 Kind::Table(sub) => {
                     agree(sub, v, &here, problems);
                     true

@@ -163,6 +163,42 @@ fn bad_enum_value_is_reported_with_position() {
 }
 
 #[test]
+fn dlp_actions_per_host_parse_and_unknown_ones_name_the_valid_values() {
+    let m = parse(
+        "t",
+        "[bottles.b]\ndlp = { action = \"block\", hosts = { \"api.anthropic.com\" = \"redact\", \"*.example.com\" = \"warn\" } }\n",
+    )
+    .unwrap();
+    let dlp = &m.bottles["b"].dlp;
+    assert_eq!(dlp.action, DlpAction::Block);
+    assert_eq!(dlp.hosts["api.anthropic.com"], DlpAction::Redact);
+    assert_eq!(dlp.hosts["*.example.com"], DlpAction::Warn);
+
+    let (p, pos, text) =
+        only("[bottles.b]\ndlp = { hosts = { \"api.anthropic.com\" = \"redakt\" } }\n");
+    assert_eq!(p.key_path, "bottles.b.dlp.hosts.\"api.anthropic.com\"");
+    assert_eq!(pos.0, 2);
+    assert!(p.message.contains("unknown value `redakt`"), "{text}");
+    assert!(text.contains("did you mean `redact`"), "{text}");
+    assert!(text.contains("\"block\", \"warn\", \"redact\""), "{text}");
+
+    let (p, _, text) = only("[bottles.b]\ndlp = { action = \"shout\" }\n");
+    assert_eq!(p.key_path, "bottles.b.dlp.action");
+    assert!(text.contains("\"block\", \"warn\", \"redact\""), "{text}");
+}
+
+#[test]
+fn dlp_hosts_must_be_distinct_host_patterns() {
+    let (p, _, text) = only("[bottles.b]\ndlp = { hosts = { \"https://x.com\" = \"redact\" } }\n");
+    assert_eq!(p.key_path, "bottles.b.dlp.hosts.https://x.com");
+    assert!(text.contains("invalid host pattern"), "{text}");
+    let (_, _, text) = only(
+        "[bottles.b]\ndlp = { hosts = { \"API.x.com\" = \"redact\", \"api.x.com\" = \"block\" } }\n",
+    );
+    assert!(text.contains("same host pattern"), "{text}");
+}
+
+#[test]
 fn syntax_error_is_reported_with_position() {
     let d = problems("[bottles.b\n");
     assert_eq!(d.problems[0].key_path, "(syntax)");

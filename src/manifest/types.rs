@@ -162,7 +162,8 @@ pub fn default_allow_ports() -> Vec<u16> {
     vec![443, 80]
 }
 
-/// `dlp = { action = "block" | "warn", disable_rules = [...] }`.
+/// `dlp = { action = "block" | "warn" | "redact", disable_rules = [...],
+/// hosts = { "api.example.com" = "redact", ... } }`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dlp {
@@ -170,6 +171,9 @@ pub struct Dlp {
     pub action: DlpAction,
     #[serde(default)]
     pub disable_rules: Vec<String>,
+    /// Per-host actions: host pattern (as in `allow`) → action.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, DlpAction>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -178,13 +182,18 @@ pub enum DlpAction {
     #[default]
     Block,
     Warn,
+    Redact,
 }
 
 impl DlpAction {
+    /// Every action, as written in a manifest.
+    pub const NAMES: &'static [&'static str] = &["block", "warn", "redact"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Block => "block",
             Self::Warn => "warn",
+            Self::Redact => "redact",
         }
     }
 }

@@ -275,6 +275,29 @@ pub fn check(
                 );
             }
         }
+        let mut dlp_hosts: Vec<(HostPattern, &str)> = Vec::new();
+        for raw in bottle.dlp.hosts.keys() {
+            let path: Vec<Seg<'_>> = base
+                .iter()
+                .copied()
+                .chain([Seg::Key("dlp"), Seg::Key("hosts"), Seg::Key(raw)])
+                .collect();
+            match HostPattern::parse(raw) {
+                Err(e) => c.report(
+                    &path,
+                    format!("invalid host pattern: {e}"),
+                    Some("write `example.com` or `*.example.com`, as in `allow`".to_string()),
+                ),
+                Ok(p) => match dlp_hosts.iter().find(|(q, _)| *q == p) {
+                    Some((_, first)) => c.report(
+                        &path,
+                        format!("`{raw}` and `{first}` are the same host pattern"),
+                        Some("keep one of them".to_string()),
+                    ),
+                    None => dlp_hosts.push((p, raw)),
+                },
+            }
+        }
         let mut route_names = BTreeSet::new();
         for (i, route) in bottle.routes.iter().enumerate() {
             let rp = |k: &'static str| -> Vec<Seg<'_>> {

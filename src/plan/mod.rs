@@ -229,6 +229,8 @@ pub struct Plan {
     pub tls_interception: TlsPlan,
     pub dlp_action: DlpAction,
     pub dlp_disabled_rules: Vec<String>,
+    /// Per-host DLP actions (host pattern → action).
+    pub dlp_hosts: BTreeMap<String, DlpAction>,
     pub supervise: bool,
     /// What the proxy enforces.
     #[serde(skip)]
@@ -478,6 +480,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         },
         dlp_action: bottle.dlp.action,
         dlp_disabled_rules: bottle.dlp.disable_rules.clone(),
+        dlp_hosts: bottle.dlp.hosts.clone(),
         supervise: bottle.supervise,
         policy,
         git_remotes: crate::policy::git_remotes(bottle, &base_dir),

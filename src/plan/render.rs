@@ -128,8 +128,12 @@ impl Plan {
         );
         let _ = writeln!(
             o,
-            "  dlp            : {}{}",
+            "  dlp            : {}{}{}",
             self.dlp_action.as_str(),
+            self.dlp_hosts
+                .iter()
+                .map(|(host, action)| format!("; {host}: {}", action.as_str()))
+                .collect::<String>(),
             if self.dlp_disabled_rules.is_empty() {
                 String::new()
             } else {

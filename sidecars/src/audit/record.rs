@@ -112,7 +112,8 @@ pub struct AuditRecord {
     /// The query string (without `?`), secrets redacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    /// `allow`, `deny` or `warn` (empty on summary and rotation lines).
+    /// `allow`, `deny`, `warn` or `redact` (empty on summary and rotation
+    /// lines).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub decision: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -141,6 +142,10 @@ pub struct AuditRecord {
     /// A rotation line: the `seq` of the oldest line still kept on disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_from: Option<u64>,
+    /// A `redact` decision: rule id → secrets replaced in the request body
+    /// (never the secrets themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<BTreeMap<String, u64>>,
     /// Free text (the file a rotation continues, a git refusal's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

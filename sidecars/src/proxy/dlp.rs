@@ -4,7 +4,7 @@
 
 use super::budget::{self, Budget, OverBudget};
 use super::routes::{LiteralKind, Literals};
-use crate::scanner::Scanner;
+use crate::scanner::{Finding, Scanner};
 use bytes::Bytes;
 use http::HeaderMap;
 use std::io::Read;
@@ -157,6 +157,11 @@ impl Hit {
         }
     }
 
+    /// Whether the hit is in the request body (any of its decoded forms).
+    pub fn in_body(&self) -> bool {
+        self.place().starts_with("body")
+    }
+
     pub fn place(&self) -> &str {
         match self {
             Hit::Secret { place, .. }
@@ -185,18 +190,32 @@ impl Dlp<'_> {
             });
         }
         for (route, kind) in self.literals.find(data) {
-            let route = self.route_names.get(route).cloned().unwrap_or_default();
-            hits.push(match kind {
-                LiteralKind::Placeholder => Hit::Placeholder {
-                    route,
-                    place: place.into(),
-                },
-                LiteralKind::Token => Hit::Token {
-                    route,
-                    place: place.into(),
-                },
-            });
+            hits.push(self.literal_hit(route, kind, place));
         }
+    }
+
+    fn literal_hit(&self, route: usize, kind: LiteralKind, place: &str) -> Hit {
+        let route = self.route_names.get(route).cloned().unwrap_or_default();
+        match kind {
+            LiteralKind::Placeholder => Hit::Placeholder {
+                route,
+                place: place.into(),
+            },
+            LiteralKind::Token => Hit::Token {
+                route,
+                place: place.into(),
+            },
+        }
+    }
+
+    /// The scanner's findings in `data`, with their positions; a route
+    /// placeholder or real route token in it is returned as the error (those
+    /// are refused, never rewritten).
+    pub fn secrets_in(&self, place: &str, data: &[u8]) -> Result<Vec<Finding>, Hit> {
+        if let Some((route, kind)) = self.literals.find(data).into_iter().next() {
+            return Err(self.literal_hit(route, kind, place));
+        }
+        Ok(self.scanner.scan(data))
     }
 
     fn finds_anything(&self, data: &[u8]) -> bool {

@@ -8,11 +8,11 @@ use super::budget::{self, OverBudget};
 use super::counted::AuditedBody;
 use super::decide::{self, Refusal};
 use super::dlp::{self, BodyError, Dlp, Hit};
+use super::dlp_action::{self, Verdict};
 use super::target::Target;
 use super::upstream::ConnectError;
 use super::{Proxy, State};
 use crate::audit::{Completion, Exchange, Kind, Outcome};
-use crate::policy::DlpAction;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -166,15 +166,32 @@ impl Proxy {
             route_names: &state.route_names,
         };
         let hits = dlp.scan_request(&pq, &parts.headers, &decoded);
+        let action = state.policy.dlp.action_for(&target.host);
+        let verdict = dlp_action::apply(&dlp, action, hits, &parts.headers, &decoded, &target.host);
         drop(decoded);
-        let mut warned = None;
-        for hit in &hits {
-            let blocking =
-                !matches!(hit, Hit::Secret { .. }) || state.policy.dlp.action == DlpAction::Block;
-            if blocking {
-                return deny(hit_refusal(hit, &target), bytes);
+        let (mut body, mut warned, mut redacted) = (raw, None, None);
+        match verdict {
+            Verdict::Clean => {}
+            Verdict::Warn { rule } => warned = Some(rule),
+            Verdict::Block(hit) => return deny(hit_refusal(&hit, &target), bytes),
+            Verdict::Refuse(refusal) => return deny(refusal, bytes),
+            Verdict::Redacted {
+                body: new,
+                counts,
+                rule,
+            } => {
+                // Sent as rewritten: decoded, so without its encoding.
+                let mut reservation = self.budget.reservation();
+                if let Err(e) = reservation.grow(new.capacity()) {
+                    return deny(self.over_budget("request", e), bytes);
+                }
+                body = budget::hold(new, reservation);
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                (warned, redacted) = (Some(rule), Some(counts));
             }
-            warned.get_or_insert_with(|| hit.rule());
         }
         for r in &routes {
             if let Some(value) = r.header_value() {
@@ -212,11 +229,13 @@ impl Proxy {
         if let Ok(host) = HeaderValue::from_str(&target.authority()) {
             parts.headers.insert(header::HOST, host);
         }
-        let upstream_req = Request::from_parts(parts, Full::new(raw));
+        let body_len = u64::try_from(body.len()).unwrap_or(u64::MAX);
+        let upstream_req = Request::from_parts(parts, Full::new(body));
         // The decision is on record before anything is dialled; if it cannot
         // be, nothing is.
         let mut decided = line;
         (decided.decision, decided.rule) = match warned {
+            Some(rule) if redacted.is_some() => ("redact".into(), rule),
             Some(rule) => ("warn".into(), rule),
             None => (
                 "allow".into(),
@@ -224,11 +243,12 @@ impl Proxy {
             ),
         };
         decided.bytes = bytes;
+        decided.redacted = redacted;
         let mut exchange = match self.audit.decide(decided) {
             Ok(exchange) => exchange,
             Err(e) => return refusal_response(&self.audit_failed(&e)),
         };
-        exchange.bytes_up = bytes;
+        exchange.bytes_up = body_len;
         // Dropped here (client gone before the answer): `cancelled`.
         let resp = match self.client.request(upstream_req).await {
             Ok(resp) => resp,
@@ -449,7 +469,8 @@ fn hit_refusal(hit: &Hit, target: &Target) -> Refusal {
         Hit::Secret { rule, place, redacted } => format!(
             "a secret matching DLP rule `{rule}` ({redacted}) is in the {place} of a request to `{}`. \
              Remove it; if this is a false positive, add \"{rule}\" to `dlp.disable_rules` in the \
-             bottle's manifest or set `dlp.action = \"warn\"`.",
+             bottle's manifest; to let the request through without it, set the host's DLP action \
+             to \"redact\" (JSON bodies) in `dlp.hosts`.",
             target.host
         ),
         Hit::Placeholder { route, place } => format!(
