@@ -41,6 +41,7 @@ struct Shared {
 }
 
 /// The fake API server, stopped on drop.
+#[allow(missing_debug_implementations)]
 pub struct FakeAnthropic {
     addr: SocketAddr,
     shared: Arc<Shared>,

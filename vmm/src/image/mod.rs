@@ -11,7 +11,9 @@ mod store;
 mod tiny;
 
 pub use cpio::CpioWriter;
-pub use debian::{build_debian, export_rootfs_tar, find_debian, DebianOpts, RootFormat};
+pub use debian::{
+    build_debian, export_rootfs_tar, find_debian, DebianOpts, RootFormat, CLAUDE_CODE_VERSION,
+};
 pub use store::{ImageInfo, ImageStore};
 pub use tiny::{build_tiny, is_static_elf, tiny_key, BUSYBOX, PLACEHOLDER_INIT};
 
