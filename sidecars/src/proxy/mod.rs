@@ -27,6 +27,7 @@ pub mod net;
 pub mod path;
 mod ratelimit;
 pub mod routes;
+pub mod stream;
 pub mod target;
 mod upstream;
 
@@ -146,6 +147,8 @@ pub struct State {
     pub routes: Vec<ResolvedRoute>,
     pub route_names: Vec<String>,
     pub literals: Literals,
+    /// The same literals, for redacting route-host responses as they stream.
+    pub redaction: Arc<stream::Redaction>,
     pub scanner: Scanner,
     /// Every rule (none disabled) plus the route tokens: what audit lines
     /// are redacted with.
@@ -189,6 +192,7 @@ impl State {
             ips,
             route_names: routes.iter().map(|r| r.route.name.clone()).collect(),
             literals: Literals::new(&routes),
+            redaction: Arc::new(stream::Redaction::new(&routes)),
             routes,
             scanner,
             redactor,
