@@ -8,4 +8,5 @@
 pub mod netns;
 pub mod skip;
 pub mod sshd;
+pub mod streaming;
 pub mod tls;
