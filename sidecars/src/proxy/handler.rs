@@ -1,6 +1,6 @@
 //! One HTTP request to an allowed target: policy re-check (reload-aware),
 //! method/path rules, body within the cap, DLP, route injection, the pooled
-//! upstream call, response redaction for route hosts, audit (`decided` before
+//! upstream call, response redaction for route hosts (streamed), audit (`decided` before
 //! the dial, `completed` when the response body ends).
 
 use super::body::{self, ReadError};
@@ -9,6 +9,7 @@ use super::counted::AuditedBody;
 use super::decide::{self, Refusal};
 use super::dlp::{self, BodyError, Dlp, Hit};
 use super::dlp_action::{self, Verdict};
+use super::stream::RedactedBody;
 use super::target::Target;
 use super::upstream::ConnectError;
 use super::{Proxy, State};
@@ -274,14 +275,32 @@ impl Proxy {
         resp.map(|body| AuditedBody::new(body, exchange, status).boxed())
     }
 
-    /// Route hosts: the body is read (within the cap and the budget), decoded,
-    /// and every real token in headers and body is replaced by its placeholder.
+    /// Route hosts: every real token in headers and body is replaced by its
+    /// placeholder. An uncompressed body streams through a redactor that
+    /// holds back only what could be the start of a token; a compressed one
+    /// (the proxy asked for `identity`, but an upstream may ignore that) is
+    /// read whole (within the cap and the budget), decoded and redacted, or
+    /// refused when it cannot be decoded.
     async fn redacted_response(
         &self,
         mut parts: http::response::Parts,
         body: Incoming,
         state: &State,
     ) -> Result<Response<Body>, Refusal> {
+        redact_headers(&mut parts.headers, state);
+        let encoding = content_encoding(&parts.headers);
+        let identity = encoding
+            .split(',')
+            .all(|e| matches!(e.trim().to_ascii_lowercase().as_str(), "" | "identity"));
+        if identity {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            if !hyper::body::Body::is_end_stream(&body) {
+                // Redaction may change the length.
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            let body = RedactedBody::new(body, state.redaction.clone());
+            return Ok(Response::from_parts(parts, body.boxed()));
+        }
         let raw = match body::read(body, self.body_cap, &self.budget).await {
             Ok(raw) => raw,
             Err(ReadError::OverBudget(e)) => return Err(self.over_budget("response", e)),
@@ -291,7 +310,6 @@ impl Proxy {
                 ))
             }
         };
-        let encoding = content_encoding(&parts.headers);
         let decoded = match dlp::decode(&encoding, raw, self.body_cap, &self.budget) {
             Ok(d) => d,
             Err(BodyError::OverBudget(e)) => return Err(self.over_budget("response", e)),
@@ -302,29 +320,6 @@ impl Proxy {
             }
         };
         parts.headers.remove(header::CONTENT_ENCODING);
-        let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
-        for name in names {
-            let values: Vec<HeaderValue> = parts.headers.get_all(&name).iter().cloned().collect();
-            let mut changed = false;
-            let mut replaced = Vec::with_capacity(values.len());
-            for v in values {
-                match state.literals.redact_tokens(v.as_bytes(), &state.routes) {
-                    Some(new) => {
-                        changed = true;
-                        replaced.push(
-                            HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static("")),
-                        );
-                    }
-                    None => replaced.push(v),
-                }
-            }
-            if changed {
-                parts.headers.remove(&name);
-                for v in replaced {
-                    parts.headers.append(name.clone(), v);
-                }
-            }
-        }
         let body = match state.literals.redact_tokens(&decoded, &state.routes) {
             Some(new) => {
                 drop(decoded);
@@ -431,6 +426,33 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+/// Replace every real token in header values by its placeholder.
+fn redact_headers(headers: &mut HeaderMap, state: &State) {
+    let names: Vec<HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        let mut changed = false;
+        let mut replaced = Vec::with_capacity(values.len());
+        for v in values {
+            match state.literals.redact_tokens(v.as_bytes(), &state.routes) {
+                Some(new) => {
+                    changed = true;
+                    replaced.push(
+                        HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static("")),
+                    );
+                }
+                None => replaced.push(v),
+            }
+        }
+        if changed {
+            headers.remove(&name);
+            for v in replaced {
+                headers.append(name.clone(), v);
+            }
+        }
+    }
 }
 
 fn content_encoding(headers: &HeaderMap) -> String {

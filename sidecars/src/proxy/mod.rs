@@ -8,8 +8,9 @@
 //! decoded → DLP on URL, headers, body (placeholders and real route tokens
 //! included) → route header injected → audit `decided` line (a failed write
 //! refuses the request: nothing is dialled) → resolve, SSRF check, dial the
-//! checked address (pooled) → response (route hosts: real token redacted) →
-//! audit `completed` line when the response body ends, fails or is dropped.
+//! checked address (pooled) → response (route hosts: real token redacted as
+//! the body streams) → audit `completed` line when the response body ends,
+//! fails or is dropped.
 
 /// The audit log moved to the crate level (git-gate and the netstack write
 /// to the same chain); this path stays for compatibility.
@@ -29,6 +30,7 @@ pub mod path;
 mod ratelimit;
 pub mod redact_json;
 pub mod routes;
+pub mod stream;
 pub mod target;
 mod upstream;
 
@@ -108,8 +110,9 @@ pub struct ProxyConfig {
     /// Largest request body (raw and decoded) that is scanned; larger is refused.
     pub body_cap: usize,
     /// Bytes of bodies buffered at once across all requests (HTTP/2 streams
-    /// included): request bodies raw and decoded, route-host responses; a
-    /// request that would go over gets 503. At least `body_cap`.
+    /// included): request bodies raw and decoded, compressed route-host
+    /// responses (others stream); a request that would go over gets 503. At
+    /// least `body_cap`.
     pub body_budget: usize,
     /// Client connections served at once (an open CONNECT tunnel counts);
     /// one more gets 503 and is closed.
@@ -148,6 +151,8 @@ pub struct State {
     pub routes: Vec<ResolvedRoute>,
     pub route_names: Vec<String>,
     pub literals: Literals,
+    /// The same literals, for redacting route-host responses as they stream.
+    pub redaction: Arc<stream::Redaction>,
     pub scanner: Scanner,
     /// Every rule (none disabled) plus the route tokens: what audit lines
     /// are redacted with.
@@ -191,6 +196,7 @@ impl State {
             ips,
             route_names: routes.iter().map(|r| r.route.name.clone()).collect(),
             literals: Literals::new(&routes),
+            redaction: Arc::new(stream::Redaction::new(&routes)),
             routes,
             scanner,
             redactor,

@@ -155,16 +155,8 @@ pub struct Literals {
 
 impl Literals {
     pub fn new(routes: &[ResolvedRoute]) -> Self {
-        let mut patterns = Vec::new();
-        let mut meta = Vec::new();
-        for (i, r) in routes.iter().enumerate() {
-            patterns.push(r.route.placeholder());
-            meta.push((i, LiteralKind::Placeholder));
-            for form in token_forms(&r.token.0) {
-                patterns.push(form);
-                meta.push((i, LiteralKind::Token));
-            }
-        }
+        let (patterns, meta): (Vec<String>, Vec<(usize, LiteralKind)>) =
+            literal_patterns(routes).into_iter().unzip();
         let build = |kind| {
             (!patterns.is_empty())
                 .then(|| {
@@ -216,6 +208,21 @@ impl Literals {
         out.extend_from_slice(&data[last..]);
         Some(out)
     }
+}
+
+/// Every literal looked for, in order: per route its placeholder, then each
+/// of its token's forms ([`token_forms`]), with the route index and kind.
+/// Response redaction, buffered ([`Literals::redact_tokens`]) or streamed
+/// (`proxy::stream`), matches exactly these, leftmost-longest.
+pub fn literal_patterns(routes: &[ResolvedRoute]) -> Vec<(String, (usize, LiteralKind))> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        out.push((r.route.placeholder(), (i, LiteralKind::Placeholder)));
+        for form in token_forms(&r.token.0) {
+            out.push((form, (i, LiteralKind::Token)));
+        }
+    }
+    out
 }
 
 /// Shortest base64 fragment worth matching: shorter ones could turn up in

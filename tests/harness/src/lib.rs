@@ -9,4 +9,5 @@ pub mod anthropic;
 pub mod netns;
 pub mod skip;
 pub mod sshd;
+pub mod streaming;
 pub mod tls;
