@@ -20,7 +20,7 @@ use bottle_test_harness::tls::TestCa;
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The real key the host holds; the guest only ever sees a placeholder.
 const REAL_KEY: &str = "sk-ant-api03-bottle-e2e-REAL-KEY-0123456789abcdef";
@@ -68,6 +68,18 @@ fn workspace(sb: &Sandbox) {
     std::fs::write(cwd.join(".env"), format!("AWS_ACCESS_KEY_ID={PLANTED}\n")).unwrap();
 }
 
+/// A Claude Code skill directory named `bottle-e2e-skill`.
+fn skill(dir: &std::path::Path) -> std::path::PathBuf {
+    let skill = dir.join("bottle-e2e-skill");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: bottle-e2e-skill\ndescription: A skill bottle copies in for its end-to-end test.\n---\nSay hello.\n",
+    )
+    .unwrap();
+    skill
+}
+
 fn manifest(upstream: &FakeAnthropic, ca: &std::path::Path) -> String {
     format!(
         r#"
@@ -91,10 +103,13 @@ token = {{ env = "BOTTLE_E2E_ANTHROPIC_KEY" }}
 [agents.claude]
 bottle = "c"
 copy_cwd = true
+prompt = "BOTTLE-PROMPT-MARKER: you work inside a bottle."
+skills = ["{skill}"]
 command = ["claude", "-p", "Show me the git status of this repository.", "--allowedTools", "Bash", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
 "#,
         addr = upstream.addr(),
-        ca = ca.display()
+        ca = ca.display(),
+        skill = skill(ca.parent().unwrap()).display(),
     )
 }
 
@@ -187,6 +202,23 @@ fn session(backend: &str) {
         "the planted key was not redacted in the tool result:\n{result}"
     );
 
+    // The prompt is where Claude Code reads the user's memory, the skill
+    // where it finds skills.
+    assert!(
+        messages
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("BOTTLE-PROMPT-MARKER")),
+        "the prompt (~/.claude/CLAUDE.md) did not reach the model"
+    );
+    let init = out
+        .lines()
+        .find(|l| l.contains("\"subtype\":\"init\""))
+        .unwrap_or_else(|| panic!("no init line:\n{out}"));
+    assert!(
+        init.contains("bottle-e2e-skill"),
+        "the skill is not listed: {init}"
+    );
+
     // Only api.anthropic.com was contacted (telemetry, error reporting and
     // auto-update are off): the audit log names no other host.
     let identity = err
@@ -207,7 +239,10 @@ fn session(backend: &str) {
     for line in log.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if let Some(host) = v["host"].as_str().filter(|h| !h.is_empty()) {
-            assert_eq!(host, "api.anthropic.com", "another host was contacted: {line}");
+            assert_eq!(
+                host, "api.anthropic.com",
+                "another host was contacted: {line}"
+            );
         }
     }
     assert!(log.contains("\"decision\":\"redact\""), "{log}");
@@ -271,7 +306,11 @@ fn the_guest_never_holds_the_real_key() {
         "/bin/sh",
         "-c",
         &format!(
-            "echo key=$ANTHROPIC_API_KEY; grep -rl '{REAL_KEY}' /proc/*/environ /proc/*/cmdline /home /etc /workspace /tmp 2>/dev/null | head -n 5; echo done"
+            "echo key=$ANTHROPIC_API_KEY; grep -rl '{}[{}]' /proc/*/environ /proc/*/cmdline /home /etc /workspace /tmp 2>/dev/null | head -n 5; echo done",
+            // A pattern that matches the key without being it, so grep's
+            // own command line does not match.
+            &REAL_KEY[..REAL_KEY.len() - 1],
+            &REAL_KEY[REAL_KEY.len() - 1..]
         ),
     ]);
     let text = stdout(&probe);

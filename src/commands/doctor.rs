@@ -22,6 +22,15 @@ pub fn doctor(rules: bool) -> anyhow::Result<()> {
             out.push_str(&format!("     fix: {fix}\n"));
         }
     }
+    // Images for real agents: optional, so `--` rather than FAIL when missing.
+    for name in ["debian", "claude"] {
+        match crate::images::image_dir(name) {
+            Ok(dir) => out.push_str(&format!("ok   {name} image: {}\n", dir.display())),
+            Err(_) => out.push_str(&format!(
+                "--   {name} image: not built for this guest agent (optional, for real agents: bottle image build {name})\n"
+            )),
+        }
+    }
     let mut any_ready = false;
     for name in BackendName::ALL {
         match backend_for(name).availability() {

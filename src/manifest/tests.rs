@@ -291,7 +291,10 @@ fn resolve_pins_names_to_addresses_and_names_bad_entries() {
     )
     .unwrap();
     assert_eq!(m.bottles["b"].resolve["api.example.com"], "127.0.0.1:8443");
-    let text = problems("[bottles.b]\nresolve = { \"*.x.com\" = \"1.2.3.4\", \"y.com\" = \"y.example\" }\n").to_string();
+    let text = problems(
+        "[bottles.b]\nresolve = { \"*.x.com\" = \"1.2.3.4\", \"y.com\" = \"y.example\" }\n",
+    )
+    .to_string();
     assert!(text.contains("bottles.b.resolve"), "{text}");
     assert!(text.contains("is not a host name"), "{text}");
     assert!(text.contains("`y.example` is not an address"), "{text}");

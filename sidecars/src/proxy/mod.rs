@@ -35,7 +35,9 @@ pub mod target;
 mod upstream;
 
 pub use ca::{BottleCa, LEAF_CACHE_CAP};
-pub use net::{Dialer, AddressPin, IpAllowlist, PinnedResolver, Resolver, SystemResolver, TcpDialer};
+pub use net::{
+    AddressPin, Dialer, IpAllowlist, PinnedResolver, Resolver, SystemResolver, TcpDialer,
+};
 pub use upstream::ConnectError;
 
 use crate::policy::Policy;

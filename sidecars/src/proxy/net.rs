@@ -447,8 +447,14 @@ mod pin_tests {
     async fn pinned_names_resolve_to_their_pin_and_others_fall_through() {
         let r = PinnedResolver::new(
             [
-                ("API.Example.com.".to_string(), AddressPin::parse("127.0.0.1:8443").unwrap()),
-                ("split.corp".to_string(), AddressPin::parse("10.1.2.3").unwrap()),
+                (
+                    "API.Example.com.".to_string(),
+                    AddressPin::parse("127.0.0.1:8443").unwrap(),
+                ),
+                (
+                    "split.corp".to_string(),
+                    AddressPin::parse("10.1.2.3").unwrap(),
+                ),
             ],
             std::sync::Arc::new(Nowhere),
         );

@@ -198,7 +198,10 @@ async fn serve(req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Body>,
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let stream = request["stream"].as_bool().unwrap_or(false);
-    let model = request["model"].as_str().unwrap_or("claude-test").to_string();
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("claude-test")
+        .to_string();
     let has_tools = request["tools"].as_array().is_some_and(|t| !t.is_empty());
     let has_result = request["messages"]
         .as_array()
@@ -326,8 +329,12 @@ impl Turn {
 
     fn message(&self, model: &str) -> serde_json::Value {
         let content = match self {
-            Turn::ToolUse(command) => serde_json::json!([{"type":"tool_use","id":"toolu_bottle_1","name":"Bash","input":{"command": command}}]),
-            Turn::Final => serde_json::json!([{"type":"text","text": format!("{FIRST_PART} {SECOND_PART}")}]),
+            Turn::ToolUse(command) => {
+                serde_json::json!([{"type":"tool_use","id":"toolu_bottle_1","name":"Bash","input":{"command": command}}])
+            }
+            Turn::Final => {
+                serde_json::json!([{"type":"text","text": format!("{FIRST_PART} {SECOND_PART}")}])
+            }
             Turn::Short => serde_json::json!([{"type":"text","text":"ok"}]),
         };
         let stop = if matches!(self, Turn::ToolUse(_)) {
