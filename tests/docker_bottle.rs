@@ -289,6 +289,15 @@ fn channel_belongs_to_the_guest_agent(runtime: &str) {
     );
     let log = std::fs::read_to_string(sb.state_dir().join(&id).join("bundle.log")).unwrap();
     assert!(log.contains("refused a guest connection"), "{log}");
+    // ...and in the audit chain, verified.
+    let audit = sb.run(&["logs", &id]);
+    let audit = stdout(&audit);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"kind\":\"channel\"") && l.contains("refused a guest connection")),
+        "{audit}"
+    );
     let stop = sb.run(&["stop", &id]);
     assert!(stop.status.success(), "{}", stderr(&stop));
     assert_nothing_left(&sb, &[id]);

@@ -10,4 +10,4 @@ pub use attach::{attach, attach_with, terminal_size, AttachError, RawMode};
 pub use client::{
     Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry,
 };
-pub use mux::{run_mux, MuxError};
+pub use mux::{run_mux, run_mux_with, MuxError, RefusalHook};

@@ -101,8 +101,29 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
     let guest_listener = bind(&guest_sock)?;
     let control_listener = bind(&control_sock)?;
     let mux_key = key.clone();
+    // A refused guest connection (a second one, a wrong key) is a line in
+    // the audit chain too (rate-limited like the log line).
+    let audit = proxy.audit_log().clone();
+    let on_refused: bottle_guest::host::RefusalHook = Arc::new(move |line: &str| {
+        let mut record = bottle_sidecars::audit::AuditRecord::new(
+            bottle_sidecars::audit::Kind::Channel,
+            bottle_sidecars::audit::Event::Decided,
+        );
+        record.decision = "deny".to_string();
+        record.rule = "guest-channel".to_string();
+        record.detail = Some(line.to_string());
+        if let Err(e) = audit.append(record) {
+            tracing::warn!("cannot write a channel refusal to the audit log: {e}");
+        }
+    });
     tokio::spawn(async move {
-        if let Err(e) = bottle_guest::host::run_mux(guest_listener, control_listener, mux_key).await
+        if let Err(e) = bottle_guest::host::run_mux_with(
+            guest_listener,
+            control_listener,
+            mux_key,
+            Some(on_refused),
+        )
+        .await
         {
             tracing::error!("guest mux stopped: {e}");
         }

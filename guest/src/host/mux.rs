@@ -85,8 +85,26 @@ impl RefusalLog {
     }
 }
 
+/// Called with each (rate-limited) refusal line, e.g. to write it to the
+/// bottle's audit log.
+pub type RefusalHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct Hook(Option<RefusalHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Hook(set)"
+        } else {
+            "Hook(none)"
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    on_refused: Hook,
     guest: Option<(u64, mpsc::Sender<Frame>)>,
     /// Set when a guest is accepted, never cleared: one guest per boot.
     claimed: bool,
@@ -134,6 +152,9 @@ impl State {
         }
         if let Some(line) = self.refusals.note(Instant::now(), reason) {
             eprintln!("{line}");
+            if let Some(hook) = &self.on_refused.0 {
+                hook(&line);
+            }
         }
     }
 
@@ -162,7 +183,18 @@ pub async fn run_mux(
     control: UnixListener,
     key: ChannelKey,
 ) -> Result<(), MuxError> {
+    run_mux_with(guest, control, key, None).await
+}
+
+/// [`run_mux`], calling `on_refused` with each (rate-limited) refusal line.
+pub async fn run_mux_with(
+    guest: UnixListener,
+    control: UnixListener,
+    key: ChannelKey,
+    on_refused: Option<RefusalHook>,
+) -> Result<(), MuxError> {
     let state: Shared = Arc::default();
+    lock(&state).on_refused = Hook(on_refused);
     let key = Arc::new(key);
     let guests = {
         let state = state.clone();

@@ -19,6 +19,9 @@ pub enum Kind {
     Git,
     /// A periodic summary of what the netstack refused.
     Netstack,
+    /// A refused connection on the host↔guest channel (a second guest, a
+    /// wrong key).
+    Channel,
     /// The log itself (rotation).
     Log,
     /// A kind this build does not know (written by a newer bottle).
