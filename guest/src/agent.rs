@@ -1,7 +1,6 @@
 //! The agent side: what runs inside the VM or container.
 
 pub mod channel;
-pub mod cmdline;
 pub mod exec;
 mod fdio;
 pub mod files;
@@ -17,7 +16,7 @@ use std::time::Duration;
 use crate::auth::{ChannelKey, KeyError};
 
 /// The line the VM boot probe waits for once the channel is connected.
-pub const READY_MARKER: &str = "BOTTLE-GUEST-READY";
+pub use bottle_contract::READY_MARKER;
 
 /// Where the agent gets the channel key it presents to the host.
 #[derive(Debug, Clone, Default)]

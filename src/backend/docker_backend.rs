@@ -128,9 +128,7 @@ impl Backend for DockerBackend {
         plan.engine = Some(Engine::Container(runtime));
         plan.engine_reason = Some(reason.to_string());
         if plan.supervise {
-            plan.warnings.push(
-                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
-            );
+            plan.warnings.push(super::supervise_not_built());
         }
         Ok(())
     }

@@ -141,9 +141,7 @@ impl Backend for VmBackend {
             }
         }
         if plan.supervise {
-            plan.warnings.push(
-                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
-            );
+            plan.warnings.push(super::supervise_not_built());
         }
         Ok(())
     }

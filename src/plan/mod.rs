@@ -248,10 +248,8 @@ pub struct PlanInputs<'a> {
     pub identity: String,
 }
 
-/// The guard ports the guest reaches on `proxy.internal`.
-pub const PROXY_PORT: u16 = 8888;
-pub const GIT_PORT: u16 = 9418;
-pub const SUPERVISE_PORT: u16 = 9100;
+/// The guard ports the guest reaches on `proxy.internal` (see the contract).
+pub use bottle_contract::{GIT_PORT, PROXY_PORT, SUPERVISE_PORT};
 
 /// Find the agent (with a "did you mean" when it is missing).
 pub fn find_agent<'m>(
@@ -415,7 +413,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         agent_env: agent.env.clone(),
         allow_secret_paths: agent.allow_secret_paths,
         network: NetworkPlan {
-            dns_name: "proxy.internal",
+            dns_name: bottle_contract::PROXY_HOST,
             subnet: Subnet {
                 network: Ipv4Addr::from(octets),
                 prefix_len: prefix,
@@ -445,7 +443,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             .map(|g| GitPlan {
                 name: g.name.clone(),
                 upstream: g.upstream.clone(),
-                gate_url: format!("git://proxy.internal/{}.git", g.name),
+                gate_url: bottle_contract::git_gate_url(&g.name),
                 host_key_fingerprint: g
                     .known_host_key
                     .as_deref()

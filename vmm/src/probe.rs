@@ -249,6 +249,7 @@ pub fn boot_once(
         kernel: kernel.to_path_buf(),
         initramfs: initramfs.to_path_buf(),
         root_disk: None,
+        boot: bottle_contract::BootConfig::default(),
         cmdline_extra: vec!["bottle.probe=1".into()],
         net_socket: dir.path().join("net.sock"),
         agent_socket: dir.path().join("agent.sock"),

@@ -17,8 +17,8 @@ mod runtime;
 
 pub use client::{DockerClient, DockerHost, MIN_API_VERSION};
 pub use container::{
-    guest_command, AgentContainerSpec, ContainerInfo, GuardForward, AGENT_UID, GUARD_FORWARDS,
-    GUEST_AGENT_SOCKET, GUEST_CAPS, GUEST_PATH, GUEST_SOCKET_DIR,
+    guest_agent_socket, guest_command, AgentContainerSpec, ContainerInfo, AGENT_UID, GUEST_CAPS,
+    GUEST_PATH, GUEST_SOCKET_DIR,
 };
 pub use error::DockerError;
 pub use image::ImageRef;

@@ -10,6 +10,8 @@ use bollard::query_parameters::{CreateContainerOptions, WaitContainerOptions};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use bottle_contract::agent_user::UID as AGENT_UID;
+
 use super::client::DockerClient;
 use super::error::DockerError;
 use super::image::ImageRef;
@@ -99,7 +101,7 @@ fn probe_body(image: &ImageRef) -> ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["/probe".into()]),
         entrypoint: Some(Vec::new()),
-        user: Some("1000:1000".into()),
+        user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
         labels: Some(labels::for_probe()),
         host_config: Some(HostConfig {
             runtime: Some(Runtime::Runsc.as_str().into()),
