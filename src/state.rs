@@ -521,7 +521,7 @@ mod tests {
         assert_eq!(
             meta.engine,
             Some(crate::plan::Engine::Container(
-                crate::backend::docker::Runtime::Runsc
+                bottle_docker::Runtime::Runsc
             ))
         );
         let vm = old

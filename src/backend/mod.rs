@@ -9,7 +9,6 @@
 //! through the guest agent's protocol on the bottle's control socket, the
 //! same for every backend, so it is not here but in `provision` and `session`.
 
-pub mod docker;
 pub mod docker_backend;
 pub mod selection;
 pub mod vm;

@@ -10,10 +10,10 @@ mod render;
 pub use engine::{Engine, UnknownEngine};
 pub use render::render_command;
 
-use crate::backend::docker::RuntimeChoice;
 use crate::manifest::paths::{self, PathKey, SecretPath};
 use crate::manifest::trust::TrustStatus;
 use crate::manifest::{self, validate, Agent, BackendName, Bottle, DlpAction, Loaded, Route};
+use bottle_docker::RuntimeChoice;
 use bottle_sidecars::policy::{GitRemote, Policy, TokenSource};
 use bottle_vmm::EngineChoice;
 use serde::{Serialize, Serializer};

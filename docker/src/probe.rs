@@ -12,11 +12,11 @@ use futures_util::StreamExt;
 
 use bottle_contract::agent_user::UID as AGENT_UID;
 
-use super::client::DockerClient;
-use super::error::DockerError;
-use super::image::ImageRef;
-use super::labels::{self, VERSION};
-use super::runtime::{check_runsc_registration, RunscProblem, Runtime};
+use crate::client::DockerClient;
+use crate::error::DockerError;
+use crate::image::ImageRef;
+use crate::labels::{self, VERSION};
+use crate::runtime::{check_runsc_registration, RunscProblem, Runtime};
 
 /// How long the probe container may take to run to its exit.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);

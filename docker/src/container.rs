@@ -25,10 +25,10 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::client::DockerClient;
-use super::error::{is_not_found, DockerError};
-use super::labels::{self, LABEL_AGENT, LABEL_IDENTITY, LABEL_STATE_ROOT};
-use super::runtime::Runtime;
+use crate::client::DockerClient;
+use crate::error::{is_not_found, DockerError};
+use crate::labels::{self, LABEL_AGENT, LABEL_IDENTITY, LABEL_STATE_ROOT};
+use crate::runtime::Runtime;
 
 /// Where the bottle's socket directory appears inside the container.
 pub use bottle_contract::docker::SOCKET_DIR as GUEST_SOCKET_DIR;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use super::client::DockerClient;
-use super::error::DockerError;
+use crate::client::DockerClient;
+use crate::error::DockerError;
 
 /// The `runtimeArgs` runsc must be registered with: no network stack of its
 /// own, and permission to connect to the bind-mounted host unix sockets.
