@@ -7,6 +7,7 @@ use crate::manifest::BackendName;
 use crate::plan::{placeholder_env, Plan, Prompt};
 use bottle_guest::host::Client;
 use bottle_guest::proto::User;
+use bottle_util::shell_quote;
 use std::path::Path;
 
 /// Where things go in the guest. A VM's agent is root-capable (the guest
@@ -375,10 +376,6 @@ ln -sf bottle.pem /etc/ssl/certs/{hash}.$n"
     )
 }
 
-fn shell_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "'\\''"))
-}
-
 /// Read the CA the bundle wrote.
 pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
     let path = state_dir.join(crate::bundle::files::CA);
@@ -386,14 +383,4 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
         step: "ca",
         why: format!("cannot read {}: {e}", path.display()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
-    }
 }

@@ -23,6 +23,7 @@ pub use container::{
 pub use error::DockerError;
 pub use image::ImageRef;
 pub use labels::{LABEL_AGENT, LABEL_IDENTITY, LABEL_PROBE, LABEL_VERSION};
+pub use probe::ProbeFailure;
 pub use runtime::{
     register_hint, RunscProblem, Runtime, RuntimeChoice, RuntimeInfo, RuntimeSelection, RUNSC_ARGS,
 };

@@ -7,6 +7,7 @@ use bottle_guest::agent::{
     self, channel::Target, forward::Forward, init, reaper::Reaper, KeySource,
 };
 use bottle_guest::proto::User;
+use bottle_util::error_chain;
 
 const USAGE: &str = "usage:
   bottle-guest init                      run as the VM's init (default when PID 1)
@@ -148,8 +149,7 @@ fn main() -> ExitCode {
             let result = bottle_contract::BootConfig::parse(&cmdline)
                 .map_err(|e| e.to_string())
                 .and_then(|cfg| {
-                    init::configure_network(cfg.net, cfg.mtu)
-                        .map_err(|e| format!("{e}: {}", source_of(&e)))
+                    init::configure_network(cfg.net, cfg.mtu).map_err(|e| error_chain(&e))
                 });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -196,13 +196,9 @@ async fn start_forwards(forwards: Vec<Forward>) -> Result<(), String> {
     for f in forwards {
         agent::forward::start(f)
             .await
-            .map_err(|e| format!("{e}: {}", source_of(&e)))?;
+            .map_err(|e| error_chain(&e))?;
     }
     Ok(())
-}
-
-fn source_of(e: &dyn std::error::Error) -> String {
-    e.source().map(|s| s.to_string()).unwrap_or_default()
 }
 
 fn run_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
@@ -242,7 +238,7 @@ fn announce_console() {
 
 /// Reports a fatal init error and powers off: PID 1 must never exit.
 fn fatal(what: &str, e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("bottle-guest: init failed: {what}: {e}: {}", source_of(e));
+    eprintln!("bottle-guest: init failed: {what}: {}", error_chain(e));
     init::power_off(false);
     loop {
         std::thread::park();
