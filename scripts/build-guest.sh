@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --release -p bottle-guest --target "$target" --bin bottle-guest >&2
-out="target/$target/release/bottle-guest"
+out="${CARGO_TARGET_DIR:-target}/$target/release/bottle-guest"
 # Refuse a dynamically linked result: the guest has no libc to load.
 if command -v file >/dev/null 2>&1; then
     case "$(file -b "$out")" in

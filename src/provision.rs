@@ -7,6 +7,7 @@ use crate::manifest::BackendName;
 use crate::plan::{placeholder_env, Plan, Prompt};
 use bottle_guest::host::Client;
 use bottle_guest::proto::User;
+use bottle_util::shell_quote;
 use std::path::Path;
 
 /// Where things go in the guest. A VM's agent is root-capable (the guest
@@ -46,11 +47,10 @@ pub fn layout(plan: &Plan) -> GuestLayout {
     }
 }
 
-/// The agent's home and workspace in the guest.
-pub const AGENT_HOME: &str = "/home/agent";
+/// The agent's home in the guest, and the agent user (see the contract).
+pub use bottle_contract::agent_user::{HOME as AGENT_HOME, NAME as AGENT_NAME, UID as AGENT_UID};
+/// The agent's workspace in the guest.
 pub const WORKSPACE: &str = "/workspace";
-/// The agent user.
-pub const AGENT_UID: u32 = 1000;
 
 /// Why provisioning failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,15 +71,15 @@ fn step(step: &'static str) -> impl FnOnce(bottle_guest::host::ClientError) -> P
 
 /// The agent's whole environment in the guest (no real secret is ever in it).
 pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
-    let proxy = format!("http://proxy.internal:{}", crate::plan::PROXY_PORT);
+    let proxy = bottle_contract::proxy_url();
     let l = layout(plan);
     let mut env: Vec<(String, String)> = vec![
         ("HTTPS_PROXY".into(), proxy.clone()),
         ("HTTP_PROXY".into(), proxy.clone()),
         ("https_proxy".into(), proxy.clone()),
         ("http_proxy".into(), proxy),
-        ("NO_PROXY".into(), "proxy.internal".into()),
-        ("no_proxy".into(), "proxy.internal".into()),
+        ("NO_PROXY".into(), bottle_contract::PROXY_HOST.into()),
+        ("no_proxy".into(), bottle_contract::PROXY_HOST.into()),
         ("NODE_EXTRA_CA_CERTS".into(), l.ca_pem.into()),
         ("SSL_CERT_FILE".into(), l.ca_bundle.into()),
         ("REQUESTS_CA_BUNDLE".into(), l.ca_bundle.into()),
@@ -93,10 +93,10 @@ pub fn agent_env(plan: &Plan) -> Vec<(String, String)> {
             "1".into(),
         ),
         ("BOTTLE_IDENTITY".into(), plan.identity.clone()),
-        // A container image may have no passwd entry for uid 1000.
+        // A container image may have no passwd entry for the agent's uid.
         ("HOME".into(), AGENT_HOME.into()),
-        ("USER".into(), "agent".into()),
-        ("LOGNAME".into(), "agent".into()),
+        ("USER".into(), AGENT_NAME.into()),
+        ("LOGNAME".into(), AGENT_NAME.into()),
     ];
     env.extend(placeholder_env(&plan.routes));
     env.extend(plan.agent_env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -206,7 +206,10 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         .map_err(step("env"))?;
     log(
         "env",
-        "HTTP(S)_PROXY=http://proxy.internal:8888 and CA variables set".to_string(),
+        format!(
+            "HTTP(S)_PROXY={} and CA variables set",
+            bottle_contract::proxy_url()
+        ),
     );
 
     // 3. Prompt, where Claude Code reads the user's memory.
@@ -397,10 +400,6 @@ ln -sf bottle.pem /etc/ssl/certs/{hash}.$n"
     )
 }
 
-fn shell_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "'\\''"))
-}
-
 /// Read the CA the bundle wrote.
 pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
     let path = state_dir.join(crate::bundle::files::CA);
@@ -408,14 +407,4 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
         step: "ca",
         why: format!("cannot read {}: {e}", path.display()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
-    }
 }

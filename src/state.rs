@@ -535,7 +535,7 @@ mod tests {
         assert_eq!(
             meta.engine,
             Some(crate::plan::Engine::Container(
-                crate::backend::docker::Runtime::Runsc
+                bottle_docker::Runtime::Runsc
             ))
         );
         let vm = old

@@ -1,7 +1,6 @@
 //! The agent side: what runs inside the VM or container.
 
 pub mod channel;
-pub mod cmdline;
 pub mod exec;
 mod fdio;
 pub mod files;
@@ -14,10 +13,12 @@ pub mod server;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bottle_util::error_chain;
+
 use crate::auth::{ChannelKey, KeyError};
 
 /// The line the VM boot probe waits for once the channel is connected.
-pub const READY_MARKER: &str = "BOTTLE-GUEST-READY";
+pub use bottle_contract::READY_MARKER;
 
 /// Where the agent gets the channel key it presents to the host.
 #[derive(Debug, Clone, Default)]
@@ -41,16 +42,6 @@ impl KeySource {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
-
 /// Dials `target` and serves it, redialing whenever the connection ends (the
 /// host accepts one guest connection per boot, so a redial is refused unless
 /// the first never got through). `announce` prints the ready marker after
@@ -66,7 +57,7 @@ pub async fn run(
         let key = match key.load() {
             Ok(k) => k,
             Err(e) => {
-                eprintln!("bottle-guest: {}; retrying", chain(&e));
+                eprintln!("bottle-guest: {}; retrying", error_chain(&e));
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -79,7 +70,7 @@ pub async fn run(
         match server::serve(conn, reaper.clone(), &opts, announce).await {
             Ok(()) => eprintln!("bottle-guest: host closed the channel; redialing"),
             Err(e) => {
-                eprintln!("bottle-guest: {}; redialing", chain(&e));
+                eprintln!("bottle-guest: {}; redialing", error_chain(&e));
                 // A refusal (version mismatch, key, one connection per boot)
                 // will not heal soon: back off.
                 let pause = match e {
@@ -122,12 +113,12 @@ pub async fn dial_once(target: &channel::Target, key: &KeySource) -> DialAnswer 
     use crate::proto::{Frame, Msg, Role, Secret, CONNECTION, PROTOCOL_VERSION};
     let key = match key.load() {
         Ok(k) => k,
-        Err(e) => return DialAnswer::Failed(chain(&e)),
+        Err(e) => return DialAnswer::Failed(error_chain(&e)),
     };
     let attempt = async {
         let conn = channel::dial(target)
             .await
-            .map_err(|e| DialAnswer::Failed(chain(&e)))?;
+            .map_err(|e| DialAnswer::Failed(error_chain(&e)))?;
         let (r, w) = tokio::io::split(conn);
         let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
         let hello = Msg::Hello {
@@ -136,7 +127,7 @@ pub async fn dial_once(target: &channel::Target, key: &KeySource) -> DialAnswer 
             software: server::SOFTWARE.into(),
             key: key.map(|k| Secret(k.to_hex())),
         };
-        let failed = |e: &dyn std::error::Error| DialAnswer::Failed(chain(e));
+        let failed = |e: &dyn std::error::Error| DialAnswer::Failed(error_chain(e));
         // A host that refuses at once may close before the hello is written:
         // its answer is still there to read.
         let sent = writer.write(&Frame::control(CONNECTION, hello)).await;

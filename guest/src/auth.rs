@@ -21,12 +21,12 @@ pub const HANDOVER_KEY_PATH: &str = "/run/bottle-channel.key";
 
 /// The guest channel's socket in the Docker socket directory (mode 0000:
 /// only a process with `CAP_DAC_OVERRIDE`, the guest agent, can connect).
-pub const DOCKER_SOCKET: &str = "agent.sock";
+pub const DOCKER_SOCKET: &str = bottle_contract::docker::AGENT_SOCKET;
 
 /// The key file's name in the Docker socket directory (the directory is
 /// bind-mounted read-only at `/run/bottle`; the file has mode 0000, so only
 /// a process with `CAP_DAC_OVERRIDE`, the guest agent, can read it).
-pub const DOCKER_KEY_FILE: &str = "agent.key";
+pub const DOCKER_KEY_FILE: &str = bottle_contract::docker::KEY_FILE;
 
 /// Errors reading or parsing a key.
 #[derive(Debug, thiserror::Error)]

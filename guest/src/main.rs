@@ -4,9 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use bottle_guest::agent::{
-    self, channel::Target, cmdline, forward::Forward, init, reaper::Reaper, KeySource,
+    self, channel::Target, forward::Forward, init, reaper::Reaper, KeySource,
 };
 use bottle_guest::proto::User;
+use bottle_util::error_chain;
 
 const USAGE: &str = "usage:
   bottle-guest init                      run as the VM's init (default when PID 1)
@@ -145,11 +146,10 @@ fn main() -> ExitCode {
         }
         Mode::Init { stage2 } => run_init(stage2),
         Mode::Net { cmdline } => {
-            let result = cmdline::parse(&cmdline)
+            let result = bottle_contract::BootConfig::parse(&cmdline)
                 .map_err(|e| e.to_string())
                 .and_then(|cfg| {
-                    init::configure_network(cfg.net, cfg.mtu)
-                        .map_err(|e| format!("{e}: {}", source_of(&e)))
+                    init::configure_network(cfg.net, cfg.mtu).map_err(|e| error_chain(&e))
                 });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -196,13 +196,9 @@ async fn start_forwards(forwards: Vec<Forward>) -> Result<(), String> {
     for f in forwards {
         agent::forward::start(f)
             .await
-            .map_err(|e| format!("{e}: {}", source_of(&e)))?;
+            .map_err(|e| error_chain(&e))?;
     }
     Ok(())
-}
-
-fn source_of(e: &dyn std::error::Error) -> String {
-    e.source().map(|s| s.to_string()).unwrap_or_default()
 }
 
 fn run_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
@@ -242,7 +238,7 @@ fn announce_console() {
 
 /// Reports a fatal init error and powers off: PID 1 must never exit.
 fn fatal(what: &str, e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("bottle-guest: init failed: {what}: {e}: {}", source_of(e));
+    eprintln!("bottle-guest: init failed: {what}: {}", error_chain(e));
     init::power_off(false);
     loop {
         std::thread::park();
@@ -259,7 +255,7 @@ fn run_init(stage2: bool) -> ExitCode {
             return fatal("mounts", &e);
         }
         key = init::take_key(std::path::Path::new(INITRAMFS_KEY_PATH));
-        let cfg = match cmdline::parse(&read_cmdline()) {
+        let cfg = match bottle_contract::BootConfig::parse(&read_cmdline()) {
             Ok(c) => c,
             Err(e) => return fatal("kernel command line", &e),
         };
@@ -267,7 +263,7 @@ fn run_init(stage2: bool) -> ExitCode {
             if let Err(e) = init::switch_root(dev) {
                 return fatal("root switch", &e);
             }
-            if std::path::Path::new("/sbin/bottle-guest").exists() {
+            if std::path::Path::new(bottle_contract::GUEST_BINARY).exists() {
                 use std::os::unix::process::CommandExt;
                 let handover = std::path::Path::new(HANDOVER_KEY_PATH);
                 if let Some(k) = &key {
@@ -275,11 +271,14 @@ fn run_init(stage2: bool) -> ExitCode {
                         return fatal("channel key", &e);
                     }
                 }
-                let err = std::process::Command::new("/sbin/bottle-guest")
+                let err = std::process::Command::new(bottle_contract::GUEST_BINARY)
                     .args(["init", "--stage2"])
                     .exec();
                 let _ = std::fs::remove_file(handover);
-                eprintln!("bottle-guest: exec /sbin/bottle-guest: {err}; continuing");
+                eprintln!(
+                    "bottle-guest: exec {}: {err}; continuing",
+                    bottle_contract::GUEST_BINARY
+                );
             }
         }
     } else {
@@ -297,7 +296,7 @@ fn run_init(stage2: bool) -> ExitCode {
     if let Err(e) = init::mount_tmp() {
         return fatal("/tmp", &e);
     }
-    let cfg = match cmdline::parse(&read_cmdline()) {
+    let cfg = match bottle_contract::BootConfig::parse(&read_cmdline()) {
         Ok(c) => c,
         Err(e) => return fatal("kernel command line", &e),
     };

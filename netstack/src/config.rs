@@ -43,7 +43,7 @@ impl Default for NetConfig {
             gateway_mac: DEFAULT_GATEWAY_MAC,
             guest_mac: None,
             mtu: 1500,
-            dns_name: "proxy.internal".to_owned(),
+            dns_name: bottle_contract::PROXY_HOST.to_owned(),
         }
     }
 }

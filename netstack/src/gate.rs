@@ -16,8 +16,8 @@ use smoltcp::wire::{
 
 use crate::config::NetConfig;
 use crate::counters::LiveCounters;
-use crate::ratelimit::TokenBucket;
 use crate::{dhcp, dns};
+use bottle_util::TokenBucket;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;

@@ -18,7 +18,6 @@ mod engine;
 mod flow;
 mod forward;
 mod gate;
-mod ratelimit;
 pub mod sys;
 pub mod transport;
 

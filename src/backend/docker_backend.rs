@@ -1,17 +1,17 @@
 //! The Docker backend behind the `Backend` trait: a `--network none`
 //! container whose only way out is the bundle's unix sockets, bind-mounted
-//! read-only at `/run/bottle`. The engine calls are in [`super::docker`].
+//! read-only at `/run/bottle`. The engine calls are in the `bottle-docker` crate (`docker/`).
 
-use super::docker::{
-    AgentContainerSpec, DockerClient, DockerError, ImageRef, Runtime, RuntimeChoice,
-    RuntimeSelection,
-};
 use super::{Availability, Backend, BackendError, Found};
 use crate::bundle::{BundleConfig, Mode};
 use crate::doctor::Check;
 use crate::manifest::BackendName;
 use crate::plan::{Engine, Plan};
 use crate::state::{Metadata, StateDir};
+use bottle_docker::{
+    AgentContainerSpec, DockerClient, DockerError, ImageRef, Runtime, RuntimeChoice,
+    RuntimeSelection,
+};
 use std::time::Duration;
 
 #[derive(Debug, Default)]
@@ -116,7 +116,7 @@ impl Backend for DockerBackend {
                         )
                     } else if choice == RuntimeChoice::Runsc {
                         return Err(DockerError::RunscUnavailable(
-                            super::docker::RunscProblem::NotRegistered,
+                            bottle_docker::RunscProblem::NotRegistered,
                         ));
                     } else {
                         (Runtime::Runc, "dockerd has no runsc runtime registered")
@@ -128,9 +128,7 @@ impl Backend for DockerBackend {
         plan.engine = Some(Engine::Container(runtime));
         plan.engine_reason = Some(reason.to_string());
         if plan.supervise {
-            plan.warnings.push(
-                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
-            );
+            plan.warnings.push(super::supervise_not_built());
         }
         Ok(())
     }

@@ -9,7 +9,6 @@
 //! through the guest agent's protocol on the bottle's control socket, the
 //! same for every backend, so it is not here but in `provision` and `session`.
 
-pub mod docker;
 pub mod docker_backend;
 pub mod selection;
 pub mod vm;
@@ -19,6 +18,14 @@ use crate::manifest::BackendName;
 use crate::plan::Plan;
 use crate::state::{Metadata, StateDir};
 pub use selection::Availability;
+
+/// The plan's warning while supervise is asked for but not built.
+pub(crate) fn supervise_not_built() -> String {
+    format!(
+        "supervise is not built yet: the agent gets no MCP server on :{}",
+        bottle_contract::SUPERVISE_PORT
+    )
+}
 
 /// Why a backend step failed.
 #[derive(Debug, thiserror::Error)]

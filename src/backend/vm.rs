@@ -9,7 +9,7 @@ use crate::doctor::Check;
 use crate::manifest::BackendName;
 use crate::plan::{Engine, Plan};
 use crate::state::{Metadata, StateDir};
-use bottle_vmm::probe::{self, ProbeResult};
+use bottle_vmm::probe::{self, EngineMissing, ProbeResult};
 use bottle_vmm::{Accel, EngineKind};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,9 +32,10 @@ fn boot_assets() -> Result<(PathBuf, PathBuf), (String, String)> {
 /// An engine's version, asked once per process: planning needs it for the
 /// availability check and for each cached-probe key, and asking QEMU means
 /// spawning `qemu-system-x86_64 --version`.
-fn engine_version(engine: EngineKind) -> Result<String, String> {
-    static QEMU: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    static KRUN: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+fn engine_version(engine: EngineKind) -> Result<String, EngineMissing> {
+    type Version = std::sync::OnceLock<Result<String, EngineMissing>>;
+    static QEMU: Version = std::sync::OnceLock::new();
+    static KRUN: Version = std::sync::OnceLock::new();
     let cell = match engine {
         EngineKind::Qemu => &QEMU,
         EngineKind::Libkrun => &KRUN,
@@ -49,7 +50,7 @@ fn cached_probe(engine: EngineKind, accel: Accel, kernel: &std::path::Path) -> O
         Err(why) => {
             return Some(ProbeResult {
                 ok: false,
-                reason: why,
+                reason: why.to_string(),
                 boot_ms: None,
             })
         }
@@ -141,9 +142,7 @@ impl Backend for VmBackend {
             }
         }
         if plan.supervise {
-            plan.warnings.push(
-                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
-            );
+            plan.warnings.push(super::supervise_not_built());
         }
         Ok(())
     }

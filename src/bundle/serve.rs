@@ -82,7 +82,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
         Mode::Vm(_) => (dir.join(files::GUEST), dir.join(files::CONTROL)),
         Mode::Docker => (
             dir.join(files::SOCK_DIR)
-                .join(bottle_guest::auth::DOCKER_SOCKET),
+                .join(bottle_contract::docker::AGENT_SOCKET),
             dir.join(files::CONTROL),
         ),
     };
@@ -94,7 +94,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
         let sock_dir = dir.join(files::SOCK_DIR);
         std::fs::create_dir_all(&sock_dir)?;
         write_root_only(
-            &sock_dir.join(bottle_guest::auth::DOCKER_KEY_FILE),
+            &sock_dir.join(bottle_contract::docker::KEY_FILE),
             key.to_hex().as_bytes(),
         )?;
     }
@@ -138,7 +138,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
         Mode::Docker => {
             let cap = config.limits.connections as usize;
             let sock_dir = dir.join(files::SOCK_DIR);
-            let proxy_listener = bind(&sock_dir.join("proxy.sock"))?;
+            let proxy_listener = bind(&sock_dir.join(bottle_contract::PROXY_SOCKET))?;
             let proxy2 = proxy.clone();
             tokio::spawn(accept_loop(
                 proxy_listener,
@@ -153,7 +153,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
                 },
             ));
             if let Some(gate) = gate.clone() {
-                let listener = bind(&sock_dir.join("git-gate.sock"))?;
+                let listener = bind(&sock_dir.join(bottle_contract::GIT_GATE_SOCKET))?;
                 tokio::spawn(accept_loop(listener, "git-gate", cap, move |s, permit| {
                     let g = gate.clone();
                     tokio::spawn(async move {
@@ -217,19 +217,17 @@ async fn serve_vm(
         kernel: vm.kernel.clone(),
         initramfs: vm.initramfs.clone(),
         root_disk: vm.root_disk.clone(),
-        cmdline_extra: vec![
-            format!("bottle.net={}/{},{}", vm.guest, vm.prefix_len, vm.gateway),
-            format!("bottle.mtu={}", vm.mtu),
-            format!("bottle.hostname={identity}"),
-            format!(
-                "bottle.root={}",
-                if vm.root_disk.is_some() {
-                    "/dev/vda"
-                } else {
-                    "initramfs"
-                }
-            ),
-        ],
+        boot: bottle_contract::BootConfig {
+            net: Some(bottle_contract::NetConfig {
+                addr: vm.guest,
+                prefix: vm.prefix_len,
+                gateway: vm.gateway,
+            }),
+            mtu: Some(vm.mtu),
+            hostname: Some(identity),
+            ..bottle_contract::BootConfig::default()
+        },
+        cmdline_extra: Vec::new(),
         net_socket: dir.join(files::NET),
         agent_socket: dir.join(files::GUEST),
         console_log: dir.join(files::CONSOLE),
@@ -260,7 +258,7 @@ async fn serve_vm(
     let mut forwards = BTreeMap::new();
     let p = proxy.clone();
     forwards.insert(
-        crate::plan::PROXY_PORT,
+        bottle_contract::PROXY_PORT,
         Forward::Handler(Arc::new(move |stream, info| {
             let p = p.clone();
             tokio::spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
@@ -268,7 +266,7 @@ async fn serve_vm(
     );
     if let Some(gate) = gate {
         forwards.insert(
-            crate::plan::GIT_PORT,
+            bottle_contract::GIT_PORT,
             Forward::Handler(Arc::new(move |stream, info| {
                 let g = gate.clone();
                 tokio::spawn(async move { g.serve(stream, info.guest_addr.to_string()).await });
@@ -332,7 +330,7 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         .is_some_and(|d| d == files::SOCK_DIR);
     let guest_channel = path
         .file_name()
-        .is_some_and(|n| n == bottle_guest::auth::DOCKER_SOCKET);
+        .is_some_and(|n| n == bottle_contract::docker::AGENT_SOCKET);
     let mode = match (shared, guest_channel) {
         (true, true) => 0o000,
         (true, false) => 0o666,

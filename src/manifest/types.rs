@@ -1,7 +1,7 @@
 //! Typed manifest values, deserialised with serde after the structural pass
 //! in [`super::structure`] has accepted the document.
 
-pub use crate::backend::docker::RuntimeChoice;
+pub use bottle_docker::RuntimeChoice;
 pub use bottle_vmm::EngineChoice;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! `libkrun-kvm`, `auto`, `runsc`…), the form `bottle plan --json` and
 //! `metadata.json` have always had.
 
-use crate::backend::docker::Runtime;
+use bottle_docker::Runtime;
 use bottle_vmm::{Accel, EngineChoice, EngineKind};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;

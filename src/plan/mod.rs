@@ -10,10 +10,10 @@ mod render;
 pub use engine::{Engine, UnknownEngine};
 pub use render::render_command;
 
-use crate::backend::docker::RuntimeChoice;
 use crate::manifest::paths::{self, PathKey, SecretPath};
 use crate::manifest::trust::TrustStatus;
 use crate::manifest::{self, validate, Agent, BackendName, Bottle, DlpAction, Loaded, Route};
+use bottle_docker::RuntimeChoice;
 use bottle_sidecars::policy::{GitRemote, Policy, TokenSource};
 use bottle_vmm::EngineChoice;
 use serde::{Serialize, Serializer};
@@ -259,10 +259,8 @@ pub struct PlanInputs<'a> {
     pub identity: String,
 }
 
-/// The guard ports the guest reaches on `proxy.internal`.
-pub const PROXY_PORT: u16 = 8888;
-pub const GIT_PORT: u16 = 9418;
-pub const SUPERVISE_PORT: u16 = 9100;
+/// The guard ports the guest reaches on `proxy.internal` (see the contract).
+pub use bottle_contract::{GIT_PORT, PROXY_PORT, SUPERVISE_PORT};
 
 /// Find the agent (with a "did you mean" when it is missing).
 pub fn find_agent<'m>(
@@ -429,7 +427,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         agent_env: agent.env.clone(),
         allow_secret_paths: agent.allow_secret_paths,
         network: NetworkPlan {
-            dns_name: "proxy.internal",
+            dns_name: bottle_contract::PROXY_HOST,
             subnet: Subnet {
                 network: Ipv4Addr::from(octets),
                 prefix_len: prefix,
@@ -460,7 +458,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             .map(|g| GitPlan {
                 name: g.name.clone(),
                 upstream: g.upstream.clone(),
-                gate_url: format!("git://proxy.internal/{}.git", g.name),
+                gate_url: bottle_contract::git_gate_url(&g.name),
                 host_key_fingerprint: g
                     .known_host_key
                     .as_deref()

@@ -164,15 +164,12 @@ impl Plan {
                 }
             );
         }
-        let _ = writeln!(
-            o,
-            "  supervise      : {}",
-            if self.supervise {
-                "on (MCP on :9100)"
-            } else {
-                "off"
-            }
-        );
+        if self.supervise {
+            let port = bottle_contract::SUPERVISE_PORT;
+            let _ = writeln!(o, "  supervise      : on (MCP on :{port})");
+        } else {
+            let _ = writeln!(o, "  supervise      : off");
+        }
         let _ = writeln!(o, "  env            : {}", list(&self.env));
         for w in &self.warnings {
             let _ = writeln!(o, "  warning        : {w}");

@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             kernel: kernel.clone(),
             initramfs: initramfs.clone(),
             root_disk: root.clone(),
+            boot: bottle_contract::BootConfig::default(),
             cmdline_extra: extra.clone(),
             net_socket: dir.path().join("net.sock"),
             agent_socket: dir.path().join("agent.sock"),

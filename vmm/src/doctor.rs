@@ -89,9 +89,10 @@ pub fn doctor(guest_bin: Option<&std::path::Path>) -> Vec<Check> {
     out.push(check(
         "kvm access",
         kvm.is_ok(),
-        kvm.clone()
-            .err()
-            .unwrap_or_else(|| "/dev/kvm is readable and writable".into()),
+        match &kvm {
+            Ok(()) => "/dev/kvm is readable and writable".to_string(),
+            Err(e) => e.to_string(),
+        },
         Some("enable virtualization, or: sudo usermod -aG kvm $USER (then log in again)"),
     ));
     let qemu = crate::qemu::QemuEngine::new(Accel::Tcg).version();

@@ -32,9 +32,7 @@ impl std::str::FromStr for EngineChoice {
             "auto" => Ok(EngineChoice::Auto),
             "libkrun" => Ok(EngineChoice::Libkrun),
             "qemu" => Ok(EngineChoice::Qemu),
-            other => Err(VmmError::NoEngine(format!(
-                "unknown engine '{other}'; use auto, libkrun or qemu"
-            ))),
+            other => Err(VmmError::UnknownEngine(other.to_string())),
         }
     }
 }

@@ -37,7 +37,9 @@ pub enum VmmError {
     #[error("image build failed: {0}")]
     ImageBuild(String),
     #[error("no usable engine: {0}")]
-    NoEngine(String),
+    NoEngine(#[from] crate::select::SelectError),
+    #[error("unknown engine '{0}'; use auto, libkrun or qemu")]
+    UnknownEngine(String),
     #[error("probe cache: {0}")]
     ProbeCache(String),
 }

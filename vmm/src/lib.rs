@@ -25,10 +25,10 @@ pub use error::VmmError;
 pub use krun::{krun_main, KrunEngine};
 pub use marker::{boot_with_watchdog, wait_for_marker, wait_for_marker_or_exit, Booted};
 pub use paths::cache_root;
-pub use probe::{probe, ProbeResult};
+pub use probe::{probe, EngineMissing, KvmError, ProbeResult};
 pub use qemu::QemuEngine;
 pub use secret::initramfs_with_secret;
-pub use select::{engine_for, select_engine, Selection, TCG_WARNING};
+pub use select::{engine_for, select_engine, SelectError, Selection, TCG_WARNING};
 pub use spec::{MacAddr, VmSpec, AGENT_PORT_NAME, AGENT_VSOCK_PORT, READY_MARKER};
 pub use sys::KrunError;
 

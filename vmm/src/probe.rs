@@ -52,29 +52,48 @@ pub fn probe_deadline(accel: Accel) -> Duration {
     }
 }
 
+/// Why `/dev/kvm` cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KvmError {
+    #[error("/dev/kvm does not exist (no hardware virtualization exposed)")]
+    Missing,
+    #[error("/dev/kvm: {0} (add yourself to the kvm group)")]
+    Denied(Arc<std::io::Error>),
+}
+
 /// Whether /dev/kvm can be opened read-write by us.
-pub fn kvm_accessible() -> Result<(), String> {
+pub fn kvm_accessible() -> Result<(), KvmError> {
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err("/dev/kvm does not exist (no hardware virtualization exposed)".into())
-        }
-        Err(e) => Err(format!("/dev/kvm: {e} (add yourself to the kvm group)")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KvmError::Missing),
+        Err(e) => Err(KvmError::Denied(Arc::new(e))),
     }
 }
 
+/// Why an engine is not installed (it has no version to ask).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineMissing {
+    #[error("qemu-system-x86_64 not found; install it: apt-get install qemu-system-x86")]
+    Qemu,
+    #[error("{library} not found; install libkrun built with NET=1 BLK=1, or set BOTTLE_LIBKRUN")]
+    Libkrun { library: String },
+}
+
 /// Engine version string used in the cache key, or why there is none.
-pub fn engine_version(engine: EngineKind) -> Result<String, String> {
+pub fn engine_version(engine: EngineKind) -> Result<String, EngineMissing> {
     match engine {
         EngineKind::Qemu => QemuEngine::new(Accel::Tcg)
             .version()
-            .map_err(|e| e.to_string()),
-        EngineKind::Libkrun => crate::krun::library_version()
-            .ok_or_else(|| format!("{} not found", crate::krun::library())),
+            .map_err(|_| EngineMissing::Qemu),
+        EngineKind::Libkrun => {
+            crate::krun::library_version().ok_or_else(|| EngineMissing::Libkrun {
+                library: crate::krun::library(),
+            })
+        }
     }
 }
 
@@ -140,20 +159,12 @@ fn probe_with(engine: EngineKind, accel: Accel, use_cache: bool) -> ProbeResult 
     }
     if accel == Accel::Kvm {
         if let Err(why) = kvm_accessible() {
-            return ProbeResult::fail(why);
+            return ProbeResult::fail(why.to_string());
         }
     }
     let version = match engine_version(engine) {
         Ok(v) => v,
-        Err(why) => {
-            let hint = match engine {
-                EngineKind::Libkrun => {
-                    " (install libkrun built with NET=1 BLK=1, or set BOTTLE_LIBKRUN)"
-                }
-                EngineKind::Qemu => " (apt-get install qemu-system-x86)",
-            };
-            return ProbeResult::fail(format!("{why}{hint}"));
-        }
+        Err(why) => return ProbeResult::fail(why.to_string()),
     };
     // Missing kernel or image are fixable by building them: never cached.
     let kernel = match crate::kernel::locate() {
@@ -249,6 +260,7 @@ pub fn boot_once(
         kernel: kernel.to_path_buf(),
         initramfs: initramfs.to_path_buf(),
         root_disk: None,
+        boot: bottle_contract::BootConfig::default(),
         cmdline_extra: vec!["bottle.probe=1".into()],
         net_socket: dir.path().join("net.sock"),
         agent_socket: dir.path().join("agent.sock"),

@@ -5,9 +5,21 @@ use serde::Serialize;
 
 use crate::engine::{Accel, Engine, EngineChoice, EngineKind};
 use crate::krun::KrunEngine;
-use crate::probe::{probe, ProbeResult};
+use crate::probe::{probe, EngineMissing, ProbeResult};
 use crate::qemu::QemuEngine;
 use crate::VmmError;
+
+/// Why no engine can be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error(
+        "libkrun was requested but cannot boot the guest here: {reason}; \
+         run `bottle doctor`, or choose qemu (`--engine qemu`)"
+    )]
+    LibkrunUnusable { reason: String },
+    #[error(transparent)]
+    QemuMissing(#[from] EngineMissing),
+}
 
 /// What was picked and why (the plan prints it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,10 +40,10 @@ pub fn decide(
     requested: EngineChoice,
     krun: &dyn Fn() -> ProbeResult,
     qemu_kvm: &dyn Fn() -> ProbeResult,
-    qemu_present: Result<(), String>,
-) -> Result<Selection, VmmError> {
-    let tcg = |why: String| -> Result<Selection, VmmError> {
-        qemu_present.clone().map_err(VmmError::NoEngine)?;
+    qemu_present: Result<(), EngineMissing>,
+) -> Result<Selection, SelectError> {
+    let tcg = |why: String| -> Result<Selection, SelectError> {
+        qemu_present.clone()?;
         Ok(Selection {
             engine: EngineKind::Qemu,
             accel: Accel::Tcg,
@@ -50,14 +62,11 @@ pub fn decide(
                     warning: None,
                 })
             } else {
-                Err(VmmError::NoEngine(format!(
-                    "libkrun was requested but cannot boot the guest here: {}",
-                    r.reason
-                )))
+                Err(SelectError::LibkrunUnusable { reason: r.reason })
             }
         }
         EngineChoice::Qemu => {
-            qemu_present.clone().map_err(VmmError::NoEngine)?;
+            qemu_present.clone()?;
             let k = qemu_kvm();
             if k.ok {
                 Ok(Selection {
@@ -139,7 +148,7 @@ pub fn select_engine(requested: EngineChoice) -> Result<(Box<dyn Engine>, Select
     let present = QemuEngine::new(Accel::Tcg)
         .version()
         .map(drop)
-        .map_err(|e| e.to_string());
+        .map_err(|_| EngineMissing::Qemu);
     let sel = decide(requested, &krun, &qemu_kvm, present)?;
     Ok((engine_for(sel.engine, sel.accel), sel))
 }
@@ -191,19 +200,16 @@ mod tests {
     #[test]
     fn requested_libkrun_that_cannot_boot_is_an_error_with_the_reason() {
         let e = decide(EngineChoice::Libkrun, &bad, &ok, Ok(())).unwrap_err();
+        assert!(matches!(e, SelectError::LibkrunUnusable { .. }));
         assert!(e.to_string().contains("KVM internal error"));
+        assert!(e.to_string().contains("--engine qemu"));
     }
 
     #[test]
     fn no_qemu_and_no_libkrun_is_an_error() {
-        let e = decide(
-            EngineChoice::Auto,
-            &bad,
-            &bad,
-            Err("qemu-system-x86_64 not found".into()),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("qemu-system-x86_64"));
+        let e = decide(EngineChoice::Auto, &bad, &bad, Err(EngineMissing::Qemu)).unwrap_err();
+        assert_eq!(e, SelectError::QemuMissing(EngineMissing::Qemu));
+        assert!(e.to_string().contains("apt-get install qemu-system-x86"));
     }
 
     #[test]

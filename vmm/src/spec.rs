@@ -3,14 +3,12 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use bottle_contract::{BootConfig, Channel, Root};
 use serde::{Deserialize, Serialize};
 
-/// vsock port the guest agent dials (guest -> host CID 2) under libkrun.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
-/// Name of the virtio-serial port the guest agent opens under qemu.
-pub const AGENT_PORT_NAME: &str = "agent";
-/// Line the guest agent writes to the console once its channel is connected.
-pub const READY_MARKER: &str = "BOTTLE-GUEST-READY";
+/// The agent channel and the ready marker, as the contract fixes them.
+pub use bottle_contract::vm::{AGENT_PORT_NAME, AGENT_VSOCK_PORT};
+pub use bottle_contract::READY_MARKER;
 
 /// A VM to start. Paths are absolute; sockets must already be listening.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +21,11 @@ pub struct VmSpec {
     pub initramfs: PathBuf,
     /// Read-only root image on virtio-blk (`/dev/vda`), or none for the tiny image.
     pub root_disk: Option<PathBuf>,
-    /// Extra kernel command line words, e.g. `bottle.net=...`.
+    /// The guest's boot configuration (network, MTU, hostname). The engine
+    /// sets its channel, and its root when there is a root disk.
+    pub boot: BootConfig,
+    /// Extra kernel command line words outside the contract (probes and
+    /// test images), after the `bottle.*` words of [`VmSpec::boot`].
     pub cmdline_extra: Vec<String>,
     /// Unix STREAM socket the netstack listens on (4-byte BE length + frame).
     pub net_socket: PathBuf,
@@ -43,6 +45,9 @@ impl VmSpec {
         }
         if self.memory_mib < 64 {
             return bad(format!("memory_mib {} is below 64", self.memory_mib));
+        }
+        if let Err(e) = self.boot_config(Channel::Vsock(AGENT_VSOCK_PORT)).check() {
+            return bad(format!("{e}"));
         }
         for word in &self.cmdline_extra {
             if word.is_empty()
@@ -104,19 +109,27 @@ impl fmt::Display for MacAddr {
     }
 }
 
-/// Kernel command line words every engine passes, before engine-specific ones.
-pub(crate) fn common_cmdline(spec: &VmSpec) -> Vec<String> {
+impl VmSpec {
+    /// The boot configuration as an engine passes it: its `channel`, and the
+    /// root disk (attached as [`bottle_contract::vm::ROOT_DEVICE`]) as root.
+    pub(crate) fn boot_config(&self, channel: Channel) -> BootConfig {
+        let mut boot = self.boot.clone();
+        boot.channel = channel;
+        if self.root_disk.is_some() {
+            boot.root = Root::Device(bottle_contract::vm::ROOT_DEVICE.to_string());
+        }
+        boot
+    }
+}
+
+/// Kernel command line words every engine passes after its console: the
+/// common ones, the boot configuration with the engine's `channel`, the extras.
+pub(crate) fn common_cmdline(spec: &VmSpec, channel: Channel) -> Vec<String> {
     let mut words: Vec<String> = ["panic=-1", "quiet", "loglevel=4", "reboot=t"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let has_root = spec
-        .cmdline_extra
-        .iter()
-        .any(|w| w.starts_with("bottle.root="));
-    if spec.root_disk.is_some() && !has_root {
-        words.push("bottle.root=/dev/vda".into());
-    }
+    words.extend(spec.boot_config(channel).words());
     words.extend(spec.cmdline_extra.iter().cloned());
     words
 }
@@ -129,7 +142,11 @@ pub(crate) fn test_spec() -> VmSpec {
         kernel: "/k/vmlinux".into(),
         initramfs: "/k/tiny.cpio.gz".into(),
         root_disk: None,
-        cmdline_extra: vec!["bottle.hostname=demo".into()],
+        boot: BootConfig {
+            hostname: Some("demo".into()),
+            ..BootConfig::default()
+        },
+        cmdline_extra: vec![],
         net_socket: "/run/b/net.sock".into(),
         agent_socket: "/run/b/agent.sock".into(),
         console_log: "/run/b/console.log".into(),
@@ -171,6 +188,13 @@ mod tests {
     }
 
     #[test]
+    fn boot_value_the_guest_would_refuse_is_refused() {
+        let mut s = test_spec();
+        s.boot.hostname = Some("Not_A_Host".into());
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
     fn relative_paths_are_refused() {
         let mut s = test_spec();
         s.kernel = "vmlinux".into();
@@ -183,21 +207,24 @@ mod tests {
     }
 
     #[test]
-    fn explicit_bottle_root_is_not_repeated() {
+    fn root_disk_is_the_root_and_the_guest_reads_back_the_config() {
         let mut s = test_spec();
         s.root_disk = Some("/img/root.ext4".into());
-        s.cmdline_extra = vec!["bottle.root=/dev/vda".into()];
-        let n = common_cmdline(&s)
+        let words = common_cmdline(&s, Channel::Vsock(AGENT_VSOCK_PORT));
+        let n = words
             .iter()
             .filter(|w| w.starts_with("bottle.root="))
             .count();
         assert_eq!(n, 1);
+        let boot = BootConfig::parse(&words.join(" ")).unwrap();
+        assert_eq!(boot.root, Root::Device("/dev/vda".into()));
+        assert_eq!(boot.channel, Channel::Vsock(1024));
+        assert_eq!(boot.hostname.as_deref(), Some("demo"));
     }
 
     #[test]
-    fn root_disk_adds_bottle_root() {
-        let mut s = test_spec();
-        s.root_disk = Some("/img/root.ext4".into());
-        assert!(common_cmdline(&s).contains(&"bottle.root=/dev/vda".to_string()));
+    fn no_root_disk_means_initramfs() {
+        let words = common_cmdline(&test_spec(), Channel::Vsock(AGENT_VSOCK_PORT));
+        assert!(words.contains(&"bottle.root=initramfs".to_string()));
     }
 }

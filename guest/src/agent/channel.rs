@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::cmdline::Channel;
 use super::fdio::FdStream;
+use bottle_contract::Channel;
 
 /// Errors opening the channel (the caller retries).
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use super::cmdline::{BootConfig, NetConfig, Root};
 use super::passwd;
 use crate::auth::ChannelKey;
 use crate::sys;
+use bottle_contract::{BootConfig, NetConfig, Root};
 
 /// Errors of the init steps.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +199,10 @@ fn write(path: &str, contents: &str) -> Result<(), InitError> {
 pub fn name_files(gateway: Ipv4Addr, hostname: &str) -> (String, String) {
     (
         format!("nameserver {gateway}\n"),
-        format!("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n{gateway}\tproxy.internal\n"),
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n{gateway}\t{}\n",
+            bottle_contract::PROXY_HOST
+        ),
     )
 }
 

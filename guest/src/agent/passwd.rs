@@ -1,9 +1,7 @@
 //! `/etc/passwd` and `/etc/group` without NSS: lookups and adding the agent user.
 
-/// The unprivileged user the agent runs as.
-pub const AGENT_NAME: &str = "agent";
-pub const AGENT_UID: u32 = 1000;
-pub const AGENT_HOME: &str = "/home/agent";
+/// The unprivileged user the agent runs as (see the contract).
+pub use bottle_contract::agent_user::{HOME as AGENT_HOME, NAME as AGENT_NAME, UID as AGENT_UID};
 
 /// One line of `/etc/passwd`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -207,7 +207,7 @@ pub fn symref_head(out: &[u8]) -> Option<String> {
 pub fn hook_script(hook_command: &[String]) -> String {
     let argv: Vec<String> = hook_command
         .iter()
-        .map(|a| super::ssh::shell_quote(a))
+        .map(|a| bottle_util::shell_quote(a))
         .collect();
     format!(
         "#!/bin/sh\n# Written by bottle git-gate: every push is checked by the gate.\nexec {}\n",

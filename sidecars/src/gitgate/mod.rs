@@ -40,7 +40,7 @@ use crate::policy::GitRemote;
 use crate::scanner::Scanner;
 
 /// Host name the agent's git config points at.
-pub const PROXY_HOST: &str = "proxy.internal";
+pub use bottle_contract::PROXY_HOST;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::policy::GitRemote;
+use bottle_util::shell_quote;
 
 /// Why a remote's SSH settings were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -199,11 +200,6 @@ fn path_arg(path: &Path) -> Result<String, SshError> {
     Ok(s.to_string())
 }
 
-/// Single-quote for `sh`.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,10 +326,5 @@ mod tests {
         r.identity_file = Some("/a b/id".into());
         let s = SshSettings::for_remote(&r, "/kh".into()).unwrap();
         assert!(matches!(s.command(), Err(SshError::BadPath(_))));
-    }
-
-    #[test]
-    fn shell_quote_escapes_single_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
 }

@@ -14,6 +14,7 @@ use super::target::Target;
 use super::upstream::ConnectError;
 use super::{Proxy, State};
 use crate::audit::{Completion, Exchange, Kind, Outcome};
+use bottle_util::error_chain;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -415,17 +416,6 @@ fn refuse_after_decision(exchange: Exchange, refusal: Refusal, outcome: Outcome)
         rule: Some(refusal.rule.clone()),
     });
     refusal_response(&refusal)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Replace every real token in header values by its placeholder.

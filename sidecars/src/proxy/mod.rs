@@ -69,8 +69,8 @@ pub enum ProxyError {
     Ca(#[source] rcgen::Error),
     #[error("cannot load a leaf key into rustls")]
     LeafKey(#[source] rustls::Error),
-    #[error("upstream TLS roots: {0}")]
-    Roots(String),
+    #[error("upstream TLS roots")]
+    Roots(#[from] upstream::RootsError),
     #[error(transparent)]
     AllowIps(#[from] net::BadNet),
     #[error("egress route token")]
@@ -247,8 +247,7 @@ impl Proxy {
         }
         let state = State::build(config.policy, &scanner, None)?;
         let state = Arc::new(RwLock::new(Arc::new(state)));
-        let tls = upstream::client_config(config.system_roots, &config.extra_root_pems)
-            .map_err(ProxyError::Roots)?;
+        let tls = upstream::client_config(config.system_roots, &config.extra_root_pems)?;
         let upstream = Arc::new(Upstream {
             resolver: config.resolver,
             dialer: config.dialer,

@@ -4,30 +4,27 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// At most `per_window` messages per window; the rest are counted and the
-/// count is reported with the next message that gets through.
+use bottle_util::TokenBucket;
+
+/// At most `per_window` messages per window on average (a token bucket
+/// that holds `per_window`); the rest are counted and the count is reported
+/// with the next message that gets through.
 #[derive(Debug)]
 pub struct RateLimitedLog {
-    per_window: u32,
-    window: Duration,
-    state: Mutex<Window>,
+    state: Mutex<State>,
 }
 
 #[derive(Debug)]
-struct Window {
-    start: Instant,
-    sent: u32,
+struct State {
+    bucket: TokenBucket,
     suppressed: u64,
 }
 
 impl RateLimitedLog {
     pub fn new(per_window: u32, window: Duration) -> Self {
         Self {
-            per_window,
-            window,
-            state: Mutex::new(Window {
-                start: Instant::now(),
-                sent: 0,
+            state: Mutex::new(State {
+                bucket: TokenBucket::per_window(per_window, window, Instant::now()),
                 suppressed: 0,
             }),
         }
@@ -36,18 +33,17 @@ impl RateLimitedLog {
     /// Whether a message may be written now; returns the number of messages
     /// suppressed since the last one that was written.
     pub fn admit(&self) -> Option<u64> {
-        let mut w = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if now.duration_since(w.start) >= self.window {
-            w.start = now;
-            w.sent = 0;
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.bucket.take(now) {
+            Some(std::mem::take(&mut s.suppressed))
+        } else {
+            s.suppressed += 1;
+            None
         }
-        if w.sent >= self.per_window {
-            w.suppressed += 1;
-            return None;
-        }
-        w.sent += 1;
-        Some(std::mem::take(&mut w.suppressed))
     }
 
     /// Log a warning if the limit allows it.
@@ -69,11 +65,12 @@ mod tests {
     #[test]
     fn messages_beyond_the_limit_are_counted_and_reported_later() {
         let log = RateLimitedLog::new(2, Duration::from_secs(3600));
-        assert_eq!(log.admit(), Some(0));
-        assert_eq!(log.admit(), Some(0));
-        assert_eq!(log.admit(), None);
-        assert_eq!(log.admit(), None);
-        log.state.lock().unwrap().start -= Duration::from_secs(7200);
-        assert_eq!(log.admit(), Some(2));
+        let t0 = Instant::now();
+        assert_eq!(log.admit_at(t0), Some(0));
+        assert_eq!(log.admit_at(t0), Some(0));
+        assert_eq!(log.admit_at(t0), None);
+        assert_eq!(log.admit_at(t0), None);
+        assert_eq!(log.admit_at(t0 + Duration::from_secs(1800)), Some(2));
+        assert_eq!(log.admit_at(t0 + Duration::from_secs(1800)), None);
     }
 }

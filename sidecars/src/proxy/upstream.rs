@@ -203,12 +203,35 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Why the upstream TLS roots cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error(
+        "extra root #{index} is not valid PEM; give each extra root as a PEM `CERTIFICATE` block"
+    )]
+    Pem {
+        index: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("extra root #{index} is not a usable CA certificate; give a CA certificate in PEM")]
+    Certificate {
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("extra root #{index} holds no PEM certificate; give each extra root as a PEM `CERTIFICATE` block")]
+    Empty { index: usize },
+    #[error("the TLS provider has no safe protocol version")]
+    Protocols(#[source] rustls::Error),
+}
+
 /// rustls client config: system roots (unless disabled) plus extra PEM roots,
 /// HTTP/1.1 ALPN.
 pub fn client_config(
     system_roots: bool,
     extra_root_pems: &[String],
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, RootsError> {
     let mut roots = rustls::RootCertStore::empty();
     if system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -218,22 +241,23 @@ pub fn client_config(
         }
     }
     for (i, pem) in extra_root_pems.iter().enumerate() {
+        let index = i + 1;
         let mut found = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-            let cert = cert.map_err(|e| format!("extra root #{}: {e}", i + 1))?;
+            let cert = cert.map_err(|source| RootsError::Pem { index, source })?;
             roots
                 .add(cert)
-                .map_err(|e| format!("extra root #{}: {e}", i + 1))?;
+                .map_err(|source| RootsError::Certificate { index, source })?;
             found += 1;
         }
         if found == 0 {
-            return Err(format!("extra root #{} holds no PEM certificate", i + 1));
+            return Err(RootsError::Empty { index });
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(RootsError::Protocols)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

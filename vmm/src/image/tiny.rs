@@ -15,7 +15,7 @@ use crate::VmmError;
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Used as /init when no guest agent is given: mounts the basics, prints the
-/// ready marker and holds. With `bottle.root=DEV` it first mounts DEV
+/// ready marker and holds. With `bottle.root=/dev/…` it first mounts it
 /// read-only under a tmpfs overlay and switches root to it (as the guest
 /// agent does); `bottle.test=tools` then prints node's and git's versions
 /// before the marker. `bottle.test=poweroff` (no root) powers off right
@@ -27,7 +27,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 cmdline=" $(cat /proc/cmdline) "
 root=""
-for w in $cmdline; do case "$w" in bottle.root=*) root="${w#bottle.root=}" ;; esac; done
+for w in $cmdline; do case "$w" in bottle.root=/dev/*) root="${w#bottle.root=}" ;; esac; done
 if [ -n "$root" ]; then
   mkdir -p /ro /rw /newroot
   mount -o ro "$root" /ro || { echo "bottle-init: cannot mount $root"; reboot -f; }

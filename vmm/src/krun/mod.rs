@@ -55,8 +55,10 @@ pub fn library_version() -> Option<String> {
 /// The guest kernel command line under libkrun.
 pub fn guest_cmdline(spec: &VmSpec) -> String {
     let mut words = vec!["console=hvc0".to_string()];
-    words.extend(common_cmdline(spec));
-    words.push(format!("bottle.channel=vsock:{AGENT_VSOCK_PORT}"));
+    words.extend(common_cmdline(
+        spec,
+        bottle_contract::Channel::Vsock(AGENT_VSOCK_PORT),
+    ));
     words.join(" ")
 }
 

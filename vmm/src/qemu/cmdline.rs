@@ -1,5 +1,7 @@
 //! The qemu argument vector for a [`VmSpec`]. Pure, so it is unit-tested.
 
+use bottle_contract::Channel;
+
 use crate::engine::Accel;
 use crate::spec::{common_cmdline, AGENT_PORT_NAME};
 use crate::VmSpec;
@@ -7,8 +9,10 @@ use crate::VmSpec;
 /// The guest kernel command line under qemu.
 pub fn guest_cmdline(spec: &VmSpec) -> String {
     let mut words = vec!["console=ttyS0".to_string()];
-    words.extend(common_cmdline(spec));
-    words.push(format!("bottle.channel=virtio-port:{AGENT_PORT_NAME}"));
+    words.extend(common_cmdline(
+        spec,
+        Channel::VirtioPort(AGENT_PORT_NAME.to_string()),
+    ));
     words.join(" ")
 }
 

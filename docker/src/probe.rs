@@ -10,14 +10,42 @@ use bollard::query_parameters::{CreateContainerOptions, WaitContainerOptions};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::client::DockerClient;
-use super::error::DockerError;
-use super::image::ImageRef;
-use super::labels::{self, VERSION};
-use super::runtime::{check_runsc_registration, RunscProblem, Runtime};
+use bottle_contract::agent_user::UID as AGENT_UID;
+use bottle_util::error_chain;
+
+use crate::client::DockerClient;
+use crate::error::DockerError;
+use crate::image::ImageRef;
+use crate::labels::{self, VERSION};
+use crate::runtime::{check_runsc_registration, RunscProblem, Runtime};
 
 /// How long the probe container may take to run to its exit.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the probe container did not run to a clean exit under runsc.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    #[error("there is no probe program for {0}")]
+    NoProgram(&'static str),
+    /// dockerd refused a step; `detail` is its error with every source.
+    #[error("{step}: {detail}")]
+    Docker { step: &'static str, detail: String },
+    #[error("the probe container did not exit within {secs}s")]
+    Timeout { secs: u64 },
+    #[error("dockerd ended the wait for the probe container without a status")]
+    NoStatus,
+    #[error("the probe container exited with status {0}")]
+    Exited(i64),
+}
+
+impl ProbeFailure {
+    fn docker(step: &'static str) -> impl FnOnce(DockerError) -> Self {
+        move |e| ProbeFailure::Docker {
+            step,
+            detail: error_chain(&e),
+        }
+    }
+}
 
 impl DockerClient {
     /// Whether gVisor can run the agent container. The outer error is a
@@ -31,20 +59,31 @@ impl DockerClient {
         Ok(self
             .run_probe_container()
             .await
-            .map_err(|detail| RunscProblem::ProbeFailed { detail }))
+            .map_err(|(failure, log)| RunscProblem::ProbeFailed { failure, log }))
     }
 
-    async fn run_probe_container(&self) -> Result<(), String> {
-        let tar = probe_rootfs_tar().ok_or("no probe program for this CPU architecture")?;
+    /// Runs the probe container; on failure, why and the container's log.
+    async fn run_probe_container(&self) -> Result<(), (ProbeFailure, String)> {
+        let no_log = |f: ProbeFailure| (f, String::new());
+        let tar = probe_rootfs_tar()
+            .ok_or(ProbeFailure::NoProgram(std::env::consts::ARCH))
+            .map_err(no_log)?;
         let image = ImageRef::new(
             "bottle-probe",
             &format!("{VERSION}-{}", std::env::consts::ARCH),
         )
-        .map_err(|e| chain(&e))?;
-        if !self.image_exists(&image).await.map_err(|e| chain(&e))? {
+        .map_err(ProbeFailure::docker("naming the probe image"))
+        .map_err(no_log)?;
+        let exists = self
+            .image_exists(&image)
+            .await
+            .map_err(ProbeFailure::docker("looking up the probe image"))
+            .map_err(no_log)?;
+        if !exists {
             self.import_bytes(Bytes::from(tar), &image)
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(ProbeFailure::docker("importing the probe image"))
+                .map_err(no_log)?;
         }
         let name = format!("bottle-probe-{:08x}", rand::random::<u32>());
         let body = probe_body(&image);
@@ -56,39 +95,46 @@ impl DockerClient {
             .engine()
             .create_container(Some(options), body)
             .await
-            .map_err(|e| chain(&DockerError::api("POST /containers/create")(e)))?
+            .map_err(DockerError::api("POST /containers/create"))
+            .map_err(ProbeFailure::docker("creating the probe container"))
+            .map_err(no_log)?
             .id;
-        let outcome = self.start_and_wait(&id).await;
-        let outcome = match outcome {
+        let outcome = match self.start_and_wait(&id).await {
             Ok(()) => Ok(()),
-            Err(detail) => {
-                let logs = self.logs_tail(&id, 20).await.unwrap_or_default();
-                let logs = logs.trim();
-                Err(if logs.is_empty() {
-                    detail
-                } else {
-                    format!("{detail}; container log: {logs}")
-                })
+            Err(failure) => {
+                let log = self.logs_tail(&id, 20).await.unwrap_or_default();
+                Err((failure, log.trim().to_string()))
             }
         };
         if let Err(e) = self.remove(&id, true).await {
-            return Err(format!("removing probe container {name}: {}", chain(&e)));
+            let step = "removing the probe container";
+            return Err(no_log(ProbeFailure::Docker {
+                step,
+                detail: format!("{name}: {}", error_chain(&e)),
+            }));
         }
         outcome
     }
 
-    async fn start_and_wait(&self, id: &str) -> Result<(), String> {
-        self.start(id).await.map_err(|e| chain(&e))?;
+    async fn start_and_wait(&self, id: &str) -> Result<(), ProbeFailure> {
+        self.start(id)
+            .await
+            .map_err(ProbeFailure::docker("starting the probe container"))?;
         let options = WaitContainerOptions {
             condition: "not-running".into(),
         };
         let mut wait = self.engine().wait_container(id, Some(options));
         match tokio::time::timeout(PROBE_TIMEOUT, wait.next()).await {
-            Err(_) => Err(format!("did not exit within {}s", PROBE_TIMEOUT.as_secs())),
-            Ok(None) => Err("wait ended without a status".into()),
+            Err(_) => Err(ProbeFailure::Timeout {
+                secs: PROBE_TIMEOUT.as_secs(),
+            }),
+            Ok(None) => Err(ProbeFailure::NoStatus),
             Ok(Some(Ok(r))) if r.status_code == 0 => Ok(()),
-            Ok(Some(Ok(r))) => Err(format!("exited with status {}", r.status_code)),
-            Ok(Some(Err(e))) => Err(chain(&e)),
+            Ok(Some(Ok(r))) => Err(ProbeFailure::Exited(r.status_code)),
+            Ok(Some(Err(e))) => Err(ProbeFailure::Docker {
+                step: "waiting for the probe container",
+                detail: error_chain(&e),
+            }),
         }
     }
 }
@@ -99,7 +145,7 @@ fn probe_body(image: &ImageRef) -> ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["/probe".into()]),
         entrypoint: Some(Vec::new()),
-        user: Some("1000:1000".into()),
+        user: Some(format!("{AGENT_UID}:{AGENT_UID}")),
         labels: Some(labels::for_probe()),
         host_config: Some(HostConfig {
             runtime: Some(Runtime::Runsc.as_str().into()),
@@ -114,18 +160,6 @@ fn probe_body(image: &ImageRef) -> ContainerCreateBody {
         }),
         ..Default::default()
     }
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Machine code of `exit(0)` for this CPU, if we have it.

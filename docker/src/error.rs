@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::runtime::RunscProblem;
+use crate::runtime::RunscProblem;
 
 /// How to start dockerd, quoted by the "daemon absent" errors.
 const START_HINT: &str =

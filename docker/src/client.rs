@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
 
-use super::error::DockerError;
+use crate::error::DockerError;
 
 /// Oldest Engine API the backend accepts (Docker 20.10, the version it is
 /// tested against; every field it sets exists there).

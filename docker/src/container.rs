@@ -25,23 +25,29 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::client::DockerClient;
-use super::error::{is_not_found, DockerError};
-use super::labels::{self, LABEL_AGENT, LABEL_IDENTITY, LABEL_STATE_ROOT};
-use super::runtime::Runtime;
+use crate::client::DockerClient;
+use crate::error::{is_not_found, DockerError};
+use crate::labels::{self, LABEL_AGENT, LABEL_IDENTITY, LABEL_STATE_ROOT};
+use crate::runtime::Runtime;
 
 /// Where the bottle's socket directory appears inside the container.
-pub const GUEST_SOCKET_DIR: &str = "/run/bottle";
-/// The guest agent's host↔guest protocol socket (the agent dials it).
-pub const GUEST_AGENT_SOCKET: &str = "/run/bottle/agent.sock";
+pub use bottle_contract::docker::SOCKET_DIR as GUEST_SOCKET_DIR;
 /// The guest agent binary inside the image (as in the VM image).
-pub const GUEST_PATH: &str = "/sbin/bottle-guest";
+pub use bottle_contract::GUEST_BINARY as GUEST_PATH;
+
+/// The guest agent's host↔guest protocol socket (the agent dials it).
+pub fn guest_agent_socket() -> String {
+    format!(
+        "{GUEST_SOCKET_DIR}/{}",
+        bottle_contract::docker::AGENT_SOCKET
+    )
+}
 /// Fewest pids the container may be limited to: under runsc the sandbox's
 /// own threads count against the limit (16 fails to start it).
 const MIN_PIDS: u32 = 64;
 
 /// The agent user's uid and gid.
-pub const AGENT_UID: u32 = 1000;
+pub use bottle_contract::agent_user::UID as AGENT_UID;
 
 /// The only capabilities of the container (held by the root guest agent;
 /// the agent user's processes have none): switch to the agent user
@@ -57,32 +63,14 @@ pub const GUEST_CAPS: [&str; 6] = [
     "FOWNER",
 ];
 
-/// A guard port on loopback inside the container and the socket it forwards to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuardForward {
-    pub port: u16,
-    pub socket: &'static str,
-}
-
-/// The guards: proxy, git-gate, supervise (the same ports as in the VM).
-pub const GUARD_FORWARDS: [GuardForward; 3] = [
-    GuardForward {
-        port: 8888,
-        socket: "proxy.sock",
-    },
-    GuardForward {
-        port: 9418,
-        socket: "git-gate.sock",
-    },
-    GuardForward {
-        port: 9100,
-        socket: "supervise.sock",
-    },
-];
-
 /// `/etc/hosts` inside the container: `proxy.internal` is loopback, where
 /// the guest agent listens for the guards.
-const ETC_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.0.1\tproxy.internal\n";
+fn etc_hosts() -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.0.1\t{}\n",
+        bottle_contract::PROXY_HOST
+    )
+}
 /// `/etc/resolv.conf` inside the container: a resolver on loopback that does
 /// not exist, so every other name fails at once.
 const ETC_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n";
@@ -216,15 +204,16 @@ pub fn guest_command() -> Vec<String> {
         "serve".to_owned(),
         "--connect".to_owned(),
     ];
-    cmd.push(format!("unix:{GUEST_AGENT_SOCKET}"));
+    cmd.push(format!("unix:{}", guest_agent_socket()));
     cmd.push("--key-file".to_owned());
     cmd.push(format!(
         "{GUEST_SOCKET_DIR}/{}",
-        bottle_guest::auth::DOCKER_KEY_FILE
+        bottle_contract::docker::KEY_FILE
     ));
     cmd.push("--user".to_owned());
     cmd.push(AGENT_UID.to_string());
-    for g in GUARD_FORWARDS {
+    // Each guard's port on loopback (where `/etc/hosts` puts proxy.internal).
+    for g in bottle_contract::GUARDS {
         cmd.push("--forward".to_owned());
         cmd.push(format!(
             "127.0.0.1:{}=unix:{GUEST_SOCKET_DIR}/{}",
@@ -336,7 +325,7 @@ fn write_etc_files(dir: &Path) -> Result<(PathBuf, PathBuf), DockerError> {
         source,
     })?;
     Ok((
-        write_file(dir, "hosts", ETC_HOSTS)?,
+        write_file(dir, "hosts", &etc_hosts())?,
         write_file(dir, "resolv.conf", ETC_RESOLV_CONF)?,
     ))
 }
@@ -640,10 +629,6 @@ mod tests {
         );
         let key = c.iter().position(|a| a == "--key-file").unwrap();
         assert_eq!(c[key + 1], "/run/bottle/agent.key");
-        assert_eq!(
-            GUEST_AGENT_SOCKET,
-            format!("{GUEST_SOCKET_DIR}/{}", bottle_guest::auth::DOCKER_SOCKET)
-        );
         assert!(c.contains(&"127.0.0.1:8888=unix:/run/bottle/proxy.sock".to_owned()));
         assert!(c.contains(&"127.0.0.1:9418=unix:/run/bottle/git-gate.sock".to_owned()));
         assert!(c.contains(&"127.0.0.1:9100=unix:/run/bottle/supervise.sock".to_owned()));
@@ -651,7 +636,7 @@ mod tests {
 
     #[test]
     fn hosts_maps_only_proxy_internal_and_localhost_to_loopback() {
-        for line in ETC_HOSTS.lines() {
+        for line in etc_hosts().lines() {
             let mut f = line.split_whitespace();
             assert!(matches!(f.next(), Some("127.0.0.1" | "::1")), "{line}");
             assert!(
@@ -683,7 +668,7 @@ mod tests {
     fn etc_files_are_written_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let (hosts, resolv) = write_etc_files(&dir.path().join("etc")).unwrap();
-        assert_eq!(std::fs::read_to_string(hosts).unwrap(), ETC_HOSTS);
+        assert_eq!(std::fs::read_to_string(hosts).unwrap(), etc_hosts());
         assert_eq!(std::fs::read_to_string(resolv).unwrap(), ETC_RESOLV_CONF);
     }
 }

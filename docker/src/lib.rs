@@ -17,12 +17,13 @@ mod runtime;
 
 pub use client::{DockerClient, DockerHost, MIN_API_VERSION};
 pub use container::{
-    guest_command, AgentContainerSpec, ContainerInfo, GuardForward, AGENT_UID, GUARD_FORWARDS,
-    GUEST_AGENT_SOCKET, GUEST_CAPS, GUEST_PATH, GUEST_SOCKET_DIR,
+    guest_agent_socket, guest_command, AgentContainerSpec, ContainerInfo, AGENT_UID, GUEST_CAPS,
+    GUEST_PATH, GUEST_SOCKET_DIR,
 };
 pub use error::DockerError;
 pub use image::ImageRef;
 pub use labels::{LABEL_AGENT, LABEL_IDENTITY, LABEL_PROBE, LABEL_VERSION};
+pub use probe::ProbeFailure;
 pub use runtime::{
     register_hint, RunscProblem, Runtime, RuntimeChoice, RuntimeInfo, RuntimeSelection, RUNSC_ARGS,
 };

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: helpers may unwrap too
 
-use bottle::backend::docker::{DockerClient, DockerError};
+use bottle_docker::{DockerClient, DockerError};
 
 #[tokio::test]
 async fn docker_host_from_the_environment_is_honoured() {

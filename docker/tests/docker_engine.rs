@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bottle::backend::docker::{
+use bottle_docker::{
     AgentContainerSpec, DockerClient, DockerError, ImageRef, Runtime, RuntimeChoice, LABEL_AGENT,
     LABEL_IDENTITY, LABEL_VERSION,
 };
@@ -491,14 +491,21 @@ async fn daemon_with_a_too_old_api_is_refused() {
     assert_eq!(client.api_version(), (1, 41));
 }
 
-const GUEST_BINARY: &str = "target/x86_64-unknown-linux-gnu/release/bottle-guest";
+/// The static guest agent `scripts/build-guest.sh` builds, in the
+/// workspace's target directory (`CARGO_TARGET_DIR` when it is set).
+fn guest_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("x86_64-unknown-linux-gnu/release/bottle-guest")
+}
 
 /// The real guest agent as the container's command (`guest_command`): it
 /// forwards 127.0.0.1:8888 inside to the host's `proxy.sock`; when the host
 /// side goes away the forward fails closed.
 async fn guest_forwards_guard_port(runtime: Runtime) {
     let Some(docker) = client().await else { return };
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join(GUEST_BINARY);
+    let guest = guest_binary();
     if !skip::require(
         guest.is_file(),
         "no static guest binary: run scripts/build-guest.sh",

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use super::client::DockerClient;
-use super::error::DockerError;
+use crate::client::DockerClient;
+use crate::error::DockerError;
 
 /// The `runtimeArgs` runsc must be registered with: no network stack of its
 /// own, and permission to connect to the bind-mounted host unix sockets.
@@ -95,8 +95,16 @@ pub enum RunscProblem {
         register_hint()
     )]
     MissingArgs { missing: Vec<String> },
-    #[error("runsc did not run a --network none container: {detail}")]
-    ProbeFailed { detail: String },
+    #[error(
+        "runsc did not run a --network none container: {failure}{}; \
+         check dockerd's log (journalctl -u docker) and `runsc --version`, or use runc (--runtime runc)",
+        if log.is_empty() { String::new() } else { format!("; container log: {log}") }
+    )]
+    ProbeFailed {
+        failure: crate::probe::ProbeFailure,
+        /// The end of the probe container's log, if it got that far.
+        log: String,
+    },
 }
 
 /// How to register runsc, quoted by every [`RunscProblem`].

@@ -11,9 +11,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
 
-use super::client::DockerClient;
-use super::error::{is_not_found, DockerError};
-use super::labels::{LABEL_VERSION, VERSION};
+use crate::client::DockerClient;
+use crate::error::{is_not_found, DockerError};
+use crate::labels::{LABEL_VERSION, VERSION};
 
 /// Bytes read from the tarball per request body chunk.
 const CHUNK: usize = 256 * 1024;

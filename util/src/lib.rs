@@ -1,0 +1,13 @@
+//! Small helpers the bottle crates share, each in one place: an error and
+//! its sources on one line ([`error_chain`]), single-quoting for `sh`
+//! ([`shell_quote`]), and a token bucket ([`TokenBucket`]). No dependencies,
+//! so any crate of the workspace can use it without a cycle.
+#![deny(unsafe_code)]
+
+mod chain;
+mod ratelimit;
+mod shell;
+
+pub use chain::{error_chain, ErrorChain};
+pub use ratelimit::TokenBucket;
+pub use shell::shell_quote;
