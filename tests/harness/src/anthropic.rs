@@ -53,17 +53,8 @@ impl FakeAnthropic {
     /// Serve HTTPS for `api.anthropic.com` (a leaf signed by `ca`) on
     /// `127.0.0.1:0`; the tool call runs `command`.
     pub fn start(ca: &TestCa, command: &str) -> Self {
-        let (chain, key) = ca.leaf(&["api.anthropic.com"]);
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server cert");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let config = ca.http1_server_config(&["api.anthropic.com"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");

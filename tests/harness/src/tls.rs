@@ -47,6 +47,21 @@ impl Default for TestCa {
 
 impl TestCa {
     /// A fresh ECDSA CA. Panics on failure (test code).
+    /// A rustls server config (HTTP/1.1 over ALPN) with a leaf for `names`.
+    pub fn http1_server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let (chain, key) = self.leaf(names);
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
     pub fn new() -> Self {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -149,17 +164,8 @@ impl Upstream {
     /// Like [`https`](Self::https); `record = false` keeps no request log
     /// (benchmarks, where the log would only grow).
     pub fn https_with(ca: &TestCa, names: &[&str], record: bool) -> Self {
-        let (chain, key) = ca.leaf(names);
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server cert");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self::start(Some(Arc::new(config)), record)
+        let config = ca.http1_server_config(names);
+        Self::start(Some(config), record)
     }
 
     /// Plain HTTP upstream.
