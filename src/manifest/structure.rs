@@ -519,6 +519,7 @@ allow = ["a.example"]
 allow_ports = [443]
 passthrough = ["p.example"]
 allow_ips = ["10.0.0.1"]
+resolve = { "a.example" = "10.0.0.1:8443" }
 upstream_ca = ["ca.pem"]
 allow_secret_paths = true
 dlp = { action = "warn", disable_rules = ["r"], hosts = { "api.example" = "redact" } }
@@ -527,6 +528,7 @@ backend = "vm"
 vm = { engine = "qemu" }
 docker = { runtime = "runc", pids_limit = 100 }
 network = { subnet = "10.0.2.0/24", mtu = 1500 }
+limits = { connections = 8, buffered_mib = 64, flows = 100, audit_file_mib = 2, audit_files_kept = 1 }
 
 [[bottles.b.routes]]
 name = "n"
