@@ -229,17 +229,24 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build an image (`tiny` or `debian`).
+    /// Build an image: a built-in one (`tiny`, `debian`, `claude`), or the image a bottle of the manifest defines (`[bottles.NAME.image]`).
     Build {
+        /// A built-in image, or a bottle's name.
         name: String,
         /// Add Claude Code (from npm) to the Debian image.
         #[arg(long)]
         claude: bool,
     },
-    /// List built images.
+    /// List built images: name, key, size, age, whether this binary uses it, which bottles of the manifest use it.
     Ls,
-    /// Remove a built image.
+    /// Remove a built image (every build of that name).
     Rm { name: String },
+    /// Remove every built image that neither this binary's built-in images nor a bottle of the manifest names.
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[cfg(test)]

@@ -73,18 +73,74 @@ pub fn definition(name: &str) -> anyhow::Result<ImageDef> {
 /// binary's guest agent: found by key, never by name and age, so a probe
 /// image or a build for another guest agent is never taken for it.
 pub fn image_dir(name: &str) -> anyhow::Result<PathBuf> {
-    let def = definition(name)?;
+    find(&definition(name)?)
+}
+
+/// The built image of exactly `def` and this binary's guest agent.
+pub fn find(def: &ImageDef) -> anyhow::Result<PathBuf> {
     let guest = guest_binary()?;
-    let found = match &def {
+    let found = match def {
         ImageDef::Tiny => bottle_vmm::image::find_tiny(Some(&guest))?
             .and_then(|p| p.parent().map(Path::to_path_buf)),
         ImageDef::Debian(opts) => bottle_vmm::image::find_debian(opts, &guest)?,
     };
     found.ok_or_else(|| {
+        let name = def.name();
         anyhow::anyhow!(
-            "image `{name}` is not built for this bottle's guest agent; run `bottle image build {name}`"
+            "image `{name}` is not built for this bottle's guest agent; run `bottle image build {}`",
+            def.build_arg()
         )
     })
+}
+
+/// The definition of a plan's image: a built-in one, or the bottle's own.
+pub fn for_plan(plan: &crate::plan::Plan) -> anyhow::Result<ImageDef> {
+    match &plan.custom_image {
+        None => definition(&plan.image),
+        Some(custom) => {
+            let mut files = Vec::new();
+            for (guest, host) in &custom.files {
+                let content = std::fs::read(host).with_context(|| {
+                    format!("cannot read {} (image file {guest})", host.display())
+                })?;
+                anyhow::ensure!(
+                    content.len() <= MAX_IMAGE_FILE,
+                    "{} is over {} MiB; image files are for configuration, install large things with `setup`",
+                    host.display(),
+                    MAX_IMAGE_FILE >> 20
+                );
+                files.push(bottle_vmm::image::ImageFile::new(guest, content));
+            }
+            Ok(ImageDef::Debian(bottle_vmm::image::DebianOpts {
+                name: plan.image.clone(),
+                extra_packages: custom.packages.clone(),
+                claude: custom.claude,
+                setup: custom.setup.clone(),
+                files,
+                ..Default::default()
+            }))
+        }
+    }
+}
+
+/// Largest file `[bottles.NAME.image] files` copies into an image.
+const MAX_IMAGE_FILE: usize = 16 << 20;
+
+impl ImageDef {
+    /// The image's name (`tiny`, `debian`, `claude`, `custom-<bottle>`).
+    pub fn name(&self) -> String {
+        match self {
+            ImageDef::Tiny => "tiny".to_string(),
+            ImageDef::Debian(o) => o.name.clone(),
+        }
+    }
+
+    /// What to pass to `bottle image build` for it.
+    fn build_arg(&self) -> String {
+        let name = self.name();
+        name.strip_prefix("custom-")
+            .map_or(name.clone(), str::to_string)
+    }
 }
 
 /// The tiny initramfs every VM boots (it switches to a root disk when the
@@ -95,8 +151,13 @@ pub fn tiny_initramfs() -> anyhow::Result<PathBuf> {
 
 /// Builds image `name` (cached by its definition); returns its directory.
 pub fn build(name: &str) -> anyhow::Result<PathBuf> {
+    build_def(&definition(name)?)
+}
+
+/// Builds the image of `def` (cached by its key); returns its directory.
+pub fn build_def(def: &ImageDef) -> anyhow::Result<PathBuf> {
     let guest = guest_binary()?;
-    match definition(name)? {
+    match def.clone() {
         ImageDef::Tiny => {
             let initramfs = bottle_vmm::image::ensure_tiny(Some(&guest))?;
             Ok(initramfs
@@ -116,8 +177,13 @@ pub fn build(name: &str) -> anyhow::Result<PathBuf> {
 /// same bits the VM boots. Debian images ship one; for `tiny` it is
 /// converted from the initramfs once and kept next to it.
 pub fn rootfs_tar(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = image_dir(name)?;
-    match definition(name)? {
+    rootfs_tar_of(&definition(name)?)
+}
+
+/// [`rootfs_tar`] for a definition.
+pub fn rootfs_tar_of(def: &ImageDef) -> anyhow::Result<PathBuf> {
+    let dir = find(def)?;
+    match def {
         ImageDef::Tiny => {
             let initramfs = dir.join(bottle_vmm::image::INITRAMFS);
             let tar = dir.join("rootfs.tar");

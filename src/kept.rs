@@ -69,6 +69,10 @@ pub async fn keep(client: &Client, dir: &StateDir) -> KeptReport {
             .await
             .unwrap_or_else(|_| Err(ClientError::Remote("timed out".into())));
         match copied {
+            // An empty directory (a container's bare /workspace) is nothing.
+            Ok(n) if n <= 1 => {
+                let _ = std::fs::remove_dir_all(&to);
+            }
             Ok(n) => report.lines.push(format!(
                 "kept the {what} ({guest}, {n} entries) in {}",
                 to.display()

@@ -31,9 +31,11 @@ fn api(e: DockerError) -> BackendError {
 }
 
 /// The image tag for a bottle image: `bottle-<name>:<definition hash>`.
-fn image_ref(name: &str) -> Result<(ImageRef, std::path::PathBuf), BackendError> {
-    let tar =
-        crate::images::rootfs_tar(name).map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+fn image_ref(plan: &Plan) -> Result<(ImageRef, std::path::PathBuf), BackendError> {
+    let unavailable = |e: anyhow::Error| BackendError::Unavailable(format!("{e:#}"));
+    let def = crate::images::for_plan(plan).map_err(unavailable)?;
+    let name = def.name();
+    let tar = crate::images::rootfs_tar_of(&def).map_err(unavailable)?;
     let key = tar
         .parent()
         .and_then(|d| d.file_name())
@@ -101,6 +103,7 @@ impl Backend for DockerBackend {
     }
 
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
+        super::image_available(plan)?;
         // Say which runtime will run it and why; this asks dockerd, starts nothing.
         let choice = plan.requested.runtime;
         let (runtime, reason) = block_on(async {
@@ -134,7 +137,7 @@ impl Backend for DockerBackend {
     }
 
     fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
-        let (image, tar) = image_ref(&plan.image)?;
+        let (image, tar) = image_ref(plan)?;
         let config = BundleConfig {
             identity: plan.identity.clone(),
             mode: Mode::Docker,

@@ -113,3 +113,22 @@ pub fn backend_for(name: BackendName) -> Box<dyn Backend> {
         BackendName::Docker => Box::new(docker_backend::DockerBackend),
     }
 }
+
+/// `prepare`'s image check: a built-in image must be built; a bottle's own
+/// image may be missing (`bottle run` builds it, and the plan says so).
+pub fn image_available(plan: &mut crate::plan::Plan) -> Result<(), BackendError> {
+    let def =
+        crate::images::for_plan(plan).map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+    match crate::images::find(&def) {
+        Ok(_) => Ok(()),
+        Err(_) if plan.custom_image.is_some() => {
+            plan.warnings.push(format!(
+                "image {} is not built yet: `bottle run` builds it first (a few minutes the first time; about a minute once the Debian base is cached), or build it now with `bottle image build {}`",
+                plan.image,
+                plan.image.trim_start_matches("custom-")
+            ));
+            Ok(())
+        }
+        Err(e) => Err(BackendError::Unavailable(format!("{e:#}"))),
+    }
+}

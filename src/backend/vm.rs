@@ -3,7 +3,7 @@
 //! launching here means writing the bundle's config and starting it, and
 //! tearing down means stopping the VM, then the bundle.
 
-use super::{Availability, Backend, BackendError, Found};
+use super::{image_available, Availability, Backend, BackendError, Found};
 use crate::bundle::{BundleConfig, Mode, VmLaunch};
 use crate::doctor::Check;
 use crate::manifest::BackendName;
@@ -107,8 +107,7 @@ impl Backend for VmBackend {
     }
 
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
-        crate::images::image_dir(&plan.image)
-            .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+        image_available(plan)?;
         let choice = plan.requested.engine;
         let kernel = bottle_vmm::kernel::locate().ok();
         let decided = kernel.as_ref().and_then(|k| {
@@ -150,12 +149,12 @@ impl Backend for VmBackend {
     fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
         let (kernel, initramfs) = boot_assets()
             .map_err(|(why, fix)| BackendError::Unavailable(format!("{why}; {fix}")))?;
-        let root_disk = match crate::images::definition(&plan.image)
-            .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?
-        {
+        let def = crate::images::for_plan(plan)
+            .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+        let root_disk = match &def {
             crate::images::ImageDef::Tiny => None,
             crate::images::ImageDef::Debian(_) => {
-                let dir = crate::images::image_dir(&plan.image)
+                let dir = crate::images::find(&def)
                     .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
                 Some(crate::images::root_disk(&dir).ok_or_else(|| {
                     BackendError::Unavailable(format!(

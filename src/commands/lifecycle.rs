@@ -107,8 +107,8 @@ fn print_audit(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bottle image build|ls|rm`.
-pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {
+/// `bottle image build|ls|rm|prune`.
+pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()> {
     let store = bottle_vmm::image::ImageStore::open();
     match cmd {
         ImageCommand::Build { name, claude } => {
@@ -117,26 +117,39 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {
                 (_, true) => anyhow::bail!("--claude adds Claude Code to the `debian` image (the result is the `claude` image)"),
                 _ => name,
             };
-            let dir = images::build(&name)?;
-            print(&format!("built {name}: {}\n", dir.display()))
+            let def = if images::IMAGE_NAMES.contains(&name.as_str()) {
+                images::definition(&name)?
+            } else {
+                bottle_image(manifest, &name)?
+            };
+            let started = std::time::Instant::now();
+            let dir = images::build_def(&def)?;
+            print(&format!(
+                "built {} in {} s: {}\n",
+                def.name(),
+                started.elapsed().as_secs(),
+                dir.display()
+            ))
         }
         ImageCommand::Ls => {
-            // Which build each bottle of this binary would use.
-            let current: Vec<PathBuf> = images::IMAGE_NAMES
-                .iter()
-                .filter_map(|n| images::image_dir(n).ok())
-                .collect();
-            let mut out = String::from("NAME\tKEY\tSIZE\tIN USE\tPURPOSE\tDIR\n");
+            let used = in_use(manifest);
+            let mut out = String::from("NAME\tKEY\tSIZE\tAGE\tIN USE\tPURPOSE\tDIR\n");
             for i in store.list()? {
+                let users: Vec<&str> = used
+                    .iter()
+                    .filter(|(dir, _)| *dir == i.dir)
+                    .map(|(_, who)| who.as_str())
+                    .collect();
                 out.push_str(&format!(
-                    "{}\t{}\t{:.1} MiB\t{}\t{}\t{}\n",
+                    "{}\t{}\t{:.1} MiB\t{}\t{}\t{}\t{}\n",
                     i.name,
                     i.key,
                     i.size_bytes as f64 / (1024.0 * 1024.0),
-                    if current.contains(&i.dir) {
-                        "yes"
+                    age(i.built),
+                    if users.is_empty() {
+                        "no".to_string()
                     } else {
-                        "no"
+                        users.join(", ")
                     },
                     i.purpose,
                     i.dir.display()
@@ -154,5 +167,113 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<()> {
                 if n == 1 { "" } else { "s" }
             ))
         }
+        ImageCommand::Prune { dry_run } => {
+            let used = in_use(manifest);
+            let mut freed = 0u64;
+            let mut out = String::new();
+            for i in store.list()? {
+                // Probe images are the boot probes' own, rebuilt on demand.
+                if used.iter().any(|(dir, _)| *dir == i.dir) || i.name.starts_with("tiny-probe") {
+                    continue;
+                }
+                if !dry_run {
+                    std::fs::remove_dir_all(&i.dir)
+                        .with_context(|| format!("cannot remove {}", i.dir.display()))?;
+                }
+                freed += i.size_bytes;
+                out.push_str(&format!(
+                    "{} {} {} ({:.1} MiB)\n",
+                    if dry_run { "would remove" } else { "removed" },
+                    i.name,
+                    i.key,
+                    i.size_bytes as f64 / (1024.0 * 1024.0)
+                ));
+            }
+            out.push_str(&format!(
+                "{} {:.1} MiB\n",
+                if dry_run { "would free" } else { "freed" },
+                freed as f64 / (1024.0 * 1024.0)
+            ));
+            print(&out)
+        }
+    }
+}
+
+/// The image a bottle of the manifest defines (or names).
+fn bottle_image(manifest: Option<PathBuf>, bottle: &str) -> anyhow::Result<images::ImageDef> {
+    let (loaded, cwd) = super::run::load_manifest(manifest)?;
+    crate::manifest::trust::require(&loaded)?;
+    let Some(agent) = loaded
+        .manifest
+        .agents
+        .iter()
+        .find(|(_, a)| a.bottle == bottle)
+        .map(|(name, _)| name.clone())
+    else {
+        let known: Vec<&str> = images::IMAGE_NAMES.to_vec();
+        anyhow::bail!(
+            "`{bottle}` is neither a built-in image ({}) nor a bottle an agent of {} uses",
+            known.join(", "),
+            loaded.origin.describe()
+        );
+    };
+    let plan = crate::plan::prepare(crate::plan::PlanInputs {
+        loaded: &loaded,
+        agent: &agent,
+        cwd: &cwd,
+        backend: crate::manifest::BackendName::Vm,
+        backend_reason: String::new(),
+        engine: None,
+        runtime: None,
+        command_override: None,
+        identity: crate::identity::new_identity(&agent),
+    })?;
+    images::for_plan(&plan)
+}
+
+/// Built images in use: this binary's built-in images, and each bottle's
+/// image in the manifest (when one loads), with who uses it.
+fn in_use(manifest: Option<PathBuf>) -> Vec<(PathBuf, String)> {
+    let mut used = Vec::new();
+    for name in images::IMAGE_NAMES {
+        if let Ok(dir) = images::image_dir(name) {
+            used.push((dir, "yes".to_string()));
+        }
+    }
+    let Ok((loaded, cwd)) = super::run::load_manifest(manifest) else {
+        return used;
+    };
+    for (agent, a) in &loaded.manifest.agents {
+        let Ok(plan) = crate::plan::prepare(crate::plan::PlanInputs {
+            loaded: &loaded,
+            agent,
+            cwd: &cwd,
+            backend: crate::manifest::BackendName::Vm,
+            backend_reason: String::new(),
+            engine: None,
+            runtime: None,
+            command_override: None,
+            identity: crate::identity::new_identity(agent),
+        }) else {
+            continue;
+        };
+        if let Ok(dir) = images::for_plan(&plan).and_then(|d| images::find(&d)) {
+            let who = format!("bottle {}", a.bottle);
+            if !used.iter().any(|(d, w)| *d == dir && *w == who) {
+                used.push((dir, who));
+            }
+        }
+    }
+    used
+}
+
+fn age(built: Option<std::time::SystemTime>) -> String {
+    let Some(secs) = built.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()) else {
+        return "?".to_string();
+    };
+    match secs {
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
     }
 }

@@ -76,7 +76,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "bottle", &mut std::io::stdout());
             Ok(())
         }
-        Command::Image(cmd) => lifecycle::image(cmd),
+        Command::Image(cmd) => lifecycle::image(manifest, cmd),
         Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
         Command::Session { state_dir } => crate::detached::serve(&state_dir),
         // git-gate's pre-receive hook: its messages and exit status are git's.

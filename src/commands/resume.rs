@@ -71,6 +71,7 @@ pub fn resume(id: &str, detach: bool, yes: bool) -> anyhow::Result<()> {
     if !yes {
         run::confirm()?;
     }
+    run::build_own_image(&plan)?;
     let code = crate::launch::launch_and_run(&plan, detach)?;
     lifecycle::exit_with(code)
 }

@@ -111,12 +111,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.yes {
         confirm()?;
     }
+    build_own_image(&plan)?;
     let code = crate::launch::launch_and_run(&plan, args.detach)?;
     if code == 0 {
         Ok(())
     } else {
         Err(super::ExitStatusError(u8::try_from(code.clamp(1, 255)).unwrap_or(1)).into())
     }
+}
+
+/// A bottle's own image is built the first time it runs (cached by its
+/// definition after that); built-in images are built by `bottle image build`.
+pub(super) fn build_own_image(plan: &Plan) -> anyhow::Result<()> {
+    if plan.custom_image.is_none() {
+        return Ok(());
+    }
+    let def = crate::images::for_plan(plan)?;
+    if crate::images::find(&def).is_ok() {
+        return Ok(());
+    }
+    eprintln!("bottle: building image {} first", plan.image);
+    let started = std::time::Instant::now();
+    crate::images::build_def(&def)
+        .with_context(|| format!("cannot build image {} (nothing was launched)", plan.image))?;
+    eprintln!(
+        "bottle: image {} built in {} s",
+        plan.image,
+        started.elapsed().as_secs()
+    );
+    Ok(())
 }
 
 /// Ask y/N on a terminal; refuse without one.

@@ -22,6 +22,8 @@ enum Kind {
     Named(&'static Schema),
     /// A table of free keys with string values.
     StrMap,
+    /// A string, or a table of this schema.
+    StrOrTable(&'static Schema),
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
     /// A table of free keys whose values are each one of a fixed set of strings.
@@ -32,6 +34,7 @@ impl Kind {
     fn describe(self) -> &'static str {
         match self {
             Kind::Str | Kind::Enum(_) => "a string",
+            Kind::StrOrTable(_) => "a string or a table",
             Kind::Int => "an integer",
             Kind::Bool => "true or false",
             Kind::StrArray => "an array of strings",
@@ -127,9 +130,22 @@ static LIMITS: Schema = Schema {
     ],
     removed: &[],
 };
+static IMAGE: Schema = Schema {
+    fields: &[
+        ("base", Kind::Enum(&["debian"])),
+        ("packages", Kind::StrArray),
+        ("claude", Kind::Bool),
+        ("setup", Kind::StrArray),
+        ("files", Kind::StrMap),
+    ],
+    removed: &[(
+        "dockerfile",
+        "a Dockerfile is not read: list `packages`, `setup` lines and `files` instead",
+    )],
+};
 static BOTTLE: Schema = Schema {
     fields: &[
-        ("image", Kind::Str),
+        ("image", Kind::StrOrTable(&IMAGE)),
         ("cpus", Kind::Int),
         ("memory_mib", Kind::Int),
         ("allow", Kind::StrArray),
@@ -340,6 +356,11 @@ fn check_item(
         Kind::Table(schema) => match item.as_table_like() {
             Some(table) => check_table(table, schema, path, span, problems),
             None => wrong(problems, describe_found(item, item.as_value())),
+        },
+        Kind::StrOrTable(schema) => match (item.as_value(), item.as_table_like()) {
+            (Some(Value::String(_)), _) => {}
+            (_, Some(table)) => check_table(table, schema, path, span, problems),
+            (other, None) => wrong(problems, describe_found(item, other)),
         },
         Kind::Named(schema) => match item.as_table_like() {
             Some(table) => {
@@ -603,6 +624,12 @@ copy_cwd = false
                 Kind::Table(sub) => {
                     agree(sub, v, &here, problems);
                     true
+                }
+                Kind::StrOrTable(sub) => {
+                    if v.is_object() {
+                        agree(sub, v, &here, problems);
+                    }
+                    v.is_string() || v.is_object()
                 }
                 Kind::ArrayOfTables(sub) => match first(v) {
                     Some(element) => {

@@ -67,7 +67,7 @@ impl std::str::FromStr for BackendName {
 #[serde(deny_unknown_fields)]
 pub struct Bottle {
     #[serde(default = "default_image")]
-    pub image: String,
+    pub image: ImageSpec,
     #[serde(default = "default_cpus")]
     pub cpus: u32,
     #[serde(default = "default_memory_mib")]
@@ -149,8 +149,43 @@ impl Limits {
     pub const MAX_FLOWS: u32 = 65_536;
 }
 
-pub fn default_image() -> String {
-    "tiny".to_string()
+pub fn default_image() -> ImageSpec {
+    ImageSpec::Name("tiny".to_string())
+}
+
+/// `image = "NAME"` (a built-in image), or `[bottles.NAME.image]`: the
+/// bottle's own image, defined here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ImageSpec {
+    Name(String),
+    Custom(CustomImage),
+}
+
+/// `[bottles.NAME.image]`: a Debian image with this bottle's toolchain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomImage {
+    /// The image it is built on; only `"debian"` (bookworm) today.
+    #[serde(default = "default_base")]
+    pub base: String,
+    /// Debian packages, installed with apt at build time.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Claude Code from npm (the version the `claude` image pins).
+    #[serde(default)]
+    pub claude: bool,
+    /// Shell lines run as root in the image at build time (with the host's
+    /// registry access; the bottle itself has no network).
+    #[serde(default)]
+    pub setup: Vec<String>,
+    /// Files copied into the image: path in the image → path on the host.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, PathBuf>,
+}
+
+pub fn default_base() -> String {
+    "debian".to_string()
 }
 pub fn default_cpus() -> u32 {
     2

@@ -150,6 +150,45 @@ pub fn check(
                 );
             }
         }
+        if let super::types::ImageSpec::Custom(image) = &bottle.image {
+            let ok_word = |s: &str| {
+                !s.is_empty()
+                    && !s.starts_with('-')
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.+_".contains(c))
+            };
+            for (i, p) in image.packages.iter().enumerate() {
+                if !ok_word(p) {
+                    let path: Vec<Seg<'_>> = base
+                        .iter()
+                        .copied()
+                        .chain([Seg::Key("image"), Seg::Key("packages"), Seg::Index(i)])
+                        .collect();
+                    c.report(
+                        &path,
+                        format!("`{p}` is not a Debian package name"),
+                        Some("write the package's name, e.g. `python3-requests` (no options, no versions)".to_string()),
+                    );
+                }
+            }
+            for guest in image.files.keys() {
+                if !guest.starts_with('/') || guest.split('/').any(|c| c == "..") {
+                    let path: Vec<Seg<'_>> = base
+                        .iter()
+                        .copied()
+                        .chain([Seg::Key("image"), Seg::Key("files"), Seg::Key(guest)])
+                        .collect();
+                    c.report(
+                        &path,
+                        format!("`{guest}` is not an absolute path in the image"),
+                        Some(
+                            "write the path the file gets in the image, e.g. `/etc/pip.conf`"
+                                .to_string(),
+                        ),
+                    );
+                }
+            }
+        }
         for (host, pin) in &bottle.resolve {
             let path: Vec<Seg<'_>> = base
                 .iter()

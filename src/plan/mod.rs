@@ -40,6 +40,51 @@ pub enum PlanError {
     },
 }
 
+/// A bottle's own image, its host paths resolved.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CustomImagePlan {
+    pub packages: Vec<String>,
+    pub claude: bool,
+    pub setup: Vec<String>,
+    /// Path in the image → real path on the host.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+/// The image name and definition of `bottle` (host paths checked).
+fn image_plan(
+    bottle_name: &str,
+    bottle: &Bottle,
+    base_dir: &Path,
+) -> Result<(String, Option<CustomImagePlan>), PlanError> {
+    match &bottle.image {
+        manifest::ImageSpec::Name(name) => Ok((name.clone(), None)),
+        manifest::ImageSpec::Custom(c) => {
+            let files = c
+                .files
+                .iter()
+                .map(|(guest, host)| {
+                    let key = PathKey {
+                        table: "bottles",
+                        name: bottle_name,
+                        key: "image.files",
+                        allow_secret_paths: bottle.allow_secret_paths,
+                    };
+                    Ok((guest.clone(), paths::checked(base_dir, host, key)?))
+                })
+                .collect::<Result<BTreeMap<_, _>, PlanError>>()?;
+            Ok((
+                format!("custom-{bottle_name}"),
+                Some(CustomImagePlan {
+                    packages: c.packages.clone(),
+                    claude: c.claude,
+                    setup: c.setup.clone(),
+                    files,
+                }),
+            ))
+        }
+    }
+}
+
 /// Where the agent's credential for a route comes from (never the value).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RoutePlan {
@@ -194,7 +239,11 @@ pub struct Plan {
     #[serde(skip)]
     pub requested: Requested,
     pub warnings: Vec<String>,
+    /// The image's name: a built-in one, or `custom-<bottle>`.
     pub image: String,
+    /// The bottle's own image definition (`[bottles.NAME.image]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_image: Option<CustomImagePlan>,
     pub cpus: u32,
     pub memory_mib: u32,
     /// Docker: the container's process limit.
@@ -354,7 +403,22 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         Some(Prompt::File(p)) => Some(p.as_path()),
         _ => None,
     };
-    let host_access = host_access(bottle, &base_dir, prompt_file, &real_skills, &upstream_ca);
+    let (image, custom_image) = image_plan(&agent.bottle, bottle, &base_dir)?;
+    let mut host_access = host_access(bottle, &base_dir, prompt_file, &real_skills, &upstream_ca);
+    if let Some(c) = &custom_image {
+        for line in &c.setup {
+            host_access.commands.push(HostCommand {
+                argv: vec!["/bin/sh".into(), "-ec".into(), line.clone()],
+                why: format!("image setup, as root in a chroot of {image} at build time"),
+            });
+        }
+        for (guest, host) in &c.files {
+            host_access.files.push(HostFile {
+                path: host.clone(),
+                why: format!("copied into the image as {guest}"),
+            });
+        }
+    }
     let policy_error = |source| PlanError::Policy {
         bottle: agent.bottle.clone(),
         source,
@@ -411,7 +475,8 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
             runtime: inputs.runtime.unwrap_or(bottle.docker.runtime),
         },
         warnings: Vec::new(),
-        image: bottle.image.clone(),
+        image,
+        custom_image,
         cpus: bottle.cpus,
         memory_mib: bottle.memory_mib,
         pids_limit: u32::try_from(bottle.docker.pids_limit).unwrap_or(u32::MAX),

@@ -68,6 +68,35 @@ pub struct DebianOpts {
     /// host's `NODE_EXTRA_CA_CERTS`.
     #[serde(skip)]
     pub build_ca: Option<PathBuf>,
+    /// Shell lines run as root in the image (chroot, the host's network),
+    /// after `extra_packages`. A user-defined image's layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
+    /// Files written into the image, after `setup`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ImageFile>,
+}
+
+/// A file a definition puts into its image: where, and its content (whose
+/// hash is part of the key; the bytes are not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFile {
+    /// Absolute path in the image.
+    pub path: String,
+    /// SHA-256 (hex) of `content`.
+    pub sha256: String,
+    #[serde(skip)]
+    pub content: Vec<u8>,
+}
+
+impl ImageFile {
+    pub fn new(path: &str, content: Vec<u8>) -> Self {
+        Self {
+            path: path.to_string(),
+            sha256: hex::encode(Sha256::digest(&content)),
+            content,
+        }
+    }
 }
 
 impl Default for DebianOpts {
@@ -82,11 +111,41 @@ impl Default for DebianOpts {
             build_ca: std::env::var_os("NODE_EXTRA_CA_CERTS")
                 .map(PathBuf::from)
                 .filter(|p| p.is_file() && !p.to_string_lossy().contains(char::is_whitespace)),
+            setup: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
 
 impl DebianOpts {
+    /// Whether the image is a layer (packages, setup lines, files) on a
+    /// cached bare Debian tree, built without running `mmdebstrap` again.
+    pub fn has_layer(&self) -> bool {
+        !self.extra_packages.is_empty() || !self.setup.is_empty() || !self.files.is_empty()
+    }
+
+    /// The definition whose mmdebstrap tarball the image starts from: its
+    /// own, or for a layered image the bare one.
+    fn bare_if_layered(&self) -> DebianOpts {
+        if self.has_layer() {
+            self.bare()
+        } else {
+            self.clone()
+        }
+    }
+
+    /// The bare tree a layered image is built on: the built-in `debian` (or
+    /// `claude`) definition, so its cached tarball is shared.
+    pub fn bare(&self) -> DebianOpts {
+        DebianOpts {
+            name: if self.claude { "claude" } else { "debian" }.into(),
+            extra_packages: Vec::new(),
+            setup: Vec::new(),
+            files: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     fn validate(&self) -> Result<(), VmmError> {
         let ok_word = |s: &str| {
             !s.is_empty()
@@ -108,6 +167,16 @@ impl DebianOpts {
             .find(|p| !ok_word(p) || p.starts_with('-'))
         {
             return Err(VmmError::ImageBuild(format!("bad package name '{p}'")));
+        }
+        if let Some(f) = self
+            .files
+            .iter()
+            .find(|f| !f.path.starts_with('/') || f.path.split('/').any(|c| c == ".."))
+        {
+            return Err(VmmError::ImageBuild(format!(
+                "bad file path '{}': write an absolute path without `..`",
+                f.path
+            )));
         }
         Ok(())
     }
@@ -174,7 +243,7 @@ impl DebianOpts {
 
 /// Runs `cmd`, passing each stderr/stdout line to `progress`; on failure the
 /// error carries the last lines.
-fn run_logged(
+pub(super) fn run_logged(
     what: &str,
     cmd: &mut Command,
     progress: &mut dyn FnMut(&str),
@@ -255,24 +324,12 @@ pub fn build_debian(
     }
 
     // 1. The Debian tree as a tarball, cached by the definition alone so a
-    //    new guest agent only repeats the cheap steps.
+    //    new guest agent only repeats the cheap steps. A layered image starts
+    //    from the cached bare tree (the built-in image's) and gets its layer
+    //    in step 2: adding a package does not run mmdebstrap again.
     let base_dir = store.root().join(".base");
     std::fs::create_dir_all(&base_dir).map_err(VmmError::io("create image cache", &base_dir))?;
-    let base = base_dir.join(format!("{def_key}.tar"));
-    if !base.is_file() {
-        progress(&format!(
-            "mmdebstrap {} (minbase + {}) ...",
-            opts.suite,
-            BASE_PACKAGES.join(" ")
-        ));
-        let tmp = base_dir.join(format!("{def_key}.tar.tmp"));
-        run_logged(
-            "mmdebstrap",
-            Command::new("mmdebstrap").args(opts.mmdebstrap_args(&tmp)),
-            progress,
-        )?;
-        std::fs::rename(&tmp, &base).map_err(VmmError::io("install base tarball", &base))?;
-    }
+    let base = bootstrap(&opts.bare_if_layered(), &base_dir, progress)?;
 
     // 2. Unpack, add the agent, make the image and the export tarball.
     let work = store.root().join(format!(".work-{}-{key}", opts.name));
@@ -291,6 +348,9 @@ pub fn build_debian(
                 .args(["--numeric-owner", "--exclude=./dev/*"]),
             progress,
         )?;
+        if opts.has_layer() {
+            super::layer::apply_layer(&tree, opts, progress)?;
+        }
         let sbin = tree.join("sbin/bottle-guest");
         // usr-merged Debian: /sbin is a symlink to usr/sbin.
         let real = tree.join("usr/sbin/bottle-guest");
@@ -362,6 +422,35 @@ pub fn build_debian(
     result?;
     progress(&format!("built: {}", dir.display()));
     Ok(dir)
+}
+
+/// The mmdebstrap tarball of `opts` in `base_dir`, made when missing.
+fn bootstrap(
+    opts: &DebianOpts,
+    base_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, VmmError> {
+    let def_key = opts.def_key();
+    let base = base_dir.join(format!("{def_key}.tar"));
+    if !base.is_file() {
+        progress(&format!(
+            "mmdebstrap {} (minbase + {}) ...",
+            opts.suite,
+            BASE_PACKAGES.join(" ")
+        ));
+        let tmp = base_dir.join(format!("{def_key}.tar.tmp"));
+        let made = run_logged(
+            "mmdebstrap",
+            Command::new("mmdebstrap").args(opts.mmdebstrap_args(&tmp)),
+            progress,
+        );
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &base).map_err(VmmError::io("install base tarball", &base))?;
+    }
+    Ok(base)
 }
 
 /// The image key: the definition's hash and the guest agent baked in.

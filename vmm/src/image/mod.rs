@@ -7,12 +7,14 @@
 
 mod cpio;
 mod debian;
+mod layer;
 mod store;
 mod tiny;
 
 pub use cpio::CpioWriter;
 pub use debian::{
-    build_debian, export_rootfs_tar, find_debian, DebianOpts, RootFormat, CLAUDE_CODE_VERSION,
+    build_debian, export_rootfs_tar, find_debian, DebianOpts, ImageFile, RootFormat,
+    CLAUDE_CODE_VERSION,
 };
 pub use store::{ImageInfo, ImageStore};
 pub use tiny::{build_tiny, is_static_elf, tiny_key, BUSYBOX, PLACEHOLDER_INIT};
