@@ -127,11 +127,6 @@ impl Backend for DockerBackend {
         .map_err(api)?;
         plan.engine = Some(Engine::Container(runtime));
         plan.engine_reason = Some(reason.to_string());
-        if plan.supervise {
-            plan.warnings.push(
-                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
-            );
-        }
         Ok(())
     }
 

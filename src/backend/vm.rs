@@ -140,11 +140,6 @@ impl Backend for VmBackend {
                 );
             }
         }
-        if plan.supervise {
-            plan.warnings.push(
-                "supervise is not built yet: the agent gets no MCP server on :9100".to_string(),
-            );
-        }
         Ok(())
     }
 

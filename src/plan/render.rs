@@ -168,7 +168,7 @@ impl Plan {
             o,
             "  supervise      : {}",
             if self.supervise {
-                "on (MCP on :9100)"
+                "on: MCP server `bottle` at http://proxy.internal:9100/mcp (decide with `bottle requests`/`approve`/`reject`)"
             } else {
                 "off"
             }
