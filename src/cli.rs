@@ -194,9 +194,7 @@ pub enum Command {
     /// Print a bottle's audit log (verifying its hash chain).
     Logs { id: String },
     /// Show supervise requests (pending first) of one bottle, or of every running one.
-    #[command(
-        after_help = "Examples:\n  bottle requests\n  bottle requests claude-x1y2z --json"
-    )]
+    #[command(after_help = "Examples:\n  bottle requests\n  bottle requests claude-x1y2z --json")]
     Requests {
         /// A bottle id; without it, every running bottle.
         id: Option<String>,

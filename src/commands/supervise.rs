@@ -151,13 +151,12 @@ pub fn approve(id: &str, req: &str, duration: Option<&str>) -> anyhow::Result<()
             for_secs,
         },
     )?;
-    let lasting = r
-        .until
-        .map_or_else(|| "until the bottle is removed".to_string(), |u| format!("ends {}", when(u)));
+    let lasting = r.until.map_or_else(
+        || "until the bottle is removed".to_string(),
+        |u| format!("ends {}", when(u)),
+    );
     let effect = match r.ask {
-        bottle_sidecars::supervise::request::Ask::RequestEgress { .. } => {
-            "the proxy allows it now"
-        }
+        bottle_sidecars::supervise::request::Ask::RequestEgress { .. } => "the proxy allows it now",
         _ => "recorded; act on it yourself (this kind of request changes nothing by itself)",
     };
     print(&format!(
