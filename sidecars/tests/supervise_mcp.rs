@@ -6,6 +6,8 @@
 //! Needs the SDK in `~/.cache/bottle/mcp-venv` (scripts/install-deps.sh
 //! makes it); skips without it (BOTTLE_TEST_STRICT=1 fails instead).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bottle_sidecars::audit::{AuditLog, AuditOptions};
 use bottle_sidecars::policy::{HostPattern, Policy};
 use bottle_sidecars::supervise::control::{self, ControlRequest, ControlResponse};
