@@ -1,4 +1,5 @@
-//! supervise end to end through the real binary in a Docker (runc) bottle:
+//! supervise end to end through the real binary in a Docker (runc) bottle
+//! and in a VM:
 //! from inside, a host the proxy refuses (the refusal names
 //! `request_egress`), the agent files `request_egress` over MCP (JSON-RPC
 //! over streamable HTTP at proxy.internal:9100), the operator runs `bottle
@@ -71,14 +72,26 @@ fn request_id(answer: &str) -> String {
 }
 
 #[test]
-fn an_approved_request_opens_a_host_until_it_expires() {
+fn docker_an_approved_request_opens_a_host_until_it_expires() {
     if !require_docker("runc") {
         return;
     }
+    scenario("--docker");
+}
+
+#[test]
+fn vm_an_approved_request_opens_a_host_until_it_expires() {
+    if !require_vm() {
+        return;
+    }
+    scenario("--vm");
+}
+
+fn scenario(backend: &str) {
     let upstream = Upstream::http();
     let port = upstream.port();
     let sb = Sandbox::new();
-    let id = sb.run_detached("--docker", &manifest(port));
+    let id = sb.run_detached(backend, &manifest(port));
     let _stop = StopOnDrop(&sb, id.clone());
 
     // Refused, and the refusal names the tool.
