@@ -183,3 +183,53 @@ fn scenario(backend: &str) {
         );
     }
 }
+
+/// Claude Code (the `claude` image) as the client: provisioning registered
+/// the server in `~/.claude.json` and `claude mcp list` connects to it.
+#[test]
+fn claude_code_lists_the_supervise_server_as_connected() {
+    if !require_docker("runc") {
+        return;
+    }
+    let list = stdout(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_bottle"))
+            .args(["image", "ls"])
+            .output()
+            .expect("bottle image ls"),
+    );
+    if !skip::require(
+        list.lines()
+            .any(|l| l.starts_with("claude\t") && l.contains("\tyes\t")),
+        "the claude image is not built for this guest agent (bottle image build claude)",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let id = sb.run_detached(
+        "--docker",
+        r#"
+[bottles.c]
+image = "claude"
+memory_mib = 2048
+supervise = true
+
+[bottles.c.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "c"
+copy_cwd = false
+command = ["/bin/true"]
+"#,
+    );
+    let _stop = StopOnDrop(&sb, id.clone());
+    let out = sb.run(&["exec", &id, "--", "sh", "-c", "timeout 90 claude mcp list"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.lines().any(
+            |l| l.contains("bottle: http://proxy.internal:9100/mcp") && l.contains("Connected")
+        ),
+        "{text}"
+    );
+}
