@@ -233,3 +233,38 @@ command = ["/bin/true"]
         "{text}"
     );
 }
+
+/// An approval without an end survives `bottle stop` and `bottle resume`:
+/// the resumed bottle's proxy allows the host again.
+#[test]
+fn docker_a_grant_survives_stop_and_resume() {
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let id = sb.run_detached("--docker", &manifest(port));
+    let _stop = StopOnDrop(&sb, id.clone());
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"request_egress","arguments":{"host":"blocked.localhost","reason":"resume test"}}}"#;
+    let answer = exec(
+        &sb,
+        &id,
+        port,
+        &format!("mcp proxy.internal:9100 '{call}'\n"),
+    );
+    let req = request_id(&answer);
+    let out = sb.run(&["approve", &id, &req]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(exec(&sb, &id, port, "get blocked.localhost\n").contains("200 OK"));
+
+    let out = sb.run(&["stop", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(&["resume", &id, "--detach", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = exec(&sb, &id, port, "get blocked.localhost\n");
+    assert!(
+        text.contains("200 OK"),
+        "the grant is applied again: {text}"
+    );
+}
