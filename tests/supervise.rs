@@ -235,7 +235,8 @@ command = ["/bin/true"]
 }
 
 /// An approval without an end survives `bottle stop` and `bottle resume`:
-/// the resumed bottle's proxy allows the host again.
+/// the resumed bottle's proxy allows the host again. Then `bottle policy`
+/// denies and allows it directly.
 #[test]
 fn docker_a_grant_survives_stop_and_resume() {
     if !require_docker("runc") {

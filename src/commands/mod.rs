@@ -71,6 +71,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Transcript { id } => resume::transcript(&id),
         Command::Cp { src, dest } => cp::cp(&src, &dest),
         Command::Logs { id } => lifecycle::logs(&id),
+        Command::Policy { id, change, json } => supervise::policy(&id, change, json),
         Command::Requests { id, json } => supervise::requests(id.as_deref(), json),
         Command::Approve { id, request, r#for } => {
             supervise::approve(&id, &request, r#for.as_deref())

@@ -119,9 +119,118 @@ pub fn requests(id: Option<&str>, json: bool) -> anyhow::Result<()> {
 }
 
 fn decide(id: &str, request: ControlRequest) -> anyhow::Result<Request> {
+    match control_call(id, &request)? {
+        ControlResponse::Ok(r) => Ok(r),
+        ControlResponse::Error(e) => Err(UsageError(e).into()),
+        other => anyhow::bail!("the bundle answered {other:?}"),
+    }
+}
+
+/// `bottle policy ID [allow HOST[:PORT] [--for D] | deny HOST]`.
+pub fn policy(
+    id: &str,
+    change: Option<crate::cli::PolicyChange>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::cli::PolicyChange;
+    let request = match change {
+        None => ControlRequest::Show,
+        Some(PolicyChange::Allow { target, r#for }) => {
+            let (host, port) = split_target(&target)?;
+            ControlRequest::Allow {
+                host,
+                port,
+                for_secs: r#for
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .map(|d| d.as_secs()),
+            }
+        }
+        Some(PolicyChange::Deny { host }) => ControlRequest::Deny { host },
+    };
+    match control_call(id, &request)? {
+        ControlResponse::Policy(v) if json => {
+            print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+        }
+        ControlResponse::Policy(v) => print(&render_policy(&v)),
+        ControlResponse::Done(text) => print(&format!("{text}; the proxy applies it now\n")),
+        ControlResponse::Error(e) => Err(UsageError(e).into()),
+        other => anyhow::bail!("the bundle answered {other:?}"),
+    }
+}
+
+/// `HOST` or `HOST:PORT`.
+fn split_target(raw: &str) -> Result<(String, Option<u16>), UsageError> {
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                UsageError(format!("`{port}` in `{raw}` is not a port (1-65535)"))
+            })?;
+            Ok((host.to_string(), Some(port)))
+        }
+        _ => Ok((raw.to_string(), None)),
+    }
+}
+
+fn render_policy(v: &serde_json::Value) -> String {
+    let list = |key: &str| -> String {
+        match v[key].as_array() {
+            Some(a) if !a.is_empty() => a
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "-".to_string(),
+        }
+    };
+    let mut out = format!(
+        "allow        : {}\nallow_ports  : {}\nallow_ips    : {}\npassthrough  : {}\ndenied       : {}\n",
+        list("allow"),
+        list("allow_ports"),
+        list("allow_ips"),
+        list("passthrough"),
+        list("denied"),
+    );
+    for r in v["rules"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "rule         : {} methods {} paths {}\n",
+            r["host"].as_str().unwrap_or("?"),
+            r["methods"],
+            r["paths"]
+        ));
+    }
+    for r in v["routes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "route        : {} ({}) header {}\n",
+            r["host"].as_str().unwrap_or("?"),
+            r["name"].as_str().unwrap_or("?"),
+            r["header"].as_str().unwrap_or("?")
+        ));
+    }
+    for g in v["grants"].as_array().into_iter().flatten() {
+        let ends = g["until_unix"]
+            .as_u64()
+            .map_or_else(|| "no end".to_string(), |u| format!("ends {}", when(u)));
+        out.push_str(&format!(
+            "grant        : {}{} ({}, {ends})\n",
+            g["host"].as_str().unwrap_or("?"),
+            g["port"]
+                .as_u64()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default(),
+            g["request"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+fn control_call(id: &str, request: &ControlRequest) -> anyhow::Result<ControlResponse> {
     let (dir, meta) = super::lifecycle::open(id)?;
     if !crate::bundle::is_alive(&meta) {
-        anyhow::bail!("bottle {id} is not running; its requests can be decided only while it runs");
+        anyhow::bail!(
+            "bottle {id} is not running; its requests and policy can be changed only while it runs"
+        );
     }
     let sock = dir.path().join(CONTROL_SOCKET);
     if !sock.exists() {
@@ -130,12 +239,8 @@ fn decide(id: &str, request: ControlRequest) -> anyhow::Result<Request> {
              `supervise = true`"
         );
     }
-    match control::call(&sock, &request)
-        .with_context(|| format!("cannot reach bottle {id}'s bundle at {}", sock.display()))?
-    {
-        ControlResponse::Ok(r) => Ok(r),
-        ControlResponse::Error(e) => Err(UsageError(e).into()),
-    }
+    control::call(&sock, request)
+        .with_context(|| format!("cannot reach bottle {id}'s bundle at {}", sock.display()))
 }
 
 /// `bottle approve ID REQ [--for DURATION]`.
@@ -181,6 +286,17 @@ pub fn reject(id: &str, req: &str, reason: Option<String>) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_targets_split_into_host_and_port() {
+        assert_eq!(split_target("a.test").unwrap(), ("a.test".into(), None));
+        assert_eq!(
+            split_target("a.test:8443").unwrap(),
+            ("a.test".into(), Some(8443))
+        );
+        assert!(split_target("a.test:0").is_err());
+        assert!(split_target("a.test:x").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units_and_bad_ones_are_refused() {

@@ -26,12 +26,28 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Allow a host (and port) without a request.
+    Allow {
+        host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
+    },
+    /// Remove a host from the allowlist.
+    Deny { host: String },
+    /// The effective policy.
+    Show,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ControlResponse {
     Ok(Request),
+    /// A direct change: what it did.
+    Done(String),
+    /// The effective policy (as `list_policy` shows it).
+    Policy(serde_json::Value),
     Error(String),
 }
 
@@ -45,6 +61,30 @@ fn handle(supervisor: &Supervisor, line: &str) -> ControlResponse {
             supervisor.approve(&id, for_secs.map(Duration::from_secs))
         }
         ControlRequest::Reject { id, reason } => supervisor.reject(&id, reason),
+        ControlRequest::Allow {
+            host,
+            port,
+            for_secs,
+        } => {
+            return match supervisor.allow(&host, port, for_secs.map(Duration::from_secs)) {
+                Ok(g) => ControlResponse::Done(format!(
+                    "allowed {}{}{}",
+                    g.host,
+                    g.port.map(|p| format!(" and port {p}")).unwrap_or_default(),
+                    g.until
+                        .map(|u| format!(" until {u} (unix time)"))
+                        .unwrap_or_default()
+                )),
+                Err(e) => ControlResponse::Error(e.to_string()),
+            }
+        }
+        ControlRequest::Deny { host } => {
+            return match supervisor.deny(&host) {
+                Ok(()) => ControlResponse::Done(format!("denied {host}")),
+                Err(e) => ControlResponse::Error(e.to_string()),
+            }
+        }
+        ControlRequest::Show => return ControlResponse::Policy(supervisor.policy_view()),
     };
     match result {
         Ok(r) => ControlResponse::Ok(r),

@@ -34,6 +34,10 @@ impl Grant {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grants {
     pub grants: Vec<Grant>,
+    /// Hosts the operator denied (`bottle policy ID deny`): removed from
+    /// the allowlist, the manifest's entries included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<String>,
 }
 
 impl Grants {
@@ -115,6 +119,11 @@ pub fn effective(base: &Policy, grants: &Grants, now: u64) -> Policy {
             });
         }
     }
+    if !grants.denied.is_empty() {
+        policy
+            .allow
+            .retain(|h| !grants.denied.iter().any(|d| *d == h.to_string()));
+    }
     policy
 }
 
@@ -145,6 +154,7 @@ mod tests {
                 grant("b.test", Some(8443), Some(100)),
                 grant("a.test", None, None),
             ],
+            denied: vec![],
         };
         let p = effective(&base, &grants, 50);
         assert_eq!(p.allow.len(), 2);
@@ -158,13 +168,35 @@ mod tests {
     }
 
     #[test]
+    fn a_denied_host_leaves_the_allowlist_even_from_the_manifest() {
+        let base = Policy {
+            allow: vec![
+                HostPattern::parse("a.test").unwrap(),
+                HostPattern::parse("b.test").unwrap(),
+            ],
+            ..Policy::default()
+        };
+        let grants = Grants {
+            grants: vec![],
+            denied: vec!["a.test".into()],
+        };
+        assert_eq!(
+            effective(&base, &grants, 0).allow,
+            vec![HostPattern::parse("b.test").unwrap()]
+        );
+    }
+
+    #[test]
     fn grants_survive_a_reload_from_disk() {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("policy-grants.json");
         assert_eq!(Grants::load(&path).unwrap(), Grants::default());
         let mut g = grant("b.test", None, Some(7));
         g.methods = vec!["GET".into()];
-        let grants = Grants { grants: vec![g] };
+        let grants = Grants {
+            grants: vec![g],
+            denied: vec!["c.test".into()],
+        };
         grants.save(&path).unwrap();
         assert_eq!(Grants::load(&path).unwrap(), grants);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);

@@ -186,6 +186,7 @@ impl Supervisor {
         let mut grants = self.lock_grants();
         let mut request = self.pending(id)?;
         let now = now_secs();
+        let grants = &mut *grants;
         let until = duration.map(|d| now + d.as_secs().max(1));
         let lasting = until.map_or_else(
             || "until the bottle is removed".to_string(),
@@ -205,6 +206,7 @@ impl Supervisor {
         } = &request.ask
         {
             let mut next = grants.clone();
+            next.denied.retain(|d| d != host);
             next.grants.push(Grant {
                 request: request.id.clone(),
                 host: host.clone(),
@@ -213,18 +215,93 @@ impl Supervisor {
                 paths: paths.clone(),
                 until,
             });
-            next.save(&self.grants_path())?;
-            if let Err(e) = (self.config.apply)(effective(&self.config.base, &next, now)) {
-                grants.save(&self.grants_path())?;
-                return Err(SuperviseError::Reload(e));
-            }
-            *grants = next;
+            self.swap(grants, next, now)?;
         }
         request.status = Status::Approved;
         request.decided = Some(now);
         request.until = until;
         self.store.save(&request)?;
         Ok(request)
+    }
+
+    /// Save `next` and apply it to the proxy; on a failed reload the old
+    /// grants are saved back and stay in force.
+    fn swap(&self, grants: &mut Grants, next: Grants, now: u64) -> Result<(), SuperviseError> {
+        next.save(&self.grants_path())?;
+        if let Err(e) = (self.config.apply)(effective(&self.config.base, &next, now)) {
+            grants.save(&self.grants_path())?;
+            return Err(SuperviseError::Reload(e));
+        }
+        *grants = next;
+        Ok(())
+    }
+
+    /// The operator allows `host` (and `port`) directly, without a request
+    /// (`bottle policy ID allow`). Returns the grant.
+    pub fn allow(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        duration: Option<Duration>,
+    ) -> Result<Grant, SuperviseError> {
+        let ask = Ask::RequestEgress {
+            host: host.to_string(),
+            port,
+            methods: vec![],
+            paths: vec![],
+        }
+        .validated()?;
+        let Ask::RequestEgress { host, .. } = &ask else {
+            return Err(SuperviseError::Invalid("not an egress grant".into()));
+        };
+        let mut grants = self.lock_grants();
+        let now = now_secs();
+        let grant = Grant {
+            request: format!("operator-{}", id::generate()),
+            host: host.clone(),
+            port,
+            methods: vec![],
+            paths: vec![],
+            until: duration.map(|d| now + d.as_secs().max(1)),
+        };
+        self.audit(
+            "operator",
+            "allow",
+            &ask,
+            format!("{} allowed by the operator", grant.request),
+        )?;
+        let mut next = grants.clone();
+        next.denied.retain(|d| d != host);
+        next.grants.push(grant.clone());
+        self.swap(&mut grants, next, now)?;
+        Ok(grant)
+    }
+
+    /// The operator denies `host` (`bottle policy ID deny`): its grants are
+    /// removed and the host leaves the allowlist, the manifest's included,
+    /// until allowed again.
+    pub fn deny(&self, host: &str) -> Result<(), SuperviseError> {
+        let ask = Ask::RequestEgress {
+            host: host.to_string(),
+            port: None,
+            methods: vec![],
+            paths: vec![],
+        }
+        .validated()?;
+        let host = ask.subject().to_string();
+        let mut grants = self.lock_grants();
+        self.audit(
+            "operator",
+            "deny",
+            &ask,
+            format!("{host} denied by the operator"),
+        )?;
+        let mut next = grants.clone();
+        next.grants.retain(|g| g.host != host);
+        if !next.denied.contains(&host) {
+            next.denied.push(host);
+        }
+        self.swap(&mut grants, next, now_secs())
     }
 
     /// The operator rejects `id`, with an optional note for the agent.
@@ -338,6 +415,7 @@ impl Supervisor {
                 "name": r.name, "host": r.host.to_string(), "header": r.header,
             })).collect::<Vec<_>>(),
             "git_remotes": self.config.git_remotes,
+            "denied": grants.denied,
             "grants": grants.grants.iter().filter(|g| g.live(now)).map(|g| serde_json::json!({
                 "request": g.request, "host": g.host, "port": g.port,
                 "until_unix": g.until,
@@ -434,6 +512,27 @@ mod tests {
             assert!(audit.contains(word), "{word} in {audit}");
         }
         crate::audit::read_verified(&f.audit).unwrap();
+    }
+
+    #[test]
+    fn the_operator_allows_and_denies_directly() {
+        let f = fixture();
+        let g = f.sup.allow("B.test", Some(8080), None).unwrap();
+        assert_eq!(g.host, "b.test");
+        let p = last_policy(&f);
+        assert!(p.allow.contains(&HostPattern::parse("b.test").unwrap()));
+        assert!(p.allow_ports.contains(&8080));
+        f.sup.deny("b.test").unwrap();
+        f.sup.deny("a.test").unwrap();
+        assert!(last_policy(&f).allow.is_empty(), "the manifest's host too");
+        assert!(f.sup.allow("not a host", None, None).is_err());
+        f.sup.allow("a.test", None, None).unwrap();
+        assert_eq!(
+            last_policy(&f).allow,
+            vec![HostPattern::parse("a.test").unwrap()]
+        );
+        let audit = std::fs::read_to_string(&f.audit).unwrap();
+        assert_eq!(audit.matches(r#""decision":"deny""#).count(), 2);
     }
 
     #[test]
