@@ -95,21 +95,27 @@ impl Grants {
 }
 
 /// The manifest's policy plus the grants live at `now`. A grant adds its
-/// host to `allow`, its port to `allow_ports` (ports are per bottle, not per
+/// host to `allow` (an IP address to `allow_ips`), its port to `allow_ports` (ports are per bottle, not per
 /// host) and, with methods or paths, a rule for its host.
 pub fn effective(base: &Policy, grants: &Grants, now: u64) -> Policy {
     let mut policy = base.clone();
     for g in grants.grants.iter().filter(|g| g.live(now)) {
+        if let Some(port) = g.port {
+            if !policy.allow_ports.contains(&port) {
+                policy.allow_ports.push(port);
+            }
+        }
+        if g.host.parse::<std::net::IpAddr>().is_ok() {
+            if !policy.allow_ips.contains(&g.host) {
+                policy.allow_ips.push(g.host.clone());
+            }
+            continue;
+        }
         let Ok(host) = HostPattern::parse(&g.host) else {
             continue;
         };
         if !policy.allow.contains(&host) {
             policy.allow.push(host.clone());
-        }
-        if let Some(port) = g.port {
-            if !policy.allow_ports.contains(&port) {
-                policy.allow_ports.push(port);
-            }
         }
         if !g.methods.is_empty() || !g.paths.is_empty() {
             policy.rules.push(RequestRule {
@@ -123,6 +129,7 @@ pub fn effective(base: &Policy, grants: &Grants, now: u64) -> Policy {
         policy
             .allow
             .retain(|h| !grants.denied.iter().any(|d| *d == h.to_string()));
+        policy.allow_ips.retain(|ip| !grants.denied.contains(ip));
     }
     policy
 }
@@ -161,6 +168,11 @@ mod tests {
         assert!(p.allow.contains(&HostPattern::parse("b.test").unwrap()));
         assert_eq!(p.allow_ports, vec![443, 8443]);
         assert_eq!(effective(&base, &grants, 100), base);
+        let ip = Grants {
+            grants: vec![grant("127.0.0.1", None, None)],
+            denied: vec![],
+        };
+        assert_eq!(effective(&base, &ip, 0).allow_ips, vec!["127.0.0.1"]);
         assert!(grants.expire(100));
         assert_eq!(grants.grants.len(), 1);
         assert!(!grants.expire(1000));

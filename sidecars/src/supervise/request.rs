@@ -165,6 +165,11 @@ pub fn valid_reason(reason: &str) -> Result<(), SuperviseError> {
 }
 
 fn valid_host(host: &str) -> Result<String, SuperviseError> {
+    // An IP literal (the proxy refuses those unless in `allow_ips`).
+    let bare = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
     if host.len() > MAX_HOST {
         return Err(invalid(&format!(
             "`host` is {} bytes; host names are at most {MAX_HOST}",
@@ -173,7 +178,8 @@ fn valid_host(host: &str) -> Result<String, SuperviseError> {
     }
     let pattern = HostPattern::parse(host).map_err(|e| {
         invalid(&format!(
-            "`host` must be a host name such as api.example.com (or *.example.com): {e}"
+            "`host` must be a host name such as api.example.com (or *.example.com), or an IP \
+             address: {e}"
         ))
     })?;
     Ok(pattern.to_string())
@@ -273,6 +279,8 @@ mod tests {
             egress("API.Example.COM").validated().unwrap(),
             egress("api.example.com")
         );
+        assert_eq!(egress("[::1]").validated().unwrap(), egress("::1"));
+        assert_eq!(egress("10.0.0.1").validated().unwrap(), egress("10.0.0.1"));
         for bad in ["", "a b", "http://x.test/", "x.test/../y", &"a".repeat(300)] {
             assert!(egress(bad).validated().is_err(), "{bad:?}");
         }
