@@ -191,12 +191,7 @@ fn claude_code_lists_the_supervise_server_as_connected() {
     if !require_docker("runc") {
         return;
     }
-    let list = stdout(
-        &std::process::Command::new(env!("CARGO_BIN_EXE_bottle"))
-            .args(["image", "ls"])
-            .output()
-            .expect("bottle image ls"),
-    );
+    let list = stdout(&image_list());
     if !skip::require(
         list.lines()
             .any(|l| l.starts_with("claude\t") && l.contains("\tyes\t")),
@@ -268,4 +263,106 @@ fn docker_a_grant_survives_stop_and_resume() {
         text.contains("200 OK"),
         "the grant is applied again: {text}"
     );
+}
+
+/// The official MCP Python SDK (PyPI `mcp`, from `~/.cache/bottle/mcp-venv`,
+/// copied in) as the client from inside a bottle of the `debian` image (on
+/// Docker and on the VM): initialize, list tools, call each; `bottle approve` reaches its
+/// `request_status`.
+#[test]
+fn docker_the_python_sdk_inside_the_bottle_files_and_sees_a_decision() {
+    if !require_docker("runc") {
+        return;
+    }
+    python_sdk_inside("--docker");
+}
+
+#[test]
+fn vm_the_python_sdk_inside_the_bottle_files_and_sees_a_decision() {
+    if !require_vm() {
+        return;
+    }
+    python_sdk_inside("--vm");
+}
+
+fn python_sdk_inside(backend: &str) {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let sdk =
+        std::path::PathBuf::from(home).join(".cache/bottle/mcp-venv/lib/python3.11/site-packages");
+    if !skip::require(
+        sdk.join("mcp").is_dir(),
+        "the MCP Python SDK is not in ~/.cache/bottle/mcp-venv (run scripts/install-deps.sh)",
+    ) {
+        return;
+    }
+    let list = stdout(&image_list());
+    if !skip::require(
+        list.lines()
+            .any(|l| l.starts_with("debian\t") && l.contains("\tyes\t")),
+        "the debian image is not built for this guest agent (bottle image build debian)",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let id = sb.run_detached(
+        backend,
+        r#"
+[bottles.c]
+image = "debian"
+memory_mib = 2048
+supervise = true
+
+[bottles.c.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "c"
+copy_cwd = false
+command = ["/bin/true"]
+"#,
+    );
+    let _stop = StopOnDrop(&sb, id.clone());
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sidecars/tests/supervise/client.py"
+    );
+    for (from, to) in [
+        (sdk.display().to_string(), "/home/agent/sdk"),
+        (client.to_string(), "/home/agent/client.py"),
+    ] {
+        let out = sb.run(&["cp", &from, &format!("{id}:{to}")]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let run = |args: &str| -> serde_json::Value {
+        let out = sb.run(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            &format!("PYTHONPATH=/home/agent/sdk python3 /home/agent/client.py http://proxy.internal:9100/mcp {args}"),
+        ]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        serde_json::from_str(stdout(&out).trim()).expect("the client prints JSON")
+    };
+    let report = run("basic");
+    assert_eq!(report["server"], "bottle");
+    assert_eq!(report["tools"].as_array().map(Vec::len), Some(5));
+    for tool in ["egress", "route", "capability"] {
+        assert_eq!(report[tool]["data"]["status"], "pending", "{report}");
+    }
+    assert_eq!(report["policy"]["error"], false);
+    let req = report["egress"]["data"]["id"].as_str().unwrap().to_string();
+    let out = sb.run(&["approve", &id, &req, "--for", "10m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = run(&format!("status {req}"));
+    assert_eq!(status["status"]["data"]["status"], "approved", "{status}");
+}
+
+/// `bottle image ls` (images are not per sandbox).
+fn image_list() -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["image", "ls"])
+        .output()
+        .expect("bottle image ls")
 }

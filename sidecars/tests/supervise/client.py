@@ -1,6 +1,7 @@
 """An MCP client (the official Python SDK) driving bottle's supervise server.
 
 client.py URL all       -> initialize, list tools, call each, abuse; prints one JSON line
+client.py URL basic     -> initialize, list tools, call each; prints one JSON line
 client.py URL status ID -> prints request_status of ID as one JSON line
 """
 import asyncio
@@ -48,6 +49,9 @@ async def main():
             report["status"] = await call(session, "request_status", {
                 "id": report["egress"]["data"]["id"]})
             report["traversal"] = await call(session, "request_status", {"id": "../../etc/passwd"})
+            if mode == "basic":
+                print(json.dumps(report))
+                return
             report["approve_tool"] = await call(session, "approve", {"id": report["egress"]["data"]["id"]})
             report["long_reason"] = await call(session, "request_capability", {
                 "name": "jq", "reason": "x" * 3000})
