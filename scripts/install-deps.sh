@@ -24,3 +24,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# supervise tests: the official MCP Python SDK as the client, in a venv.
+MCP_VENV="${HOME}/.cache/bottle/mcp-venv"
+if ! "${MCP_VENV}/bin/python" -c 'import mcp' 2>/dev/null; then
+  echo "installing the MCP Python SDK in ${MCP_VENV}"
+  mkdir -p "$(dirname "${MCP_VENV}")"
+  python3 -m venv "${MCP_VENV}"
+  "${MCP_VENV}/bin/pip" install -q 'mcp>=1.30,<2'
+fi

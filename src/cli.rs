@@ -193,6 +193,54 @@ pub enum Command {
     },
     /// Print a bottle's audit log (verifying its hash chain).
     Logs { id: String },
+    /// Show or change a running bottle's effective policy (needs `supervise = true`).
+    #[command(
+        after_help = "Examples:\n  bottle policy claude-x1y2z\n  bottle policy claude-x1y2z allow api.example.com --for 1h\n  bottle policy claude-x1y2z allow api.example.com:8443\n  bottle policy claude-x1y2z deny api.example.com"
+    )]
+    Policy {
+        /// The bottle id.
+        id: String,
+        #[command(subcommand)]
+        change: Option<PolicyChange>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show supervise requests (pending first) of one bottle, or of every running one.
+    #[command(after_help = "Examples:\n  bottle requests\n  bottle requests claude-x1y2z --json")]
+    Requests {
+        /// A bottle id; without it, every running bottle.
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a bottle's supervise request; an egress request widens the running proxy's policy at once.
+    #[command(
+        after_help = "Examples:\n  bottle approve claude-x1y2z abcdefghij23\n  bottle approve claude-x1y2z abcdefghij23 --for 10m"
+    )]
+    Approve {
+        /// The bottle id.
+        id: String,
+        /// The request id (`bottle requests` lists them).
+        request: String,
+        /// How long the approval lasts (30s, 10m, 2h, 1d); default: until the bottle is removed.
+        #[arg(long = "for", value_name = "DURATION")]
+        r#for: Option<String>,
+    },
+    /// Reject a bottle's supervise request; the agent sees the reason.
+    #[command(
+        after_help = "Examples:\n  bottle reject claude-x1y2z abcdefghij23 --reason \"use the mirror\""
+    )]
+    Reject {
+        /// The bottle id.
+        id: String,
+        /// The request id.
+        request: String,
+        /// A note for the agent.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
     /// Remove orphans: state without a live bottle, bottles without state.
     Cleanup {
         /// Only list what would be removed.
@@ -225,6 +273,22 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// A direct change of a running bottle's policy.
+#[derive(Debug, Subcommand)]
+pub enum PolicyChange {
+    /// Allow HOST (and PORT) at once, without a request from the agent.
+    Allow {
+        /// HOST or HOST:PORT.
+        #[arg(value_name = "HOST[:PORT]")]
+        target: String,
+        /// How long it lasts (30s, 10m, 2h, 1d); default: as long as the bottle exists.
+        #[arg(long = "for", value_name = "DURATION")]
+        r#for: Option<String>,
+    },
+    /// Remove HOST (that exact entry, the manifest's included) from the allowlist at once.
+    Deny { host: String },
 }
 
 #[derive(Debug, Subcommand)]

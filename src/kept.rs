@@ -33,6 +33,9 @@ pub struct ResumeFrom {
     pub workspace: Option<PathBuf>,
     /// Copied to `~/.claude/projects`.
     pub transcripts: Option<PathBuf>,
+    /// supervise's grants (`policy-grants.json`), copied to the new state
+    /// directory: the bundle applies those not yet expired.
+    pub grants: Option<PathBuf>,
 }
 
 /// What was kept (or why not), for the user.

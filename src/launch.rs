@@ -29,6 +29,12 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let backend = backend_for(plan.backend);
     let root = state::state_root()?;
     let dir = StateDir::create(&root, &plan.identity)?;
+    if let Some(grants) = plan.resume.as_ref().and_then(|r| r.grants.as_ref()) {
+        let bytes = std::fs::read(grants).map_err(|e| {
+            anyhow::anyhow!("cannot read the kept grants {}: {e}", grants.display())
+        })?;
+        state::write_atomic(&dir.file(bottle_sidecars::supervise::GRANTS_FILE), &bytes)?;
+    }
     let meta = Metadata {
         version: state::METADATA_VERSION,
         identity: plan.identity.clone(),

@@ -89,6 +89,7 @@ pub fn build(bottle: &Bottle, base_dir: &Path) -> Result<Policy, PolicyError> {
                 })
                 .collect::<Result<_, PolicyError>>()?,
         },
+        supervise: bottle.supervise,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Provisioning a launched bottle through the guest agent, the same for both
 //! backends and always in this order: CA → proxy env → prompt → skills →
-//! workspace → git config → route placeholders → agent settings. Each step is
+//! workspace → git config → route placeholders → agent settings → supervise's
+//! MCP server (when on). Each step is
 //! idempotent (it writes whole files) and logged on stderr.
 
 use crate::manifest::BackendName;
@@ -371,7 +372,50 @@ pub async fn provision(client: &Client, plan: &Plan, ca_pem: &str) -> Result<(),
         "settings",
         "agent settings written (no telemetry, no auto-update)".to_string(),
     );
+
+    // 9. supervise: the `bottle` MCP server in Claude Code's user scope
+    // (`~/.claude.json`, merged into what the image has there).
+    if plan.supervise {
+        let path = format!("{AGENT_HOME}/.claude.json");
+        let existing = client.read_file(&path).await.ok();
+        client
+            .write_file(
+                &path,
+                &mcp_user_settings(existing.as_deref()),
+                0o600,
+                agent_user(plan),
+            )
+            .await
+            .map_err(step("supervise"))?;
+        log(
+            "supervise",
+            format!(
+                "MCP server `{}` registered at {}",
+                bottle_sidecars::supervise::server::SERVER_NAME,
+                bottle_sidecars::supervise::URL
+            ),
+        );
+    }
     Ok(())
+}
+
+/// Claude Code's user-scope settings with the `bottle` MCP server added
+/// (`mcpServers.bottle`, type `http`), keeping everything else of
+/// `existing`; a file that is not a JSON object is replaced.
+fn mcp_user_settings(existing: Option<&[u8]>) -> Vec<u8> {
+    let mut root = existing
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let server = serde_json::json!({
+        "type": "http",
+        "url": bottle_sidecars::supervise::URL,
+    });
+    if !root["mcpServers"].is_object() {
+        root["mcpServers"] = serde_json::json!({});
+    }
+    root["mcpServers"][bottle_sidecars::supervise::server::SERVER_NAME] = server;
+    serde_json::to_vec_pretty(&root).unwrap_or_default()
 }
 
 /// The plan's paths are absolute, so the base they are checked against
@@ -407,4 +451,29 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
         step: "ca",
         why: format!("cannot read {}: {e}", path.display()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mcp_server_is_merged_into_claude_user_settings() {
+        let fresh: serde_json::Value = serde_json::from_slice(&mcp_user_settings(None)).unwrap();
+        assert_eq!(
+            fresh,
+            serde_json::json!({"mcpServers": {"bottle": {
+                "type": "http", "url": "http://proxy.internal:9100/mcp"}}})
+        );
+        let merged: serde_json::Value = serde_json::from_slice(&mcp_user_settings(Some(
+            br#"{"theme":"dark","mcpServers":{"other":{"type":"stdio","command":"x"}}}"#,
+        )))
+        .unwrap();
+        assert_eq!(merged["theme"], "dark");
+        assert_eq!(merged["mcpServers"]["other"]["command"], "x");
+        assert_eq!(merged["mcpServers"]["bottle"]["type"], "http");
+        let replaced: serde_json::Value =
+            serde_json::from_slice(&mcp_user_settings(Some(b"not json"))).unwrap();
+        assert_eq!(replaced["mcpServers"]["bottle"]["type"], "http");
+    }
 }

@@ -345,6 +345,8 @@ const ARCHIVED: &[&str] = &[
     "session.log",
     "session-exit.json",
     crate::kept::KEPT,
+    // supervise's approved grants: `bottle resume` applies them again.
+    bottle_sidecars::supervise::GRANTS_FILE,
 ];
 /// Stopped bottles whose logs are kept; older ones are removed first.
 pub const MAX_ARCHIVES: usize = 200;

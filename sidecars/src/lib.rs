@@ -15,3 +15,4 @@ pub mod gitgate;
 pub mod policy;
 pub mod proxy;
 pub mod scanner;
+pub mod supervise;

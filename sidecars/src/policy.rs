@@ -157,6 +157,10 @@ pub struct Policy {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub dlp: DlpPolicy,
+    /// Whether supervise serves this bottle: refusals then name its
+    /// `request_egress` tool instead of only the manifest key to change.
+    #[serde(default)]
+    pub supervise: bool,
 }
 
 #[cfg(test)]

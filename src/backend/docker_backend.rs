@@ -130,9 +130,6 @@ impl Backend for DockerBackend {
         .map_err(api)?;
         plan.engine = Some(Engine::Container(runtime));
         plan.engine_reason = Some(reason.to_string());
-        if plan.supervise {
-            plan.warnings.push(super::supervise_not_built());
-        }
         Ok(())
     }
 

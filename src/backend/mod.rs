@@ -19,14 +19,6 @@ use crate::plan::Plan;
 use crate::state::{Metadata, StateDir};
 pub use selection::Availability;
 
-/// The plan's warning while supervise is asked for but not built.
-pub(crate) fn supervise_not_built() -> String {
-    format!(
-        "supervise is not built yet: the agent gets no MCP server on :{}",
-        bottle_contract::SUPERVISE_PORT
-    )
-}
-
 /// Why a backend step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -140,9 +140,6 @@ impl Backend for VmBackend {
                 );
             }
         }
-        if plan.supervise {
-            plan.warnings.push(super::supervise_not_built());
-        }
         Ok(())
     }
 

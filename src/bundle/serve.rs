@@ -61,6 +61,11 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
         ));
     }
     let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
+    let supervisor = if config.policy.supervise {
+        Some(start_supervise(&dir, &config, &proxy)?)
+    } else {
+        None
+    };
     let gate = if config.git.is_empty() {
         None
     } else {
@@ -152,6 +157,17 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
                     });
                 },
             ));
+            if let Some(sup) = supervisor.clone() {
+                let listener = bind(&sock_dir.join("supervise.sock"))?;
+                tokio::spawn(accept_loop(listener, "supervise", cap, move |s, permit| {
+                    let sup = sup.clone();
+                    tokio::spawn(async move {
+                        bottle_sidecars::supervise::http::serve(s, sup, "container".to_string())
+                            .await;
+                        drop(permit);
+                    });
+                }));
+            }
             if let Some(gate) = gate.clone() {
                 let listener = bind(&sock_dir.join(bottle_contract::GIT_GATE_SOCKET))?;
                 tokio::spawn(accept_loop(listener, "git-gate", cap, move |s, permit| {
@@ -177,9 +193,48 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             .context("cannot give the VM its channel key")?;
             vm.initramfs = initramfs;
             let flows = config.limits.flows as usize;
-            serve_vm(dir, config.identity, vm, flows, proxy, gate, &mut ready).await
+            let guards = Guards {
+                proxy,
+                gate,
+                supervisor,
+            };
+            serve_vm(dir, config.identity, vm, flows, guards, &mut ready).await
         }
     }
+}
+
+/// Start supervise: its requests and grants in the state directory, the
+/// effective policy applied to the proxy, the grant expiry timer and the
+/// operator's control socket (`supervise.ctl`, 0600, never in the guest's
+/// reach).
+fn start_supervise(
+    dir: &Path,
+    config: &BundleConfig,
+    proxy: &Arc<bottle_sidecars::proxy::Proxy>,
+) -> anyhow::Result<Arc<bottle_sidecars::supervise::Supervisor>> {
+    use bottle_sidecars::supervise::{control, Supervisor, SupervisorConfig, CONTROL_SOCKET};
+    let p = proxy.clone();
+    let mut sc = SupervisorConfig::new(
+        dir.to_path_buf(),
+        config.policy.clone(),
+        proxy.audit_log().clone(),
+        Arc::new(move |policy| p.reload(policy).map_err(|e| e.to_string())),
+    );
+    sc.git_remotes = config.git.iter().map(|g| g.name.clone()).collect();
+    let supervisor = Supervisor::new(sc).context("cannot start supervise")?;
+    supervisor.spawn_expiry();
+    let ctl = dir.join(CONTROL_SOCKET);
+    let listener =
+        control::bind(&ctl).with_context(|| format!("cannot listen on {}", ctl.display()))?;
+    tokio::spawn(control::serve(listener, supervisor.clone()));
+    Ok(supervisor)
+}
+
+/// The guards the VM's netstack forwards to.
+struct Guards {
+    proxy: Arc<bottle_sidecars::proxy::Proxy>,
+    gate: Option<Arc<bottle_sidecars::gitgate::GitGate>>,
+    supervisor: Option<Arc<bottle_sidecars::supervise::Supervisor>>,
 }
 
 async fn serve_vm(
@@ -187,10 +242,14 @@ async fn serve_vm(
     identity: String,
     vm: VmLaunch,
     flows: usize,
-    proxy: Arc<bottle_sidecars::proxy::Proxy>,
-    gate: Option<Arc<bottle_sidecars::gitgate::GitGate>>,
+    guards: Guards,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
+    let Guards {
+        proxy,
+        gate,
+        supervisor,
+    } = guards;
     use bottle_netstack::{Forward, NetConfig};
     let net_listener = bind(&dir.join(files::NET))?;
     let (engine, selection) = match vm.decided {
@@ -264,6 +323,19 @@ async fn serve_vm(
             tokio::spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
         })),
     );
+    if let Some(sup) = supervisor {
+        forwards.insert(
+            crate::plan::SUPERVISE_PORT,
+            Forward::Handler(Arc::new(move |stream, info| {
+                let sup = sup.clone();
+                tokio::spawn(bottle_sidecars::supervise::http::serve(
+                    stream,
+                    sup,
+                    info.guest_addr.to_string(),
+                ));
+            })),
+        );
+    }
     if let Some(gate) = gate {
         forwards.insert(
             bottle_contract::GIT_PORT,

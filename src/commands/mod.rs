@@ -9,6 +9,7 @@ mod lifecycle;
 mod ls;
 mod resume;
 mod run;
+mod supervise;
 mod trust;
 
 use crate::cli::{Cli, Command};
@@ -70,6 +71,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Transcript { id } => resume::transcript(&id),
         Command::Cp { src, dest } => cp::cp(&src, &dest),
         Command::Logs { id } => lifecycle::logs(&id),
+        Command::Policy { id, change, json } => supervise::policy(&id, change, json),
+        Command::Requests { id, json } => supervise::requests(id.as_deref(), json),
+        Command::Approve { id, request, r#for } => {
+            supervise::approve(&id, &request, r#for.as_deref())
+        }
+        Command::Reject {
+            id,
+            request,
+            reason,
+        } => supervise::reject(&id, &request, reason),
         Command::Cleanup { dry_run } => cleanup::cleanup(dry_run),
         Command::Doctor { rules } => doctor::doctor(rules),
         Command::Completions { shell } => {

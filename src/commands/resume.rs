@@ -64,9 +64,12 @@ pub fn resume(id: &str, detach: bool, yes: bool) -> anyhow::Result<()> {
             .as_ref()
             .map_or("none kept".to_string(), |p| format!("from {}", p.display())),
     );
+    let grants =
+        Some(archive.join(bottle_sidecars::supervise::GRANTS_FILE)).filter(|p| p.is_file());
     plan.resume = Some(ResumeFrom {
         workspace,
         transcripts,
+        grants,
     });
     if !yes {
         run::confirm()?;

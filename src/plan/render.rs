@@ -166,7 +166,10 @@ impl Plan {
         }
         if self.supervise {
             let port = bottle_contract::SUPERVISE_PORT;
-            let _ = writeln!(o, "  supervise      : on (MCP on :{port})");
+            let _ = writeln!(
+                o,
+                "  supervise      : on: MCP server `bottle` at http://proxy.internal:{port}/mcp (decide with `bottle requests`/`approve`/`reject`)"
+            );
         } else {
             let _ = writeln!(o, "  supervise      : off");
         }

@@ -24,6 +24,8 @@ pub enum Kind {
     Channel,
     /// The log itself (rotation).
     Log,
+    /// A supervise request from the agent, or the operator's decision on it.
+    Supervise,
     /// A kind this build does not know (written by a newer bottle).
     #[serde(other)]
     Other,

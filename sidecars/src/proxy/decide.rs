@@ -43,20 +43,29 @@ impl Refusal {
     }
 }
 
-/// How a refused agent gets a policy widened today: the operator edits the
-/// manifest and starts the bottle again (a running bottle's policy cannot
-/// be changed yet, and supervise is not served: no tool is named).
-const SUPERVISE: &str = "then ask the operator to run the bottle again with the changed manifest";
+/// How a refused agent gets a policy widened: with supervise on, the
+/// `request_egress` tool (a human decides, the running policy changes at
+/// once); without it, the operator edits the manifest and runs the bottle
+/// again.
+fn how_to_widen(policy: &Policy) -> &'static str {
+    if policy.supervise {
+        "or call the `request_egress` tool of the `bottle` MCP server \
+         (http://proxy.internal:9100/mcp) to ask the operator, who can allow it at once"
+    } else {
+        "then ask the operator to run the bottle again with the changed manifest"
+    }
+}
 
 /// Whether the destination may be reached at all (before any byte is relayed).
 pub fn check_target(policy: &Policy, ips: &IpAllowlist, t: &Target) -> Result<(), Refusal> {
+    let widen = how_to_widen(policy);
     if let Some(ip) = t.ip {
         if !ips.contains(ip) {
             return Err(Refusal::forbidden(
                 "ip-literal",
                 format!(
                     "`{}` is an IP address; only host names are allowed. To allow it, add \"{ip}\" to \
-                     `allow_ips` in the bottle's manifest, {SUPERVISE}.",
+                     `allow_ips` in the bottle's manifest, {widen}.",
                     t.authority()
                 ),
             ));
@@ -66,7 +75,7 @@ pub fn check_target(policy: &Policy, ips: &IpAllowlist, t: &Target) -> Result<()
             "host-not-allowed",
             format!(
                 "host `{}` is not in the allowlist. To allow it, add \"{}\" to `allow` in the \
-                 bottle's manifest, {SUPERVISE}.",
+                 bottle's manifest, {widen}.",
                 t.host, t.host
             ),
         ));
@@ -76,7 +85,7 @@ pub fn check_target(policy: &Policy, ips: &IpAllowlist, t: &Target) -> Result<()
             "port-not-allowed",
             format!(
                 "port {} of `{}` is not allowed. To allow it, add {} to `allow_ports` in the bottle's \
-                 manifest, {SUPERVISE}.",
+                 manifest, {widen}.",
                 t.port, t.host, t.port
             ),
         ));
@@ -124,6 +133,7 @@ pub fn check_request(
             ),
         ));
     }
+    let widen = how_to_widen(policy);
     let rules: Vec<_> = policy
         .rules
         .iter()
@@ -159,7 +169,7 @@ pub fn check_request(
         format!(
             "{method} {path} on `{}` matches none of its rules ({shape}). To allow it, add a \
              `[[bottles.<name>.rules]]` entry with host = \"{}\", methods and paths in the manifest, \
-             {SUPERVISE}.",
+             {widen}.",
             t.host, t.host
         ),
     ))
@@ -255,6 +265,25 @@ mod tests {
             )),
             "host-not-allowed"
         );
+    }
+
+    #[test]
+    fn with_supervise_on_refusals_name_the_request_egress_tool() {
+        let mut p = policy();
+        p.supervise = true;
+        let none = IpAllowlist::default();
+        for target in ["evil.test:443", "github.com:22", "10.0.0.1:443"] {
+            let r = check_target(&p, &none, &t(target)).unwrap_err();
+            assert!(
+                r.body().contains("`request_egress` tool")
+                    && r.body().contains("http://proxy.internal:9100/mcp"),
+                "{}",
+                r.body()
+            );
+            assert!(!r.body().contains("run the bottle again"));
+        }
+        let r = check_request(&p, &t("github.com:443"), "DELETE", "/x").unwrap_err();
+        assert!(r.body().contains("request_egress"));
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub fn base_policy(port: u16, plain_port: u16, token_file: PathBuf) -> Policy {
             token: TokenSource::File(token_file),
         }],
         dlp: DlpPolicy::default(),
+        supervise: false,
     }
 }
 

@@ -1,0 +1,312 @@
+//! The operator's side of supervise: `bottle requests [ID]`, `bottle
+//! approve ID REQ [--for DURATION]`, `bottle reject ID REQ [--reason TEXT]`.
+//! Requests are read from the bottle's state directory; decisions go to
+//! the running bundle over its control socket (the bundle writes the
+//! request, the grant and the audit line, and reloads the proxy).
+
+use super::print;
+use super::UsageError;
+use crate::state::{self, StateDir};
+use anyhow::Context;
+use bottle_sidecars::supervise::control::{self, ControlRequest, ControlResponse};
+use bottle_sidecars::supervise::request::{Request, Status};
+use bottle_sidecars::supervise::store::Store;
+use bottle_sidecars::supervise::{now_secs, CONTROL_SOCKET, DIR};
+use std::time::Duration;
+
+/// Parse `30s`, `10m`, `2h`, `1d` (a bare number is seconds).
+pub fn parse_duration(raw: &str) -> Result<Duration, UsageError> {
+    let raw = raw.trim();
+    let (digits, unit) = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((raw, ""), |i| raw.split_at(i));
+    let n: u64 = digits.parse().map_err(|_| bad_duration(raw))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .filter(|s| *s > 0)
+    .ok_or_else(|| bad_duration(raw))?;
+    Ok(Duration::from_secs(secs))
+}
+
+fn bad_duration(raw: &str) -> UsageError {
+    UsageError(format!(
+        "`{raw}` is not a duration; write a number with s, m, h or d, e.g. 30s, 10m, 2h"
+    ))
+}
+
+fn when(secs: u64) -> String {
+    let now = now_secs();
+    if secs > now {
+        format!("in {}", span(secs - now))
+    } else {
+        format!("{} ago", span(now - secs))
+    }
+}
+
+fn span(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn line(bottle: &str, r: &Request) -> String {
+    let state = match (r.status, r.until) {
+        (Status::Approved, Some(until)) if until <= now_secs() => "expired".to_string(),
+        (Status::Approved, Some(until)) => format!("approved, ends {}", when(until)),
+        (s, _) => s.as_str().to_string(),
+    };
+    let mut out = format!(
+        "{bottle}  {}  {:<9}  {}  ({}; filed {})\n    reason: {}\n",
+        r.id,
+        state,
+        r.ask.summary(),
+        r.ask.tool(),
+        when(r.created),
+        r.reason.replace('\n', " ")
+    );
+    if let Some(note) = &r.note {
+        out.push_str(&format!("    note: {note}\n"));
+    }
+    out
+}
+
+/// `bottle requests [ID]`: the requests of one bottle, or of every running one.
+pub fn requests(id: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let root = state::state_root()?;
+    let dirs: Vec<StateDir> = match id {
+        Some(id) => vec![StateDir::open(&root, id)?],
+        None => state::list(&root)?
+            .into_iter()
+            .filter_map(|e| match e {
+                state::Entry::Ok(dir, meta) if crate::bundle::is_alive(&meta) => Some(dir),
+                _ => None,
+            })
+            .collect(),
+    };
+    let mut all = Vec::new();
+    for dir in &dirs {
+        let path = dir.path().join(DIR);
+        if !path.is_dir() {
+            continue;
+        }
+        let store = Store::open(&path)?;
+        for r in store.list()? {
+            all.push((dir.identity().to_string(), r));
+        }
+    }
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|(b, r)| serde_json::json!({"bottle": b, "request": r}))
+            .collect();
+        return print(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    if all.is_empty() {
+        return print("no requests\n");
+    }
+    // Pending first, then the rest, newest first.
+    all.sort_by_key(|(_, r)| (r.status != Status::Pending, std::cmp::Reverse(r.created)));
+    let text: String = all.iter().map(|(b, r)| line(b, r)).collect();
+    print(&text)
+}
+
+fn decide(id: &str, request: ControlRequest) -> anyhow::Result<Request> {
+    match control_call(id, &request)? {
+        ControlResponse::Ok(r) => Ok(r),
+        ControlResponse::Error(e) => Err(UsageError(e).into()),
+        other => anyhow::bail!("the bundle answered {other:?}"),
+    }
+}
+
+/// `bottle policy ID [allow HOST[:PORT] [--for D] | deny HOST]`.
+pub fn policy(
+    id: &str,
+    change: Option<crate::cli::PolicyChange>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::cli::PolicyChange;
+    let request = match change {
+        None => ControlRequest::Show,
+        Some(PolicyChange::Allow { target, r#for }) => {
+            let (host, port) = split_target(&target)?;
+            ControlRequest::Allow {
+                host,
+                port,
+                for_secs: r#for
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .map(|d| d.as_secs()),
+            }
+        }
+        Some(PolicyChange::Deny { host }) => ControlRequest::Deny { host },
+    };
+    match control_call(id, &request)? {
+        ControlResponse::Policy(v) if json => {
+            print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+        }
+        ControlResponse::Policy(v) => print(&render_policy(&v)),
+        ControlResponse::Done(text) => print(&format!("{text}; the proxy applies it now\n")),
+        ControlResponse::Error(e) => Err(UsageError(e).into()),
+        other => anyhow::bail!("the bundle answered {other:?}"),
+    }
+}
+
+/// `HOST` or `HOST:PORT`.
+fn split_target(raw: &str) -> Result<(String, Option<u16>), UsageError> {
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                UsageError(format!("`{port}` in `{raw}` is not a port (1-65535)"))
+            })?;
+            Ok((host.to_string(), Some(port)))
+        }
+        _ => Ok((raw.to_string(), None)),
+    }
+}
+
+fn render_policy(v: &serde_json::Value) -> String {
+    let list = |key: &str| -> String {
+        match v[key].as_array() {
+            Some(a) if !a.is_empty() => a
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "-".to_string(),
+        }
+    };
+    let mut out = format!(
+        "allow        : {}\nallow_ports  : {}\nallow_ips    : {}\npassthrough  : {}\ndenied       : {}\n",
+        list("allow"),
+        list("allow_ports"),
+        list("allow_ips"),
+        list("passthrough"),
+        list("denied"),
+    );
+    for r in v["rules"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "rule         : {} methods {} paths {}\n",
+            r["host"].as_str().unwrap_or("?"),
+            r["methods"],
+            r["paths"]
+        ));
+    }
+    for r in v["routes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "route        : {} ({}) header {}\n",
+            r["host"].as_str().unwrap_or("?"),
+            r["name"].as_str().unwrap_or("?"),
+            r["header"].as_str().unwrap_or("?")
+        ));
+    }
+    for g in v["grants"].as_array().into_iter().flatten() {
+        let ends = g["until_unix"]
+            .as_u64()
+            .map_or_else(|| "no end".to_string(), |u| format!("ends {}", when(u)));
+        out.push_str(&format!(
+            "grant        : {}{} ({}, {ends})\n",
+            g["host"].as_str().unwrap_or("?"),
+            g["port"]
+                .as_u64()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default(),
+            g["request"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+fn control_call(id: &str, request: &ControlRequest) -> anyhow::Result<ControlResponse> {
+    let (dir, meta) = super::lifecycle::open(id)?;
+    if !crate::bundle::is_alive(&meta) {
+        anyhow::bail!(
+            "bottle {id} is not running; its requests and policy can be changed only while it runs"
+        );
+    }
+    let sock = dir.path().join(CONTROL_SOCKET);
+    if !sock.exists() {
+        anyhow::bail!(
+            "bottle {id} has no supervise control socket: its manifest does not set \
+             `supervise = true`"
+        );
+    }
+    control::call(&sock, request)
+        .with_context(|| format!("cannot reach bottle {id}'s bundle at {}", sock.display()))
+}
+
+/// `bottle approve ID REQ [--for DURATION]`.
+pub fn approve(id: &str, req: &str, duration: Option<&str>) -> anyhow::Result<()> {
+    let for_secs = duration
+        .map(parse_duration)
+        .transpose()?
+        .map(|d| d.as_secs());
+    let r = decide(
+        id,
+        ControlRequest::Approve {
+            id: req.to_string(),
+            for_secs,
+        },
+    )?;
+    let lasting = r.until.map_or_else(
+        || "until the bottle is removed".to_string(),
+        |u| format!("ends {}", when(u)),
+    );
+    let effect = match r.ask {
+        bottle_sidecars::supervise::request::Ask::RequestEgress { .. } => "the proxy allows it now",
+        _ => "recorded; act on it yourself (this kind of request changes nothing by itself)",
+    };
+    print(&format!(
+        "approved {} ({}): {effect}; {lasting}\n",
+        r.id,
+        r.ask.summary()
+    ))
+}
+
+/// `bottle reject ID REQ [--reason TEXT]`.
+pub fn reject(id: &str, req: &str, reason: Option<String>) -> anyhow::Result<()> {
+    let r = decide(
+        id,
+        ControlRequest::Reject {
+            id: req.to_string(),
+            reason,
+        },
+    )?;
+    print(&format!("rejected {} ({})\n", r.id, r.ask.summary()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_targets_split_into_host_and_port() {
+        assert_eq!(split_target("a.test").unwrap(), ("a.test".into(), None));
+        assert_eq!(
+            split_target("a.test:8443").unwrap(),
+            ("a.test".into(), Some(8443))
+        );
+        assert!(split_target("a.test:0").is_err());
+        assert!(split_target("a.test:x").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_are_refused() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        for bad in ["", "0s", "m", "1.5h", "10x", "-3s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! supervise end to end through the real binary in a Docker (runc) bottle
+//! and in a VM:
+//! from inside, a host the proxy refuses (the refusal names
+//! `request_egress`), the agent files `request_egress` over MCP (JSON-RPC
+//! over streamable HTTP at proxy.internal:9100), the operator runs `bottle
+//! requests` and `bottle approve --for 3s`, the next request passes, and
+//! after the grant expires it is refused again. A foreign `Host` is refused
+//! with 403. Upstreams are on the host's loopback only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bottle_test_harness::tls::Upstream;
+use common::*;
+
+fn manifest(port: u16) -> String {
+    format!(
+        r#"
+[bottles.t]
+image = "tiny"
+allow = ["localhost"]
+allow_ports = [{port}]
+allow_ips = ["127.0.0.1"]
+resolve = {{ "blocked.localhost" = "127.0.0.1:{port}" }}
+supervise = true
+
+[bottles.t.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#
+    )
+}
+
+/// Shell functions for the guest: `get URL_HOST PORT` through the proxy
+/// (prints the status line and the body), `mcp HOST_HEADER JSON` one
+/// JSON-RPC POST to supervise (prints the response).
+fn functions(port: u16) -> String {
+    format!(
+        r#"get() {{
+  ( printf 'GET http://%s:{port}/hello HTTP/1.1\r\nHost: %s:{port}\r\nConnection: close\r\n\r\n' "$1" "$1"; sleep 2 ) | nc proxy.internal 8888 | tr -d '\r'
+}}
+mcp() {{
+  ( printf 'POST /mcp HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' "$1" "${{#2}}" "$2"; sleep 2 ) | nc proxy.internal 9100 | tr -d '\r'
+}}
+"#
+    )
+}
+
+fn exec(sb: &Sandbox, id: &str, port: u16, script: &str) -> String {
+    let full = format!("{}{script}", functions(port));
+    let out = sb.run(&["exec", id, "--", "/bin/sh", "-c", &full]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    text
+}
+
+/// The 12-character request id in an MCP answer (`"id":"…"`).
+fn request_id(answer: &str) -> String {
+    answer
+        .match_indices("\"id\":\"")
+        .map(|(i, m)| &answer[i + m.len()..])
+        .find_map(|rest| {
+            let id: String = rest.chars().take(12).collect();
+            (id.len() == 12 && rest[12..].starts_with('"')).then_some(id)
+        })
+        .unwrap_or_else(|| panic!("no request id in:\n{answer}"))
+}
+
+#[test]
+fn docker_an_approved_request_opens_a_host_until_it_expires() {
+    if !require_docker("runc") {
+        return;
+    }
+    scenario("--docker");
+}
+
+#[test]
+fn vm_an_approved_request_opens_a_host_until_it_expires() {
+    if !require_vm() {
+        return;
+    }
+    scenario("--vm");
+}
+
+fn scenario(backend: &str) {
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let id = sb.run_detached(backend, &manifest(port));
+    let _stop = StopOnDrop(&sb, id.clone());
+
+    // Refused, and the refusal names the tool.
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"request_egress","arguments":{"host":"blocked.localhost","reason":"the e2e test needs it"}}}"#;
+    let text = exec(
+        &sb,
+        &id,
+        port,
+        &format!(
+            "echo '--- before'; get blocked.localhost\necho '--- call'; mcp proxy.internal:9100 '{call}'\necho '--- evil'; mcp evil.test:9100 '{call}'\n"
+        ),
+    );
+    let before = text.split("--- call").next().unwrap();
+    assert!(before.contains("403"), "{text}");
+    assert!(
+        before.contains("request_egress") && before.contains("http://proxy.internal:9100/mcp"),
+        "{text}"
+    );
+    let answer = text
+        .split("--- call")
+        .nth(1)
+        .unwrap()
+        .split("--- evil")
+        .next()
+        .unwrap();
+    assert!(
+        answer.contains("200 OK") && answer.contains("pending"),
+        "{text}"
+    );
+    let req = request_id(answer);
+    let evil = text.split("--- evil").nth(1).unwrap();
+    assert!(evil.contains("403"), "a foreign Host is refused: {text}");
+    assert!(!evil.contains("pending"));
+
+    // The operator sees it and approves it for 3 s.
+    let out = sb.run(&["requests", &id]);
+    assert!(
+        stdout(&out).contains(&req) && stdout(&out).contains("pending"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = sb.run(&["approve", &id, &req, "--for", "3s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the proxy allows it now"),
+        "{}",
+        stdout(&out)
+    );
+    let status = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"request_status","arguments":{{"id":"{req}"}}}}}}"#
+    );
+    let text = exec(
+        &sb,
+        &id,
+        port,
+        &format!("echo '--- after'; get blocked.localhost\necho '--- status'; mcp proxy.internal:9100 '{status}'\n"),
+    );
+    let after = text.split("--- status").next().unwrap();
+    assert!(after.contains("200 OK") && after.contains("GET"), "{text}");
+    assert!(
+        text.split("--- status")
+            .nth(1)
+            .unwrap()
+            .contains("approved"),
+        "{text}"
+    );
+
+    // Approving twice is refused; after expiry the host is refused again.
+    let out = sb.run(&["approve", &id, &req]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already decided"), "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let text = exec(&sb, &id, port, "get blocked.localhost\n");
+    assert!(
+        text.contains("403") && text.contains("request_egress"),
+        "{text}"
+    );
+
+    // The request and the decisions are in the verified audit log.
+    let out = sb.run(&["logs", &id]);
+    let log = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for decision in ["\"request\"", "\"allow\"", "\"expire\""] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("\"kind\":\"supervise\"") && l.contains(decision)),
+            "{decision} in\n{log}"
+        );
+    }
+}
+
+/// Claude Code (the `claude` image) as the client: provisioning registered
+/// the server in `~/.claude.json` and `claude mcp list` connects to it.
+#[test]
+fn claude_code_lists_the_supervise_server_as_connected() {
+    if !require_docker("runc") {
+        return;
+    }
+    let list = stdout(&image_list());
+    if !skip::require(
+        list.lines()
+            .any(|l| l.starts_with("claude\t") && l.contains("\tyes\t")),
+        "the claude image is not built for this guest agent (bottle image build claude)",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let id = sb.run_detached(
+        "--docker",
+        r#"
+[bottles.c]
+image = "claude"
+memory_mib = 2048
+supervise = true
+
+[bottles.c.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "c"
+copy_cwd = false
+command = ["/bin/true"]
+"#,
+    );
+    let _stop = StopOnDrop(&sb, id.clone());
+    let out = sb.run(&["exec", &id, "--", "sh", "-c", "timeout 90 claude mcp list"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.lines().any(
+            |l| l.contains("bottle: http://proxy.internal:9100/mcp") && l.contains("Connected")
+        ),
+        "{text}"
+    );
+}
+
+/// An approval without an end survives `bottle stop` and `bottle resume`:
+/// the resumed bottle's proxy allows the host again. Then `bottle policy`
+/// denies and allows it directly.
+#[test]
+fn docker_a_grant_survives_stop_and_resume() {
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let id = sb.run_detached("--docker", &manifest(port));
+    let _stop = StopOnDrop(&sb, id.clone());
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"request_egress","arguments":{"host":"blocked.localhost","reason":"resume test"}}}"#;
+    let answer = exec(
+        &sb,
+        &id,
+        port,
+        &format!("mcp proxy.internal:9100 '{call}'\n"),
+    );
+    let req = request_id(&answer);
+    let out = sb.run(&["approve", &id, &req]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(exec(&sb, &id, port, "get blocked.localhost\n").contains("200 OK"));
+
+    let out = sb.run(&["stop", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(&["resume", &id, "--detach", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = exec(&sb, &id, port, "get blocked.localhost\n");
+    assert!(
+        text.contains("200 OK"),
+        "the grant is applied again: {text}"
+    );
+}
+
+/// The official MCP Python SDK (PyPI `mcp`, from `~/.cache/bottle/mcp-venv`,
+/// copied in) as the client from inside a bottle of the `debian` image (on
+/// Docker and on the VM): initialize, list tools, call each; `bottle approve` reaches its
+/// `request_status`.
+#[test]
+fn docker_the_python_sdk_inside_the_bottle_files_and_sees_a_decision() {
+    if !require_docker("runc") {
+        return;
+    }
+    python_sdk_inside("--docker");
+}
+
+#[test]
+fn vm_the_python_sdk_inside_the_bottle_files_and_sees_a_decision() {
+    if !require_vm() {
+        return;
+    }
+    python_sdk_inside("--vm");
+}
+
+fn python_sdk_inside(backend: &str) {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let sdk =
+        std::path::PathBuf::from(home).join(".cache/bottle/mcp-venv/lib/python3.11/site-packages");
+    if !skip::require(
+        sdk.join("mcp").is_dir(),
+        "the MCP Python SDK is not in ~/.cache/bottle/mcp-venv (run scripts/install-deps.sh)",
+    ) {
+        return;
+    }
+    let list = stdout(&image_list());
+    if !skip::require(
+        list.lines()
+            .any(|l| l.starts_with("debian\t") && l.contains("\tyes\t")),
+        "the debian image is not built for this guest agent (bottle image build debian)",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let id = sb.run_detached(
+        backend,
+        r#"
+[bottles.c]
+image = "debian"
+memory_mib = 2048
+supervise = true
+
+[bottles.c.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "c"
+copy_cwd = false
+command = ["/bin/true"]
+"#,
+    );
+    let _stop = StopOnDrop(&sb, id.clone());
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sidecars/tests/supervise/client.py"
+    );
+    for (from, to) in [
+        (sdk.display().to_string(), "/home/agent/sdk"),
+        (client.to_string(), "/home/agent/client.py"),
+    ] {
+        let out = sb.run(&["cp", &from, &format!("{id}:{to}")]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let run = |args: &str| -> serde_json::Value {
+        let out = sb.run(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            &format!("PYTHONPATH=/home/agent/sdk python3 /home/agent/client.py http://proxy.internal:9100/mcp {args}"),
+        ]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        serde_json::from_str(stdout(&out).trim()).expect("the client prints JSON")
+    };
+    let report = run("basic");
+    assert_eq!(report["server"], "bottle");
+    assert_eq!(report["tools"].as_array().map(Vec::len), Some(5));
+    for tool in ["egress", "route", "capability"] {
+        assert_eq!(report[tool]["data"]["status"], "pending", "{report}");
+    }
+    assert_eq!(report["policy"]["error"], false);
+    let req = report["egress"]["data"]["id"].as_str().unwrap().to_string();
+    let out = sb.run(&["approve", &id, &req, "--for", "10m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = run(&format!("status {req}"));
+    assert_eq!(status["status"]["data"]["status"], "approved", "{status}");
+}
+
+/// `bottle image ls` (images are not per sandbox).
+fn image_list() -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["image", "ls"])
+        .output()
+        .expect("bottle image ls")
+}
