@@ -28,7 +28,16 @@ bottle = "$tag"
 TOML
     "$bottle" trust "$work/bottle.toml" >/dev/null
 }
-seconds() { local s=$(date +%s.%N); "$@" >/dev/null 2>&1; echo "$(date +%s.%N) - $s" | bc; }
+seconds() { # command… → wall seconds; a failed step fails the bench
+    local s log=$work/step.log
+    s=$(date +%s.%N)
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        echo "bench/image.sh: $* failed" >&2
+        exit 1
+    fi
+    echo "$(date +%s.%N) - $s" | bc
+}
 
 manifest python3
 first=$(seconds "$bottle" --manifest "$work/bottle.toml" image build "$tag")

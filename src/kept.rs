@@ -36,6 +36,87 @@ pub struct ResumeFrom {
     /// supervise's grants (`policy-grants.json`), copied to the new state
     /// directory: the bundle applies those not yet expired.
     pub grants: Option<PathBuf>,
+    /// Debian packages approved since (capability requests): the image is
+    /// rebuilt with them, and they are kept for the next resume.
+    pub image_packages: Vec<String>,
+}
+
+/// The bottle's approved image additions, in its state dir (archived with it).
+pub const IMAGE_ADDITIONS: &str = "image-additions.json";
+
+/// Whether `name` can be a Debian package name.
+pub fn is_package_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.+".contains(c))
+}
+
+/// The image additions recorded in `dir` (a state dir or its archive).
+pub fn image_additions(dir: &Path) -> Vec<String> {
+    std::fs::read(dir.join(IMAGE_ADDITIONS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| is_package_name(p))
+        .collect()
+}
+
+/// Record package `name` for the image of running bottle `id`; false when
+/// it is not a package name (nothing recorded).
+pub fn add_image_package(id: &str, name: &str) -> anyhow::Result<bool> {
+    if !is_package_name(name) {
+        return Ok(false);
+    }
+    let root = crate::state::state_root()?;
+    let dir = crate::state::StateDir::open(&root, id)?;
+    let mut list = image_additions(dir.path());
+    if !list.iter().any(|p| p == name) {
+        list.push(name.to_string());
+    }
+    crate::state::write_atomic(&dir.file(IMAGE_ADDITIONS), &serde_json::to_vec(&list)?)?;
+    Ok(true)
+}
+
+/// Add approved packages to a plan's image: a bottle's own image gets them
+/// in its list; `debian` and `claude` become the bottle's own image with
+/// them; `tiny` takes no packages.
+pub fn add_packages(plan: &mut crate::plan::Plan, packages: &[String]) -> anyhow::Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let mut custom = match plan.custom_image.take() {
+        Some(c) => c,
+        None if plan.image == "debian" || plan.image == "claude" => {
+            crate::plan::CustomImagePlan {
+                packages: Vec::new(),
+                claude: plan.image == "claude",
+                setup: Vec::new(),
+                files: Default::default(),
+            }
+        }
+        None => anyhow::bail!(
+            "the `{}` image takes no packages (approved: {}); give bottle `{}` a Debian image (`image = \"debian\"` or a `[bottles.{}.image]` table) and resume again",
+            plan.image,
+            packages.join(", "),
+            plan.bottle,
+            plan.bottle
+        ),
+    };
+    for p in packages {
+        if !custom.packages.contains(p) {
+            custom.packages.push(p.clone());
+        }
+    }
+    plan.image = format!("custom-{}", plan.bottle);
+    plan.custom_image = Some(custom);
+    Ok(())
 }
 
 /// What was kept (or why not), for the user.

@@ -54,6 +54,18 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         manifest: plan.manifest_path.clone(),
     };
     dir.write_metadata(&meta)?;
+    // Approved image additions stay with the bottle for its next resume.
+    if let Some(packages) = plan
+        .resume
+        .as_ref()
+        .map(|r| &r.image_packages)
+        .filter(|p| !p.is_empty())
+    {
+        state::write_atomic(
+            &dir.file(crate::kept::IMAGE_ADDITIONS),
+            &serde_json::to_vec(packages)?,
+        )?;
+    }
     // Whatever fails from here on takes down what was made so far.
     let fail = |e: anyhow::Error| -> anyhow::Error {
         let meta = dir.read_metadata().unwrap_or_else(|_| meta.clone());

@@ -347,6 +347,8 @@ const ARCHIVED: &[&str] = &[
     crate::kept::KEPT,
     // supervise's approved grants: `bottle resume` applies them again.
     bottle_sidecars::supervise::GRANTS_FILE,
+    // Packages approved for the image: `bottle resume` rebuilds with them.
+    crate::kept::IMAGE_ADDITIONS,
 ];
 /// Stopped bottles whose logs are kept; older ones are removed first.
 pub const MAX_ARCHIVES: usize = 200;

@@ -366,3 +366,86 @@ fn image_list() -> std::process::Output {
         .output()
         .expect("bottle image ls")
 }
+
+/// A capability request closes the loop: the agent asks for a Debian
+/// package, the operator approves, and `bottle resume` brings the agent back
+/// in an image rebuilt with it, with its workspace.
+#[test]
+fn docker_an_approved_capability_rebuilds_the_image_on_resume() {
+    if !require_docker("runc") {
+        return;
+    }
+    let has_debian = stdout(&image_list())
+        .lines()
+        .any(|l| l.starts_with("debian\t"));
+    if !skip::require(
+        has_debian,
+        "the debian image is not built (scripts/setup builds it)",
+    ) {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let text = manifest(port)
+        .replace("image = \"tiny\"", "image = \"debian\"")
+        .replace("copy_cwd = false", "copy_cwd = true");
+    std::fs::write(sb.cwd().join("notes.txt"), "kept\n").unwrap();
+    let id = sb.run_detached("--docker", &text);
+    let _stop = StopOnDrop(&sb, id.clone());
+    let missing = sb.run(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "command -v jq || echo no-jq",
+    ]);
+    assert_eq!(stdout(&missing).trim(), "no-jq");
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"request_capability","arguments":{"name":"jq","reason":"parse JSON"}}}"#;
+    // The debian image has curl, not nc.
+    let asked = sb.run(&[
+        "exec",
+        &id,
+        "--",
+        "curl",
+        "-sS",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Accept: application/json, text/event-stream",
+        "-H",
+        "MCP-Protocol-Version: 2025-06-18",
+        "--data",
+        call,
+        "http://proxy.internal:9100/mcp",
+    ]);
+    let answer = stdout(&asked);
+    assert!(asked.status.success(), "{answer}{}", stderr(&asked));
+    let req = request_id(&answer);
+    let approved = sb.run(&["approve", &id, &req]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert!(
+        stdout(&approved).contains("package `jq` joins the image"),
+        "{}",
+        stdout(&approved)
+    );
+    let out = sb.run(&["stop", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(&["resume", &id, "--detach", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("with the approved package(s) jq"),
+        "{}",
+        stderr(&out)
+    );
+    let after = sb.run(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo '{\"a\":7}' | jq .a; cat /workspace/notes.txt",
+    ]);
+    assert_eq!(stdout(&after), "7\nkept\n", "{}", stderr(&after));
+}

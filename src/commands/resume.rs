@@ -66,10 +66,20 @@ pub fn resume(id: &str, detach: bool, yes: bool) -> anyhow::Result<()> {
     );
     let grants =
         Some(archive.join(bottle_sidecars::supervise::GRANTS_FILE)).filter(|p| p.is_file());
+    let image_packages = kept::image_additions(&archive);
+    kept::add_packages(&mut plan, &image_packages)?;
+    if !image_packages.is_empty() {
+        eprintln!(
+            "Image {}: with the approved package(s) {}",
+            plan.image,
+            image_packages.join(", ")
+        );
+    }
     plan.resume = Some(ResumeFrom {
         workspace,
         transcripts,
         grants,
+        image_packages,
     });
     if !yes {
         run::confirm()?;

@@ -260,9 +260,20 @@ pub fn approve(id: &str, req: &str, duration: Option<&str>) -> anyhow::Result<()
         || "until the bottle is removed".to_string(),
         |u| format!("ends {}", when(u)),
     );
-    let effect = match r.ask {
-        bottle_sidecars::supervise::request::Ask::RequestEgress { .. } => "the proxy allows it now",
-        _ => "recorded; act on it yourself (this kind of request changes nothing by itself)",
+    let effect = match &r.ask {
+        bottle_sidecars::supervise::request::Ask::RequestEgress { .. } => {
+            "the proxy allows it now".to_string()
+        }
+        bottle_sidecars::supervise::request::Ask::RequestCapability { name } => {
+            match crate::kept::add_image_package(id, name)? {
+                true => format!(
+                    "package `{name}` joins the image of {id}: `bottle stop {id}` then `bottle resume {id}` rebuilds the image with it and brings the agent back with its workspace"
+                ),
+                false => "recorded; it is not a Debian package name, so act on it yourself".to_string(),
+            }
+        }
+        _ => "recorded; act on it yourself (this kind of request changes nothing by itself)"
+            .to_string(),
     };
     print(&format!(
         "approved {} ({}): {effect}; {lasting}\n",
