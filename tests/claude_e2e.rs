@@ -36,7 +36,7 @@ fn require_claude_image() -> bool {
     let list = stdout(&out);
     skip::require(
         list.lines()
-            .any(|l| l.starts_with("claude\t") && l.contains("\tyes\t")),
+            .any(|l| l.starts_with("claude\t") && l.contains("\tyes")),
         &format!("the claude image is not built for this guest agent (scripts/setup builds it; bottle image build claude):\n{list}"),
     )
 }

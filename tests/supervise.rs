@@ -194,7 +194,7 @@ fn claude_code_lists_the_supervise_server_as_connected() {
     let list = stdout(&image_list());
     if !skip::require(
         list.lines()
-            .any(|l| l.starts_with("claude\t") && l.contains("\tyes\t")),
+            .any(|l| l.starts_with("claude\t") && l.contains("\tyes")),
         "the claude image is not built for this guest agent (bottle image build claude)",
     ) {
         return;
@@ -298,7 +298,7 @@ fn python_sdk_inside(backend: &str) {
     let list = stdout(&image_list());
     if !skip::require(
         list.lines()
-            .any(|l| l.starts_with("debian\t") && l.contains("\tyes\t")),
+            .any(|l| l.starts_with("debian\t") && l.contains("\tyes")),
         "the debian image is not built for this guest agent (bottle image build debian)",
     ) {
         return;
