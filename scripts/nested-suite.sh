@@ -13,6 +13,8 @@
 # subset of: doctor demo escape exec kill stop; default all).
 ENGINE="${NESTED_ENGINE:-libkrun}"
 CHECKS="${NESTED_CHECKS:-doctor demo escape exec kill stop}"
+# iproute2's ip (busybox's, which its sh prefers, has no netns or veth).
+IP=/usr/sbin/ip
 pass=0
 fail=0
 work=/tmp/nested-suite
@@ -75,7 +77,8 @@ fi
 
 if want demo; then
     t0=$(now_ms)
-    bottle run --vm --engine "$ENGINE" --yes demo >"$work/demo" 2>"$work/demo.err"
+    # The built-in demo: from a directory without a bottle.toml.
+    (cd / && bottle run --vm --engine "$ENGINE" --yes demo) >"$work/demo" 2>"$work/demo.err"
     rc=$?
     echo "TIME demo $(( $(now_ms) - t0 ))"
     show "$work/demo"
@@ -99,20 +102,20 @@ if want escape; then
     # The decoy: a namespace of our own behind a veth, holding a private and
     # a link-local address, answering TCP 80; its IPv4 counters record any
     # packet that reaches it. Plus a listener on L1's loopback.
-    ip netns add nested-decoy
-    ip link add nsdh type veth peer name nsdn
-    ip link set nsdn netns nested-decoy
-    ip addr add 10.200.0.2/24 dev nsdh
-    ip addr add 169.254.200.2/24 dev nsdh
-    ip link set nsdh up
-    ip netns exec nested-decoy ip addr add 10.200.0.1/24 dev nsdn
-    ip netns exec nested-decoy ip addr add 169.254.200.1/24 dev nsdn
-    ip netns exec nested-decoy ip link set nsdn up
-    ip netns exec nested-decoy ip link set lo up
-    ip netns exec nested-decoy nc -ll -p 80 -e true >/dev/null 2>&1 &
+    $IP netns add nested-decoy
+    $IP link add nsdh type veth peer name nsdn
+    $IP link set nsdn netns nested-decoy
+    $IP addr add 10.200.0.2/24 dev nsdh
+    $IP addr add 169.254.200.2/24 dev nsdh
+    $IP link set nsdh up
+    $IP netns exec nested-decoy $IP addr add 10.200.0.1/24 dev nsdn
+    $IP netns exec nested-decoy $IP addr add 169.254.200.1/24 dev nsdn
+    $IP netns exec nested-decoy $IP link set nsdn up
+    $IP netns exec nested-decoy $IP link set lo up
+    $IP netns exec nested-decoy nc -ll -p 80 -e true >/dev/null 2>&1 &
     decoy_pid=$!
     decoy_in() { # IPv4 packets received in the decoy namespace (Ip: InReceives)
-        ip netns exec nested-decoy cat /proc/net/snmp | awk '$1 == "Ip:" && $2 ~ /^[0-9]/ { print $4 }'
+        $IP netns exec nested-decoy cat /proc/net/snmp | awk '$1 == "Ip:" && $2 ~ /^[0-9]/ { print $4 }'
     }
     nc -l -p 47123 >/dev/null 2>&1 &
     loop_pid=$!
@@ -151,8 +154,8 @@ if want escape; then
     if [ "$after" = "$before" ]; then ok escape-decoy-untouched; else bad escape-decoy-untouched "the decoy received $((after - before)) packets"; fi
     if kill -0 "$loop_pid" 2>/dev/null; then ok escape-loopback-untouched; else bad escape-loopback-untouched "L1's loopback listener got a connection"; fi
     kill "$loop_pid" "$decoy_pid" 2>/dev/null
-    ip link del nsdh 2>/dev/null
-    ip netns del nested-decoy 2>/dev/null
+    $IP link del nsdh 2>/dev/null
+    $IP netns del nested-decoy 2>/dev/null
     nothing_left escape-leaves-nothing
 fi
 
