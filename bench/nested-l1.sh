@@ -26,7 +26,7 @@ bottle doctor >doctor 2>&1
 for probe in libkrun/kvm qemu/kvm qemu/tcg; do
     line="$(grep " boot probe $probe:" doctor)"
     ms="$(echo "$line" | sed -n 's/.*(boot \([0-9]*\) ms).*/\1/p')"
-    echo "bare boot $probe: ${ms:-failed} ${ms:+ms}${ms:-: $line}"
+    if [ -n "$ms" ]; then echo "bare boot $probe: $ms ms"; else echo "bare boot $probe: failed: $line"; fi
 done
 
 for variant in libkrun qemu-kvm qemu-tcg; do
@@ -44,7 +44,9 @@ for variant in libkrun qemu-kvm qemu-tcg; do
             >"out.$variant" 2>&1; then
             echo $(( $(now_ms) - t0 )) >>"times.$variant"
         else
-            echo "run $variant failed:"; tail -n 5 "out.$variant"
+            echo "run $variant failed:"
+            grep -m 3 -E 'BUG|stall|panic|Oops|watchdog|error' "out.$variant"
+            tail -n 3 "out.$variant"
         fi
     done
     echo "bottle run $variant: $(stats <"times.$variant")"
