@@ -10,7 +10,8 @@
 # listener on L1's loopback; L1 itself has no network device at all.
 #
 # Env: NESTED_ENGINE (default libkrun), NESTED_CHECKS (space-separated
-# subset of: doctor demo escape exec kill stop; default all).
+# subset of: doctor demo escape exec kill stop; default all). The exec
+# check includes exec on a terminal (util-linux's script) getting a pty.
 ENGINE="${NESTED_ENGINE:-libkrun}"
 CHECKS="${NESTED_CHECKS:-doctor demo escape exec kill stop}"
 # iproute2's ip (busybox's, which its sh prefers, has no netns or veth).
@@ -186,6 +187,16 @@ if want exec; then
         else
             bad exec-output-and-status "exit $rc (want 7); stdout/stderr not as sent"
             show "$work/exec.err"
+        fi
+        # On a terminal, exec gives the command a pty in the guest.
+        /usr/bin/script -qec "bottle exec $id -- /bin/sh -c 'tty; exit 3'" /dev/null \
+            >"$work/pty.out" 2>&1
+        rc=$?
+        { cat "$work/pty.out"; echo; } | tr -d '\000\r' | grep -v '^$' | sed 's/^/    | /'
+        if [ "$rc" = 3 ] && grep -q '^/dev/pts/[0-9]' "$work/pty.out"; then
+            ok exec-pty
+        else
+            bad exec-pty "exit $rc (want 3), want a /dev/pts/N terminal in the guest"
         fi
         if want stop; then
             bottle stop "$id" >"$work/stop.out" 2>&1

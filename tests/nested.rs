@@ -3,7 +3,7 @@
 //! with SVM and nested paging) and runs `scripts/nested-suite.sh` inside
 //! it: `bottle doctor`'s libkrun boot probe, the demo's view from inside,
 //! the escape probes against a decoy namespace, `bottle exec` into a
-//! detached bottle, `stop`, and kill -9 of the bundle, all on libkrun.
+//! detached bottle (with and without a terminal), `stop`, and kill -9 of the bundle, all on libkrun.
 //!
 //! Needs qemu-system-x86_64, busybox-static, the guest kernel, libkrun
 //! built by scripts/build-libkrun.sh and apt's linux-image-cloud-amd64
@@ -104,6 +104,7 @@ fn libkrun_suite_passes_inside_the_nested_runner() {
         "escape-loopback-untouched",
         "exec-detach",
         "exec-output-and-status",
+        "exec-pty",
         "stop",
         "stop-leaves-nothing",
         "kill-9-takes-the-vm-down",
