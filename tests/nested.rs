@@ -47,23 +47,62 @@ fn kernel_built() -> bool {
     })
 }
 
-#[test]
-fn libkrun_suite_passes_inside_the_nested_runner() {
-    if !skip::require_root("the nested runner's suite (netns, veth inside L1; apt-get download)")
-        || !skip::require_programs(&[
+/// One L1 VM at a time: each takes 4 GiB and both cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the runner can work here (after a skip report when not).
+fn runner_ready() -> bool {
+    skip::require_root("the nested runner (netns, veth inside L1; apt-get download)")
+        && skip::require_programs(&[
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("cpio", "cpio"),
             ("busybox", "busybox-static"),
         ])
-        || !skip::require(
+        && skip::require(
             kernel_built(),
             "no guest kernel (run scripts/build-kernel.sh or scripts/setup --debug)",
         )
-        || !skip::require(
+        && skip::require(
             libkrun_built(),
             "libkrun is not built (run scripts/build-libkrun.sh or scripts/setup --debug)",
         )
-    {
+}
+
+#[test]
+fn runner_streams_the_command_output_and_passes_its_exit_status() {
+    let _g = serial();
+    if !runner_ready() {
+        return;
+    }
+    let out = Command::new(repo().join("scripts/nested-runner"))
+        .args(["--", "sh", "-c", "echo \"hello from $(uname -r)\"; exit 3"])
+        .current_dir(repo())
+        .output()
+        .expect("run scripts/nested-runner");
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stdout:\n{so}\nstderr:\n{se}");
+    // The command ran in L1 (Debian's cloud kernel), not on the host.
+    assert!(
+        so.lines()
+            .any(|l| l.starts_with("hello from ") && l.ends_with("-cloud-amd64")),
+        "stdout:\n{so}\nstderr:\n{se}"
+    );
+    assert!(
+        !so.lines()
+            .any(|l| l.starts_with('[') || l.starts_with("NESTED-EXIT-STATUS")),
+        "kernel messages and the status marker stay out of stdout:\n{so}"
+    );
+}
+
+#[test]
+fn libkrun_suite_passes_inside_the_nested_runner() {
+    let _g = serial();
+    if !runner_ready() {
         return;
     }
     let started = std::time::Instant::now();
