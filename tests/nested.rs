@@ -158,3 +158,42 @@ fn libkrun_suite_passes_inside_the_nested_runner() {
     }
     assert_eq!(out.status.code(), Some(0), "{}", context());
 }
+
+/// The root crate's VM suite itself (tests/vm.rs, strict), on libkrun in L1.
+#[test]
+fn vm_tests_pass_on_libkrun_inside_the_nested_runner() {
+    let _g = serial();
+    if !runner_ready() || !skip::require_programs(&[("python3", "python3")]) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let out = Command::new(repo().join("scripts/nested-vm-tests"))
+        .current_dir(repo())
+        .output()
+        .expect("run scripts/nested-vm-tests");
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "nested vm tests: {:.1} s\n{so}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{se}");
+    let result = so
+        .lines()
+        .find(|l| l.starts_with("test result: "))
+        .unwrap_or_else(|| panic!("no test result line:\n{so}\nstderr:\n{se}"));
+    assert!(
+        result.starts_with("test result: ok. ") && !result.contains(" 0 passed"),
+        "{result}\n{so}"
+    );
+    for name in [
+        "guest_sees_only_proxy_internal",
+        "exec_on_a_terminal_gets_a_pty_and_follows_resizes",
+        "kill_9_of_the_bundle_takes_the_vm_down_and_cleanup_removes_the_state",
+    ] {
+        assert!(
+            so.contains(&format!("test {name} ... ok")),
+            "{name} did not pass in L1:\n{so}"
+        );
+    }
+}
