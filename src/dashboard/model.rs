@@ -100,7 +100,11 @@ pub fn load(root: &Path, now: time::OffsetDateTime) -> anyhow::Result<Vec<Row>> 
                     state::Status::Running => Status::Dead,
                     s => Status::Other(s.as_str().to_string()),
                 };
-                row(&meta, status, dir.path(), now)
+                let mut r = row(&meta, status, dir.path(), now);
+                if r.status != Status::Running {
+                    r.uptime_secs = None;
+                }
+                r
             }
             Entry::Broken { dir, reason } => Row {
                 identity: dir.identity().to_string(),
@@ -364,7 +368,9 @@ mod tests {
         // Recorded as running, but no bundle process: dead, as `bottle ls` says.
         assert_eq!(r.status, Status::Dead);
         assert_eq!((r.backend.as_str(), r.engine.as_str()), ("docker", "runc"));
-        assert_eq!(r.uptime_secs, Some(600));
+        // Uptime only while it runs.
+        assert_eq!(r.uptime_secs, None);
+        assert_eq!(r.started, "2026-01-01T00:00:00Z");
         assert_eq!(
             r.pending.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
             ["aaaaaaaaaaaa"]

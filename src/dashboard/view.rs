@@ -254,7 +254,7 @@ fn detail(area: Rect, buf: &mut Buffer, row: &Row, ui: &Ui, theme: Theme) {
         };
         lines.push(Line::from(vec![
             Span::raw(format!("{} ", d.time)),
-            Span::styled(format!("{:<6}", d.decision), style),
+            Span::styled(format!("{:<6} ", d.decision), style),
             Span::raw(format!("{}  {}", d.what, d.rule)),
         ]));
     }

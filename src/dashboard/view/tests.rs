@@ -150,7 +150,7 @@ fn the_detail_view_shows_pending_requests_and_recent_decisions() {
     );
     assert!(screen.contains("> q2  egress b.test:443"), "{screen}");
     assert!(
-        screen.contains("12:00:02 deny  POST evil.test/upload  not-allowed"),
+        screen.contains("12:00:02 deny   POST evil.test/upload  not-allowed"),
         "{screen}"
     );
     assert!(screen.contains("a approve  r reject"), "{screen}");

@@ -1,0 +1,195 @@
+//! `bottle dashboard` driven for real: the binary in a tmux pane of 80x24
+//! (`send-keys`, `capture-pane`) against a running Docker (runc) bottle
+//! whose agent filed a supervise request. The list shows the bottle with
+//! one pending request; the detail view shows it; `a` Enter approves it and
+//! the agent's next request to that host passes. The upstream is on the
+//! host's loopback only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bottle_test_harness::tls::Upstream;
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn manifest(port: u16) -> String {
+    format!(
+        r#"
+[bottles.t]
+image = "tiny"
+allow = ["localhost"]
+allow_ports = [{port}]
+allow_ips = ["127.0.0.1"]
+resolve = {{ "blocked.localhost" = "127.0.0.1:{port}" }}
+supervise = true
+
+[bottles.t.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#
+    )
+}
+
+fn guest(sb: &Sandbox, id: &str, port: u16, script: &str) -> String {
+    let full = format!(
+        r#"get() {{
+  ( printf 'GET http://%s:{port}/hello HTTP/1.1\r\nHost: %s:{port}\r\nConnection: close\r\n\r\n' "$1" "$1"; sleep 2 ) | nc proxy.internal 8888 | tr -d '\r'
+}}
+mcp() {{
+  ( printf 'POST /mcp HTTP/1.1\r\nHost: proxy.internal:9100\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' "${{#1}}" "$1"; sleep 2 ) | nc proxy.internal 9100 | tr -d '\r'
+}}
+{script}"#
+    );
+    let out = sb.run(&["exec", id, "--", "/bin/sh", "-c", &full]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
+/// A tmux server of its own (`-L`), killed at the end.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.0]);
+        c
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let ok = self
+            .cmd()
+            .args(["send-keys", "-t", "dash"])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn capture(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "dash"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The screen once it shows `want` (within 20 s).
+    fn wait_for(&self, want: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if screen.contains(want) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{want:?} never showed; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd()
+            .arg("kill-server")
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn docker_the_dashboard_lists_a_bottle_and_approves_its_request() {
+    let has_tmux = Command::new("tmux").arg("-V").output().is_ok();
+    if !skip::require(has_tmux, "tmux is not installed (apt-get install tmux)") {
+        return;
+    }
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let id = sb.run_detached("--docker", &manifest(port));
+    let _stop = StopOnDrop(&sb, id.clone());
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"request_egress","arguments":{"host":"blocked.localhost","reason":"the dashboard test needs it"}}}"#;
+    let text = guest(
+        &sb,
+        &id,
+        port,
+        &format!("get blocked.localhost\nmcp '{call}'\n"),
+    );
+    assert!(text.contains("403") && text.contains("pending"), "{text}");
+
+    let tmux = Tmux(format!("bottle-dash-{}", std::process::id()));
+    let ok = tmux
+        .cmd()
+        .args(["new-session", "-d", "-s", "dash", "-x", "80", "-y", "24"])
+        .arg("-e")
+        .arg(format!("BOTTLE_STATE_DIR={}", sb.state_dir().display()))
+        .arg("-e")
+        .arg(format!(
+            "XDG_CONFIG_HOME={}",
+            sb.dir.path().join("config").display()
+        ))
+        .arg("-e")
+        .arg("NO_COLOR=1")
+        .arg(env!("CARGO_BIN_EXE_bottle"))
+        .arg("dashboard")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    let list = tmux.wait_for(&id);
+    println!("--- list\n{list}");
+    let line = list.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(
+        line.contains("docker/runc") && line.contains("running"),
+        "{list}"
+    );
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[5], "1", "one pending request in REQ: {list}");
+
+    tmux.keys(&["Enter"]);
+    let detail = tmux.wait_for("Pending requests (1)");
+    println!("--- detail\n{detail}");
+    assert!(detail.contains("egress blocked.localhost"), "{detail}");
+    assert!(
+        detail.contains("deny"),
+        "the refusal is in the recent decisions: {detail}"
+    );
+
+    tmux.keys(&["a"]);
+    let prompt = tmux.wait_for("for how long?");
+    println!("--- approve prompt\n{prompt}");
+    tmux.keys(&["1", "0", "m", "Enter"]);
+    let done = tmux.wait_for("ok: approved");
+    println!("--- approved\n{done}");
+    assert!(done.contains("the proxy allows it now"), "{done}");
+    tmux.wait_for("Pending requests (0)");
+
+    let after = guest(&sb, &id, port, "get blocked.localhost\n");
+    assert!(after.contains("200 OK"), "{after}");
+
+    tmux.keys(&["q"]);
+    let start = Instant::now();
+    while tmux
+        .cmd()
+        .args(["has-session", "-t", "dash"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
