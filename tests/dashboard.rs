@@ -2,8 +2,10 @@
 //! (`send-keys`, `capture-pane`) against a running Docker (runc) bottle
 //! whose agent filed a supervise request. The list shows the bottle with
 //! one pending request; the detail view shows it; `a` Enter approves it and
-//! the agent's next request to that host passes. The upstream is on the
-//! host's loopback only.
+//! the agent's next request to that host passes. `t` hands the terminal to
+//! the agent's session and Ctrl-P Ctrl-Q brings the dashboard back (outside
+//! tmux); inside tmux it opens a window. The upstream is on the host's
+//! loopback only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,7 +33,7 @@ runtime = "runc"
 [agents.a]
 bottle = "t"
 copy_cwd = false
-command = ["/bin/true"]
+command = ["/bin/sh"]
 "#
     )
 }
@@ -97,6 +99,50 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// `bottle dashboard` in session `dash`, 80x24, `NO_COLOR`; `outside`:
+    /// without `$TMUX`, as in a terminal of its own.
+    fn start(&self, sb: &Sandbox, outside: bool) {
+        let mut cmd = self.cmd();
+        cmd.args(["new-session", "-d", "-s", "dash", "-x", "80", "-y", "24"])
+            .arg("-e")
+            .arg(format!("BOTTLE_STATE_DIR={}", sb.state_dir().display()))
+            .arg("-e")
+            .arg(format!(
+                "XDG_CONFIG_HOME={}",
+                sb.dir.path().join("config").display()
+            ))
+            .arg("-e")
+            .arg("NO_COLOR=1");
+        if outside {
+            cmd.args(["env", "-u", "TMUX"]);
+        }
+        let ok = cmd
+            .arg(env!("CARGO_BIN_EXE_bottle"))
+            .arg("dashboard")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// `q`, and the session ends.
+    fn quit(&self) {
+        self.keys(&["q"]);
+        let start = Instant::now();
+        while self
+            .cmd()
+            .args(["has-session", "-t", "dash"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(start.elapsed() < Duration::from_secs(5), "q did not quit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self
@@ -131,23 +177,7 @@ fn docker_the_dashboard_lists_a_bottle_and_approves_its_request() {
     assert!(text.contains("403") && text.contains("pending"), "{text}");
 
     let tmux = Tmux(format!("bottle-dash-{}", std::process::id()));
-    let ok = tmux
-        .cmd()
-        .args(["new-session", "-d", "-s", "dash", "-x", "80", "-y", "24"])
-        .arg("-e")
-        .arg(format!("BOTTLE_STATE_DIR={}", sb.state_dir().display()))
-        .arg("-e")
-        .arg(format!(
-            "XDG_CONFIG_HOME={}",
-            sb.dir.path().join("config").display()
-        ))
-        .arg("-e")
-        .arg("NO_COLOR=1")
-        .arg(env!("CARGO_BIN_EXE_bottle"))
-        .arg("dashboard")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    tmux.start(&sb, true);
 
     let list = tmux.wait_for(&id);
     println!("--- list\n{list}");
@@ -180,16 +210,33 @@ fn docker_the_dashboard_lists_a_bottle_and_approves_its_request() {
     let after = guest(&sb, &id, port, "get blocked.localhost\n");
     assert!(after.contains("200 OK"), "{after}");
 
-    tmux.keys(&["q"]);
-    let start = Instant::now();
-    while tmux
-        .cmd()
-        .args(["has-session", "-t", "dash"])
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(start.elapsed() < Duration::from_secs(5), "q did not quit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Outside tmux: the session has the terminal; Ctrl-P Ctrl-Q comes back
+    // to the dashboard.
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("Enter detail");
+    tmux.keys(&["t"]);
+    tmux.wait_for("Ctrl-P Ctrl-Q detaches");
+    tmux.keys(&["echo dash-$((6*7))", "Enter"]);
+    let session = tmux.wait_for("dash-42");
+    println!("--- attached\n{session}");
+    tmux.keys(&["C-p", "C-q"]);
+    let back = tmux.wait_for("REQ DENY");
+    println!("--- detached\n{back}");
+    assert_eq!(
+        back.lines().nth(22),
+        Some(format!("detached from {id}").as_str()),
+        "the list is back with the result: {back}"
+    );
+    tmux.quit();
+
+    // Inside tmux, `t` opens the session in a new window; detaching closes
+    // it and the dashboard's window is back.
+    tmux.start(&sb, false);
+    tmux.wait_for(&id);
+    tmux.keys(&["t"]);
+    tmux.wait_for("Ctrl-P Ctrl-Q detaches");
+    tmux.keys(&["C-p", "C-q"]);
+    let back = tmux.wait_for(&format!("{id} opened in a new tmux window"));
+    println!("--- after a tmux window\n{back}");
+    tmux.quit();
 }
