@@ -214,6 +214,7 @@ fn event_loop(
     theme: Theme,
 ) -> anyhow::Result<()> {
     let (done_tx, done_rx) = mpsc::channel::<String>();
+    let mut cache = model::Cache::default();
     let mut loaded = Instant::now();
     loop {
         terminal.draw(|f| {
@@ -246,7 +247,7 @@ fn event_loop(
             }
         }
         if loaded.elapsed() >= REFRESH {
-            match model::load(root, time::OffsetDateTime::now_utc()) {
+            match model::load_cached(root, time::OffsetDateTime::now_utc(), &mut cache) {
                 Ok(rows) => state.refresh(rows),
                 Err(e) => state.ui.message = Some(format!("cannot read {}: {e}", root.display())),
             }
