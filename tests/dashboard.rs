@@ -154,6 +154,24 @@ impl Drop for Tmux {
 }
 
 #[test]
+fn without_a_terminal_it_refuses_and_names_the_commands_for_scripts() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["dashboard"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs a terminal"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("bottle ls --json"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "no escape codes on a pipe");
+}
+
+#[test]
 fn docker_the_dashboard_lists_a_bottle_and_approves_its_request() {
     let has_tmux = Command::new("tmux").arg("-V").output().is_ok();
     if !skip::require(has_tmux, "tmux is not installed (apt-get install tmux)") {

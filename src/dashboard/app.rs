@@ -192,9 +192,10 @@ impl State {
 pub fn run() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "`bottle dashboard` needs a terminal on stdin and stdout; for scripts use `bottle ls --json` and `bottle requests --json`"
-        );
+        return Err(crate::commands::UsageError(
+            "`bottle dashboard` needs a terminal on stdin and stdout; for scripts use `bottle ls --json` and `bottle requests --json`".into(),
+        )
+        .into());
     }
     let root = crate::state::state_root()?;
     let exe = std::env::current_exe()?;
