@@ -4,8 +4,9 @@
 //! one pending request; the detail view shows it; `a` Enter approves it and
 //! the agent's next request to that host passes. `t` hands the terminal to
 //! the agent's session and Ctrl-P Ctrl-Q brings the dashboard back (outside
-//! tmux); inside tmux it opens a window. The upstream is on the host's
-//! loopback only.
+//! tmux); inside tmux it opens a window. `s` y stops it (the row says
+//! `resumable`) and `R` y resumes it. The upstream is on the host's loopback
+//! only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -172,7 +173,7 @@ fn without_a_terminal_it_refuses_and_names_the_commands_for_scripts() {
 }
 
 #[test]
-fn docker_the_dashboard_lists_a_bottle_and_approves_its_request() {
+fn docker_the_dashboard_approves_attaches_stops_and_resumes_a_bottle() {
     let has_tmux = Command::new("tmux").arg("-V").output().is_ok();
     if !skip::require(has_tmux, "tmux is not installed (apt-get install tmux)") {
         return;
@@ -256,5 +257,30 @@ fn docker_the_dashboard_lists_a_bottle_and_approves_its_request() {
     tmux.keys(&["C-p", "C-q"]);
     let back = tmux.wait_for(&format!("{id} opened in a new tmux window"));
     println!("--- after a tmux window\n{back}");
+
+    // Stop, then resume, each after y.
+    tmux.keys(&["s"]);
+    tmux.wait_for("[y/n]");
+    tmux.keys(&["y"]);
+    let stopped = tmux.wait_for(&format!("ok: stopped {id}"));
+    println!("--- stopped\n{stopped}");
+    let line = stopped.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(line.contains("resumable"), "{stopped}");
+    tmux.keys(&["R"]);
+    tmux.wait_for("[y/n]");
+    tmux.keys(&["y"]);
+    let start = Instant::now();
+    let resumed = loop {
+        let screen = tmux.capture();
+        if screen.contains("ok: ") && screen.contains(" running ") {
+            break screen;
+        }
+        assert!(
+            !screen.contains("failed: ") && start.elapsed() < Duration::from_secs(60),
+            "no resume: {screen}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    println!("--- resumed\n{resumed}");
     tmux.quit();
 }
