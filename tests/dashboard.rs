@@ -239,7 +239,8 @@ fn docker_the_dashboard_approves_attaches_stops_and_resumes_a_bottle() {
     let session = tmux.wait_for("dash-42");
     println!("--- attached\n{session}");
     tmux.keys(&["C-p", "C-q"]);
-    let back = tmux.wait_for("REQ DENY");
+    // The dashboard's own line, above the keys (not `bottle attach`'s).
+    let back = tmux.wait_for(&format!("detached from {id}\n↑↓"));
     println!("--- detached\n{back}");
     assert_eq!(
         back.lines().nth(22),
@@ -250,6 +251,8 @@ fn docker_the_dashboard_approves_attaches_stops_and_resumes_a_bottle() {
 
     // Inside tmux, `t` opens the session in a new window; detaching closes
     // it and the dashboard's window is back.
+    // A tmux server of its own again: no race with the last one's exit.
+    let tmux = Tmux(format!("bottle-dash2-{}", std::process::id()));
     tmux.start(&sb, false);
     tmux.wait_for(&id);
     tmux.keys(&["t"]);
