@@ -54,13 +54,13 @@ mcp() {{
     stdout(&out)
 }
 
-/// A tmux server of its own (`-L`), killed at the end.
-struct Tmux(String);
+/// A tmux server of its own (its socket in the sandbox), killed at the end.
+struct Tmux(std::path::PathBuf);
 
 impl Tmux {
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.0]);
+        c.arg("-S").arg(&self.0);
         c
     }
 
@@ -195,7 +195,7 @@ fn docker_the_dashboard_approves_attaches_stops_and_resumes_a_bottle() {
     );
     assert!(text.contains("403") && text.contains("pending"), "{text}");
 
-    let tmux = Tmux(format!("bottle-dash-{}", std::process::id()));
+    let tmux = Tmux(sb.dir.path().join("tmux1"));
     tmux.start(&sb, true);
 
     let list = tmux.wait_for(&id);
@@ -252,7 +252,7 @@ fn docker_the_dashboard_approves_attaches_stops_and_resumes_a_bottle() {
     // Inside tmux, `t` opens the session in a new window; detaching closes
     // it and the dashboard's window is back.
     // A tmux server of its own again: no race with the last one's exit.
-    let tmux = Tmux(format!("bottle-dash2-{}", std::process::id()));
+    let tmux = Tmux(sb.dir.path().join("tmux2"));
     tmux.start(&sb, false);
     tmux.wait_for(&id);
     tmux.keys(&["t"]);
