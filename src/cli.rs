@@ -159,6 +159,8 @@ pub enum Command {
     },
     /// Attach a terminal to a running bottle's agent session.
     Attach { id: String },
+    /// Every bottle on this host in one screen: requests, stop, resume, attach.
+    Dashboard,
     /// Run a command in a running bottle.
     Exec {
         id: String,

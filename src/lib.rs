@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cert_hash;
 pub mod cli;
 pub mod commands;
+pub mod dashboard;
 pub mod detached;
 pub mod doctor;
 pub mod identity;

@@ -16,6 +16,7 @@ use crate::cli::{Cli, Command};
 use clap::{CommandFactory, Parser};
 use std::io::Write;
 use std::process::ExitCode;
+pub(crate) use supervise::parse_duration;
 
 /// A usage or configuration error: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Untrust { path } => trust::trust(manifest, path, true, false),
         Command::Ls { json } => ls::ls(json),
         Command::Attach { id } => lifecycle::attach(&id),
+        Command::Dashboard => crate::dashboard::app::run(),
         Command::Exec { id, command } => lifecycle::exec(&id, command),
         Command::Stop { id, discard } => lifecycle::stop(&id, discard),
         Command::Resume { id, detach, yes } => resume::resume(&id, detach, yes),

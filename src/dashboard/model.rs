@@ -1,0 +1,486 @@
+//! What the dashboard shows, read from the same state root as `bottle ls`,
+//! `bottle requests` and `bottle logs`: running bottles from their state
+//! directories, stopped ones from the kept logs under `<root>/logs/`. Pure
+//! data; no terminal here.
+
+use crate::state::{self, Entry, Metadata};
+use bottle_sidecars::audit::record::{AuditRecord, Event, Kind};
+use bottle_sidecars::supervise::request::{Request, Status as ReqStatus};
+use bottle_sidecars::supervise::store::Store;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Most audit decisions kept for the detail view.
+pub const RECENT: usize = 50;
+
+/// Where a bottle stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    /// Recorded as running but its processes are gone.
+    Dead,
+    /// Starting, stopping or failed, as recorded.
+    Other(String),
+    /// Stopped; its kept logs allow `bottle resume`.
+    Stopped {
+        resumable: bool,
+    },
+    /// Its state directory cannot be read.
+    Broken(String),
+}
+
+impl Status {
+    pub fn label(&self) -> &str {
+        match self {
+            Status::Running => "running",
+            Status::Dead => "dead",
+            Status::Other(s) => s,
+            Status::Stopped { resumable: true } => "stopped, resumable",
+            Status::Stopped { resumable: false } => "stopped",
+            Status::Broken(_) => "broken",
+        }
+    }
+}
+
+/// One audit decision, for the detail view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub time: String,
+    pub decision: String,
+    /// `GET api.example.com/v1`, `push origin refs/heads/main`…
+    pub what: String,
+    pub rule: String,
+}
+
+/// Counts from a bottle's audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditCounts {
+    pub denied: u64,
+    /// Bytes through the proxy, both directions.
+    pub bytes: u64,
+    pub pushes_accepted: u64,
+    pub pushes_rejected: u64,
+    /// Newest last, at most [`RECENT`].
+    pub recent: Vec<Decision>,
+    /// Why the chain did not verify (the counts are then from the plain lines).
+    pub unverified: Option<String>,
+}
+
+/// One bottle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub identity: String,
+    pub agent: String,
+    /// `vm` or `docker`.
+    pub backend: String,
+    /// `qemu-tcg`, `runc`… or `?`.
+    pub engine: String,
+    pub status: Status,
+    pub started: String,
+    pub uptime_secs: Option<u64>,
+    /// Pending supervise requests, oldest first.
+    pub pending: Vec<Request>,
+    pub audit: AuditCounts,
+}
+
+impl Row {
+    pub fn is_running(&self) -> bool {
+        self.status == Status::Running
+    }
+}
+
+/// Audit counts by log path, read again only when the log changed, and a
+/// big log not more often than every ten times its last read took: the
+/// dashboard refreshes every second and a log may be tens of MiB (100,000
+/// lines, 30 MiB: about 0.9 s to verify in a debug build).
+#[derive(Debug, Default)]
+pub struct Cache(HashMap<PathBuf, Cached>);
+
+#[derive(Debug)]
+struct Cached {
+    stamp: (u64, Option<SystemTime>),
+    read_at: Instant,
+    took: Duration,
+    counts: AuditCounts,
+}
+
+impl Cache {
+    /// The counts of the log at `path`.
+    pub fn audit(&mut self, path: &Path) -> AuditCounts {
+        let stamp = std::fs::metadata(path)
+            .map(|m| (m.len(), m.modified().ok()))
+            .unwrap_or((0, None));
+        if let Some(c) = self.0.get(path) {
+            if c.stamp == stamp || c.read_at.elapsed() < c.took * 10 {
+                return c.counts.clone();
+            }
+        }
+        let start = Instant::now();
+        let counts = audit(path);
+        self.0.insert(
+            path.to_path_buf(),
+            Cached {
+                stamp,
+                read_at: Instant::now(),
+                took: start.elapsed(),
+                counts: counts.clone(),
+            },
+        );
+        counts
+    }
+}
+
+/// Every bottle: running ones first (by identity), then stopped ones.
+pub fn load(root: &Path, now: time::OffsetDateTime) -> anyhow::Result<Vec<Row>> {
+    load_cached(root, now, &mut Cache::default())
+}
+
+/// [`load`], reusing the audit counts of logs that did not change.
+pub fn load_cached(
+    root: &Path,
+    now: time::OffsetDateTime,
+    cache: &mut Cache,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for entry in state::list(root)? {
+        rows.push(match entry {
+            Entry::Ok(dir, meta) => {
+                let alive = crate::bundle::is_alive(&meta);
+                let status = match meta.status {
+                    state::Status::Running if alive => Status::Running,
+                    state::Status::Running => Status::Dead,
+                    s => Status::Other(s.as_str().to_string()),
+                };
+                let mut r = row(&meta, status, dir.path(), now, cache);
+                if r.status != Status::Running {
+                    r.uptime_secs = None;
+                }
+                r
+            }
+            Entry::Broken { dir, reason } => Row {
+                identity: dir.identity().to_string(),
+                agent: "?".into(),
+                backend: "?".into(),
+                engine: "?".into(),
+                status: Status::Broken(reason),
+                started: "?".into(),
+                uptime_secs: None,
+                pending: Vec::new(),
+                audit: AuditCounts::default(),
+            },
+        });
+    }
+    let mut stopped = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(state::logs_root(root)) {
+        for item in rd.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if rows.iter().any(|r| r.identity == name) {
+                continue;
+            }
+            let Some(dir) = state::archived(root, &name) else {
+                continue;
+            };
+            // The same test `bottle resume` starts with: its record reads.
+            if let Ok(meta) = state::read_metadata_in(&dir) {
+                let mut r = row(&meta, Status::Stopped { resumable: true }, &dir, now, cache);
+                r.uptime_secs = None;
+                r.pending.clear();
+                stopped.push(r);
+            }
+        }
+    }
+    stopped.sort_by(|a, b| a.identity.cmp(&b.identity));
+    rows.extend(stopped);
+    Ok(rows)
+}
+
+fn row(
+    meta: &Metadata,
+    status: Status,
+    dir: &Path,
+    now: time::OffsetDateTime,
+    cache: &mut Cache,
+) -> Row {
+    let uptime_secs = time::OffsetDateTime::parse(
+        &meta.started_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+    .and_then(|t| u64::try_from((now - t).whole_seconds()).ok());
+    Row {
+        identity: meta.identity.clone(),
+        agent: meta.agent.clone(),
+        backend: meta.backend.to_string(),
+        engine: meta
+            .engine
+            .map_or_else(|| "?".to_string(), |e| e.to_string()),
+        status,
+        started: meta.started_at.clone(),
+        uptime_secs,
+        pending: pending(dir),
+        audit: cache.audit(&dir.join(crate::bundle::files::AUDIT)),
+    }
+}
+
+/// The pending supervise requests in a state directory (none when it has no
+/// `supervise/` directory: the store is never created from here).
+pub fn pending(dir: &Path) -> Vec<Request> {
+    let path = dir.join(bottle_sidecars::supervise::DIR);
+    if !path.is_dir() {
+        return Vec::new();
+    }
+    Store::open(&path)
+        .and_then(|s| s.list())
+        .map(|all| {
+            all.into_iter()
+                .filter(|r| r.status == ReqStatus::Pending)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Count an audit log: its verified records when the chain verifies, else
+/// its plain lines (and say so).
+pub fn audit(path: &Path) -> AuditCounts {
+    if !path.exists() {
+        return AuditCounts::default();
+    }
+    match bottle_sidecars::audit::verify::read_verified(path) {
+        Ok(records) => counts(&records),
+        Err(e) => {
+            let records: Vec<AuditRecord> = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            AuditCounts {
+                unverified: Some(e.to_string()),
+                ..counts(&records)
+            }
+        }
+    }
+}
+
+/// The counts of a list of records.
+pub fn counts(records: &[AuditRecord]) -> AuditCounts {
+    let mut c = AuditCounts::default();
+    for r in records {
+        c.bytes += r.bytes_up.unwrap_or(0) + r.bytes_down.unwrap_or(0);
+        if r.event != Event::Decided || r.decision.is_empty() {
+            continue;
+        }
+        if r.decision == "deny" {
+            c.denied += 1;
+        }
+        let what = match (&r.kind, &r.git) {
+            (Kind::Git, Some(g)) => {
+                if g.service == "push" {
+                    match r.decision.as_str() {
+                        "deny" => c.pushes_rejected += 1,
+                        _ => c.pushes_accepted += 1,
+                    }
+                }
+                let mut s = format!("{} {}", g.service, g.remote);
+                if !g.refs.is_empty() {
+                    s.push_str(&format!(" {}", g.refs.join(",")));
+                }
+                if let Some(n) = g.findings.filter(|n| *n > 0) {
+                    s.push_str(&format!(" ({n} finding(s))"));
+                }
+                s
+            }
+            (Kind::Supervise, _) => format!("supervise {}", r.detail.as_deref().unwrap_or("")),
+            _ => format!("{} {}{}", r.method, r.host, r.path)
+                .trim()
+                .to_string(),
+        };
+        c.recent.push(Decision {
+            time: r.time.get(11..19).unwrap_or(&r.time).to_string(),
+            decision: r.decision.clone(),
+            what,
+            rule: r.rule.clone(),
+        });
+    }
+    let skip = c.recent.len().saturating_sub(RECENT);
+    c.recent.drain(..skip);
+    c
+}
+
+/// `42s`, `17m`, `3h`, `2d`.
+pub fn span(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `812B`, `3.4K`, `12M`, `1.2G`.
+pub fn bytes(n: u64) -> String {
+    const K: f64 = 1024.0;
+    let f = n as f64;
+    match n {
+        0..=1023 => format!("{n}B"),
+        1024..=1_048_575 => format!("{:.1}K", f / K),
+        1_048_576..=1_073_741_823 => format!("{:.1}M", f / (K * K)),
+        _ => format!("{:.1}G", f / (K * K * K)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bottle_sidecars::audit::log::{AuditLog, AuditOptions};
+    use bottle_sidecars::audit::record::GitFields;
+    use bottle_sidecars::supervise::request::Ask;
+
+    fn meta_json(id: &str, status: &str) -> String {
+        format!(
+            r#"{{"version": 1, "identity": "{id}", "agent": "claude", "bottle": "b",
+            "cwd": "/w", "backend": "docker", "engine": "runc",
+            "started_at": "2026-01-01T00:00:00Z", "status": "{status}"}}"#
+        )
+    }
+
+    fn now() -> time::OffsetDateTime {
+        time::macros::datetime!(2026-01-01 00:10:00 UTC)
+    }
+
+    #[test]
+    fn an_empty_or_missing_root_has_no_rows() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(load(&root.path().join("nope"), now()).unwrap().is_empty());
+        assert!(load(root.path(), now()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rows_come_from_state_dirs_and_kept_logs_with_their_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let live = root.path().join("claude-aaaaa");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(
+            live.join("metadata.json"),
+            meta_json("claude-aaaaa", "running"),
+        )
+        .unwrap();
+        let store = Store::open(&live.join(bottle_sidecars::supervise::DIR)).unwrap();
+        for (id, status) in [
+            ("aaaaaaaaaaaa", ReqStatus::Pending),
+            ("bbbbbbbbbbbb", ReqStatus::Rejected),
+        ] {
+            store
+                .save(&Request {
+                    id: id.into(),
+                    ask: Ask::RequestCapability { name: "jq".into() },
+                    reason: "r".into(),
+                    created: 1,
+                    status,
+                    decided: None,
+                    until: None,
+                    note: None,
+                })
+                .unwrap();
+        }
+        let log = AuditLog::open(
+            &live.join(crate::bundle::files::AUDIT),
+            AuditOptions::new("claude-aaaaa"),
+        )
+        .unwrap();
+        let mut deny = AuditRecord::new(Kind::Request, Event::Decided);
+        deny.decision = "deny".into();
+        deny.method = "GET".into();
+        deny.host = "evil.test".into();
+        deny.path = "/".into();
+        deny.rule = "not-allowed".into();
+        log.append(deny).unwrap();
+        let mut done = AuditRecord::new(Kind::Request, Event::Completed);
+        done.bytes_up = Some(100);
+        done.bytes_down = Some(1000);
+        log.append(done).unwrap();
+        for decision in ["allow", "allow", "deny"] {
+            let mut push = AuditRecord::new(Kind::Git, Event::Decided);
+            push.decision = decision.into();
+            push.git = Some(GitFields {
+                remote: "origin".into(),
+                service: "push".into(),
+                refs: vec!["refs/heads/main".into()],
+                ..GitFields::default()
+            });
+            log.append(push).unwrap();
+        }
+        drop(log);
+        let kept = state::logs_root(root.path()).join("claude-bbbbb");
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(
+            kept.join("metadata.json"),
+            meta_json("claude-bbbbb", "stopped"),
+        )
+        .unwrap();
+
+        let rows = load(root.path(), now()).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let r = &rows[0];
+        assert_eq!(r.identity, "claude-aaaaa");
+        // Recorded as running, but no bundle process: dead, as `bottle ls` says.
+        assert_eq!(r.status, Status::Dead);
+        assert_eq!((r.backend.as_str(), r.engine.as_str()), ("docker", "runc"));
+        // Uptime only while it runs.
+        assert_eq!(r.uptime_secs, None);
+        assert_eq!(r.started, "2026-01-01T00:00:00Z");
+        assert_eq!(
+            r.pending.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["aaaaaaaaaaaa"]
+        );
+        assert_eq!(r.audit.unverified, None);
+        assert_eq!(r.audit.denied, 2);
+        assert_eq!(r.audit.bytes, 1100);
+        assert_eq!((r.audit.pushes_accepted, r.audit.pushes_rejected), (2, 1));
+        assert_eq!(r.audit.recent[0].what, "GET evil.test/");
+        assert_eq!(r.audit.recent[1].what, "push origin refs/heads/main");
+        assert_eq!(rows[1].identity, "claude-bbbbb");
+        assert_eq!(rows[1].status, Status::Stopped { resumable: true });
+        assert_eq!(rows[1].uptime_secs, None);
+    }
+
+    #[test]
+    fn a_tampered_audit_log_still_counts_but_says_it_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, AuditOptions::new("claude-aaaaa")).unwrap();
+        let mut deny = AuditRecord::new(Kind::Request, Event::Decided);
+        deny.decision = "deny".into();
+        log.append(deny.clone()).unwrap();
+        log.append(deny).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"deny\"", "\"allow\"", 1)).unwrap();
+        let c = audit(&path);
+        assert!(c.unverified.is_some(), "{c:?}");
+        assert_eq!(c.denied, 1);
+    }
+
+    #[test]
+    fn the_cache_reads_a_log_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, AuditOptions::new("claude-aaaaa")).unwrap();
+        let mut deny = AuditRecord::new(Kind::Request, Event::Decided);
+        deny.decision = "deny".into();
+        log.append(deny.clone()).unwrap();
+        let mut cache = Cache::default();
+        assert_eq!(cache.audit(&path).denied, 1);
+        // A stale entry for the same stamp is what it returns...
+        cache.0.get_mut(&path).unwrap().counts.denied = 99;
+        assert_eq!(cache.audit(&path).denied, 99);
+        // A log that was slow to read is not read again right away...
+        cache.0.get_mut(&path).unwrap().took = Duration::from_secs(3600);
+        log.append(deny.clone()).unwrap();
+        assert_eq!(cache.audit(&path).denied, 99);
+        // ...a quick one is, once it grew.
+        cache.0.get_mut(&path).unwrap().took = Duration::ZERO;
+        log.append(deny).unwrap();
+        assert_eq!(cache.audit(&path).denied, 3);
+    }
+}
