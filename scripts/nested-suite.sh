@@ -193,8 +193,8 @@ if want exec; then
             >"$work/pty.out" 2>&1
         rc=$?
         { cat "$work/pty.out"; echo; } | tr -d '\000\r' | grep -v '^$' | sed 's/^/    | /'
-        # (a terminal may put a NUL before the first line)
-        if [ "$rc" = 3 ] && tr -d '\000\r' <"$work/pty.out" | grep -q '^/dev/pts/[0-9]'; then
+        # (L1's console may type a NUL first, which the guest's pty echoes as ^@)
+        if [ "$rc" = 3 ] && grep -q '/dev/pts/[0-9]' "$work/pty.out"; then
             ok exec-pty
         else
             bad exec-pty "exit $rc (want 3), want a /dev/pts/N terminal in the guest"
