@@ -217,18 +217,27 @@ fn bottle_image(manifest: Option<PathBuf>, bottle: &str) -> anyhow::Result<image
             loaded.origin.describe()
         );
     };
-    let plan = crate::plan::prepare(crate::plan::PlanInputs {
-        loaded: &loaded,
-        agent: &agent,
-        cwd: &cwd,
+    images::for_plan(&image_plan(&loaded, &cwd, &agent)?)
+}
+
+/// A plan made only to learn an agent's image (nothing is launched, so the
+/// backend does not matter).
+fn image_plan(
+    loaded: &crate::manifest::Loaded,
+    cwd: &Path,
+    agent: &str,
+) -> anyhow::Result<crate::plan::Plan> {
+    Ok(crate::plan::prepare(crate::plan::PlanInputs {
+        loaded,
+        agent,
+        cwd,
         backend: crate::manifest::BackendName::Vm,
         backend_reason: String::new(),
         engine: None,
         runtime: None,
         command_override: None,
-        identity: crate::identity::new_identity(&agent),
-    })?;
-    images::for_plan(&plan)
+        identity: crate::identity::new_identity(agent),
+    })?)
 }
 
 /// Built images in use: this binary's built-in images, and each bottle's
@@ -244,17 +253,7 @@ fn in_use(manifest: Option<PathBuf>) -> Vec<(PathBuf, String)> {
         return used;
     };
     for (agent, a) in &loaded.manifest.agents {
-        let Ok(plan) = crate::plan::prepare(crate::plan::PlanInputs {
-            loaded: &loaded,
-            agent,
-            cwd: &cwd,
-            backend: crate::manifest::BackendName::Vm,
-            backend_reason: String::new(),
-            engine: None,
-            runtime: None,
-            command_override: None,
-            identity: crate::identity::new_identity(agent),
-        }) else {
+        let Ok(plan) = image_plan(&loaded, &cwd, agent) else {
             continue;
         };
         if let Ok(dir) = images::for_plan(&plan).and_then(|d| images::find(&d)) {
