@@ -13,6 +13,8 @@ PACKAGES=(
   iproute2 udhcpc dnsutils curl netcat-openbsd iputils-ping iperf3 passt slirp4netns sockperf socat
   # proxy tests and benchmarks
   openssl ca-certificates python3 python3-venv wrk
+  # session and dashboard tests (a terminal for the binary: script, tmux)
+  bsdutils tmux
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
