@@ -204,8 +204,19 @@ pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
     use std::io::Read;
     let mut data = Vec::new();
     flate2::read::GzDecoder::new(std::fs::File::open(cpio_gz)?).read_to_end(&mut data)?;
-    let tmp = out.with_extension("tar.tmp");
-    let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&tmp)?));
+    // Unique per process: two bottles starting at once both convert, and a
+    // shared temp name let one rename the other's file away.
+    let tmp = out.with_extension(format!("tar.tmp.{}", std::process::id()));
+    let written = write_cpio_as_tar(&data, &tmp).and_then(|()| Ok(std::fs::rename(&tmp, out)?));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes the `newc` cpio archive `data` to `path` as a tar archive.
+fn write_cpio_as_tar(data: &[u8], path: &Path) -> anyhow::Result<()> {
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(path)?));
     let mut pos = 0usize;
     let hex = |bytes: &[u8]| -> anyhow::Result<usize> {
         let text = std::str::from_utf8(bytes).context("bad cpio header")?;
@@ -266,6 +277,5 @@ pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()?;
-    std::fs::rename(&tmp, out)?;
     Ok(())
 }

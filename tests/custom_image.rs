@@ -63,6 +63,7 @@ fn a_bottles_own_image_builds_once_and_runs_on_the_vm_and_docker() {
         return;
     }
     let sb = Sandbox::new();
+    let _rm = ImageRmOnDrop("custom-py");
     std::fs::write(
         sb.dir.path().join("pip.conf"),
         "index-url = https://pypi.example/simple\n",
@@ -131,6 +132,28 @@ fn a_bottles_own_image_builds_once_and_runs_on_the_vm_and_docker() {
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     assert_eq!(plan["image"], "custom-py");
     assert_eq!(plan["custom_image"]["packages"][1], "python3-requests");
+    // Removing the image removes Docker's copy too.
+    let rm = sb
+        .bottle()
+        .args(["image", "rm", "custom-py"])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert!(key_of(&sb, &m).is_none(), "still listed after rm");
+    let tags = std::process::Command::new("docker")
+        .args([
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            "bottle-custom-py",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&tags).contains(&key),
+        "Docker kept bottle-custom-py:{key}: {}",
+        stdout(&tags)
+    );
 }
 
 #[test]

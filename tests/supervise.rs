@@ -391,6 +391,8 @@ fn docker_an_approved_capability_rebuilds_the_image_on_resume() {
         .replace("image = \"tiny\"", "image = \"debian\"")
         .replace("copy_cwd = false", "copy_cwd = true");
     std::fs::write(sb.cwd().join("notes.txt"), "kept\n").unwrap();
+    // Dropped last, after the bottle that uses it has stopped.
+    let _rm = ImageRmOnDrop("custom-t");
     let id = sb.run_detached("--docker", &text);
     let _stop = StopOnDrop(&sb, id.clone());
     let missing = sb.run(&[

@@ -100,6 +100,28 @@ impl DockerClient {
         }
     }
 
+    /// Removes the tag `image` (and the image once no tag is left); `false`
+    /// when the daemon has no such image. A container still using it keeps
+    /// it (the daemon refuses; the error says so).
+    pub async fn remove_image(&self, image: &ImageRef) -> Result<bool, DockerError> {
+        match self
+            .engine()
+            .remove_image(
+                &image.to_string(),
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(DockerError::Api {
+                what: "DELETE /images/{name}",
+                source: e,
+            }),
+        }
+    }
+
     /// Imports the root filesystem tarball at `tar_path` (plain or
     /// compressed) as `image`, streaming it from disk; returns the image id.
     pub async fn import_rootfs(

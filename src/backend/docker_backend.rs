@@ -47,6 +47,20 @@ fn image_ref(plan: &Plan) -> Result<(ImageRef, std::path::PathBuf), BackendError
     Ok((image, tar))
 }
 
+/// Removes the Docker copy (`bottle-<name>:<key>`) of a built image that
+/// is being deleted. `Ok(None)` when dockerd is not running (nothing to
+/// remove there now; a later run imports again), `Ok(Some(false))` when
+/// it never had that copy.
+pub fn remove_image_copy(name: &str, key: &str) -> Result<Option<bool>, BackendError> {
+    let image = ImageRef::new(&format!("bottle-{name}"), key).map_err(api)?;
+    block_on(async {
+        let Ok(client) = DockerClient::connect().await else {
+            return Ok(None);
+        };
+        client.remove_image(&image).await.map(Some).map_err(api)
+    })?
+}
+
 impl Backend for DockerBackend {
     fn name(&self) -> BackendName {
         BackendName::Docker

@@ -158,14 +158,24 @@ pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()>
             print(&out)
         }
         ImageCommand::Rm { name } => {
-            let n = store.remove(&name)?;
-            if n == 0 {
+            let victims: Vec<_> = store
+                .list()?
+                .into_iter()
+                .filter(|i| i.name == name)
+                .collect();
+            if victims.is_empty() {
                 anyhow::bail!("no image `{name}` (see `bottle image ls`)");
             }
-            print(&format!(
-                "removed {n} build{} of {name}\n",
-                if n == 1 { "" } else { "s" }
-            ))
+            let mut out = String::new();
+            for i in &victims {
+                remove_build(i, &mut out)?;
+            }
+            out.push_str(&format!(
+                "removed {} build{} of {name}\n",
+                victims.len(),
+                if victims.len() == 1 { "" } else { "s" }
+            ));
+            print(&out)
         }
         ImageCommand::Prune { dry_run } => {
             let used = in_use(manifest);
@@ -177,8 +187,7 @@ pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()>
                     continue;
                 }
                 if !dry_run {
-                    std::fs::remove_dir_all(&i.dir)
-                        .with_context(|| format!("cannot remove {}", i.dir.display()))?;
+                    remove_build(&i, &mut out)?;
                 }
                 freed += i.size_bytes;
                 out.push_str(&format!(
@@ -197,6 +206,20 @@ pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()>
             print(&out)
         }
     }
+}
+
+/// Deletes one built image: its directory, and the copy Docker imported
+/// (noted in `out` when dockerd refuses, e.g. a container still uses it).
+fn remove_build(i: &bottle_vmm::image::ImageInfo, out: &mut String) -> anyhow::Result<()> {
+    std::fs::remove_dir_all(&i.dir)
+        .with_context(|| format!("cannot remove {}", i.dir.display()))?;
+    if let Err(e) = crate::backend::docker_backend::remove_image_copy(&i.name, &i.key) {
+        out.push_str(&format!(
+            "kept Docker's copy bottle-{}:{}: {e}\n",
+            i.name, i.key
+        ));
+    }
+    Ok(())
 }
 
 /// The image a bottle of the manifest defines (or names).

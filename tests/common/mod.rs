@@ -122,6 +122,18 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// Removes a built image (its directory and Docker's copy) when the test
+/// ends, so each run of the suite does not leave gigabytes behind.
+pub struct ImageRmOnDrop(pub &'static str);
+
+impl Drop for ImageRmOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_bottle"))
+            .args(["image", "rm", self.0])
+            .output();
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -438,7 +438,7 @@ fn bootstrap(
             opts.suite,
             BASE_PACKAGES.join(" ")
         ));
-        let tmp = base_dir.join(format!("{def_key}.tar.tmp"));
+        let tmp = base_dir.join(format!("{def_key}.tar.tmp.{}", std::process::id()));
         let made = run_logged(
             "mmdebstrap",
             Command::new("mmdebstrap").args(opts.mmdebstrap_args(&tmp)),
