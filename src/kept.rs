@@ -44,19 +44,6 @@ pub struct ResumeFrom {
 /// The bottle's approved image additions, in its state dir (archived with it).
 pub const IMAGE_ADDITIONS: &str = "image-additions.json";
 
-/// Whether `name` can be a Debian package name.
-pub fn is_package_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.+".contains(c))
-}
-
 /// The image additions recorded in `dir` (a state dir or its archive).
 pub fn image_additions(dir: &Path) -> Vec<String> {
     std::fs::read(dir.join(IMAGE_ADDITIONS))
@@ -64,14 +51,14 @@ pub fn image_additions(dir: &Path) -> Vec<String> {
         .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| is_package_name(p))
+        .filter(|p| bottle_util::debian::is_package_name(p))
         .collect()
 }
 
 /// Record package `name` for the image of running bottle `id`; false when
 /// it is not a package name (nothing recorded).
 pub fn add_image_package(id: &str, name: &str) -> anyhow::Result<bool> {
-    if !is_package_name(name) {
+    if !bottle_util::debian::is_package_name(name) {
         return Ok(false);
     }
     let root = crate::state::state_root()?;

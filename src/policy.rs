@@ -4,7 +4,7 @@
 use crate::manifest::paths;
 use crate::manifest::{self, Bottle, TokenSpec};
 use bottle_sidecars::policy::{
-    DlpAction, DlpHost, DlpPolicy, GitRemote, HostPattern, Policy, RequestRule, Route, TokenSource,
+    DlpHost, DlpPolicy, GitRemote, HostPattern, Policy, RequestRule, Route, TokenSource,
 };
 use std::path::{Path, PathBuf};
 
@@ -75,7 +75,7 @@ pub fn build(bottle: &Bottle, base_dir: &Path) -> Result<Policy, PolicyError> {
             })
             .collect::<Result<_, PolicyError>>()?,
         dlp: DlpPolicy {
-            action: dlp_action(bottle.dlp.action),
+            action: bottle.dlp.action,
             disable_rules: bottle.dlp.disable_rules.clone(),
             hosts: bottle
                 .dlp
@@ -84,21 +84,13 @@ pub fn build(bottle: &Bottle, base_dir: &Path) -> Result<Policy, PolicyError> {
                 .map(|(h, a)| {
                     Ok(DlpHost {
                         host: host(h)?,
-                        action: dlp_action(*a),
+                        action: *a,
                     })
                 })
                 .collect::<Result<_, PolicyError>>()?,
         },
         supervise: bottle.supervise,
     })
-}
-
-fn dlp_action(action: manifest::DlpAction) -> DlpAction {
-    match action {
-        manifest::DlpAction::Block => DlpAction::Block,
-        manifest::DlpAction::Warn => DlpAction::Warn,
-        manifest::DlpAction::Redact => DlpAction::Redact,
-    }
 }
 
 /// The bottle's git remotes, as git-gate serves them.
@@ -134,6 +126,7 @@ pub fn read_pems(files: &[PathBuf]) -> Result<Vec<String>, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bottle_sidecars::policy::DlpAction;
 
     #[test]
     fn dlp_host_actions_reach_the_proxy_policy() {

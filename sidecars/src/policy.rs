@@ -27,6 +27,9 @@ pub enum DlpAction {
 }
 
 impl DlpAction {
+    /// Every action, as written in a manifest.
+    pub const NAMES: &'static [&'static str] = &["block", "warn", "redact"];
+
     /// The manifest spelling.
     pub fn as_str(self) -> &'static str {
         match self {

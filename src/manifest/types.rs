@@ -211,27 +211,8 @@ pub struct Dlp {
     pub hosts: BTreeMap<String, DlpAction>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DlpAction {
-    #[default]
-    Block,
-    Warn,
-    Redact,
-}
-
-impl DlpAction {
-    /// Every action, as written in a manifest.
-    pub const NAMES: &'static [&'static str] = &["block", "warn", "redact"];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Block => "block",
-            Self::Warn => "warn",
-            Self::Redact => "redact",
-        }
-    }
-}
+/// The proxy's own type: the manifest spells the same three actions.
+pub use bottle_sidecars::policy::DlpAction;
 
 /// `[[bottles.NAME.routes]]`: credential injection for one host.
 #[derive(Debug, Clone, Deserialize, Serialize)]

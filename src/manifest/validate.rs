@@ -151,14 +151,8 @@ pub fn check(
             }
         }
         if let super::types::ImageSpec::Custom(image) = &bottle.image {
-            let ok_word = |s: &str| {
-                !s.is_empty()
-                    && !s.starts_with('-')
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-.+_".contains(c))
-            };
             for (i, p) in image.packages.iter().enumerate() {
-                if !ok_word(p) {
+                if !bottle_util::debian::is_package_name(p) {
                     let path: Vec<Seg<'_>> = base
                         .iter()
                         .copied()

@@ -1,10 +1,12 @@
 //! Small helpers the bottle crates share, each in one place: an error and
 //! its sources on one line ([`error_chain`]), single-quoting for `sh`
-//! ([`shell_quote`]), and a token bucket ([`TokenBucket`]). No dependencies,
+//! ([`shell_quote`]), a token bucket ([`TokenBucket`]) and Debian package
+//! names ([`debian::is_package_name`]). No dependencies,
 //! so any crate of the workspace can use it without a cycle.
 #![deny(unsafe_code)]
 
 mod chain;
+pub mod debian;
 mod ratelimit;
 mod shell;
 

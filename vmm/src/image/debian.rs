@@ -164,7 +164,7 @@ impl DebianOpts {
         if let Some(p) = self
             .extra_packages
             .iter()
-            .find(|p| !ok_word(p) || p.starts_with('-'))
+            .find(|p| !bottle_util::debian::is_package_name(p))
         {
             return Err(VmmError::ImageBuild(format!("bad package name '{p}'")));
         }
