@@ -3,13 +3,14 @@
 //! directories, stopped ones from the kept logs under `<root>/logs/`. Pure
 //! data; no terminal here.
 
+use super::tail::Tail;
 use crate::state::{self, Entry, Metadata};
 use bottle_sidecars::audit::record::{AuditRecord, Event, Kind};
 use bottle_sidecars::supervise::request::{Request, Status as ReqStatus};
 use bottle_sidecars::supervise::store::Store;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Most audit decisions kept for the detail view.
 pub const RECENT: usize = 50;
@@ -95,48 +96,23 @@ impl Row {
     }
 }
 
-/// Audit counts by log path, read again only when the log changed, and a
-/// big log not more often than every ten times its last read took: the
-/// dashboard refreshes every second and a log may be tens of MiB (100,000
-/// lines, 30 MiB: about 0.9 s to verify in a debug build).
+/// What the dashboard remembers between refreshes: each audit log's
+/// [`Tail`] (so only appended lines are read) and each bottle's last CPU
+/// sample.
 #[derive(Debug, Default)]
 pub struct Cache {
-    logs: HashMap<PathBuf, Cached>,
+    logs: HashMap<PathBuf, Tail>,
     /// The last CPU sample of each bottle: when, and its CPU time in ns.
     cpu: HashMap<String, (Instant, u64)>,
 }
 
-#[derive(Debug)]
-struct Cached {
-    stamp: (u64, Option<SystemTime>),
-    read_at: Instant,
-    took: Duration,
-    counts: AuditCounts,
-}
-
 impl Cache {
-    /// The counts of the log at `path`.
+    /// The counts of the log at `path`, reading only what was appended
+    /// since the last call.
     pub fn audit(&mut self, path: &Path) -> AuditCounts {
-        let stamp = std::fs::metadata(path)
-            .map(|m| (m.len(), m.modified().ok()))
-            .unwrap_or((0, None));
-        if let Some(c) = self.logs.get(path) {
-            if c.stamp == stamp || c.read_at.elapsed() < c.took * 10 {
-                return c.counts.clone();
-            }
-        }
-        let start = Instant::now();
-        let counts = audit(path);
-        self.logs.insert(
-            path.to_path_buf(),
-            Cached {
-                stamp,
-                read_at: Instant::now(),
-                took: start.elapsed(),
-                counts: counts.clone(),
-            },
-        );
-        counts
+        let tail = self.logs.entry(path.to_path_buf()).or_default();
+        tail.update(path);
+        tail.counts.clone()
     }
 
     /// CPU percent and memory of a running bottle, from `/proc` (its VM
@@ -298,28 +274,20 @@ pub fn pending(dir: &Path) -> Vec<Request> {
 /// Count an audit log: its verified records when the chain verifies, else
 /// its plain lines (and say so).
 pub fn audit(path: &Path) -> AuditCounts {
-    if !path.exists() {
-        return AuditCounts::default();
-    }
-    match bottle_sidecars::audit::verify::read_verified(path) {
-        Ok(records) => counts(&records),
-        Err(e) => {
-            let records: Vec<AuditRecord> = std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            AuditCounts {
-                unverified: Some(e.to_string()),
-                ..counts(&records)
-            }
-        }
-    }
+    let mut tail = Tail::default();
+    tail.update(path);
+    tail.counts
 }
 
 /// The counts of a list of records.
 pub fn counts(records: &[AuditRecord]) -> AuditCounts {
     let mut c = AuditCounts::default();
+    counts_into(&mut c, records);
+    c
+}
+
+/// Add `records` (newer than what `c` counted) to `c`.
+pub fn counts_into(c: &mut AuditCounts, records: &[AuditRecord]) {
     for r in records {
         c.bytes += r.bytes_up.unwrap_or(0) + r.bytes_down.unwrap_or(0);
         if r.event != Event::Decided || r.decision.is_empty() {
@@ -359,7 +327,6 @@ pub fn counts(records: &[AuditRecord]) -> AuditCounts {
     }
     let skip = c.recent.len().saturating_sub(RECENT);
     c.recent.drain(..skip);
-    c
 }
 
 /// `42s`, `17m`, `3h`, `2d`.
@@ -521,29 +488,6 @@ mod tests {
         let c = audit(&path);
         assert!(c.unverified.is_some(), "{c:?}");
         assert_eq!(c.denied, 1);
-    }
-
-    #[test]
-    fn the_cache_reads_a_log_again_only_when_it_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, AuditOptions::new("claude-aaaaa")).unwrap();
-        let mut deny = AuditRecord::new(Kind::Request, Event::Decided);
-        deny.decision = "deny".into();
-        log.append(deny.clone()).unwrap();
-        let mut cache = Cache::default();
-        assert_eq!(cache.audit(&path).denied, 1);
-        // A stale entry for the same stamp is what it returns...
-        cache.logs.get_mut(&path).unwrap().counts.denied = 99;
-        assert_eq!(cache.audit(&path).denied, 99);
-        // A log that was slow to read is not read again right away...
-        cache.logs.get_mut(&path).unwrap().took = Duration::from_secs(3600);
-        log.append(deny.clone()).unwrap();
-        assert_eq!(cache.audit(&path).denied, 99);
-        // ...a quick one is, once it grew.
-        cache.logs.get_mut(&path).unwrap().took = Duration::ZERO;
-        log.append(deny).unwrap();
-        assert_eq!(cache.audit(&path).denied, 3);
     }
 
     #[test]
