@@ -259,6 +259,11 @@ fn launch_docker(tmux: &Tmux) -> String {
     let plan = tmux.wait_for("launch a on docker? [y/n]");
     show("new agent: the plan", &plan);
     assert!(plan.contains("agent a  backend docker"), "{plan}");
+    assert!(
+        plan.contains("bottle plan for agent `a` (identity picked at launch)"),
+        "{plan}"
+    );
+    assert!(plan.contains("engine         : runc"), "{plan}");
     tmux.keys(&["y"]);
     let done = tmux.wait_for("ok: launched: ");
     show("launched", &done);

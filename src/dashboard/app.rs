@@ -631,9 +631,14 @@ fn plan_text(flag: Option<PathBuf>, agent: &str, backend: &str) -> Result<String
         ..Default::default()
     };
     let (loaded, cwd) = crate::commands::run::load_manifest(flag).map_err(|e| format!("{e:#}"))?;
-    crate::commands::run::make_plan(&loaded, &cwd, agent, flags, Vec::new())
-        .map(|p| p.render())
-        .map_err(|e| format!("{e:#}"))
+    let plan = crate::commands::run::make_plan(&loaded, &cwd, agent, flags, Vec::new())
+        .map_err(|e| format!("{e:#}"))?;
+    // `bottle run` picks the identity when it launches, not this one.
+    Ok(plan.render().replacen(
+        &format!("(identity {})", plan.identity),
+        "(identity picked at launch)",
+        1,
+    ))
 }
 
 /// Run `bottle ARGS` without a terminal; send back what it printed.

@@ -234,7 +234,7 @@ fn the_detail_view_shows_the_effective_policy_and_the_allow_prompt() {
         }),
         ..Ui::default()
     };
-    let screen = text(&draw(&[r.clone()], &ui, true));
+    let screen = text(&draw(std::slice::from_ref(&r), &ui, true));
     assert!(screen.contains("Effective policy"), "{screen}");
     assert!(
         screen.contains("  allow: pypi.org, api.example.com\n"),
