@@ -42,13 +42,17 @@ command = ["/bin/sh"]
     )
 }
 
+/// Run `script` in the bottle with two shell functions: `get HOST` (a GET
+/// through the proxy, as its environment says; prints the status line) and
+/// `mcp JSON` (one JSON-RPC POST to supervise). busybox wget returns when
+/// the answer is complete: no fixed wait for it (nc needed one).
 fn guest(sb: &Sandbox, id: &str, port: u16, script: &str) -> String {
     let full = format!(
         r#"get() {{
-  ( printf 'GET http://%s:{port}/hello HTTP/1.1\r\nHost: %s:{port}\r\nConnection: close\r\n\r\n' "$1" "$1"; sleep 2 ) | nc proxy.internal 8888 | tr -d '\r'
+  wget -S -O - "http://$1:{port}/hello" 2>&1
 }}
 mcp() {{
-  ( printf 'POST /mcp HTTP/1.1\r\nHost: proxy.internal:9100\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' "${{#1}}" "$1"; sleep 2 ) | nc proxy.internal 9100 | tr -d '\r'
+  wget -Y off -q -O - --header 'Content-Type: application/json' --header 'Accept: application/json, text/event-stream' --header 'MCP-Protocol-Version: 2025-06-18' --post-data "$1" http://proxy.internal:9100/mcp 2>&1
 }}
 {script}"#
     );
@@ -86,21 +90,23 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The screen once it shows `want` (within 30 s).
+    /// The screen once it shows `want` (within 60 s).
     fn wait_for(&self, want: &str) -> String {
         self.wait_until(want, |s| s.contains(want))
     }
 
-    /// The screen once `ok` holds for it (within 30 s); `what` names it.
+    /// The screen once `ok` holds for it (within 60 s: a resume took 11 s
+    /// with both cores busy); `what` names it.
     fn wait_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let screen = self.capture();
             if ok(&screen) {
+                println!("({what}: {:?})", start.elapsed());
                 return screen;
             }
             assert!(
-                !screen.contains("failed: ") && start.elapsed() < Duration::from_secs(30),
+                !screen.contains("failed: ") && start.elapsed() < Duration::from_secs(60),
                 "{what:?} never showed; the screen:\n{screen}"
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -371,7 +377,10 @@ fn the_rest(
 
     // Outside tmux: the session has the terminal; Ctrl-P Ctrl-Q comes back.
     tmux.keys(&["t"]);
-    tmux.wait_for("Ctrl-P Ctrl-Q detaches");
+    // Typed once the shell's prompt is up (it may flush earlier input).
+    tmux.wait_until("the session's prompt", |s| {
+        s.contains("Ctrl-P Ctrl-Q detaches") && s.lines().any(|l| l.trim_end().ends_with(" $"))
+    });
     tmux.keys(&["echo dash-$((6*7))", "Enter"]);
     let session = tmux.wait_for("dash-42");
     show("attached", &session);
