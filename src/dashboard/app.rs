@@ -430,6 +430,8 @@ enum Msg {
     Progress(String),
     /// The job's result: shown with the rows read again at once.
     Done(String),
+    /// Bottle `id`'s effective policy (or why it cannot be read).
+    Policy { id: String, text: String },
 }
 
 /// `bottle dashboard`, with the manifest `--manifest` names (else
@@ -474,6 +476,9 @@ fn event_loop(
     let (done_tx, done_rx) = mpsc::channel::<Msg>();
     let mut cache = model::Cache::default();
     let mut loaded = Instant::now();
+    // A policy read is under way (one at a time, off this thread: a bundle
+    // that does not answer must not freeze the screen).
+    let mut reading = false;
     loop {
         // A job's result comes with the rows it changed: read them before
         // drawing, so the screen never shows `ok: stopped` next to a
@@ -485,6 +490,12 @@ fn event_loop(
                     state.ui.message = Some(text);
                     loaded = Instant::now() - REFRESH;
                 }
+                Msg::Policy { id, text } => {
+                    reading = false;
+                    if policy_target(state).as_deref() == Some(id.as_str()) {
+                        state.ui.policy = Some(text);
+                    }
+                }
             }
         }
         if loaded.elapsed() >= REFRESH {
@@ -494,7 +505,10 @@ fn event_loop(
                     state.ui.message = Some(format!("cannot read {}: {e}", ctx.root.display()))
                 }
             }
-            state.ui.policy = policy_of(state);
+            if let (Some(id), false) = (policy_target(state), reading) {
+                reading = true;
+                read_policy(id, done_tx.clone());
+            }
             loaded = Instant::now();
         }
         terminal.draw(|f| {
@@ -562,23 +576,34 @@ fn event_loop(
                 launch(ctx.exe.clone(), args, done_tx.clone());
             }
         }
-        // A new screen or bottle: its policy is read now, not in a second.
-        if (state.ui.screen, state.ui.selected) != was && state.ui.screen == Screen::Detail {
-            state.ui.policy = policy_of(state);
+        // Another screen or bottle: no stale policy, and the new one read now.
+        if (state.ui.screen, state.ui.selected) != was {
+            state.ui.policy = None;
+            if let (Some(id), false) = (policy_target(state), reading) {
+                reading = true;
+                read_policy(id, done_tx.clone());
+            }
         }
     }
 }
 
-/// The selected bottle's policy while its detail view is up.
-fn policy_of(state: &State) -> Option<String> {
+/// The bottle whose policy the screen shows: the selected one, in its
+/// detail view, while it runs.
+fn policy_target(state: &State) -> Option<String> {
     if state.ui.screen != Screen::Detail {
         return None;
     }
     let row = state.selected().filter(|r| r.is_running())?;
-    Some(
-        crate::commands::supervise::policy_text(&row.identity)
-            .unwrap_or_else(|e| format!("cannot read it: {e:#}")),
-    )
+    Some(row.identity.clone())
+}
+
+/// Read `id`'s policy as `bottle policy ID` does, in the background.
+fn read_policy(id: String, done: mpsc::Sender<Msg>) {
+    std::thread::spawn(move || {
+        let text = crate::commands::supervise::policy_text(&id)
+            .unwrap_or_else(|e| format!("cannot read it: {e:#}"));
+        let _ = done.send(Msg::Policy { id, text });
+    });
 }
 
 /// Run a policy edit as `bottle policy ID allow|deny` does.
@@ -1025,5 +1050,33 @@ mod tests {
         assert_eq!(press(&mut s, "y"), Action::Run(vec!["cleanup".into()]));
         assert_eq!(press(&mut s, "cn"), Action::None);
         assert_eq!(s.ui.message.as_deref(), Some("cancelled"));
+    }
+
+    #[test]
+    fn a_launch_shows_each_line_as_progress_and_its_last_as_the_result() {
+        let (tx, rx) = mpsc::channel();
+        let script =
+            "echo 'bottle: building' >&2; echo 'bottle: a-xyzab runs detached' >&2; echo a-xyzab";
+        launch("/bin/sh".into(), vec!["-c".into(), script.into()], tx);
+        let msgs: Vec<String> = rx.iter().map(|m| format!("{m:?}")).collect();
+        assert_eq!(
+            msgs,
+            [
+                r#"Progress("launching: bottle: building")"#,
+                r#"Progress("launching: bottle: a-xyzab runs detached")"#,
+                r#"Done("ok: launched: a-xyzab")"#
+            ]
+        );
+        let (tx, rx) = mpsc::channel();
+        launch(
+            "/bin/sh".into(),
+            vec!["-c".into(), "echo 'error: no backend' >&2; exit 2".into()],
+            tx,
+        );
+        let last = rx.iter().last().map(|m| format!("{m:?}"));
+        assert_eq!(
+            last.as_deref(),
+            Some(r#"Done("failed: error: no backend")"#)
+        );
     }
 }
