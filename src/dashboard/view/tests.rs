@@ -202,9 +202,10 @@ fn no_color_draws_without_colours() {
             .iter()
             .any(|c| c.fg != Color::Reset || c.bg != Color::Reset)
     };
-    for screen in [Screen::List, Screen::Detail] {
+    for screen in [Screen::List, Screen::Detail, Screen::New] {
         let ui = Ui {
             screen,
+            new: Some(picker(NewStep::Backend)),
             ..Ui::default()
         };
         assert!(colored(&draw(&rows, &ui, true)), "{screen:?} has colour");
