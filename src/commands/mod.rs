@@ -8,8 +8,8 @@ mod doctor;
 mod lifecycle;
 mod ls;
 mod resume;
-mod run;
-mod supervise;
+pub(crate) mod run;
+pub(crate) mod supervise;
 mod trust;
 
 use crate::cli::{Cli, Command};
@@ -66,7 +66,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Untrust { path } => trust::trust(manifest, path, true, false),
         Command::Ls { json } => ls::ls(json),
         Command::Attach { id } => lifecycle::attach(&id),
-        Command::Dashboard => crate::dashboard::app::run(),
+        Command::Dashboard => crate::dashboard::app::run(manifest),
         Command::Exec { id, command } => lifecycle::exec(&id, command),
         Command::Stop { id, discard } => lifecycle::stop(&id, discard),
         Command::Resume { id, detach, yes } => resume::resume(&id, detach, yes),

@@ -133,28 +133,69 @@ pub fn policy(
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::cli::PolicyChange;
-    let request = match change {
-        None => ControlRequest::Show,
-        Some(PolicyChange::Allow { target, r#for }) => {
-            let (host, port) = split_target(&target)?;
-            ControlRequest::Allow {
-                host,
-                port,
-                for_secs: r#for
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()?
-                    .map(|d| d.as_secs()),
-            }
-        }
-        Some(PolicyChange::Deny { host }) => ControlRequest::Deny { host },
-    };
+    match change {
+        None if json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&policy_show(id)?)?
+        )),
+        None => print(&render_policy(&policy_show(id)?)),
+        Some(PolicyChange::Allow { target, r#for }) => print(&format!(
+            "{}\n",
+            policy_allow(id, &target, r#for.as_deref())?
+        )),
+        Some(PolicyChange::Deny { host }) => print(&format!("{}\n", policy_deny(id, &host)?)),
+    }
+}
+
+/// A running bottle's effective policy, as its bundle reports it.
+pub(crate) fn policy_show(id: &str) -> anyhow::Result<serde_json::Value> {
+    match control_call(id, &ControlRequest::Show)? {
+        ControlResponse::Policy(v) => Ok(v),
+        ControlResponse::Error(e) => Err(UsageError(e).into()),
+        other => anyhow::bail!("the bundle answered {other:?}"),
+    }
+}
+
+/// [`policy_show`] as the lines `bottle policy ID` prints.
+pub(crate) fn policy_text(id: &str) -> anyhow::Result<String> {
+    Ok(render_policy(&policy_show(id)?))
+}
+
+/// Allow `target` (`HOST` or `HOST:PORT`) in a running bottle, for
+/// `duration` (`10m`…) or as long as it exists: `bottle policy ID allow`.
+pub(crate) fn policy_allow(
+    id: &str,
+    target: &str,
+    duration: Option<&str>,
+) -> anyhow::Result<String> {
+    let (host, port) = split_target(target)?;
+    let for_secs = duration
+        .map(parse_duration)
+        .transpose()?
+        .map(|d| d.as_secs());
+    policy_change(
+        id,
+        ControlRequest::Allow {
+            host,
+            port,
+            for_secs,
+        },
+    )
+}
+
+/// Deny `host` in a running bottle: `bottle policy ID deny`.
+pub(crate) fn policy_deny(id: &str, host: &str) -> anyhow::Result<String> {
+    policy_change(
+        id,
+        ControlRequest::Deny {
+            host: host.to_string(),
+        },
+    )
+}
+
+fn policy_change(id: &str, request: ControlRequest) -> anyhow::Result<String> {
     match control_call(id, &request)? {
-        ControlResponse::Policy(v) if json => {
-            print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
-        }
-        ControlResponse::Policy(v) => print(&render_policy(&v)),
-        ControlResponse::Done(text) => print(&format!("{text}; the proxy applies it now\n")),
+        ControlResponse::Done(text) => Ok(format!("{text}; the proxy applies it now")),
         ControlResponse::Error(e) => Err(UsageError(e).into()),
         other => anyhow::bail!("the bundle answered {other:?}"),
     }

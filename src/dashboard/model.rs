@@ -3,13 +3,14 @@
 //! directories, stopped ones from the kept logs under `<root>/logs/`. Pure
 //! data; no terminal here.
 
+use super::tail::Tail;
 use crate::state::{self, Entry, Metadata};
 use bottle_sidecars::audit::record::{AuditRecord, Event, Kind};
 use bottle_sidecars::supervise::request::{Request, Status as ReqStatus};
 use bottle_sidecars::supervise::store::Store;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Most audit decisions kept for the detail view.
 pub const RECENT: usize = 50;
@@ -82,6 +83,11 @@ pub struct Row {
     /// Pending supervise requests, oldest first.
     pub pending: Vec<Request>,
     pub audit: AuditCounts,
+    /// CPU use over the last refresh interval, in percent of one core
+    /// (`None`: not running, not readable, or no earlier sample yet).
+    pub cpu: Option<u32>,
+    /// Memory in use now, in bytes.
+    pub memory: Option<u64>,
 }
 
 impl Row {
@@ -90,45 +96,64 @@ impl Row {
     }
 }
 
-/// Audit counts by log path, read again only when the log changed, and a
-/// big log not more often than every ten times its last read took: the
-/// dashboard refreshes every second and a log may be tens of MiB (100,000
-/// lines, 30 MiB: about 0.9 s to verify in a debug build).
+/// What the dashboard remembers between refreshes: each audit log's
+/// [`Tail`] (so only appended lines are read) and each bottle's last CPU
+/// sample.
 #[derive(Debug, Default)]
-pub struct Cache(HashMap<PathBuf, Cached>);
-
-#[derive(Debug)]
-struct Cached {
-    stamp: (u64, Option<SystemTime>),
-    read_at: Instant,
-    took: Duration,
-    counts: AuditCounts,
+pub struct Cache {
+    logs: HashMap<PathBuf, Tail>,
+    /// The last CPU sample of each bottle: when, and its CPU time in ns.
+    cpu: HashMap<String, (Instant, u64)>,
 }
 
 impl Cache {
-    /// The counts of the log at `path`.
+    /// The counts of the log at `path`, reading only what was appended
+    /// since the last call.
     pub fn audit(&mut self, path: &Path) -> AuditCounts {
-        let stamp = std::fs::metadata(path)
-            .map(|m| (m.len(), m.modified().ok()))
-            .unwrap_or((0, None));
-        if let Some(c) = self.0.get(path) {
-            if c.stamp == stamp || c.read_at.elapsed() < c.took * 10 {
-                return c.counts.clone();
-            }
-        }
-        let start = Instant::now();
-        let counts = audit(path);
-        self.0.insert(
-            path.to_path_buf(),
-            Cached {
-                stamp,
-                read_at: Instant::now(),
-                took: start.elapsed(),
-                counts: counts.clone(),
-            },
-        );
-        counts
+        let tail = self.logs.entry(path.to_path_buf()).or_default();
+        tail.update(path);
+        tail.counts.clone()
     }
+
+    /// CPU percent and memory of a running bottle, from `/proc` (its VM
+    /// process and its bundle) or its container's cgroup (and its bundle).
+    pub fn usage(&mut self, meta: &Metadata) -> (Option<u32>, Option<u64>) {
+        let Some(now) = sample(meta) else {
+            self.cpu.remove(&meta.identity);
+            return (None, None);
+        };
+        let at = Instant::now();
+        let cpu = self
+            .cpu
+            .insert(meta.identity.clone(), (at, now.cpu_ns))
+            .and_then(|(then, ns)| percent(now.cpu_ns.checked_sub(ns)?, at - then));
+        (cpu, Some(now.memory_bytes))
+    }
+}
+
+/// CPU time `ns` spent over `wall`, in percent of one core (`None` for an
+/// interval too short to say).
+pub fn percent(ns: u64, wall: Duration) -> Option<u32> {
+    let wall = wall.as_nanos();
+    if wall < 10_000_000 {
+        return None;
+    }
+    u32::try_from((u128::from(ns) * 100 + wall / 2) / wall).ok()
+}
+
+/// What a bottle's processes use now: the agent's side (the VM process, or
+/// the container's cgroup) plus its bundle. `None` when the agent's side
+/// cannot be read (the column shows `-`).
+fn sample(meta: &Metadata) -> Option<crate::sys::process::Usage> {
+    use crate::sys::process::usage;
+    let agent = match meta.backend {
+        crate::manifest::BackendName::Docker => {
+            crate::sys::cgroup::container_usage(meta.container_id.as_deref()?)?
+        }
+        crate::manifest::BackendName::Vm => usage(meta.vm_pid?)?,
+    };
+    let bundle = meta.bundle_pid.and_then(usage).unwrap_or_default();
+    Some(agent + bundle)
 }
 
 /// Every bottle: running ones first (by identity), then stopped ones.
@@ -153,7 +178,9 @@ pub fn load_cached(
                     s => Status::Other(s.as_str().to_string()),
                 };
                 let mut r = row(&meta, status, dir.path(), now, cache);
-                if r.status != Status::Running {
+                if r.status == Status::Running {
+                    (r.cpu, r.memory) = cache.usage(&meta);
+                } else {
                     r.uptime_secs = None;
                 }
                 r
@@ -168,6 +195,8 @@ pub fn load_cached(
                 uptime_secs: None,
                 pending: Vec::new(),
                 audit: AuditCounts::default(),
+                cpu: None,
+                memory: None,
             },
         });
     }
@@ -220,6 +249,8 @@ fn row(
         uptime_secs,
         pending: pending(dir),
         audit: cache.audit(&dir.join(crate::bundle::files::AUDIT)),
+        cpu: None,
+        memory: None,
     }
 }
 
@@ -243,28 +274,20 @@ pub fn pending(dir: &Path) -> Vec<Request> {
 /// Count an audit log: its verified records when the chain verifies, else
 /// its plain lines (and say so).
 pub fn audit(path: &Path) -> AuditCounts {
-    if !path.exists() {
-        return AuditCounts::default();
-    }
-    match bottle_sidecars::audit::verify::read_verified(path) {
-        Ok(records) => counts(&records),
-        Err(e) => {
-            let records: Vec<AuditRecord> = std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            AuditCounts {
-                unverified: Some(e.to_string()),
-                ..counts(&records)
-            }
-        }
-    }
+    let mut tail = Tail::default();
+    tail.update(path);
+    tail.counts
 }
 
 /// The counts of a list of records.
 pub fn counts(records: &[AuditRecord]) -> AuditCounts {
     let mut c = AuditCounts::default();
+    counts_into(&mut c, records);
+    c
+}
+
+/// Add `records` (newer than what `c` counted) to `c`.
+pub fn counts_into(c: &mut AuditCounts, records: &[AuditRecord]) {
     for r in records {
         c.bytes += r.bytes_up.unwrap_or(0) + r.bytes_down.unwrap_or(0);
         if r.event != Event::Decided || r.decision.is_empty() {
@@ -304,7 +327,6 @@ pub fn counts(records: &[AuditRecord]) -> AuditCounts {
     }
     let skip = c.recent.len().saturating_sub(RECENT);
     c.recent.drain(..skip);
-    c
 }
 
 /// `42s`, `17m`, `3h`, `2d`.
@@ -317,15 +339,22 @@ pub fn span(s: u64) -> String {
     }
 }
 
-/// `812B`, `3.4K`, `12M`, `1.2G`.
+/// `812B`, `3.4K`, `12M`, `1.2G`: at most five characters, for the list.
 pub fn bytes(n: u64) -> String {
-    const K: f64 = 1024.0;
-    let f = n as f64;
-    match n {
-        0..=1023 => format!("{n}B"),
-        1024..=1_048_575 => format!("{:.1}K", f / K),
-        1_048_576..=1_073_741_823 => format!("{:.1}M", f / (K * K)),
-        _ => format!("{:.1}G", f / (K * K * K)),
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut f = n as f64 / 1024.0;
+    let mut unit = 0;
+    while f >= 1023.5 && unit < UNITS.len() - 1 {
+        f /= 1024.0;
+        unit += 1;
+    }
+    if f < 9.95 {
+        format!("{f:.1}{}", UNITS[unit])
+    } else {
+        format!("{f:.0}{}", UNITS[unit])
     }
 }
 
@@ -462,25 +491,48 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_reads_a_log_again_only_when_it_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, AuditOptions::new("claude-aaaaa")).unwrap();
-        let mut deny = AuditRecord::new(Kind::Request, Event::Decided);
-        deny.decision = "deny".into();
-        log.append(deny.clone()).unwrap();
+    fn byte_counts_fit_five_columns() {
+        for (n, want) in [
+            (0, "0B"),
+            (1023, "1023B"),
+            (4096, "4.0K"),
+            (12 << 20, "12M"),
+            ((1 << 30) + (1 << 28), "1.2G"),
+            (1_048_575, "1.0M"),
+        ] {
+            assert_eq!(bytes(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn cpu_is_a_percent_of_the_interval_and_memory_is_read_now() {
+        assert_eq!(percent(500_000_000, Duration::from_secs(1)), Some(50));
+        assert_eq!(percent(3_000_000_000, Duration::from_secs(2)), Some(150));
+        assert_eq!(
+            percent(1, Duration::from_millis(1)),
+            None,
+            "too short to say"
+        );
+        // A "VM bottle" whose VM process is this test: memory at once, CPU
+        // from the second sample on (after spending some).
+        let mut meta: Metadata =
+            serde_json::from_str(&meta_json("claude-aaaaa", "running")).unwrap();
+        meta.backend = crate::manifest::BackendName::Vm;
+        meta.vm_pid = Some(std::process::id());
         let mut cache = Cache::default();
-        assert_eq!(cache.audit(&path).denied, 1);
-        // A stale entry for the same stamp is what it returns...
-        cache.0.get_mut(&path).unwrap().counts.denied = 99;
-        assert_eq!(cache.audit(&path).denied, 99);
-        // A log that was slow to read is not read again right away...
-        cache.0.get_mut(&path).unwrap().took = Duration::from_secs(3600);
-        log.append(deny.clone()).unwrap();
-        assert_eq!(cache.audit(&path).denied, 99);
-        // ...a quick one is, once it grew.
-        cache.0.get_mut(&path).unwrap().took = Duration::ZERO;
-        log.append(deny).unwrap();
-        assert_eq!(cache.audit(&path).denied, 3);
+        let (cpu, mem) = cache.usage(&meta);
+        assert_eq!(cpu, None);
+        assert!(mem.unwrap() > 0);
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let (cpu, _) = cache.usage(&meta);
+        assert!(cpu.unwrap() >= 20, "{cpu:?}");
+        // A container whose cgroup is not there: no numbers, no error.
+        meta.backend = crate::manifest::BackendName::Docker;
+        meta.container_id = Some("feedfacefeedface".into());
+        assert_eq!(cache.usage(&meta), (None, None));
     }
 }

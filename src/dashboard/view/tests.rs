@@ -14,6 +14,8 @@ fn row(i: usize, status: Status) -> Row {
         uptime_secs: Some(300),
         pending: Vec::new(),
         audit: AuditCounts::default(),
+        cpu: None,
+        memory: None,
     }
 }
 
@@ -66,6 +68,8 @@ fn the_list_shows_each_bottle_with_its_counts_and_the_keys() {
         pushes_rejected: 1,
         ..AuditCounts::default()
     };
+    busy.cpu = Some(37);
+    busy.memory = Some(250 << 20);
     let rows = vec![busy, row(2, Status::Stopped { resumable: true })];
     let screen = text(&draw(&rows, &Ui::default(), true));
     assert!(screen.contains("1 running, 2 in all"), "{screen}");
@@ -75,6 +79,8 @@ fn the_list_shows_each_bottle_with_its_counts_and_the_keys() {
         "docker/runc",
         "running",
         "5m",
+        " 37% ",
+        " 250M ",
         " 1 ",
         " 3 ",
         "4.0K",
@@ -84,6 +90,11 @@ fn the_list_shows_each_bottle_with_its_counts_and_the_keys() {
     }
     let stopped = screen.lines().find(|l| l.contains("claude-00002")).unwrap();
     assert!(stopped.contains("resumable"), "{stopped}");
+    // A stopped bottle uses nothing: no CPU or memory figure.
+    let cols: Vec<&str> = stopped.split_whitespace().collect();
+    assert_eq!(&cols[4..7], ["5m", "-", "-"], "{stopped}");
+    let header = screen.lines().find(|l| l.starts_with("ID")).unwrap();
+    assert!(header.contains("UP   CPU  MEM"), "{header}");
     assert!(screen.contains("Enter detail"), "{screen}");
     assert!(screen.lines().all(|l| l.chars().count() <= 80));
 }
@@ -191,12 +202,172 @@ fn no_color_draws_without_colours() {
             .iter()
             .any(|c| c.fg != Color::Reset || c.bg != Color::Reset)
     };
-    for screen in [Screen::List, Screen::Detail] {
+    for screen in [Screen::List, Screen::Detail, Screen::New] {
         let ui = Ui {
             screen,
+            new: Some(picker(NewStep::Backend)),
             ..Ui::default()
         };
         assert!(colored(&draw(&rows, &ui, true)), "{screen:?} has colour");
         assert!(!colored(&draw(&rows, &ui, false)), "{screen:?} without");
     }
+}
+
+fn line_of<'a>(screen: &'a str, needle: &str) -> &'a str {
+    screen
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not on the screen:\n{screen}"))
+}
+
+#[test]
+fn the_detail_view_shows_the_effective_policy_and_the_allow_prompt() {
+    let r = row(7, Status::Running);
+    let ui = Ui {
+        screen: Screen::Detail,
+        policy: Some(
+            "allow        : pypi.org, api.example.com\nallow_ports  : -\nallow_ips    : -\npassthrough  : -\ndenied       : evil.test\ngrant        : b.test:443 (q1, ends in 9m)\n"
+                .into(),
+        ),
+        prompt: Some(Prompt::Input {
+            label: "allow HOST[:PORT]:".into(),
+            input: "api.example.com:8443".into(),
+        }),
+        ..Ui::default()
+    };
+    let screen = text(&draw(std::slice::from_ref(&r), &ui, true));
+    assert!(screen.contains("Effective policy"), "{screen}");
+    assert!(
+        screen.contains("  allow: pypi.org, api.example.com\n"),
+        "{screen}"
+    );
+    assert!(screen.contains("  denied: evil.test\n"), "{screen}");
+    assert!(
+        screen.contains("  grant: b.test:443 (q1, ends in 9m)"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("allow_ports"),
+        "unset lines are left out: {screen}"
+    );
+    let line = screen.lines().nth(22).unwrap();
+    assert_eq!(line, "allow HOST[:PORT]: api.example.com:8443_");
+    assert!(screen.contains("A allow  D deny"), "{screen}");
+    // A stopped bottle has no policy to show or edit.
+    let stopped = row(8, Status::Stopped { resumable: true });
+    let screen = text(&draw(&[stopped], &Ui { prompt: None, ..ui }, true));
+    assert!(
+        screen.contains("Effective policy\n  not running"),
+        "{screen}"
+    );
+}
+
+fn picker(step: NewStep) -> NewAgent {
+    NewAgent {
+        manifest: "/w/bottle.toml".into(),
+        agents: vec!["claude".into(), "shell".into()],
+        agent: 1,
+        backends: vec![
+            BackendChoice {
+                name: "vm".into(),
+                ready: Err("no /dev/kvm and no qemu (fix: install qemu-system-x86)".into()),
+            },
+            BackendChoice {
+                name: "docker".into(),
+                ready: Ok("dockerd API 1.41".into()),
+            },
+        ],
+        backend: 1,
+        step,
+        plan: None,
+    }
+}
+
+#[test]
+fn the_new_agent_picker_greys_an_unavailable_backend_with_its_reason() {
+    for color in [true, false] {
+        let ui = Ui {
+            screen: Screen::New,
+            new: Some(picker(NewStep::Backend)),
+            ..Ui::default()
+        };
+        let buf = draw(&[], &ui, color);
+        let screen = text(&buf);
+        assert!(
+            screen.contains("New agent (manifest: /w/bottle.toml)"),
+            "{screen}"
+        );
+        assert!(screen.contains("  claude\n> shell\n"), "{screen}");
+        let vm = line_of(&screen, "unavailable");
+        assert_eq!(
+            vm,
+            "  vm      unavailable: no /dev/kvm and no qemu (fix: install qemu-system-x86)"
+        );
+        let y = screen.lines().position(|l| l == vm).unwrap() as u16;
+        let cell = &buf[(2, y)];
+        assert!(cell.modifier.contains(Modifier::DIM), "greyed: {cell:?}");
+        assert_eq!(cell.fg == Color::DarkGray, color, "{cell:?}");
+        let docker = line_of(&screen, "> docker");
+        assert_eq!(docker, "> docker  ready (dockerd API 1.41)");
+        let y = screen.lines().position(|l| l == docker).unwrap() as u16;
+        assert!(buf[(2, y)].modifier.contains(Modifier::REVERSED));
+        assert!(!buf[(2, y)].modifier.contains(Modifier::DIM));
+        assert!(screen.contains("Enter next  Esc back"), "{screen}");
+    }
+}
+
+#[test]
+fn the_plan_is_shown_with_the_launch_question() {
+    let mut new = picker(NewStep::Plan);
+    new.plan = Some(Ok(
+        "Plan for agent shell\n  backend : docker\n  image   : tiny\n".into(),
+    ));
+    let ui = Ui {
+        screen: Screen::New,
+        new: Some(new),
+        prompt: Some(Prompt::Confirm {
+            question: "launch shell on docker?".into(),
+        }),
+        ..Ui::default()
+    };
+    let screen = text(&draw(&[], &ui, true));
+    assert!(screen.contains("agent shell  backend docker"), "{screen}");
+    assert!(
+        screen.contains("Plan for agent shell\n  backend : docker\n"),
+        "{screen}"
+    );
+    assert_eq!(
+        screen.lines().nth(22),
+        Some("launch shell on docker? [y/n]")
+    );
+    assert_eq!(screen.lines().nth(23), Some("y launch  n/Esc back  q quit"));
+    // A plan that cannot be made says why.
+    let mut new = picker(NewStep::Plan);
+    new.plan = Some(Err("no agent `shell`".into()));
+    let ui = Ui {
+        screen: Screen::New,
+        new: Some(new),
+        ..Ui::default()
+    };
+    let screen = text(&draw(&[], &ui, true));
+    assert!(screen.contains("no plan: no agent `shell`"), "{screen}");
+}
+
+#[test]
+fn confirmations_ask_on_the_line_above_the_keys() {
+    let ui = Ui {
+        prompt: Some(Prompt::Confirm {
+            question: "stop claude-00001? (its workspace and transcripts are kept)".into(),
+        }),
+        ..Ui::default()
+    };
+    let screen = text(&draw(&[row(1, Status::Running)], &ui, false));
+    assert_eq!(
+        screen.lines().nth(22),
+        Some("stop claude-00001? (its workspace and transcripts are kept) [y/n]")
+    );
+    assert!(
+        screen.contains("n new  s stop  R resume  c cleanup"),
+        "{screen}"
+    );
 }
