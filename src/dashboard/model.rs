@@ -309,7 +309,21 @@ pub fn counts_into(c: &mut AuditCounts, records: &[AuditRecord]) {
                     s.push_str(&format!(" {}", g.refs.join(",")));
                 }
                 if let Some(n) = g.findings.filter(|n| *n > 0) {
-                    s.push_str(&format!(" ({n} finding(s))"));
+                    // Where the first finding is: what the operator opens.
+                    let at: Vec<String> = [
+                        g.commit
+                            .as_ref()
+                            .map(|c| format!("commit {}", c.get(..12).unwrap_or(c))),
+                        g.file.as_ref().map(|f| format!("in {f}")),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    s.push_str(&format!(" ({n} finding(s)"));
+                    if !at.is_empty() {
+                        s.push_str(&format!(", first: {}", at.join(" ")));
+                    }
+                    s.push(')');
                 }
                 s
             }
@@ -375,6 +389,29 @@ mod tests {
 
     fn now() -> time::OffsetDateTime {
         time::macros::datetime!(2026-01-01 00:10:00 UTC)
+    }
+
+    #[test]
+    fn a_rejected_push_says_where_its_first_finding_is() {
+        let mut push = AuditRecord::new(Kind::Git, Event::Decided);
+        push.decision = "deny".into();
+        push.rule = "aws-access-key".into();
+        push.git = Some(GitFields {
+            remote: "origin".into(),
+            service: "push".into(),
+            refs: vec!["refs/heads/main".into()],
+            commit: Some("0123456789abcdef0123".into()),
+            file: Some("config/prod.env".into()),
+            findings: Some(2),
+        });
+        let mut c = AuditCounts::default();
+        counts_into(&mut c, &[push]);
+        assert_eq!(c.pushes_rejected, 1);
+        assert_eq!(
+            c.recent[0].what,
+            "push origin refs/heads/main (2 finding(s), first: commit 0123456789ab in config/prod.env)"
+        );
+        assert_eq!(c.recent[0].rule, "aws-access-key");
     }
 
     #[test]
