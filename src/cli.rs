@@ -208,10 +208,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show supervise requests (pending first) of one bottle, or of every running one.
+    /// Show supervise requests (pending first) of one bottle, running or stopped, or of every running one.
     #[command(after_help = "Examples:\n  bottle requests\n  bottle requests claude-x1y2z --json")]
     Requests {
-        /// A bottle id; without it, every running bottle.
+        /// A bottle id (a stopped bottle's kept requests too); without it, every running bottle.
         id: Option<String>,
         /// Print JSON.
         #[arg(long)]

@@ -624,7 +624,9 @@ mod tests {
     fn an_added_route_reaches_the_proxy_with_its_token_and_the_disk_without() {
         use crate::policy::TokenSource;
         let t = tempfile::tempdir().unwrap();
-        let seen: Arc<Mutex<Vec<(Policy, Vec<String>)>>> = Arc::default();
+        /// Each applied policy with the tokens handed over with it.
+        type Applied = Vec<(Policy, Vec<String>)>;
+        let seen: Arc<Mutex<Applied>> = Arc::default();
         let s2 = seen.clone();
         let apply: ApplyPolicy = Arc::new(move |p, fresh| {
             let tokens = fresh.iter().map(|r| r.token.expose().to_string()).collect();
