@@ -754,3 +754,45 @@ fn docker_requests_survive_stop_and_resume() {
     assert!(out.status.success(), "{}", stderr(&out));
     listed("resumed");
 }
+
+/// `bottle policy ID deny HOST` refuses a host a wildcard allows, at once,
+/// while the wildcard's other hosts still pass; `allow HOST` lifts it.
+#[test]
+fn docker_deny_refuses_a_host_under_an_allowed_wildcard() {
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let text = manifest(port)
+        .replace("allow = [\"localhost\"]", "allow = [\"*.localhost\"]")
+        .replace(
+            "resolve = { \"blocked.localhost\" = ",
+            &format!(
+                "resolve = {{ \"b.localhost\" = \"127.0.0.1:{port}\", \"blocked.localhost\" = "
+            ),
+        );
+    let id = sb.run_detached("--docker", &text);
+    let _stop = StopOnDrop(&sb, id.clone());
+    let both = "echo '--- a'; get blocked.localhost; echo '--- b'; get b.localhost\n";
+    let split = |text: &str| -> (String, String) {
+        let rest = text.split("--- a").nth(1).unwrap();
+        let mut parts = rest.split("--- b");
+        (
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+        )
+    };
+    let (a, b) = split(&exec(&sb, &id, port, both));
+    assert!(a.contains("200 OK") && b.contains("200 OK"), "{a}\n{b}");
+    let out = sb.run(&["policy", &id, "deny", "blocked.localhost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, b) = split(&exec(&sb, &id, port, both));
+    assert!(a.contains("403") && a.contains("host-denied"), "{a}");
+    assert!(b.contains("200 OK"), "the wildcard's other hosts pass: {b}");
+    let out = sb.run(&["policy", &id, "allow", "blocked.localhost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, _) = split(&exec(&sb, &id, port, both));
+    assert!(a.contains("200 OK"), "{a}");
+}
