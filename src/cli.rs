@@ -310,6 +310,7 @@ pub enum PolicyChange {
     },
     /// Refuse HOST at once: its exact allowlist entry (the manifest's included) and its grants are removed, and HOST stays refused even where a wildcard such as `*.example.com` still allows its neighbours.
     Deny {
+        /// The host (or `*.domain` pattern) to refuse; an IP address leaves `allow_ips`.
         host: String,
         #[command(flatten)]
         save: SaveFlags,
