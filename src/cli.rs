@@ -197,7 +197,7 @@ pub enum Command {
     Logs { id: String },
     /// Show or change a running bottle's effective policy (needs `supervise = true`).
     #[command(
-        after_help = "Examples:\n  bottle policy claude-x1y2z\n  bottle policy claude-x1y2z allow api.example.com --for 1h\n  bottle policy claude-x1y2z allow api.example.com:8443\n  bottle policy claude-x1y2z deny api.example.com"
+        after_help = "Changes apply to the running proxy at once and are kept with the bottle (`bottle resume` keeps them); the manifest file changes only with --save.\n\nExamples:\n  bottle policy claude-x1y2z\n  bottle policy claude-x1y2z allow api.example.com --for 1h\n  bottle policy claude-x1y2z allow api.example.com:8443 --save\n  bottle policy claude-x1y2z deny api.example.com\n  bottle policy claude-x1y2z route add api.example.com --header authorization --prefix 'Bearer ' --from-env EXAMPLE_TOKEN\n  bottle policy claude-x1y2z route rm api.example.com"
     )]
     Policy {
         /// The bottle id.
@@ -208,10 +208,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show supervise requests (pending first) of one bottle, or of every running one.
+    /// Show supervise requests (pending first) of one bottle, running or stopped, or of every running one.
     #[command(after_help = "Examples:\n  bottle requests\n  bottle requests claude-x1y2z --json")]
     Requests {
-        /// A bottle id; without it, every running bottle.
+        /// A bottle id (a stopped bottle's kept requests too); without it, every running bottle.
         id: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -219,7 +219,7 @@ pub enum Command {
     },
     /// Approve a bottle's supervise request; an egress request widens the running proxy's policy at once.
     #[command(
-        after_help = "Examples:\n  bottle approve claude-x1y2z abcdefghij23\n  bottle approve claude-x1y2z abcdefghij23 --for 10m"
+        after_help = "With --save, an approved egress request is also written to the bottle's `allow` (`allow_ips`, `allow_ports`, `rules`) and an approved Debian package to its `[bottles.NAME.image] packages`, in the manifest file it was launched from: the change is shown as a diff and confirmed first (--yes skips asking), the file's comments and formatting stay, and a manifest that was trusted stays trusted.\n\nExamples:\n  bottle approve claude-x1y2z abcdefghij23\n  bottle approve claude-x1y2z abcdefghij23 --for 10m\n  bottle approve claude-x1y2z abcdefghij23 --save"
     )]
     Approve {
         /// The bottle id.
@@ -227,8 +227,14 @@ pub enum Command {
         /// The request id (`bottle requests` lists them).
         request: String,
         /// How long the approval lasts (30s, 10m, 2h, 1d); default: until the bottle is removed.
-        #[arg(long = "for", value_name = "DURATION")]
+        #[arg(long = "for", value_name = "DURATION", conflicts_with = "save")]
         r#for: Option<String>,
+        /// Also write the approval into the manifest file the bottle was launched from.
+        #[arg(long)]
+        save: bool,
+        /// With --save: write without asking.
+        #[arg(long, short = 'y', requires = "save")]
+        yes: bool,
     },
     /// Reject a bottle's supervise request; the agent sees the reason.
     #[command(
@@ -277,6 +283,17 @@ pub enum Command {
     },
 }
 
+/// `--save [--yes]`: also write a change into the manifest file.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct SaveFlags {
+    /// Also write the change into the manifest file the bottle was launched from (shown as a diff, confirmed first).
+    #[arg(long)]
+    pub save: bool,
+    /// With --save: write without asking.
+    #[arg(long, short = 'y', requires = "save")]
+    pub yes: bool,
+}
+
 /// A direct change of a running bottle's policy.
 #[derive(Debug, Subcommand)]
 pub enum PolicyChange {
@@ -286,11 +303,58 @@ pub enum PolicyChange {
         #[arg(value_name = "HOST[:PORT]")]
         target: String,
         /// How long it lasts (30s, 10m, 2h, 1d); default: as long as the bottle exists.
-        #[arg(long = "for", value_name = "DURATION")]
+        #[arg(long = "for", value_name = "DURATION", conflicts_with = "save")]
         r#for: Option<String>,
+        #[command(flatten)]
+        save: SaveFlags,
     },
-    /// Remove HOST (that exact entry, the manifest's included) from the allowlist at once.
-    Deny { host: String },
+    /// Refuse HOST at once: its exact allowlist entry (the manifest's included) and its grants are removed, and HOST stays refused even where a wildcard such as `*.example.com` still allows its neighbours.
+    Deny {
+        /// The host (or `*.domain` pattern) to refuse; an IP address leaves `allow_ips`.
+        host: String,
+        #[command(flatten)]
+        save: SaveFlags,
+    },
+    /// Add or remove an egress route: a credential the proxy injects as a header into requests to a host.
+    #[command(subcommand)]
+    Route(RouteChange),
+}
+
+/// `bottle policy ID route add|rm`.
+#[derive(Debug, Subcommand)]
+pub enum RouteChange {
+    /// Inject HEADER: PREFIX+TOKEN into every HTTPS request to HOST; the token is read here, on the host, and never enters the bottle.
+    #[command(
+        after_help = "The token is read now by this command (from the environment variable or the file) and handed to the running proxy; the bottle's state keeps only where it comes from, so `bottle resume` reads it again from the same source (export the variable before resuming). A route for HOST from the manifest or an earlier `route add` is replaced. The host must also be allowed (`allow` in the manifest, or `bottle policy ID allow HOST`).\n\nExamples:\n  bottle policy claude-x1y2z route add api.example.com --header authorization --prefix 'Bearer ' --from-env EXAMPLE_TOKEN\n  bottle policy claude-x1y2z route add api.example.com --header x-api-key --from-file ~/.config/example/key --save"
+    )]
+    Add {
+        /// The host (or `*.domain` pattern) whose requests get the header.
+        host: String,
+        /// The header to set (e.g. `authorization`, `x-api-key`).
+        #[arg(long, value_name = "NAME")]
+        header: String,
+        /// Text before the token in the header value (e.g. `Bearer `).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        prefix: String,
+        /// The route's name (default: the host with dots as dashes).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Read the token from this environment variable of this command.
+        #[arg(
+            long,
+            value_name = "VAR",
+            conflicts_with = "from_file",
+            required_unless_present = "from_file"
+        )]
+        from_env: Option<String>,
+        /// Read the token from this file (trimmed).
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        save: SaveFlags,
+    },
+    /// Remove the route for HOST (the manifest's included) from the running proxy.
+    Rm { host: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,9 @@ pub struct ResumeFrom {
     /// supervise's grants (`policy-grants.json`), copied to the new state
     /// directory: the bundle applies those not yet expired.
     pub grants: Option<PathBuf>,
+    /// supervise's requests (`supervise/`), copied to the new state
+    /// directory: `request_status` and `bottle requests` still know them.
+    pub requests: Option<PathBuf>,
     /// Debian packages approved since (capability requests): the image is
     /// rebuilt with them, and they are kept for the next resume.
     pub image_packages: Vec<String>,

@@ -35,6 +35,9 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         })?;
         state::write_atomic(&dir.file(bottle_sidecars::supervise::GRANTS_FILE), &bytes)?;
     }
+    if let Some(requests) = plan.resume.as_ref().and_then(|r| r.requests.as_ref()) {
+        copy_requests(requests, &dir.file(bottle_sidecars::supervise::DIR))?;
+    }
     let meta = Metadata {
         version: state::METADATA_VERSION,
         identity: plan.identity.clone(),
@@ -253,4 +256,31 @@ fn guest_timeout() -> Duration {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(Duration::from_secs(120), Duration::from_secs)
+}
+
+/// Copy a stopped bottle's kept requests (`supervise/*.json`) into the new
+/// state directory (0700, files 0600); the bundle validates each on read.
+fn copy_requests(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(to)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from)
+        .map_err(|e| anyhow::anyhow!("cannot read the kept requests {}: {e}", from.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_request = name.to_str().is_some_and(|n| n.ends_with(".json"));
+        if is_request && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let bytes = std::fs::read(entry.path()).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the kept request {}: {e}",
+                    entry.path().display()
+                )
+            })?;
+            state::write_atomic(&to.join(&name), &bytes)?;
+        }
+    }
+    Ok(())
 }

@@ -45,6 +45,7 @@ pub fn build(bottle: &Bottle, base_dir: &Path) -> Result<Policy, PolicyError> {
     Ok(Policy {
         allow: hosts(&bottle.allow)?,
         allow_ports: bottle.allow_ports.clone(),
+        deny: Vec::new(),
         passthrough: hosts(&bottle.passthrough)?,
         allow_ips: bottle.allow_ips.clone(),
         rules: bottle

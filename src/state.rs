@@ -347,6 +347,9 @@ const ARCHIVED: &[&str] = &[
     crate::kept::KEPT,
     // supervise's approved grants: `bottle resume` applies them again.
     bottle_sidecars::supervise::GRANTS_FILE,
+    // supervise's requests and decisions: `bottle requests ID` lists them
+    // after the stop, and `bottle resume` takes them along.
+    bottle_sidecars::supervise::DIR,
     // Packages approved for the image: `bottle resume` rebuilds with them.
     crate::kept::IMAGE_ADDITIONS,
 ];

@@ -11,7 +11,7 @@
 
 mod common;
 
-use bottle_test_harness::tls::Upstream;
+use bottle_test_harness::tls::{TestCa, Upstream};
 use common::*;
 
 fn manifest(port: u16) -> String {
@@ -450,4 +450,349 @@ fn docker_an_approved_capability_rebuilds_the_image_on_resume() {
         "echo '{\"a\":7}' | jq .a; cat /workspace/notes.txt",
     ]);
     assert_eq!(stdout(&after), "7\nkept\n", "{}", stderr(&after));
+}
+
+/// The request id of a `request_egress` for `blocked.localhost` filed from inside.
+fn file_egress(sb: &Sandbox, id: &str, port: u16) -> String {
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"request_egress","arguments":{"host":"blocked.localhost","reason":"save test"}}}"#;
+    request_id(&exec(
+        sb,
+        id,
+        port,
+        &format!("mcp proxy.internal:9100 '{call}'\n"),
+    ))
+}
+
+/// `bottle approve --save`: without a terminal and without `--yes` nothing
+/// changes (file, request, proxy); with `--yes` the manifest file gets the
+/// host (its comments kept), stays trusted, and the next `bottle run` of
+/// it, without `bottle trust`, allows the host from the start.
+#[test]
+fn docker_approve_save_writes_the_manifest_and_it_stays_trusted() {
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let text = format!(
+        "# the operator's notes\n{}",
+        manifest(port).replace(
+            "allow = [\"localhost\"]",
+            "allow = [\"localhost\"] # loopback only"
+        )
+    );
+    let id = sb.run_detached("--docker", &text);
+    let stop = StopOnDrop(&sb, id.clone());
+    let path = sb.dir.path().join("bottle.toml");
+    let req = file_egress(&sb, &id, port);
+
+    let out = sb.run(&["approve", &id, &req, "--save"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("no terminal") && stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    assert!(stdout(&sb.run(&["requests", &id])).contains("pending"));
+    assert!(exec(&sb, &id, port, "get blocked.localhost\n").contains("403"));
+
+    let out = sb.run(&["approve", &id, &req, "--save", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("+allow = [\"localhost\", \"blocked.localhost\"] # loopback only"),
+        "the diff: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("stays trusted"), "{}", stdout(&out));
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        saved,
+        text.replace(
+            "allow = [\"localhost\"]",
+            "allow = [\"localhost\", \"blocked.localhost\"]"
+        )
+    );
+    assert!(exec(&sb, &id, port, "get blocked.localhost\n").contains("200 OK"));
+    drop(stop);
+
+    // A new bottle of the saved manifest, with no `bottle trust` since.
+    let out = sb
+        .bottle()
+        .args(["run", "--docker", "--yes", "--detach", "--manifest"])
+        .arg(&path)
+        .arg("a")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = stderr(&out)
+        .split("(identity ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap()
+        .to_string();
+    let _stop = StopOnDrop(&sb, again.clone());
+    let text = exec(&sb, &again, port, "get blocked.localhost\n");
+    assert!(text.contains("200 OK"), "allowed from the start: {text}");
+}
+
+/// `--save` on a bottle of the built-in manifest is refused and writes nothing.
+#[test]
+fn docker_save_on_the_builtin_manifest_is_refused() {
+    if !require_docker("runc") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let out = sb
+        .bottle()
+        .args([
+            "run",
+            "--docker",
+            "--runtime",
+            "runc",
+            "--yes",
+            "--detach",
+            "demo",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stderr(&out)
+        .split("(identity ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap()
+        .to_string();
+    let _stop = StopOnDrop(&sb, id.clone());
+    for args in [
+        vec!["policy", &id, "allow", "a.test", "--save", "--yes"],
+        vec!["policy", &id, "deny", "example.com", "--save", "--yes"],
+    ] {
+        let out = sb.run(&args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("built-in manifest") && err.contains("--manifest"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(sb.cwd()).unwrap().count(), 0);
+}
+
+/// `bottle policy ID route add` injects a credential, read on the host from
+/// the CLI's environment, into HTTPS requests to a loopback upstream at
+/// once; the guest never sees it (not in its environment, not in the
+/// response, which echoes the request) and the state directory keeps only
+/// where it comes from; `route rm` stops it.
+#[test]
+fn docker_route_add_injects_a_credential_the_guest_never_sees() {
+    if !require_docker("runc") {
+        return;
+    }
+    const SECRET: &str = "route-add-s3cr3t-7f1c9a";
+    // curl in the guest (busybox's TLS and the proxy share no cipher suite).
+    let list = stdout(&image_list());
+    if !skip::require(
+        list.lines()
+            .any(|l| l.starts_with("debian\t") && l.contains("\tyes")),
+        "the debian image is not built for this guest agent (bottle image build debian)",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let ca = TestCa::new();
+    let ca_path = ca.write_pem(sb.dir.path());
+    let upstream = Upstream::https(&ca, &["localhost"]);
+    let port = upstream.port();
+    let text = format!(
+        r#"
+[bottles.t]
+image = "debian"
+allow = ["localhost"]
+allow_ports = [{port}]
+allow_ips = ["127.0.0.1"]
+upstream_ca = ["{ca}"]
+supervise = true
+
+[bottles.t.docker]
+runtime = "runc"
+
+[agents.a]
+bottle = "t"
+copy_cwd = false
+command = ["/bin/true"]
+"#,
+        ca = ca_path.display()
+    );
+    let id = sb.run_detached("--docker", &text);
+    let _stop = StopOnDrop(&sb, id.clone());
+    let fetch = |path: &str| -> String {
+        let out = sb.run(&[
+            "exec",
+            &id,
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("curl -sS https://localhost:{port}/{path} 2>&1; env"),
+        ]);
+        stdout(&out) + &stderr(&out)
+    };
+    let header = |path: &str, guest: &str| -> Option<String> {
+        upstream
+            .seen()
+            .iter()
+            .find(|r| r.target == format!("/{path}"))
+            .unwrap_or_else(|| panic!("the upstream saw no /{path}; the guest saw:\n{guest}"))
+            .header("x-test-key")
+            .map(str::to_string)
+    };
+
+    let seen = fetch("before");
+    assert!(!seen.contains(SECRET), "{seen}");
+    assert_eq!(header("before", &seen), None, "{seen}");
+
+    let out = sb
+        .bottle()
+        .env("BOTTLE_TEST_ROUTE_TOKEN", SECRET)
+        .args([
+            "policy",
+            &id,
+            "route",
+            "add",
+            "localhost",
+            "--header",
+            "x-test-key",
+            "--from-env",
+            "BOTTLE_TEST_ROUTE_TOKEN",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = fetch("with-route");
+    assert_eq!(
+        header("with-route", &seen).as_deref(),
+        Some(SECRET),
+        "{seen}"
+    );
+    assert!(!seen.contains(SECRET), "the guest saw the token: {seen}");
+    let shown = stdout(&sb.run(&["policy", &id]));
+    assert!(
+        shown.contains("localhost") && shown.contains("x-test-key") && !shown.contains(SECRET),
+        "{shown}"
+    );
+    // The state directory names the source, never the value.
+    let grants =
+        std::fs::read_to_string(sb.state_dir().join(&id).join("policy-grants.json")).unwrap();
+    assert!(grants.contains("BOTTLE_TEST_ROUTE_TOKEN") && !grants.contains(SECRET));
+    for entry in walk(&sb.state_dir().join(&id)) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "{} holds the token",
+            entry.display()
+        );
+    }
+
+    let out = sb.run(&["policy", &id, "route", "rm", "localhost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = fetch("after-rm");
+    assert_eq!(header("after-rm", &seen), None, "{seen}");
+    let out = sb.run(&["policy", &id, "route", "rm", "localhost"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no route"), "{}", stderr(&out));
+}
+
+/// Every regular file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A stopped bottle's requests and decisions are kept: `bottle requests ID`
+/// lists them after `bottle stop`, and after `bottle resume` too.
+#[test]
+fn docker_requests_survive_stop_and_resume() {
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let id = sb.run_detached("--docker", &manifest(port));
+    let _stop = StopOnDrop(&sb, id.clone());
+    let approved = file_egress(&sb, &id, port);
+    let pending = file_egress(&sb, &id, port);
+    let out = sb.run(&["approve", &id, &approved]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(&["stop", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = |what: &str| {
+        let out = sb.run(&["requests", &id]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
+        for (req, state) in [(&approved, "approved"), (&pending, "pending")] {
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(req.as_str()) && l.contains(state)),
+                "{what}: {req} {state} in\n{text}"
+            );
+        }
+    };
+    listed("stopped");
+    let out = sb.run(&["resume", &id, "--detach", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    listed("resumed");
+}
+
+/// `bottle policy ID deny HOST` refuses a host a wildcard allows, at once,
+/// while the wildcard's other hosts still pass; `allow HOST` lifts it.
+#[test]
+fn docker_deny_refuses_a_host_under_an_allowed_wildcard() {
+    if !require_docker("runc") {
+        return;
+    }
+    let upstream = Upstream::http();
+    let port = upstream.port();
+    let sb = Sandbox::new();
+    let text = manifest(port)
+        .replace("allow = [\"localhost\"]", "allow = [\"*.localhost\"]")
+        .replace(
+            "resolve = { \"blocked.localhost\" = ",
+            &format!(
+                "resolve = {{ \"b.localhost\" = \"127.0.0.1:{port}\", \"blocked.localhost\" = "
+            ),
+        );
+    let id = sb.run_detached("--docker", &text);
+    let _stop = StopOnDrop(&sb, id.clone());
+    let both = "echo '--- a'; get blocked.localhost; echo '--- b'; get b.localhost\n";
+    let split = |text: &str| -> (String, String) {
+        let rest = text.split("--- a").nth(1).unwrap();
+        let mut parts = rest.split("--- b");
+        (
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+        )
+    };
+    let (a, b) = split(&exec(&sb, &id, port, both));
+    assert!(a.contains("200 OK") && b.contains("200 OK"), "{a}\n{b}");
+    let out = sb.run(&["policy", &id, "deny", "blocked.localhost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, b) = split(&exec(&sb, &id, port, both));
+    assert!(a.contains("403") && a.contains("host-denied"), "{a}");
+    assert!(b.contains("200 OK"), "the wildcard's other hosts pass: {b}");
+    let out = sb.run(&["policy", &id, "allow", "blocked.localhost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, _) = split(&exec(&sb, &id, port, both));
+    assert!(a.contains("200 OK"), "{a}");
 }

@@ -151,6 +151,10 @@ pub struct Policy {
     /// Hosts that are spliced without TLS interception (still allowlisted).
     #[serde(default)]
     pub passthrough: Vec<HostPattern>,
+    /// Hosts refused even when `allow` covers them (the operator's `bottle
+    /// policy ID deny`): checked before `allow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<HostPattern>,
     /// Addresses or CIDRs exempt from the SSRF guard (and allowed as IP literals).
     #[serde(default)]
     pub allow_ips: Vec<String>,

@@ -61,7 +61,7 @@ async fn the_python_sdk_files_requests_and_a_decision_reaches_it() {
         dir.path().to_path_buf(),
         base,
         audit,
-        Arc::new(move |p| {
+        Arc::new(move |p, _| {
             a.lock().unwrap().push(p);
             Ok(())
         }),

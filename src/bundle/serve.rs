@@ -218,7 +218,7 @@ fn start_supervise(
         dir.to_path_buf(),
         config.policy.clone(),
         proxy.audit_log().clone(),
-        Arc::new(move |policy| p.reload(policy).map_err(|e| e.to_string())),
+        Arc::new(move |policy, fresh| p.reload_with(policy, fresh).map_err(|e| e.to_string())),
     );
     sc.git_remotes = config.git.iter().map(|g| g.name.clone()).collect();
     let supervisor = Supervisor::new(sc).context("cannot start supervise")?;

@@ -9,6 +9,7 @@ mod lifecycle;
 mod ls;
 mod resume;
 pub(crate) mod run;
+mod save;
 pub(crate) mod supervise;
 mod trust;
 
@@ -75,9 +76,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { id } => lifecycle::logs(&id),
         Command::Policy { id, change, json } => supervise::policy(&id, change, json),
         Command::Requests { id, json } => supervise::requests(id.as_deref(), json),
-        Command::Approve { id, request, r#for } => {
-            supervise::approve(&id, &request, r#for.as_deref())
-        }
+        Command::Approve {
+            id,
+            request,
+            r#for,
+            save,
+            yes,
+        } => supervise::approve(
+            &id,
+            &request,
+            r#for.as_deref(),
+            crate::cli::SaveFlags { save, yes },
+        ),
         Command::Reject {
             id,
             request,

@@ -66,6 +66,7 @@ pub fn resume(id: &str, detach: bool, yes: bool) -> anyhow::Result<()> {
     );
     let grants =
         Some(archive.join(bottle_sidecars::supervise::GRANTS_FILE)).filter(|p| p.is_file());
+    let requests = Some(archive.join(bottle_sidecars::supervise::DIR)).filter(|p| p.is_dir());
     let image_packages = kept::image_additions(&archive);
     kept::add_packages(&mut plan, &image_packages)?;
     if !image_packages.is_empty() {
@@ -79,6 +80,7 @@ pub fn resume(id: &str, detach: bool, yes: bool) -> anyhow::Result<()> {
         workspace,
         transcripts,
         grants,
+        requests,
         image_packages,
     });
     if !yes {

@@ -6,10 +6,13 @@
 
 use super::print;
 use super::UsageError;
+use crate::cli::SaveFlags;
+use crate::manifest::edit::Edit;
 use crate::state::{self, StateDir};
 use anyhow::Context;
+use bottle_sidecars::policy::{HostPattern, Route, TokenSource};
 use bottle_sidecars::supervise::control::{self, ControlRequest, ControlResponse};
-use bottle_sidecars::supervise::request::{Request, Status};
+use bottle_sidecars::supervise::request::{Ask, Request, Status};
 use bottle_sidecars::supervise::store::Store;
 use bottle_sidecars::supervise::{now_secs, CONTROL_SOCKET, DIR};
 use std::time::Duration;
@@ -78,28 +81,39 @@ fn line(bottle: &str, r: &Request) -> String {
     out
 }
 
-/// `bottle requests [ID]`: the requests of one bottle, or of every running one.
+/// `bottle requests [ID]`: the requests of one bottle (running, or stopped
+/// and kept for `bottle resume`), or of every running one.
 pub fn requests(id: Option<&str>, json: bool) -> anyhow::Result<()> {
     let root = state::state_root()?;
-    let dirs: Vec<StateDir> = match id {
-        Some(id) => vec![StateDir::open(&root, id)?],
+    // (identity, directory holding `supervise/`): a running bottle's state
+    // dir, or what a stopped one kept.
+    let dirs: Vec<(String, std::path::PathBuf)> = match id {
+        Some(id) => match StateDir::open(&root, id) {
+            Ok(dir) => vec![(id.to_string(), dir.path().to_path_buf())],
+            Err(e) => match state::archived(&root, id) {
+                Some(archive) => vec![(id.to_string(), archive)],
+                None => return Err(e.into()),
+            },
+        },
         None => state::list(&root)?
             .into_iter()
             .filter_map(|e| match e {
-                state::Entry::Ok(dir, meta) if crate::bundle::is_alive(&meta) => Some(dir),
+                state::Entry::Ok(dir, meta) if crate::bundle::is_alive(&meta) => {
+                    Some((dir.identity().to_string(), dir.path().to_path_buf()))
+                }
                 _ => None,
             })
             .collect(),
     };
     let mut all = Vec::new();
-    for dir in &dirs {
-        let path = dir.path().join(DIR);
+    for (identity, dir) in &dirs {
+        let path = dir.join(DIR);
         if !path.is_dir() {
             continue;
         }
         let store = Store::open(&path)?;
         for r in store.list()? {
-            all.push((dir.identity().to_string(), r));
+            all.push((identity.clone(), r));
         }
     }
     if json {
@@ -126,24 +140,81 @@ fn decide(id: &str, request: ControlRequest) -> anyhow::Result<Request> {
     }
 }
 
-/// `bottle policy ID [allow HOST[:PORT] [--for D] | deny HOST]`.
+/// `bottle policy ID [allow HOST[:PORT] [--for D] | deny HOST | route add|rm …]`,
+/// with `--save` writing the change into the manifest too.
 pub fn policy(
     id: &str,
     change: Option<crate::cli::PolicyChange>,
     json: bool,
 ) -> anyhow::Result<()> {
-    use crate::cli::PolicyChange;
-    match change {
-        None if json => print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&policy_show(id)?)?
-        )),
-        None => print(&render_policy(&policy_show(id)?)),
-        Some(PolicyChange::Allow { target, r#for }) => print(&format!(
-            "{}\n",
-            policy_allow(id, &target, r#for.as_deref())?
-        )),
-        Some(PolicyChange::Deny { host }) => print(&format!("{}\n", policy_deny(id, &host)?)),
+    use crate::cli::{PolicyChange, RouteChange};
+    let (request, edits, save) = match change {
+        None => (ControlRequest::Show, Vec::new(), SaveFlags::default()),
+        Some(PolicyChange::Allow {
+            target,
+            r#for,
+            save,
+        }) => {
+            let (host, port) = split_target(&target)?;
+            let mut edits = vec![allow_edit(&host)];
+            edits.extend(port.map(Edit::AllowPort));
+            let request = ControlRequest::Allow {
+                host,
+                port,
+                for_secs: r#for
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .map(|d| d.as_secs()),
+            };
+            (request, edits, save)
+        }
+        Some(PolicyChange::Deny { host, save }) => (
+            ControlRequest::Deny { host: host.clone() },
+            vec![Edit::RemoveHost(host)],
+            save,
+        ),
+        Some(PolicyChange::Route(RouteChange::Add {
+            host,
+            header,
+            prefix,
+            name,
+            from_env,
+            from_file,
+            save,
+        })) => {
+            let (route, token, edit) =
+                route_from_host(id, &host, header, prefix, name, from_env, from_file)?;
+            (
+                ControlRequest::RouteAdd {
+                    route,
+                    token: control::Secret(token),
+                },
+                vec![edit],
+                save,
+            )
+        }
+        Some(PolicyChange::Route(RouteChange::Rm { host })) => (
+            ControlRequest::RouteRm { host },
+            Vec::new(),
+            SaveFlags::default(),
+        ),
+    };
+    let pending = match save.save {
+        true => prepare_save(id, &edits, save.yes)?,
+        false => None,
+    };
+    match control_call(id, &request)? {
+        ControlResponse::Policy(v) if json => {
+            print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+        }
+        ControlResponse::Policy(v) => print(&render_policy(&v)),
+        ControlResponse::Done(text) => {
+            print(&format!("{text}; the proxy applies it now\n"))?;
+            finish_save(pending.as_ref())
+        }
+        ControlResponse::Error(e) => Err(UsageError(e).into()),
+        other => anyhow::bail!("the bundle answered {other:?}"),
     }
 }
 
@@ -199,6 +270,99 @@ fn policy_change(id: &str, request: ControlRequest) -> anyhow::Result<String> {
         ControlResponse::Error(e) => Err(UsageError(e).into()),
         other => anyhow::bail!("the bundle answered {other:?}"),
     }
+}
+
+/// The manifest edit that allows `host`: an IP address goes to `allow_ips`.
+fn allow_edit(host: &str) -> Edit {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        Edit::AllowIp(host.to_string())
+    } else {
+        Edit::AllowHost(host.to_string())
+    }
+}
+
+/// The change `--save` makes, computed, shown and confirmed before the
+/// running bottle changes (so a refusal changes nothing anywhere); none
+/// when the manifest already says so.
+fn prepare_save(
+    id: &str,
+    edits: &[Edit],
+    yes: bool,
+) -> anyhow::Result<Option<super::save::Pending>> {
+    let (_, meta) = super::lifecycle::open(id)?;
+    let pending = super::save::prepare(&meta, edits)?;
+    match &pending {
+        Some(p) => p.confirm(yes)?,
+        None => eprintln!("the manifest already says so: nothing to save"),
+    }
+    Ok(pending)
+}
+
+fn finish_save(pending: Option<&super::save::Pending>) -> anyhow::Result<()> {
+    match pending {
+        Some(p) => {
+            let said = p
+                .write()
+                .context("the running bottle changed, but the manifest was not saved")?;
+            print(&format!("{said}\n"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A route for `route add`, its token read here on the host, and the
+/// manifest entry `--save` writes (the source, never the token).
+fn route_from_host(
+    id: &str,
+    host: &str,
+    header: String,
+    prefix: String,
+    name: Option<String>,
+    from_env: Option<String>,
+    from_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<(Route, String, Edit)> {
+    let pattern = HostPattern::parse(host)
+        .map_err(|e| UsageError(format!("`{host}` is not a host pattern: {e}")))?;
+    let (token, source) = match (from_env, from_file) {
+        (Some(var), None) => (TokenSource::Env(var.clone()), ("env".to_string(), var)),
+        (None, Some(path)) => {
+            let abs = std::path::absolute(&path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?;
+            let shown = abs.display().to_string();
+            (TokenSource::File(abs), ("file".to_string(), shown))
+        }
+        _ => return Err(UsageError(
+            "name where the token comes from: exactly one of --from-env VAR or --from-file PATH"
+                .into(),
+        )
+        .into()),
+    };
+    let route_name = name.clone().unwrap_or_else(|| {
+        crate::manifest::route_name(&crate::manifest::Route {
+            name: None,
+            host: host.to_string(),
+            header: header.clone(),
+            prefix: String::new(),
+            token: Default::default(),
+        })
+    });
+    let route = Route {
+        name: route_name,
+        host: pattern,
+        header: header.clone(),
+        prefix: prefix.clone(),
+        token,
+    };
+    let resolved = bottle_sidecars::proxy::routes::resolve(&route)
+        .map_err(|e| UsageError(format!("{e}; bottle {id} was not changed")))?;
+    let edit = Edit::Route {
+        name,
+        host: host.to_string(),
+        header,
+        prefix,
+        source,
+    };
+    Ok((route, resolved.token.expose().to_string(), edit))
 }
 
 /// `HOST` or `HOST:PORT`.
@@ -284,12 +448,61 @@ fn control_call(id: &str, request: &ControlRequest) -> anyhow::Result<ControlRes
         .with_context(|| format!("cannot reach bottle {id}'s bundle at {}", sock.display()))
 }
 
-/// `bottle approve ID REQ [--for DURATION]`.
-pub fn approve(id: &str, req: &str, duration: Option<&str>) -> anyhow::Result<()> {
+/// The manifest edits that save an approval of `ask`, or why it cannot be saved.
+fn approval_edits(ask: &Ask) -> Result<Vec<Edit>, UsageError> {
+    match ask {
+        Ask::RequestEgress {
+            host,
+            port,
+            methods,
+            paths,
+        } => {
+            let mut edits = vec![allow_edit(host)];
+            edits.extend(port.map(Edit::AllowPort));
+            if !methods.is_empty() || !paths.is_empty() {
+                edits.push(Edit::Rule {
+                    host: host.clone(),
+                    methods: methods.clone(),
+                    paths: paths.clone(),
+                });
+            }
+            Ok(edits)
+        }
+        Ask::RequestCapability { name } if bottle_util::debian::is_package_name(name) => {
+            Ok(vec![Edit::AddPackage(name.clone())])
+        }
+        Ask::RequestCapability { name } => Err(UsageError(format!(
+            "`{name}` is not a Debian package name, so there is nothing bottle can write for it; \
+             approve without --save and change the manifest yourself; nothing was changed"
+        ))),
+        Ask::RequestRoute { host } => Err(UsageError(format!(
+            "a route needs a header and a place to read the credential from, which only you can \
+             name; nothing was changed. Approve without --save, then add it with `bottle policy \
+             ID route add {host} --header NAME --from-env VAR --save`"
+        ))),
+    }
+}
+
+/// `bottle approve ID REQ [--for DURATION] [--save [--yes]]`.
+pub fn approve(id: &str, req: &str, duration: Option<&str>, save: SaveFlags) -> anyhow::Result<()> {
     let for_secs = duration
         .map(parse_duration)
         .transpose()?
         .map(|d| d.as_secs());
+    let pending = if save.save {
+        let (dir, _) = super::lifecycle::open(id)?;
+        let request = Store::open(&dir.path().join(DIR))?.get(req)?;
+        if request.status != Status::Pending {
+            return Err(UsageError(format!(
+                "request `{req}` was already decided ({}); nothing was changed",
+                request.status.as_str()
+            ))
+            .into());
+        }
+        prepare_save(id, &approval_edits(&request.ask)?, save.yes)?
+    } else {
+        None
+    };
     let r = decide(
         id,
         ControlRequest::Approve {
@@ -302,10 +515,8 @@ pub fn approve(id: &str, req: &str, duration: Option<&str>) -> anyhow::Result<()
         |u| format!("ends {}", when(u)),
     );
     let effect = match &r.ask {
-        bottle_sidecars::supervise::request::Ask::RequestEgress { .. } => {
-            "the proxy allows it now".to_string()
-        }
-        bottle_sidecars::supervise::request::Ask::RequestCapability { name } => {
+        Ask::RequestEgress { .. } => "the proxy allows it now".to_string(),
+        Ask::RequestCapability { name } => {
             match crate::kept::add_image_package(id, name)? {
                 true => format!(
                     "package `{name}` joins the image of {id}: `bottle stop {id}` then `bottle resume {id}` rebuilds the image with it and brings the agent back with its workspace"
@@ -320,7 +531,8 @@ pub fn approve(id: &str, req: &str, duration: Option<&str>) -> anyhow::Result<()
         "approved {} ({}): {effect}; {lasting}\n",
         r.id,
         r.ask.summary()
-    ))
+    ))?;
+    finish_save(pending.as_ref())
 }
 
 /// `bottle reject ID REQ [--reason TEXT]`.

@@ -6,6 +6,7 @@
 //! references, exclusive keys, host patterns, pinned host keys).
 
 mod diag;
+pub mod edit;
 pub mod paths;
 mod structure;
 mod suggest;

@@ -70,6 +70,15 @@ pub fn check_target(policy: &Policy, ips: &IpAllowlist, t: &Target) -> Result<()
                 ),
             ));
         }
+    } else if let Some(denied) = policy.deny.iter().find(|p| p.matches_normalized(&t.host)) {
+        return Err(Refusal::forbidden(
+            "host-denied",
+            format!(
+                "host `{}` was denied by the operator (`{denied}`), whatever `allow` says; only \
+                 the operator can allow it again (`bottle policy ID allow {}`).",
+                t.host, t.host
+            ),
+        ));
     } else if !policy.allow.iter().any(|p| p.matches_normalized(&t.host)) {
         return Err(Refusal::forbidden(
             "host-not-allowed",

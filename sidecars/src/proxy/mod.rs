@@ -162,12 +162,19 @@ pub struct State {
 }
 
 impl State {
-    fn build(policy: Policy, base: &Scanner, previous: Option<&State>) -> Result<Self, ProxyError> {
+    fn build(
+        policy: Policy,
+        base: &Scanner,
+        previous: Option<&State>,
+        fresh: &[ResolvedRoute],
+    ) -> Result<Self, ProxyError> {
         let ips = IpAllowlist::parse(&policy.allow_ips)?;
         let mut routes = Vec::with_capacity(policy.routes.len());
         for route in &policy.routes {
-            let reused = previous
-                .and_then(|p| p.routes.iter().find(|r| &r.route == route))
+            let reused = fresh
+                .iter()
+                .find(|r| &r.route == route)
+                .or_else(|| previous.and_then(|p| p.routes.iter().find(|r| &r.route == route)))
                 .cloned();
             routes.push(match reused {
                 Some(r) => r,
@@ -245,7 +252,7 @@ impl Proxy {
         {
             return Err(ProxyError::MaxConnections);
         }
-        let state = State::build(config.policy, &scanner, None)?;
+        let state = State::build(config.policy, &scanner, None, &[])?;
         let state = Arc::new(RwLock::new(Arc::new(state)));
         let tls = upstream::client_config(config.system_roots, &config.extra_root_pems)?;
         let upstream = Arc::new(Upstream {
@@ -289,8 +296,15 @@ impl Proxy {
     /// Swap in a new policy; open connections keep working, new requests
     /// are decided by it. Tokens of unchanged routes are not read again.
     pub fn reload(&self, policy: Policy) -> Result<(), ProxyError> {
+        self.reload_with(policy, &[])
+    }
+
+    /// [`Proxy::reload`], with routes whose tokens were read elsewhere (the
+    /// operator's `route add`): those are used instead of reading their
+    /// source here. Tokens stay in memory only.
+    pub fn reload_with(&self, policy: Policy, fresh: &[ResolvedRoute]) -> Result<(), ProxyError> {
         let current = self.current();
-        let next = State::build(policy, &self.base_scanner, Some(&current))?;
+        let next = State::build(policy, &self.base_scanner, Some(&current), fresh)?;
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(())
     }

@@ -78,12 +78,12 @@ impl ResolvedRoute {
 /// Read the token of `route` from its source.
 pub fn resolve(route: &Route) -> Result<ResolvedRoute, TokenError> {
     let name = || route.name.clone();
-    let header = http::HeaderName::from_bytes(route.header.as_bytes()).map_err(|_| {
-        TokenError::BadHeader {
+    if http::HeaderName::from_bytes(route.header.as_bytes()).is_err() {
+        return Err(TokenError::BadHeader {
             route: name(),
             header: route.header.clone(),
-        }
-    })?;
+        });
+    }
     let raw = match &route.token {
         TokenSource::Env(var) => std::env::var(var).map_err(|_| TokenError::MissingEnv {
             route: name(),
@@ -120,6 +120,19 @@ pub fn resolve(route: &Route) -> Result<ResolvedRoute, TokenError> {
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
     };
+    with_token(route, &raw)
+}
+
+/// `route` with a token read elsewhere (by the operator's `bottle policy ID
+/// route add`, on the host), checked as [`resolve`] checks a read one.
+pub fn with_token(route: &Route, raw: &str) -> Result<ResolvedRoute, TokenError> {
+    let name = || route.name.clone();
+    let header = http::HeaderName::from_bytes(route.header.as_bytes()).map_err(|_| {
+        TokenError::BadHeader {
+            route: name(),
+            header: route.header.clone(),
+        }
+    })?;
     let token = raw.trim().to_string();
     if token.is_empty() {
         return Err(TokenError::Empty { route: name() });

@@ -36,8 +36,27 @@ pub enum ControlRequest {
     },
     /// Remove a host from the allowlist.
     Deny { host: String },
+    /// Add an egress route; `token` is its value, read on the host by the
+    /// CLI (the route names only where it comes from).
+    RouteAdd {
+        route: crate::policy::Route,
+        token: Secret,
+    },
+    /// Remove the routes for a host.
+    RouteRm { host: String },
     /// The effective policy.
     Show,
+}
+
+/// A credential on its way to the bundle: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +102,25 @@ fn handle(supervisor: &Supervisor, line: &str) -> ControlResponse {
                 Ok(()) => ControlResponse::Done(format!("denied {host}")),
                 Err(e) => ControlResponse::Error(e.to_string()),
             }
+        }
+        ControlRequest::RouteAdd { route, token } => {
+            let what = format!(
+                "route `{}` for {} (header {}) added",
+                route.name, route.host, route.header
+            );
+            return match supervisor.add_route(route, &token.0) {
+                Ok(()) => ControlResponse::Done(what),
+                Err(e) => ControlResponse::Error(e.to_string()),
+            };
+        }
+        ControlRequest::RouteRm { host } => {
+            return match supervisor.remove_route(&host) {
+                Ok(true) => ControlResponse::Done(format!("route for {host} removed")),
+                Ok(false) => ControlResponse::Error(format!(
+                    "no route for `{host}` (`bottle policy ID` lists them)"
+                )),
+                Err(e) => ControlResponse::Error(e.to_string()),
+            };
         }
         ControlRequest::Show => return ControlResponse::Policy(supervisor.policy_view()),
     };
@@ -163,7 +201,7 @@ mod tests {
             t.path().to_path_buf(),
             crate::policy::Policy::default(),
             Arc::new(crate::audit::AuditLog::disabled()),
-            Arc::new(|_| Ok(())),
+            Arc::new(|_, _| Ok(())),
         ))
         .unwrap();
         let sock = t.path().join("supervise.ctl");

@@ -4,7 +4,7 @@
 //! them again; [`effective`] is the policy the proxy enforces.
 
 use super::SuperviseError;
-use crate::policy::{HostPattern, Policy, RequestRule};
+use crate::policy::{HostPattern, Policy, RequestRule, Route};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -38,6 +38,13 @@ pub struct Grants {
     /// the allowlist, the manifest's entries included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<String>,
+    /// Egress routes the operator added (`bottle policy ID route add`):
+    /// where each token is read from, never the token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Hosts whose manifest routes the operator removed or replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrouted: Vec<String>,
 }
 
 impl Grants {
@@ -130,7 +137,19 @@ pub fn effective(base: &Policy, grants: &Grants, now: u64) -> Policy {
             .allow
             .retain(|h| !grants.denied.iter().any(|d| *d == h.to_string()));
         policy.allow_ips.retain(|ip| !grants.denied.contains(ip));
+        // A denied host a wildcard still covers is refused before `allow`.
+        for d in &grants.denied {
+            if let Ok(p) = HostPattern::parse(d) {
+                if !policy.deny.contains(&p) {
+                    policy.deny.push(p);
+                }
+            }
+        }
     }
+    policy
+        .routes
+        .retain(|r| !grants.unrouted.contains(&r.host.to_string()));
+    policy.routes.extend(grants.routes.iter().cloned());
     policy
 }
 
@@ -162,6 +181,7 @@ mod tests {
                 grant("a.test", None, None),
             ],
             denied: vec![],
+            ..Grants::default()
         };
         let p = effective(&base, &grants, 50);
         assert_eq!(p.allow.len(), 2);
@@ -171,6 +191,7 @@ mod tests {
         let ip = Grants {
             grants: vec![grant("127.0.0.1", None, None)],
             denied: vec![],
+            ..Grants::default()
         };
         assert_eq!(effective(&base, &ip, 0).allow_ips, vec!["127.0.0.1"]);
         assert!(grants.expire(100));
@@ -191,11 +212,59 @@ mod tests {
         let grants = Grants {
             grants: vec![],
             denied: vec!["a.test".into()],
+            ..Grants::default()
         };
         assert_eq!(
             effective(&base, &grants, 0).allow,
             vec![HostPattern::parse("b.test").unwrap()]
         );
+    }
+
+    #[test]
+    fn a_denied_host_under_an_allowed_wildcard_is_refused_first() {
+        let base = Policy {
+            allow: vec![HostPattern::parse("*.example.com").unwrap()],
+            allow_ports: vec![443],
+            ..Policy::default()
+        };
+        let grants = Grants {
+            denied: vec!["a.example.com".into()],
+            ..Grants::default()
+        };
+        let p = effective(&base, &grants, 0);
+        assert_eq!(p.allow, base.allow, "the wildcard stays");
+        assert_eq!(p.deny, vec![HostPattern::parse("a.example.com").unwrap()]);
+        let ips = crate::proxy::net::IpAllowlist::parse(&[]).unwrap();
+        let target = |h: &str| crate::proxy::target::parse_host(h, 443).unwrap();
+        let refused =
+            crate::proxy::decide::check_target(&p, &ips, &target("a.example.com")).unwrap_err();
+        assert_eq!(refused.rule, "host-denied");
+        assert!(crate::proxy::decide::check_target(&p, &ips, &target("b.example.com")).is_ok());
+    }
+
+    #[test]
+    fn added_routes_replace_the_manifests_for_their_host() {
+        use crate::policy::TokenSource;
+        let route = |host: &str, var: &str| Route {
+            name: host.replace('.', "-"),
+            host: HostPattern::parse(host).unwrap(),
+            header: "x-api-key".into(),
+            prefix: String::new(),
+            token: TokenSource::Env(var.into()),
+        };
+        let base = Policy {
+            routes: vec![route("a.test", "A"), route("b.test", "B")],
+            ..Policy::default()
+        };
+        let grants = Grants {
+            routes: vec![route("a.test", "A2")],
+            unrouted: vec!["a.test".into()],
+            ..Grants::default()
+        };
+        let p = effective(&base, &grants, 0);
+        assert_eq!(p.routes, vec![route("b.test", "B"), route("a.test", "A2")]);
+        let back: Grants = serde_json::from_str(&serde_json::to_string(&grants).unwrap()).unwrap();
+        assert_eq!(back, grants);
     }
 
     #[test]
@@ -208,6 +277,7 @@ mod tests {
         let grants = Grants {
             grants: vec![g],
             denied: vec!["c.test".into()],
+            ..Grants::default()
         };
         grants.save(&path).unwrap();
         assert_eq!(Grants::load(&path).unwrap(), grants);

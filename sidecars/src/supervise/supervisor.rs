@@ -10,13 +10,16 @@ use super::request::{valid_reason, Ask, Request, Status};
 use super::store::Store;
 use super::{id, now_secs, SuperviseError};
 use crate::audit::{AuditLog, AuditRecord, Event, Kind};
-use crate::policy::Policy;
+use crate::policy::{HostPattern, Policy, Route};
+use crate::proxy::routes::ResolvedRoute;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Applies a policy to the running proxy (its atomic reload).
-pub type ApplyPolicy = Arc<dyn Fn(Policy) -> Result<(), String> + Send + Sync>;
+/// Applies a policy to the running proxy (its atomic reload), with the
+/// routes whose tokens the operator just handed over (read on the host by
+/// `bottle policy ID route add`; the proxy reads every other route's own).
+pub type ApplyPolicy = Arc<dyn Fn(Policy, &[ResolvedRoute]) -> Result<(), String> + Send + Sync>;
 
 /// Longest `detail` in an audit line.
 const MAX_DETAIL: usize = 300;
@@ -91,7 +94,8 @@ impl Supervisor {
         if grants.expire(now) {
             grants.save(&config.state_dir.join(super::GRANTS_FILE))?;
         }
-        (config.apply)(effective(&config.base, &grants, now)).map_err(SuperviseError::Reload)?;
+        (config.apply)(effective(&config.base, &grants, now), &[])
+            .map_err(SuperviseError::Reload)?;
         Ok(Arc::new(Self {
             config,
             store,
@@ -227,8 +231,18 @@ impl Supervisor {
     /// Save `next` and apply it to the proxy; on a failed reload the old
     /// grants are saved back and stay in force.
     fn swap(&self, grants: &mut Grants, next: Grants, now: u64) -> Result<(), SuperviseError> {
+        self.swap_with(grants, next, now, &[])
+    }
+
+    fn swap_with(
+        &self,
+        grants: &mut Grants,
+        next: Grants,
+        now: u64,
+        fresh: &[ResolvedRoute],
+    ) -> Result<(), SuperviseError> {
         next.save(&self.grants_path())?;
-        if let Err(e) = (self.config.apply)(effective(&self.config.base, &next, now)) {
+        if let Err(e) = (self.config.apply)(effective(&self.config.base, &next, now), fresh) {
             grants.save(&self.grants_path())?;
             return Err(SuperviseError::Reload(e));
         }
@@ -304,6 +318,77 @@ impl Supervisor {
         self.swap(&mut grants, next, now_secs())
     }
 
+    /// The operator adds an egress route (`bottle policy ID route add`):
+    /// `route` names where its token is read from (kept in the grants, so a
+    /// restarted bundle reads it there); `token` is the value the CLI read
+    /// on the host, handed to the proxy in memory only. A route the
+    /// manifest or an earlier `route add` has for the same host is replaced.
+    pub fn add_route(&self, route: Route, token: &str) -> Result<(), SuperviseError> {
+        let resolved = crate::proxy::routes::with_token(&route, token)
+            .map_err(|e| SuperviseError::Invalid(e.to_string()))?;
+        let host = route.host.to_string();
+        let mut grants = self.lock_grants();
+        let now = now_secs();
+        let current = effective(&self.config.base, &grants, now);
+        if let Some(other) = current
+            .routes
+            .iter()
+            .find(|r| r.name == route.name && r.host != route.host)
+        {
+            return Err(SuperviseError::Invalid(format!(
+                "route name `{}` is taken by the route for `{}`; pick another with --name",
+                route.name, other.host
+            )));
+        }
+        let ask = Ask::RequestRoute { host: host.clone() };
+        self.audit(
+            "operator",
+            "allow",
+            &ask,
+            format!(
+                "route `{}` for {host} (header {}) added by the operator",
+                route.name, route.header
+            ),
+        )?;
+        let mut next = grants.clone();
+        next.routes.retain(|r| r.host != route.host);
+        if !next.unrouted.contains(&host) {
+            next.unrouted.push(host);
+        }
+        next.routes.push(route);
+        self.swap_with(&mut grants, next, now, &[resolved])
+    }
+
+    /// The operator removes the routes for `host` (`bottle policy ID route
+    /// rm`), the manifest's included; false when there was none.
+    pub fn remove_route(&self, host: &str) -> Result<bool, SuperviseError> {
+        let pattern = HostPattern::parse(host)
+            .map_err(|e| SuperviseError::Invalid(format!("`{host}` is not a host: {e}")))?;
+        let mut grants = self.lock_grants();
+        let now = now_secs();
+        if !effective(&self.config.base, &grants, now)
+            .routes
+            .iter()
+            .any(|r| r.host == pattern)
+        {
+            return Ok(false);
+        }
+        let host = pattern.to_string();
+        self.audit(
+            "operator",
+            "deny",
+            &Ask::RequestRoute { host: host.clone() },
+            format!("route for {host} removed by the operator"),
+        )?;
+        let mut next = grants.clone();
+        next.routes.retain(|r| r.host != pattern);
+        if !next.unrouted.contains(&host) {
+            next.unrouted.push(host);
+        }
+        self.swap(&mut grants, next, now)?;
+        Ok(true)
+    }
+
     /// The operator rejects `id`, with an optional note for the agent.
     pub fn reject(&self, id: &str, note: Option<String>) -> Result<Request, SuperviseError> {
         let _grants = self.lock_grants();
@@ -358,7 +443,7 @@ impl Supervisor {
         }
         let mut next = grants.clone();
         next.expire(now);
-        (self.config.apply)(effective(&self.config.base, &next, now))
+        (self.config.apply)(effective(&self.config.base, &next, now), &[])
             .map_err(SuperviseError::Reload)?;
         next.save(&self.grants_path())?;
         *grants = next;
@@ -449,7 +534,7 @@ mod tests {
         let log = Arc::new(AuditLog::open(&audit, crate::audit::AuditOptions::new("b1")).unwrap());
         let applied = Arc::new(Mutex::new(Vec::new()));
         let a = applied.clone();
-        let apply: ApplyPolicy = Arc::new(move |p| {
+        let apply: ApplyPolicy = Arc::new(move |p, _| {
             a.lock().unwrap().push(p);
             Ok(())
         });
@@ -536,6 +621,49 @@ mod tests {
     }
 
     #[test]
+    fn an_added_route_reaches_the_proxy_with_its_token_and_the_disk_without() {
+        use crate::policy::TokenSource;
+        let t = tempfile::tempdir().unwrap();
+        /// Each applied policy with the tokens handed over with it.
+        type Applied = Vec<(Policy, Vec<String>)>;
+        let seen: Arc<Mutex<Applied>> = Arc::default();
+        let s2 = seen.clone();
+        let apply: ApplyPolicy = Arc::new(move |p, fresh| {
+            let tokens = fresh.iter().map(|r| r.token.expose().to_string()).collect();
+            s2.lock().unwrap().push((p, tokens));
+            Ok(())
+        });
+        let sup = Supervisor::new(SupervisorConfig::new(
+            t.path().to_path_buf(),
+            base(),
+            Arc::new(AuditLog::disabled()),
+            apply,
+        ))
+        .unwrap();
+        let route = Route {
+            name: "a-test".into(),
+            host: HostPattern::parse("a.test").unwrap(),
+            header: "x-api-key".into(),
+            prefix: String::new(),
+            token: TokenSource::Env("A_TOKEN".into()),
+        };
+        assert!(sup.add_route(route.clone(), "").is_err(), "an empty token");
+        sup.add_route(route.clone(), "s3cr3t-value\n").unwrap();
+        let (p, tokens) = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(p.routes, vec![route.clone()]);
+        assert_eq!(tokens, ["s3cr3t-value"]);
+        let on_disk = std::fs::read_to_string(t.path().join(super::super::GRANTS_FILE)).unwrap();
+        assert!(
+            on_disk.contains("A_TOKEN") && !on_disk.contains("s3cr3t"),
+            "{on_disk}"
+        );
+        assert!(sup.policy_view().to_string().contains("x-api-key"));
+        assert!(sup.remove_route("a.test").unwrap());
+        assert!(!sup.remove_route("a.test").unwrap());
+        assert!(seen.lock().unwrap().last().unwrap().0.routes.is_empty());
+    }
+
+    #[test]
     fn grants_and_requests_survive_a_restart() {
         let f = fixture();
         let r = f.sup.submit(egress("b.test"), "docs", "guest").unwrap();
@@ -574,7 +702,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let log = Arc::new(AuditLog::disabled());
         let mut c =
-            SupervisorConfig::new(t.path().to_path_buf(), base(), log, Arc::new(|_| Ok(())));
+            SupervisorConfig::new(t.path().to_path_buf(), base(), log, Arc::new(|_, _| Ok(())));
         c.per_minute = 1000;
         let sup = Supervisor::new(c).unwrap();
         for _ in 0..32 {

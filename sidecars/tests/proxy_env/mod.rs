@@ -110,6 +110,7 @@ pub fn base_policy(port: u16, plain_port: u16, token_file: PathBuf) -> Policy {
         .map(|h| pat(h))
         .collect(),
         allow_ports: vec![port, plain_port],
+        deny: Vec::new(),
         passthrough: vec![pat("passthrough.test")],
         allow_ips: vec!["127.0.0.1".into()],
         rules: vec![RequestRule {
