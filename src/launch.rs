@@ -28,7 +28,27 @@ use std::time::Duration;
 pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let backend = backend_for(plan.backend);
     let root = state::state_root()?;
-    let dir = StateDir::create(&root, &plan.identity)?;
+    // A VM bottle claims a pooled guest of its shape when a pool runs.
+    timing::step("claim-start");
+    let (dir, pooled) = match crate::pool::claim(&root, plan) {
+        crate::pool::Start::Warm(claimed) => {
+            timing::step("claimed");
+            eprintln!(
+                "bottle: warm: claimed pooled guest {} (qemu pid {})",
+                claimed.entry.identity,
+                claimed
+                    .entry
+                    .vm_pid
+                    .map_or_else(|| "?".to_string(), |p| p.to_string())
+            );
+            (claimed.dir, Some(claimed.entry))
+        }
+        crate::pool::Start::Cold(why) => {
+            eprintln!("bottle: cold boot: {why}");
+            (StateDir::create(&root, &plan.identity)?, None)
+        }
+        crate::pool::Start::NoPool => (StateDir::create(&root, &plan.identity)?, None),
+    };
     if let Some(grants) = plan.resume.as_ref().and_then(|r| r.grants.as_ref()) {
         let bytes = std::fs::read(grants).map_err(|e| {
             anyhow::anyhow!("cannot read the kept grants {}: {e}", grants.display())
@@ -42,16 +62,17 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         bottle: plan.bottle.clone(),
         cwd: plan.cwd.clone(),
         backend: plan.backend,
-        engine: plan.engine,
+        engine: pooled.as_ref().and_then(|e| e.engine).or(plan.engine),
         started_at: state::now_rfc3339(),
         status: Status::Starting,
-        bundle_pid: None,
-        vm_pid: None,
+        bundle_pid: pooled.as_ref().and_then(|e| e.bundle_pid),
+        vm_pid: pooled.as_ref().and_then(|e| e.vm_pid),
         container_id: None,
-        cgroup: None,
+        cgroup: pooled.as_ref().and_then(|e| e.cgroup.clone()),
         command: plan.command.clone(),
         audit_head: None,
         manifest: plan.manifest_path.clone(),
+        pooled: pooled.as_ref().map(|e| e.identity.clone()),
     };
     dir.write_metadata(&meta)?;
     // Approved image additions stay with the bottle for its next resume.
@@ -81,7 +102,19 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     // From here on SIGINT/SIGTERM/SIGHUP tear the bottle down instead of
     // killing this process half way and leaving a VM or container behind.
     let mut interrupts = runtime.block_on(async { Interrupts::new() })?;
-    if let Err(e) = backend.launch(plan, &dir) {
+    if pooled.is_some() {
+        // Its bundle builds the bottle's guards now; the pool refills
+        // behind it once this bottle is provisioned.
+        if let Err(e) = crate::pool::attach(plan, &dir) {
+            return Err(fail(e.context(format!(
+                "cannot give the pooled guest to {}",
+                plan.identity
+            ))));
+        }
+        if let Err(e) = crate::pool::spawn_refill(&root, Some(&plan.identity)) {
+            eprintln!("bottle: warning: the pool is not refilled: {e:#}");
+        }
+    } else if let Err(e) = backend.launch(plan, &dir) {
         return Err(fail(
             anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
         ));
@@ -107,7 +140,12 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
             started.elapsed().as_millis()
         );
         let ca = crate::provision::read_ca(dir.path())?;
-        crate::provision::provision(&client, plan, &ca).await?;
+        if pooled.is_some() {
+            let hostname = crate::pool::hostname_script(plan);
+            crate::provision::provision_claimed(&client, plan, &ca, &hostname).await?;
+        } else {
+            crate::provision::provision(&client, plan, &ca).await?;
+        }
         anyhow::Ok(client)
     }));
     let client = match ready {
