@@ -41,6 +41,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
                     .vm_pid
                     .map_or_else(|| "?".to_string(), |p| p.to_string())
             );
+            let claimed = *claimed;
             (claimed.dir, Some(claimed.entry))
         }
         crate::pool::Start::Cold(why) => {

@@ -101,7 +101,9 @@ copy_cwd = false
 command = ["/bin/true"]
 "#
     ));
-    let start = sb.run(&["pool", "start", "--size", "1", "--cpus", "1", "--memory", "256"]);
+    let start = sb.run(&[
+        "pool", "start", "--size", "1", "--cpus", "1", "--memory", "256",
+    ]);
     assert!(start.status.success(), "{}", stderr(&start));
     let first_qemu = ready_guest(&sb);
     // The pooled guest is listed apart from bottles.
@@ -215,7 +217,9 @@ copy_cwd = false
 command = ["/bin/true"]
 "#,
     );
-    let start = sb.run(&["pool", "start", "--size", "1", "--cpus", "1", "--memory", "256"]);
+    let start = sb.run(&[
+        "pool", "start", "--size", "1", "--cpus", "1", "--memory", "256",
+    ]);
     assert!(start.status.success(), "{}", stderr(&start));
     let pooled = ready_guest(&sb);
     let out = sb

@@ -21,7 +21,7 @@ pub enum Start {
     /// A pool runs but cannot serve this bottle: why.
     Cold(String),
     /// A pooled guest, moved to the bottle's state directory.
-    Warm(Claimed),
+    Warm(Box<Claimed>),
 }
 
 /// A pooled guest taken for a bottle.
@@ -120,7 +120,7 @@ pub fn claim(root: &Path, plan: &Plan) -> Start {
         }
     };
     match StateDir::adopt(root, &plan.identity, &from) {
-        Ok(dir) => Start::Warm(Claimed { dir, entry }),
+        Ok(dir) => Start::Warm(Box::new(Claimed { dir, entry })),
         Err(e) => {
             super::destroy(root, &name);
             Start::Cold(format!("cannot move pooled guest {name}: {e}"))

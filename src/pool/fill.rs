@@ -193,7 +193,7 @@ pub fn refill(root: &Path, after: Option<&str>) -> anyhow::Result<()> {
         }
         drop(guard);
         // A claim between the last check and the unlock: look once more.
-        if !read(root)?.is_some_and(|p| (p.entries.len() as u64) < u64::from(p.size)) {
+        if read(root)?.is_none_or(|p| (p.entries.len() as u64) >= u64::from(p.size)) {
             return Ok(());
         }
     }
