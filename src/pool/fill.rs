@@ -83,6 +83,10 @@ pub fn stop(root: &Path) -> anyhow::Result<usize> {
 /// and removed unless `dry_run`. Returns their names.
 pub fn sweep(root: &Path, dry_run: bool) -> anyhow::Result<Vec<String>> {
     let pool_dir = dir(root);
+    // Never a pool here: nothing to sweep, and nothing is created.
+    if !pool_dir.is_dir() {
+        return Ok(Vec::new());
+    }
     let _guard = lock(root)?;
     let pool = read(root)?;
     let mut known: BTreeSet<String> = pool
