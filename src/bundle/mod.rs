@@ -11,9 +11,9 @@
 mod serve;
 mod start;
 
-#[cfg(test)]
-pub(crate) use serve::boot_config;
 pub use serve::run;
+#[cfg(test)]
+pub(crate) use serve::vm_boot;
 pub(crate) use serve::ClaimRequest;
 pub use start::{
     is_alive, processes, start, started_under, stop, StartError, BUNDLE_MEMORY_MIB, BUNDLE_PIDS,

@@ -103,7 +103,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             let flows = config.limits.flows as usize;
             let slot = Arc::new(std::sync::OnceLock::new());
             let _ = slot.set(guards);
-            let boot = boot_config(&vm, Some(&config.identity));
+            let boot = vm_boot(&config, &vm);
             serve_vm(dir, vm, boot, flows, slot, None, &mut ready).await
         }
     }
@@ -138,11 +138,17 @@ async fn serve_pooled(dir: PathBuf, config: BundleConfig, mut vm: VmLaunch) -> a
     .await
 }
 
+/// The boot configuration a bundle gives its VM: a bottle's own VM carries
+/// its name; a pooled one (`config.pooled`) carries no name at all.
+pub(crate) fn vm_boot(config: &BundleConfig, vm: &VmLaunch) -> bottle_contract::BootConfig {
+    boot_config(vm, (!config.pooled).then_some(config.identity.as_str()))
+}
+
 /// The boot configuration of a bundle's VM: the network the plan gave it
 /// (the same for every bottle of a pool's shape) and, for a bottle booted
 /// for itself, its hostname. A pooled VM gets no hostname (the guest's
 /// default, `bottle`): the claiming bottle's is set at provisioning.
-pub(crate) fn boot_config(vm: &VmLaunch, hostname: Option<&str>) -> bottle_contract::BootConfig {
+fn boot_config(vm: &VmLaunch, hostname: Option<&str>) -> bottle_contract::BootConfig {
     bottle_contract::BootConfig {
         net: Some(bottle_contract::NetConfig {
             addr: vm.guest,

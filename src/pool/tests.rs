@@ -34,7 +34,7 @@ fn a_pooled_guest_boots_with_nothing_of_any_bottle() {
     };
     // Its kernel command line: the shape's network, no hostname (the guest
     // keeps its default until the claiming bottle's is set at provisioning).
-    let boot = crate::bundle::boot_config(vm, None);
+    let boot = crate::bundle::vm_boot(&config, vm);
     assert_eq!(boot.hostname, None);
     let line = boot.to_cmdline().unwrap();
     assert!(!line.contains("bottle.hostname"), "{line}");
@@ -46,11 +46,14 @@ fn a_pooled_guest_boots_with_nothing_of_any_bottle() {
         panic!("a pooled guest is a VM")
     };
     assert_eq!(
-        crate::bundle::boot_config(vm2, None).to_cmdline().unwrap(),
+        crate::bundle::vm_boot(&other, vm2).to_cmdline().unwrap(),
         line
     );
     // A bottle booted for itself does carry its name.
-    let own = crate::bundle::boot_config(vm, Some("demo-ab12c"));
+    let mut own = config.clone();
+    own.pooled = false;
+    own.identity = "demo-ab12c".into();
+    let own = crate::bundle::vm_boot(&own, vm);
     assert!(own
         .to_cmdline()
         .unwrap()
