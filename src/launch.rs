@@ -32,17 +32,37 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     timing::step("claim-start");
     let (dir, pooled) = match crate::pool::claim(&root, plan) {
         crate::pool::Start::Warm(claimed) => {
-            timing::step("claimed");
-            eprintln!(
-                "bottle: warm: claimed pooled guest {} (qemu pid {})",
-                claimed.entry.identity,
-                claimed
-                    .entry
-                    .vm_pid
-                    .map_or_else(|| "?".to_string(), |p| p.to_string())
-            );
             let claimed = *claimed;
-            (claimed.dir, Some(claimed.entry))
+            timing::step("claimed");
+            // Its bundle builds the bottle's guards now. A guest that fails
+            // here is destroyed and the bottle boots cold instead.
+            let attached = write_kept_grants(plan, &claimed.dir)
+                .and_then(|()| crate::pool::attach(plan, &claimed.dir));
+            // The pool refills behind it once this bottle is provisioned.
+            if let Err(e) = crate::pool::spawn_refill(&root, Some(&plan.identity)) {
+                eprintln!("bottle: warning: the pool is not refilled: {e:#}");
+            }
+            match attached {
+                Ok(()) => {
+                    eprintln!(
+                        "bottle: warm: claimed pooled guest {} (qemu pid {})",
+                        claimed.entry.identity,
+                        claimed
+                            .entry
+                            .vm_pid
+                            .map_or_else(|| "?".to_string(), |p| p.to_string())
+                    );
+                    (claimed.dir, Some(claimed.entry))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "bottle: cold boot: pooled guest {} failed at its claim ({e:#}); it was destroyed",
+                        claimed.entry.identity
+                    );
+                    crate::pool::discard(claimed);
+                    (StateDir::create(&root, &plan.identity)?, None)
+                }
+            }
         }
         crate::pool::Start::Cold(why) => {
             eprintln!("bottle: cold boot: {why}");
@@ -50,11 +70,8 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         }
         crate::pool::Start::NoPool => (StateDir::create(&root, &plan.identity)?, None),
     };
-    if let Some(grants) = plan.resume.as_ref().and_then(|r| r.grants.as_ref()) {
-        let bytes = std::fs::read(grants).map_err(|e| {
-            anyhow::anyhow!("cannot read the kept grants {}: {e}", grants.display())
-        })?;
-        state::write_atomic(&dir.file(bottle_sidecars::supervise::GRANTS_FILE), &bytes)?;
+    if pooled.is_none() {
+        write_kept_grants(plan, &dir)?;
     }
     let meta = Metadata {
         version: state::METADATA_VERSION,
@@ -103,22 +120,13 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     // From here on SIGINT/SIGTERM/SIGHUP tear the bottle down instead of
     // killing this process half way and leaving a VM or container behind.
     let mut interrupts = runtime.block_on(async { Interrupts::new() })?;
-    if pooled.is_some() {
-        // Its bundle builds the bottle's guards now; the pool refills
-        // behind it once this bottle is provisioned.
-        if let Err(e) = crate::pool::attach(plan, &dir) {
-            return Err(fail(e.context(format!(
-                "cannot give the pooled guest to {}",
-                plan.identity
-            ))));
+    // A claimed pooled guest is already running and attached.
+    if pooled.is_none() {
+        if let Err(e) = backend.launch(plan, &dir) {
+            return Err(fail(
+                anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
+            ));
         }
-        if let Err(e) = crate::pool::spawn_refill(&root, Some(&plan.identity)) {
-            eprintln!("bottle: warning: the pool is not refilled: {e:#}");
-        }
-    } else if let Err(e) = backend.launch(plan, &dir) {
-        return Err(fail(
-            anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
-        ));
     }
     if let Some(signal) = runtime.block_on(interrupts.pending()) {
         return Err(fail(anyhow::anyhow!(
@@ -241,6 +249,18 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     dir.retire()?;
     timing::step("torn-down");
     code
+}
+
+/// A resumed bottle's approved supervise grants, where its bundle's
+/// supervise reads them at start (or at a pooled guest's claim).
+fn write_kept_grants(plan: &Plan, dir: &StateDir) -> anyhow::Result<()> {
+    if let Some(grants) = plan.resume.as_ref().and_then(|r| r.grants.as_ref()) {
+        let bytes = std::fs::read(grants).map_err(|e| {
+            anyhow::anyhow!("cannot read the kept grants {}: {e}", grants.display())
+        })?;
+        state::write_atomic(&dir.file(bottle_sidecars::supervise::GRANTS_FILE), &bytes)?;
+    }
+    Ok(())
 }
 
 /// Say what a stopping bottle kept (or could not keep).

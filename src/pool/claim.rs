@@ -128,6 +128,13 @@ pub fn claim(root: &Path, plan: &Plan) -> Start {
     }
 }
 
+/// Destroy a claimed guest whose claim failed: its VM, its bundle, its
+/// directory (it never served the bottle, and is never returned).
+pub fn discard(claimed: Claimed) {
+    super::stop_processes(&claimed.entry);
+    let _ = claimed.dir.remove();
+}
+
 /// Give a claimed guest's bundle the bottle: write the bottle's
 /// `bundle.json` in its (moved) state directory and send the claim on
 /// `pool.sock`; the bundle builds the guards from it and answers.

@@ -249,7 +249,24 @@ fn boot_one(root: &Path, name: &str, shape: &Shape) -> anyhow::Result<()> {
         runtime
             .block_on(async {
                 let client = bottle_guest::host::Client::connect(&d.file(files::CONTROL)).await?;
-                client.wait_ready(Duration::from_secs(120)).await?;
+                // Give up early when the bundle is gone (`bottle pool stop`
+                // destroyed this entry while it booted).
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    match client.wait_ready(Duration::from_secs(2)).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            let alive =
+                                d.read_metadata().is_ok_and(|m| crate::bundle::is_alive(&m));
+                            if !alive {
+                                anyhow::bail!("its bundle exited before the agent answered");
+                            }
+                            if Instant::now() >= deadline {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                }
                 warm_up(&client).await;
                 anyhow::Ok(())
             })

@@ -13,7 +13,7 @@
 mod claim;
 mod fill;
 
-pub use claim::{attach, claim, hostname_script, preview, Claimed, Start};
+pub use claim::{attach, claim, discard, hostname_script, preview, Claimed, Start};
 pub use fill::{reap_dead, refill, spawn_refill, start, stop, sweep, REFILL_SUBCOMMAND};
 
 use crate::bundle::{BundleConfig, Mode, VmLaunch};
