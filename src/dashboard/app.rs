@@ -201,6 +201,7 @@ pub fn run() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let theme = Theme::from_env();
     let mut state = State::new(model::load(&root, time::OffsetDateTime::now_utc())?);
+    state.ui.pool = crate::pool::summary(&root);
     let mut terminal = ratatui::try_init()?;
     let result = event_loop(&mut terminal, &mut state, &root, &exe, theme);
     ratatui::try_restore()?;
@@ -249,7 +250,10 @@ fn event_loop(
         }
         if loaded.elapsed() >= REFRESH {
             match model::load_cached(root, time::OffsetDateTime::now_utc(), &mut cache) {
-                Ok(rows) => state.refresh(rows),
+                Ok(rows) => {
+                    state.refresh(rows);
+                    state.ui.pool = crate::pool::summary(root);
+                }
                 Err(e) => state.ui.message = Some(format!("cannot read {}: {e}", root.display())),
             }
             loaded = Instant::now();

@@ -260,6 +260,21 @@ fn stop_processes(meta: &Metadata) {
     crate::bundle::stop(meta);
 }
 
+/// One line on the pool for the dashboard, `None` without a pool:
+/// `pool: 1 of 2 ready (tiny)` (`bottle pool status` has the rest).
+pub fn summary(root: &Path) -> Option<String> {
+    let p = read(root).ok().flatten()?;
+    let ready = p
+        .entries
+        .iter()
+        .filter(|e| e.ready && entry_alive(root, &e.name))
+        .count();
+    Some(format!(
+        "pool: {ready} of {} ready ({})",
+        p.size, p.shape.image
+    ))
+}
+
 /// A resident set size in KiB (`VmRSS` of /proc/PID/status), 0 when gone.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
