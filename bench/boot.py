@@ -47,7 +47,7 @@ def run_bottle(backend, runtime=None, image=None):
     return totals, steps
 
 
-STEPS = ["planned", "launched", "agent-ready", "provision-ca", "provision-env", "provision-prompt",
+STEPS = ["claim-start", "claimed", "planned", "launched", "agent-ready", "provision-ca", "provision-env", "provision-prompt",
          "provision-skills", "provision-workspace", "provision-git", "provision-settings",
          "provisioned", "command-done", "torn-down"]
 
@@ -79,7 +79,7 @@ def bare_vm(engine):
     name, _, accel = engine.partition("-")
     # The tiny-probe image: same kernel and busybox, an init that prints the
     # marker at once (the real agent prints it only after a host handshake).
-    args = ["target/release/examples/boot", "--runs", str(RUNS), "--engine", name]
+    args = [os.environ.get("BOOT_EXAMPLE", "target/release/examples/boot"), "--runs", str(RUNS), "--engine", name]
     if name == "qemu":
         args += ["--accel", accel or "tcg"]
     p = subprocess.run(args, capture_output=True, text=True)
@@ -101,6 +101,90 @@ def bundle_rss_kib():
             rss = int(line.split()[1])
     subprocess.run([BOTTLE, "stop", ident], env=ENV, capture_output=True)
     return rss
+
+
+def pool(*args):
+    p = subprocess.run([BOTTLE, "pool", *args], env=ENV, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"bottle pool {' '.join(args)} failed:\n{p.stderr}")
+    return p.stdout
+
+
+def pool_status():
+    return json.loads(pool("status", "--json"))
+
+
+def wait_ready(timeout=90):
+    """The pool's ready guest, once the refiller has booted it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = pool_status()
+        ready = [g for g in (s or {}).get("guests", []) if g["status"] == "ready"]
+        if ready:
+            return ready[0]
+        time.sleep(0.1)
+    sys.exit("the pool was not refilled within 90 s")
+
+
+def cpu_ticks(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def idle_cost(guest, seconds=10):
+    """RSS (KiB) of a pooled guest's qemu and bundle, and their CPU % while idle."""
+    pids = [guest["vm_pid"], guest["bundle_pid"]]
+    rss = {}
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                rss[pid] = int(line.split()[1])
+    before = [cpu_ticks(p) for p in pids]
+    time.sleep(seconds)
+    after = [cpu_ticks(p) for p in pids]
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu = [100.0 * (a - b) / hz / seconds for a, b in zip(after, before)]
+    return rss[pids[0]], rss[pids[1]], cpu[0], cpu[1]
+
+
+def run_warm(image=None):
+    """`bottle pool start` of the bench bottle's shape (1 vCPU, 512 MiB), then
+    `bottle run --vm -- true` claiming a pooled guest each time (waiting for
+    the refill between runs, outside the measure). Returns claim-to-exit
+    times (the `claim-start` to `command-done` steps), whole-run times, the
+    steps and the idle cost of one pooled guest."""
+    pool("start", "--size", "1", "--cpus", "1", "--memory", "512", "--image", image or "tiny")
+    try:
+        time.sleep(3)  # let the fresh guest settle before measuring it idle
+        cost = idle_cost(wait_ready())
+        manifest = MANIFEST
+        if image:
+            manifest = os.path.join(STATE, f"boot-warm-{image}.toml")
+            open(manifest, "w").write(open(MANIFEST).read().replace('image = "tiny"', f'image = "{image}"'))
+        trust(manifest)
+        claims, totals, steps, cold = [], [], {}, 0
+        for i in range(RUNS):
+            wait_ready()
+            start = time.monotonic()
+            p = subprocess.run([BOTTLE, "run", "--vm", "--yes", "--manifest", manifest, "bench", "--", "/bin/true"],
+                               env=ENV, capture_output=True, text=True)
+            ms = (time.monotonic() - start) * 1000
+            if p.returncode != 0:
+                print(f"  warm run {i}: failed ({p.returncode}): {p.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+                continue
+            if "warm: claimed pooled guest" not in p.stderr:
+                cold += 1
+                continue
+            at = {step: float(t) for step, t in re.findall(r"bottle: timing (\S+) (\d+) ms", p.stderr)}
+            claims.append(at["command-done"] - at["claim-start"])
+            totals.append(ms)
+            for step, t in at.items():
+                steps.setdefault(step, []).append(t)
+        if cold:
+            print(f"  {cold} run(s) booted cold instead of claiming", file=sys.stderr)
+        return claims, totals, steps, cost
+    finally:
+        pool("stop")
 
 
 def docker_image():
@@ -132,6 +216,30 @@ def main():
     rss = bundle_rss_kib()
     print(f"bundle idle RSS: {rss / 1024:.1f} MiB")
     vm_line = (f"boot p50 ms: {p50(totals):.0f}", f"vm/bare boot ratio: {p50(totals) / bare:.2f}")
+
+    # Warm start: the same bottle claiming a pooled guest (docs/pool.md).
+    claims, warm_totals, warm_steps, cost = run_warm()
+    print(f"\n== VM ({engine}), warm: claiming a pooled guest (bottle pool) ==")
+    warm_lines = []
+    if claims:
+        print(f"claim to exit of `true` (claim-start to command-done): p50 {p50(claims):.0f} ms (min {min(claims):.0f}, max {max(claims):.0f})")
+        print(f"bottle run --vm -- true, warm, to exit: p50 {p50(warm_totals):.0f} ms (cold: {p50(totals):.0f} ms)")
+        print_steps(warm_steps)
+        warm_lines.append(f"warm start p50 ms: {p50(claims):.0f}")
+    else:
+        print("no warm run succeeded")
+    qemu_rss, bundle_rss, qemu_cpu, bundle_cpu = cost
+    idle = (f"pooled guest idle: RSS qemu {qemu_rss / 1024:.0f} MiB + bundle {bundle_rss / 1024:.0f} MiB, "
+            f"CPU qemu {qemu_cpu:.1f} % + bundle {bundle_cpu:.1f} % (10 s)")
+    print(idle)
+    warm_lines.append(idle)
+    if os.environ.get("SKIP_DEBIAN") != "1" and debian_built():
+        claims_deb, _, steps_deb, _ = run_warm("debian")
+        print(f"\n== VM ({engine}), warm, Debian image ==")
+        if claims_deb:
+            print(f"claim to exit of `true` (debian): p50 {p50(claims_deb):.0f} ms")
+            print_steps(steps_deb)
+            warm_lines.append(f"warm start (debian) p50 ms: {p50(claims_deb):.0f}")
 
     # What users run: the Debian image, same run, same engine.
     debian_line = None
@@ -168,6 +276,8 @@ def main():
         print(line)
     print(vm_line[0])
     print(vm_line[1])
+    for line in warm_lines:
+        print(line)
     if debian_line:
         print(debian_line)
 

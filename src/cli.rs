@@ -266,6 +266,16 @@ pub enum Command {
     /// Build, list and remove guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Keep VM guests booted for `bottle run --vm` to claim (warm start): start, status, stop.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Internal: boot the pool's missing guests (started detached by `bottle run`).
+    #[command(name = "__pool-refill", hide = true)]
+    PoolRefill {
+        /// Wait until this bottle is provisioned before booting.
+        #[arg(long)]
+        after: Option<String>,
+    },
     /// Internal: the per-bottle guard bundle process.
     #[command(name = "__bundle", hide = true)]
     Bundle { state_dir: PathBuf },
@@ -355,6 +365,35 @@ pub enum RouteChange {
     },
     /// Remove the route for HOST (the manifest's included) from the running proxy.
     Rm { host: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Boot SIZE guests of one shape (image, vCPUs, memory; the default network and limits) and keep the pool full.
+    #[command(
+        after_help = "A bottle whose plan has this shape claims a pooled guest instead of booting one; a detached refiller boots its replacement. See docs/pool.md.\n\nExamples:\n  bottle pool start\n  bottle pool start --size 2 --image debian --cpus 2 --memory 1024"
+    )]
+    Start {
+        /// Guests kept booted (1-16).
+        #[arg(long, default_value_t = 1)]
+        size: u32,
+        /// The image: tiny, debian, claude.
+        #[arg(long, default_value = "tiny")]
+        image: String,
+        /// vCPUs of each guest (a bottle's `cpus` must match).
+        #[arg(long, default_value_t = 2)]
+        cpus: u8,
+        /// Memory of each guest in MiB (a bottle's `memory_mib` must match).
+        #[arg(long = "memory", default_value_t = 1024)]
+        memory_mib: u32,
+    },
+    /// The pool's shape and guests (name, status, qemu and bundle pids, RSS, boot time).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every pooled guest and forget the pool (bottles that claimed one keep running).
+    Stop,
 }
 
 #[derive(Debug, Subcommand)]

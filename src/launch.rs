@@ -28,12 +28,50 @@ use std::time::Duration;
 pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let backend = backend_for(plan.backend);
     let root = state::state_root()?;
-    let dir = StateDir::create(&root, &plan.identity)?;
-    if let Some(grants) = plan.resume.as_ref().and_then(|r| r.grants.as_ref()) {
-        let bytes = std::fs::read(grants).map_err(|e| {
-            anyhow::anyhow!("cannot read the kept grants {}: {e}", grants.display())
-        })?;
-        state::write_atomic(&dir.file(bottle_sidecars::supervise::GRANTS_FILE), &bytes)?;
+    // A VM bottle claims a pooled guest of its shape when a pool runs.
+    timing::step("claim-start");
+    let (dir, pooled) = match crate::pool::claim(&root, plan) {
+        crate::pool::Start::Warm(claimed) => {
+            let claimed = *claimed;
+            timing::step("claimed");
+            // Its bundle builds the bottle's guards now. A guest that fails
+            // here is destroyed and the bottle boots cold instead.
+            let attached = write_kept_grants(plan, &claimed.dir)
+                .and_then(|()| crate::pool::attach(plan, &claimed.dir));
+            // The pool refills behind it once this bottle is provisioned.
+            if let Err(e) = crate::pool::spawn_refill(&root, Some(&plan.identity)) {
+                eprintln!("bottle: warning: the pool is not refilled: {e:#}");
+            }
+            match attached {
+                Ok(()) => {
+                    eprintln!(
+                        "bottle: warm: claimed pooled guest {} (qemu pid {})",
+                        claimed.entry.identity,
+                        claimed
+                            .entry
+                            .vm_pid
+                            .map_or_else(|| "?".to_string(), |p| p.to_string())
+                    );
+                    (claimed.dir, Some(claimed.entry))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "bottle: cold boot: pooled guest {} failed at its claim ({e:#}); it was destroyed",
+                        claimed.entry.identity
+                    );
+                    crate::pool::discard(claimed);
+                    (StateDir::create(&root, &plan.identity)?, None)
+                }
+            }
+        }
+        crate::pool::Start::Cold(why) => {
+            eprintln!("bottle: cold boot: {why}");
+            (StateDir::create(&root, &plan.identity)?, None)
+        }
+        crate::pool::Start::NoPool => (StateDir::create(&root, &plan.identity)?, None),
+    };
+    if pooled.is_none() {
+        write_kept_grants(plan, &dir)?;
     }
     if let Some(requests) = plan.resume.as_ref().and_then(|r| r.requests.as_ref()) {
         copy_requests(requests, &dir.file(bottle_sidecars::supervise::DIR))?;
@@ -45,16 +83,17 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
         bottle: plan.bottle.clone(),
         cwd: plan.cwd.clone(),
         backend: plan.backend,
-        engine: plan.engine,
+        engine: pooled.as_ref().and_then(|e| e.engine).or(plan.engine),
         started_at: state::now_rfc3339(),
         status: Status::Starting,
-        bundle_pid: None,
-        vm_pid: None,
+        bundle_pid: pooled.as_ref().and_then(|e| e.bundle_pid),
+        vm_pid: pooled.as_ref().and_then(|e| e.vm_pid),
         container_id: None,
-        cgroup: None,
+        cgroup: pooled.as_ref().and_then(|e| e.cgroup.clone()),
         command: plan.command.clone(),
         audit_head: None,
         manifest: plan.manifest_path.clone(),
+        pooled: pooled.as_ref().map(|e| e.identity.clone()),
     };
     dir.write_metadata(&meta)?;
     // Approved image additions stay with the bottle for its next resume.
@@ -84,10 +123,13 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     // From here on SIGINT/SIGTERM/SIGHUP tear the bottle down instead of
     // killing this process half way and leaving a VM or container behind.
     let mut interrupts = runtime.block_on(async { Interrupts::new() })?;
-    if let Err(e) = backend.launch(plan, &dir) {
-        return Err(fail(
-            anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
-        ));
+    // A claimed pooled guest is already running and attached.
+    if pooled.is_none() {
+        if let Err(e) = backend.launch(plan, &dir) {
+            return Err(fail(
+                anyhow::Error::new(e).context(format!("cannot launch {}", plan.identity)),
+            ));
+        }
     }
     if let Some(signal) = runtime.block_on(interrupts.pending()) {
         return Err(fail(anyhow::anyhow!(
@@ -110,7 +152,12 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
             started.elapsed().as_millis()
         );
         let ca = crate::provision::read_ca(dir.path())?;
-        crate::provision::provision(&client, plan, &ca).await?;
+        if pooled.is_some() {
+            let hostname = crate::pool::hostname_script(plan);
+            crate::provision::provision_claimed(&client, plan, &ca, &hostname).await?;
+        } else {
+            crate::provision::provision(&client, plan, &ca).await?;
+        }
         anyhow::Ok(client)
     }));
     let client = match ready {
@@ -205,6 +252,18 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     dir.retire()?;
     timing::step("torn-down");
     code
+}
+
+/// A resumed bottle's approved supervise grants, where its bundle's
+/// supervise reads them at start (or at a pooled guest's claim).
+fn write_kept_grants(plan: &Plan, dir: &StateDir) -> anyhow::Result<()> {
+    if let Some(grants) = plan.resume.as_ref().and_then(|r| r.grants.as_ref()) {
+        let bytes = std::fs::read(grants).map_err(|e| {
+            anyhow::anyhow!("cannot read the kept grants {}: {e}", grants.display())
+        })?;
+        state::write_atomic(&dir.file(bottle_sidecars::supervise::GRANTS_FILE), &bytes)?;
+    }
+    Ok(())
 }
 
 /// Say what a stopping bottle kept (or could not keep).

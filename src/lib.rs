@@ -18,6 +18,7 @@ pub mod launch;
 pub mod manifest;
 pub mod plan;
 pub mod policy;
+pub mod pool;
 pub mod provision;
 pub mod session;
 pub mod state;

@@ -110,6 +110,19 @@ pub struct Metadata {
     /// `bottle resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<PathBuf>,
+    /// The pool entry it was claimed from (`bottle pool`): its bundle and
+    /// VM were started under that name, which their command lines carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled: Option<String>,
+}
+
+impl Metadata {
+    /// What the command lines of this bottle's bundle and VM contain (see
+    /// [`crate::sys::process::pid_matches`]): its identity, or for a claimed
+    /// pooled guest the name of its pool entry.
+    pub fn process_tag(&self) -> &str {
+        self.pooled.as_deref().unwrap_or(&self.identity)
+    }
 }
 
 /// Root of all bottle state: `$BOTTLE_STATE_DIR`, else `$XDG_STATE_HOME/bottle`,
@@ -163,6 +176,20 @@ impl StateDir {
                 source: e,
             }),
         }
+    }
+
+    /// Move the directory `from` (a claimed pool entry, on the same file
+    /// system) to a new identity's place under `root`. Fails if that exists.
+    pub fn adopt(root: &Path, identity: &str, from: &Path) -> Result<Self, StateError> {
+        let path = root.join(identity);
+        if path.exists() {
+            return Err(StateError::Exists(identity.to_string()));
+        }
+        fs::rename(from, &path).map_err(io("move", from))?;
+        Ok(Self {
+            path,
+            identity: identity.to_string(),
+        })
     }
 
     /// Open an existing bottle's directory.
@@ -510,6 +537,7 @@ mod tests {
             command: vec![],
             audit_head: None,
             manifest: None,
+            pooled: None,
         }
     }
 

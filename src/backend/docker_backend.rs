@@ -158,6 +158,7 @@ impl Backend for DockerBackend {
                 .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
             limits: plan.limits,
             resolve: plan.resolve.clone(),
+            pooled: false,
         };
         crate::bundle::start(state, &config, Duration::from_secs(30))?;
         let choice = plan.requested.runtime;

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub struct VmBackend;
 
 /// Kernel and initramfs every VM boots.
-fn boot_assets() -> Result<(PathBuf, PathBuf), (String, String)> {
+pub(crate) fn boot_assets() -> Result<(PathBuf, PathBuf), (String, String)> {
     let kernel = bottle_vmm::kernel::locate().map_err(|e| (format!("no guest kernel: {e}"), "run scripts/build-kernel.sh (builds it from Debian's linux-source-6.1, a few minutes, cached)".to_string()))?;
     let initramfs = crate::images::tiny_initramfs().map_err(|e| {
         (
@@ -57,6 +57,24 @@ fn cached_probe(engine: EngineKind, accel: Accel, kernel: &std::path::Path) -> O
     };
     let key = probe::cache_key(engine, accel, &version, kernel);
     probe::cached(&bottle_vmm::cache_root().join("probes.json"), &key)
+}
+
+/// The engine for `choice` from cached boot probes only (planning must not
+/// boot anything); `None` when a probe it needs is not cached yet.
+pub fn decide_engine(choice: bottle_vmm::EngineChoice) -> Option<bottle_vmm::Selection> {
+    let kernel = bottle_vmm::kernel::locate().ok()?;
+    let krun = cached_probe(EngineKind::Libkrun, Accel::Kvm, &kernel)?;
+    let kvm = if std::env::var("BOTTLE_ACCEL").is_ok_and(|v| v == "tcg") {
+        ProbeResult {
+            ok: false,
+            reason: "BOTTLE_ACCEL=tcg".into(),
+            boot_ms: None,
+        }
+    } else {
+        cached_probe(EngineKind::Qemu, Accel::Kvm, &kernel)?
+    };
+    let qemu_present = engine_version(EngineKind::Qemu).map(|_| ());
+    bottle_vmm::select::decide(choice, &|| krun.clone(), &|| kvm.clone(), qemu_present).ok()
 }
 
 impl Backend for VmBackend {
@@ -108,22 +126,7 @@ impl Backend for VmBackend {
 
     fn prepare(&self, plan: &mut Plan) -> Result<(), BackendError> {
         image_available(plan)?;
-        let choice = plan.requested.engine;
-        let kernel = bottle_vmm::kernel::locate().ok();
-        let decided = kernel.as_ref().and_then(|k| {
-            let krun = cached_probe(EngineKind::Libkrun, Accel::Kvm, k)?;
-            let kvm = if std::env::var("BOTTLE_ACCEL").is_ok_and(|v| v == "tcg") {
-                ProbeResult {
-                    ok: false,
-                    reason: "BOTTLE_ACCEL=tcg".into(),
-                    boot_ms: None,
-                }
-            } else {
-                cached_probe(EngineKind::Qemu, Accel::Kvm, k)?
-            };
-            let qemu_present = engine_version(EngineKind::Qemu).map(|_| ());
-            bottle_vmm::select::decide(choice, &|| krun.clone(), &|| kvm.clone(), qemu_present).ok()
-        });
+        let decided = decide_engine(plan.requested.engine);
         match decided {
             Some(sel) => {
                 plan.engine = Some(Engine::Vm(sel.engine, sel.accel));
@@ -133,62 +136,19 @@ impl Backend for VmBackend {
                 }
             }
             None => {
-                plan.engine = Some(Engine::VmProbed(choice));
+                plan.engine = Some(Engine::VmProbed(plan.requested.engine));
                 plan.engine_reason = Some(
                     "decided at launch by boot probes (libkrun, else qemu with KVM, else qemu TCG)"
                         .to_string(),
                 );
             }
         }
+        plan.start = crate::pool::preview(plan);
         Ok(())
     }
 
     fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
-        let (kernel, initramfs) = boot_assets()
-            .map_err(|(why, fix)| BackendError::Unavailable(format!("{why}; {fix}")))?;
-        let def = crate::images::for_plan(plan)
-            .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
-        let root_disk = match &def {
-            crate::images::ImageDef::Tiny => None,
-            crate::images::ImageDef::Debian(_) => {
-                let dir = crate::images::find(&def)
-                    .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
-                Some(crate::images::root_disk(&dir).ok_or_else(|| {
-                    BackendError::Unavailable(format!(
-                        "image `{}` has no root disk in {}; rebuild it with `bottle image build {}`",
-                        plan.image,
-                        dir.display(),
-                        plan.image
-                    ))
-                })?)
-            }
-        };
-        let mut mac = [0x02, 0, 0, 0, 0, 0];
-        let seed: [u8; 4] = rand::random();
-        mac[2..].copy_from_slice(&seed);
-        let config = BundleConfig {
-            identity: plan.identity.clone(),
-            mode: Mode::Vm(VmLaunch {
-                engine: plan.requested.engine,
-                decided: plan.engine.and_then(Engine::decided_vm),
-                cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
-                memory_mib: plan.memory_mib,
-                kernel,
-                initramfs,
-                root_disk,
-                gateway: plan.network.gateway,
-                guest: plan.network.guest,
-                prefix_len: plan.network.subnet.prefix_len,
-                mtu: plan.network.mtu,
-                guest_mac: mac,
-            }),
-            policy: plan.policy.clone(),
-            git: plan.git_remotes.clone(),
-            extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
-                .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
-            limits: plan.limits,
-            resolve: plan.resolve.clone(),
-        };
+        let config = bundle_config(plan)?;
         crate::bundle::start(state, &config, Duration::from_secs(120))?;
         Ok(())
     }
@@ -209,7 +169,7 @@ impl Backend for VmBackend {
     fn teardown(&self, meta: &Metadata, _state: &StateDir) -> Result<(), BackendError> {
         // The VM first (the bundle would stop it too, but it may be gone).
         if let Some(pid) = meta.vm_pid {
-            crate::sys::process::stop_process(pid, &meta.identity, Duration::from_secs(2));
+            crate::sys::process::stop_process(pid, meta.process_tag(), Duration::from_secs(2));
         }
         crate::bundle::stop(meta);
         Ok(())
@@ -222,4 +182,55 @@ impl Backend for VmBackend {
         }
         Ok(())
     }
+}
+
+/// The bundle config of a VM bottle for `plan` (a fresh MAC each time).
+pub fn bundle_config(plan: &Plan) -> Result<BundleConfig, BackendError> {
+    let (kernel, initramfs) =
+        boot_assets().map_err(|(why, fix)| BackendError::Unavailable(format!("{why}; {fix}")))?;
+    let def =
+        crate::images::for_plan(plan).map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+    let root_disk = match &def {
+        crate::images::ImageDef::Tiny => None,
+        crate::images::ImageDef::Debian(_) => {
+            let dir = crate::images::find(&def)
+                .map_err(|e| BackendError::Unavailable(format!("{e:#}")))?;
+            Some(crate::images::root_disk(&dir).ok_or_else(|| {
+                BackendError::Unavailable(format!(
+                    "image `{}` has no root disk in {}; rebuild it with `bottle image build {}`",
+                    plan.image,
+                    dir.display(),
+                    plan.image
+                ))
+            })?)
+        }
+    };
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    let seed: [u8; 4] = rand::random();
+    mac[2..].copy_from_slice(&seed);
+    let config = BundleConfig {
+        identity: plan.identity.clone(),
+        mode: Mode::Vm(VmLaunch {
+            engine: plan.requested.engine,
+            decided: plan.engine.and_then(Engine::decided_vm),
+            cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
+            memory_mib: plan.memory_mib,
+            kernel,
+            initramfs,
+            root_disk,
+            gateway: plan.network.gateway,
+            guest: plan.network.guest,
+            prefix_len: plan.network.subnet.prefix_len,
+            mtu: plan.network.mtu,
+            guest_mac: mac,
+        }),
+        policy: plan.policy.clone(),
+        git: plan.git_remotes.clone(),
+        extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
+            .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
+        limits: plan.limits,
+        resolve: plan.resolve.clone(),
+        pooled: false,
+    };
+    Ok(config)
 }

@@ -12,8 +12,12 @@ mod serve;
 mod start;
 
 pub use serve::run;
+#[cfg(test)]
+pub(crate) use serve::vm_boot;
+pub(crate) use serve::ClaimRequest;
 pub use start::{
-    is_alive, processes, start, stop, StartError, BUNDLE_MEMORY_MIB, BUNDLE_PIDS, SUBCOMMAND,
+    is_alive, processes, start, started_under, stop, StartError, BUNDLE_MEMORY_MIB, BUNDLE_PIDS,
+    SUBCOMMAND,
 };
 
 use crate::plan::Engine;
@@ -33,6 +37,8 @@ pub mod files {
     pub const GUEST: &str = "guest.sock";
     pub const NET: &str = "net.sock";
     pub const CONSOLE: &str = "console.log";
+    /// A pooled bundle's claim socket (`bottle pool`), gone once claimed.
+    pub const POOL_CLAIM: &str = "pool.sock";
     /// VM: the image's initramfs plus a segment with the guest channel key.
     pub const INITRAMFS: &str = "initramfs.img";
     pub const MIRRORS: &str = "git";
@@ -86,6 +92,10 @@ pub struct BundleConfig {
     /// Names the proxy resolves to fixed addresses (`ADDR` or `ADDR:PORT`).
     #[serde(default)]
     pub resolve: std::collections::BTreeMap<String, String>,
+    /// A pooled guest (`bottle pool`): booted with no guards and no policy
+    /// until a bottle claims it (`identity` is then the pool entry's name).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pooled: bool,
 }
 
 /// The line the bundle prints when it is serving.

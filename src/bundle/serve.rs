@@ -34,111 +34,27 @@ pub fn run(state_dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
-    use bottle_sidecars::proxy::{BottleCa, Proxy, ProxyConfig};
-    let ca = BottleCa::generate(&config.identity).context("cannot make the bottle CA")?;
-    let fingerprint = ca.fingerprint_sha256();
-    crate::state::write_atomic(&dir.join(files::CA), ca.cert_pem().as_bytes())?;
-    let scanner = bottle_sidecars::scanner::Scanner::builtin()
-        .context("cannot load the secret scanner rules")?;
-    let mut proxy_config = ProxyConfig::new(config.identity.clone(), config.policy.clone());
-    proxy_config.audit_path = Some(dir.join(files::AUDIT));
-    let limits = &config.limits;
-    proxy_config.audit_max_bytes = u64::from(limits.audit_file_mib) << 20;
-    proxy_config.audit_keep = limits.audit_files_kept as usize;
-    proxy_config.body_budget = (limits.buffered_mib as usize) << 20;
-    proxy_config.max_connections = limits.connections as usize;
-    proxy_config.extra_root_pems = config.extra_root_pems.clone();
-    if !config.resolve.is_empty() {
-        let mut pins = Vec::new();
-        for (host, raw) in &config.resolve {
-            let pin = bottle_sidecars::proxy::AddressPin::parse(raw)
-                .with_context(|| format!("resolve: `{raw}` for {host} is not an address"))?;
-            pins.push((host.clone(), pin));
-        }
-        proxy_config.resolver = Arc::new(bottle_sidecars::proxy::PinnedResolver::new(
-            pins,
-            proxy_config.resolver.clone(),
-        ));
-    }
-    let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
-    let supervisor = if config.policy.supervise {
-        Some(start_supervise(&dir, &config, &proxy)?)
-    } else {
-        None
-    };
-    let gate = if config.git.is_empty() {
-        None
-    } else {
-        let exe =
-            std::env::current_exe().context("cannot find the bottle binary for git-gate's hook")?;
-        let gate_config = bottle_sidecars::gitgate::GitGateConfig {
-            mirrors_dir: dir.join(files::MIRRORS),
-            remotes: config.git.clone(),
-            hook_command: vec![exe.display().to_string(), "__git-hook".to_string()],
-            audit: Some(proxy.audit_log().clone()),
+    if config.pooled {
+        return match config.mode.clone() {
+            Mode::Vm(vm) => serve_pooled(dir, config, vm).await,
+            Mode::Docker => anyhow::bail!("only a VM bundle can be pooled"),
         };
-        Some(
-            bottle_sidecars::gitgate::GitGate::new(gate_config, scanner)
-                .context("cannot start git-gate")?,
-        )
-    };
-
-    let (guest_sock, control_sock) = match config.mode {
-        Mode::Vm(_) => (dir.join(files::GUEST), dir.join(files::CONTROL)),
-        Mode::Docker => (
-            dir.join(files::SOCK_DIR)
-                .join(bottle_contract::docker::AGENT_SOCKET),
-            dir.join(files::CONTROL),
-        ),
-    };
-    // Only the guest agent can read this launch's channel key, and the mux
-    // takes one guest connection, the first that presents it.
-    let key =
-        bottle_guest::auth::ChannelKey::generate().context("cannot make the guest channel key")?;
-    if matches!(config.mode, Mode::Docker) {
-        let sock_dir = dir.join(files::SOCK_DIR);
-        std::fs::create_dir_all(&sock_dir)?;
-        write_root_only(
-            &sock_dir.join(bottle_contract::docker::KEY_FILE),
-            key.to_hex().as_bytes(),
-        )?;
     }
-    let guest_listener = bind(&guest_sock)?;
-    let control_listener = bind(&control_sock)?;
-    let mux_key = key.clone();
-    // A refused guest connection (a second one, a wrong key) is a line in
-    // the audit chain too (rate-limited like the log line).
-    let audit = proxy.audit_log().clone();
-    let on_refused: bottle_guest::host::RefusalHook = Arc::new(move |line: &str| {
-        let mut record = bottle_sidecars::audit::AuditRecord::new(
-            bottle_sidecars::audit::Kind::Channel,
-            bottle_sidecars::audit::Event::Decided,
-        );
-        record.decision = "deny".to_string();
-        record.rule = "guest-channel".to_string();
-        record.detail = Some(line.to_string());
-        if let Err(e) = audit.append(record) {
-            tracing::warn!("cannot write a channel refusal to the audit log: {e}");
-        }
-    });
-    tokio::spawn(async move {
-        if let Err(e) = bottle_guest::host::run_mux_with(
-            guest_listener,
-            control_listener,
-            mux_key,
-            Some(on_refused),
-        )
-        .await
-        {
-            tracing::error!("guest mux stopped: {e}");
-        }
-    });
-
+    let guards = build_guards(&dir, &config)?;
+    let audit = Arc::new(std::sync::OnceLock::new());
+    let _ = audit.set(guards.proxy.audit_log().clone());
+    let key = start_mux(&dir, &config, audit)?;
     let mut ready = Ready {
-        ca_fingerprint: fingerprint,
+        ca_fingerprint: guards.fingerprint.clone(),
         vm_pid: None,
         engine: None,
     };
+    let Guards {
+        proxy,
+        gate,
+        supervisor,
+        ..
+    } = guards.clone();
     match config.mode.clone() {
         Mode::Docker => {
             let cap = config.limits.connections as usize;
@@ -183,24 +99,210 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Mode::Vm(mut vm) => {
-            let initramfs = dir.join(files::INITRAMFS);
-            bottle_vmm::initramfs_with_secret(
-                &vm.initramfs,
-                &initramfs,
-                bottle_guest::auth::INITRAMFS_KEY_PATH,
-                key.to_hex().as_bytes(),
-            )
-            .context("cannot give the VM its channel key")?;
-            vm.initramfs = initramfs;
+            vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
             let flows = config.limits.flows as usize;
-            let guards = Guards {
-                proxy,
-                gate,
-                supervisor,
-            };
-            serve_vm(dir, config.identity, vm, flows, guards, &mut ready).await
+            let slot = Arc::new(std::sync::OnceLock::new());
+            let _ = slot.set(guards);
+            let boot = vm_boot(&config, &vm);
+            serve_vm(dir, vm, boot, flows, slot, None, &mut ready).await
         }
     }
+}
+
+/// A pooled VM bundle (`bottle pool start`): the guest channel, the netstack
+/// and the booted VM, but no guards, no CA, no policy and no audit log until
+/// a bottle claims it through `pool.sock` (see [`serve_claims`]). Until then
+/// every connection the guest makes to `proxy.internal` is closed at once.
+async fn serve_pooled(dir: PathBuf, config: BundleConfig, mut vm: VmLaunch) -> anyhow::Result<()> {
+    let audit = Arc::new(std::sync::OnceLock::new());
+    let key = start_mux(&dir, &config, audit.clone())?;
+    vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
+    let claims = bind(&dir.join(files::POOL_CLAIM))?;
+    let mut ready = Ready {
+        ca_fingerprint: "pooled".to_string(),
+        vm_pid: None,
+        engine: None,
+    };
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let flows = config.limits.flows as usize;
+    let boot = boot_config(&vm, None);
+    serve_vm(
+        dir,
+        vm,
+        boot,
+        flows,
+        slot,
+        Some((claims, audit)),
+        &mut ready,
+    )
+    .await
+}
+
+/// The boot configuration a bundle gives its VM: a bottle's own VM carries
+/// its name; a pooled one (`config.pooled`) carries no name at all.
+pub(crate) fn vm_boot(config: &BundleConfig, vm: &VmLaunch) -> bottle_contract::BootConfig {
+    boot_config(vm, (!config.pooled).then_some(config.identity.as_str()))
+}
+
+/// The boot configuration of a bundle's VM: the network the plan gave it
+/// (the same for every bottle of a pool's shape) and, for a bottle booted
+/// for itself, its hostname. A pooled VM gets no hostname (the guest's
+/// default, `bottle`): the claiming bottle's is set at provisioning.
+fn boot_config(vm: &VmLaunch, hostname: Option<&str>) -> bottle_contract::BootConfig {
+    bottle_contract::BootConfig {
+        net: Some(bottle_contract::NetConfig {
+            addr: vm.guest,
+            prefix: vm.prefix_len,
+            gateway: vm.gateway,
+        }),
+        mtu: Some(vm.mtu),
+        hostname: hostname.map(str::to_string),
+        ..bottle_contract::BootConfig::default()
+    }
+}
+
+/// The image's initramfs plus a segment with this launch's channel key.
+fn keyed_initramfs(
+    dir: &Path,
+    vm: &VmLaunch,
+    key: &bottle_guest::auth::ChannelKey,
+) -> anyhow::Result<PathBuf> {
+    let initramfs = dir.join(files::INITRAMFS);
+    bottle_vmm::initramfs_with_secret(
+        &vm.initramfs,
+        &initramfs,
+        bottle_guest::auth::INITRAMFS_KEY_PATH,
+        key.to_hex().as_bytes(),
+    )
+    .context("cannot give the VM its channel key")?;
+    Ok(initramfs)
+}
+
+/// A bottle's guards, built from its config in its state directory `dir`:
+/// its CA (written to `ca.pem`), the proxy with its policy and audit log,
+/// supervise and git-gate when the bottle has them.
+fn build_guards(dir: &Path, config: &BundleConfig) -> anyhow::Result<Guards> {
+    use bottle_sidecars::proxy::{BottleCa, Proxy, ProxyConfig};
+    let ca = BottleCa::generate(&config.identity).context("cannot make the bottle CA")?;
+    let fingerprint = ca.fingerprint_sha256();
+    crate::state::write_atomic(&dir.join(files::CA), ca.cert_pem().as_bytes())?;
+    let scanner = bottle_sidecars::scanner::Scanner::builtin()
+        .context("cannot load the secret scanner rules")?;
+    let mut proxy_config = ProxyConfig::new(config.identity.clone(), config.policy.clone());
+    proxy_config.audit_path = Some(dir.join(files::AUDIT));
+    let limits = &config.limits;
+    proxy_config.audit_max_bytes = u64::from(limits.audit_file_mib) << 20;
+    proxy_config.audit_keep = limits.audit_files_kept as usize;
+    proxy_config.body_budget = (limits.buffered_mib as usize) << 20;
+    proxy_config.max_connections = limits.connections as usize;
+    proxy_config.extra_root_pems = config.extra_root_pems.clone();
+    if !config.resolve.is_empty() {
+        let mut pins = Vec::new();
+        for (host, raw) in &config.resolve {
+            let pin = bottle_sidecars::proxy::AddressPin::parse(raw)
+                .with_context(|| format!("resolve: `{raw}` for {host} is not an address"))?;
+            pins.push((host.clone(), pin));
+        }
+        proxy_config.resolver = Arc::new(bottle_sidecars::proxy::PinnedResolver::new(
+            pins,
+            proxy_config.resolver.clone(),
+        ));
+    }
+    let proxy = Proxy::new(proxy_config, ca, scanner.clone()).context("cannot start the proxy")?;
+    let supervisor = if config.policy.supervise {
+        Some(start_supervise(dir, config, &proxy)?)
+    } else {
+        None
+    };
+    let gate = if config.git.is_empty() {
+        None
+    } else {
+        let exe =
+            std::env::current_exe().context("cannot find the bottle binary for git-gate's hook")?;
+        let gate_config = bottle_sidecars::gitgate::GitGateConfig {
+            mirrors_dir: dir.join(files::MIRRORS),
+            remotes: config.git.clone(),
+            hook_command: vec![exe.display().to_string(), "__git-hook".to_string()],
+            audit: Some(proxy.audit_log().clone()),
+        };
+        Some(
+            bottle_sidecars::gitgate::GitGate::new(gate_config, scanner)
+                .context("cannot start git-gate")?,
+        )
+    };
+    Ok(Guards {
+        proxy,
+        gate,
+        supervisor,
+        fingerprint,
+    })
+}
+
+/// Where a refused guest connection is recorded: the bottle's audit log,
+/// once it has one (a pooled bundle has none before its claim).
+type AuditCell = Arc<std::sync::OnceLock<Arc<bottle_sidecars::audit::AuditLog>>>;
+
+/// Make this launch's guest channel key and serve the guest mux on
+/// `guest.sock` (the guest) and `control.sock` (the host). Returns the key.
+fn start_mux(
+    dir: &Path,
+    config: &BundleConfig,
+    audit: AuditCell,
+) -> anyhow::Result<bottle_guest::auth::ChannelKey> {
+    let (guest_sock, control_sock) = match config.mode {
+        Mode::Vm(_) => (dir.join(files::GUEST), dir.join(files::CONTROL)),
+        Mode::Docker => (
+            dir.join(files::SOCK_DIR)
+                .join(bottle_contract::docker::AGENT_SOCKET),
+            dir.join(files::CONTROL),
+        ),
+    };
+    // Only the guest agent can read this launch's channel key, and the mux
+    // takes one guest connection, the first that presents it.
+    let key =
+        bottle_guest::auth::ChannelKey::generate().context("cannot make the guest channel key")?;
+    if matches!(config.mode, Mode::Docker) {
+        let sock_dir = dir.join(files::SOCK_DIR);
+        std::fs::create_dir_all(&sock_dir)?;
+        write_root_only(
+            &sock_dir.join(bottle_contract::docker::KEY_FILE),
+            key.to_hex().as_bytes(),
+        )?;
+    }
+    let guest_listener = bind(&guest_sock)?;
+    let control_listener = bind(&control_sock)?;
+    let mux_key = key.clone();
+    // A refused guest connection (a second one, a wrong key) is a line in
+    // the audit chain too (rate-limited like the log line).
+    let on_refused: bottle_guest::host::RefusalHook = Arc::new(move |line: &str| {
+        let Some(audit) = audit.get() else {
+            tracing::warn!("guest channel refused before the claim: {line}");
+            return;
+        };
+        let mut record = bottle_sidecars::audit::AuditRecord::new(
+            bottle_sidecars::audit::Kind::Channel,
+            bottle_sidecars::audit::Event::Decided,
+        );
+        record.decision = "deny".to_string();
+        record.rule = "guest-channel".to_string();
+        record.detail = Some(line.to_string());
+        if let Err(e) = audit.append(record) {
+            tracing::warn!("cannot write a channel refusal to the audit log: {e}");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = bottle_guest::host::run_mux_with(
+            guest_listener,
+            control_listener,
+            mux_key,
+            Some(on_refused),
+        )
+        .await
+        {
+            tracing::error!("guest mux stopped: {e}");
+        }
+    });
+    Ok(key)
 }
 
 /// Start supervise: its requests and grants in the state directory, the
@@ -231,25 +333,34 @@ fn start_supervise(
 }
 
 /// The guards the VM's netstack forwards to.
+#[derive(Clone)]
 struct Guards {
     proxy: Arc<bottle_sidecars::proxy::Proxy>,
     gate: Option<Arc<bottle_sidecars::gitgate::GitGate>>,
     supervisor: Option<Arc<bottle_sidecars::supervise::Supervisor>>,
+    /// The bottle CA's SHA-256 fingerprint.
+    fingerprint: String,
 }
+
+/// The guards once a bottle owns the bundle: set at start for a bottle's own
+/// bundle, at the claim for a pooled one, and never replaced.
+type GuardSlot = Arc<std::sync::OnceLock<Guards>>;
+
+/// A pooled bundle's claim socket and where its audit log goes once claimed.
+type Claims = (UnixListener, AuditCell);
+
+/// The netstack summary task, started with the bottle's audit log.
+type SummarySlot = Arc<std::sync::Mutex<Option<bottle_sidecars::audit::SummaryTask>>>;
 
 async fn serve_vm(
     dir: PathBuf,
-    identity: String,
     vm: VmLaunch,
+    boot: bottle_contract::BootConfig,
     flows: usize,
-    guards: Guards,
+    slot: GuardSlot,
+    claims: Option<Claims>,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
-    let Guards {
-        proxy,
-        gate,
-        supervisor,
-    } = guards;
     use bottle_netstack::{Forward, NetConfig};
     let net_listener = bind(&dir.join(files::NET))?;
     let (engine, selection) = match vm.decided {
@@ -276,16 +387,7 @@ async fn serve_vm(
         kernel: vm.kernel.clone(),
         initramfs: vm.initramfs.clone(),
         root_disk: vm.root_disk.clone(),
-        boot: bottle_contract::BootConfig {
-            net: Some(bottle_contract::NetConfig {
-                addr: vm.guest,
-                prefix: vm.prefix_len,
-                gateway: vm.gateway,
-            }),
-            mtu: Some(vm.mtu),
-            hostname: Some(identity),
-            ..bottle_contract::BootConfig::default()
-        },
+        boot,
         cmdline_extra: Vec::new(),
         net_socket: dir.join(files::NET),
         agent_socket: dir.join(files::GUEST),
@@ -314,34 +416,43 @@ async fn serve_vm(
         max_flows: flows,
         ..bottle_netstack::Tuning::default()
     };
+    // Each guard port forwards to the bottle's guard; before a pooled
+    // bundle's claim there is none and the connection is closed at once.
+    let pooled = claims.is_some();
+    let present = slot.get().cloned();
     let mut forwards = BTreeMap::new();
-    let p = proxy.clone();
+    let s = slot.clone();
     forwards.insert(
         bottle_contract::PROXY_PORT,
         Forward::Handler(Arc::new(move |stream, info| {
-            let p = p.clone();
-            tokio::spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
+            if let Some(p) = s.get().map(|g| g.proxy.clone()) {
+                tokio::spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
+            }
         })),
     );
-    if let Some(sup) = supervisor {
+    if pooled || present.as_ref().is_some_and(|g| g.supervisor.is_some()) {
+        let s = slot.clone();
         forwards.insert(
             crate::plan::SUPERVISE_PORT,
             Forward::Handler(Arc::new(move |stream, info| {
-                let sup = sup.clone();
-                tokio::spawn(bottle_sidecars::supervise::http::serve(
-                    stream,
-                    sup,
-                    info.guest_addr.to_string(),
-                ));
+                if let Some(sup) = s.get().and_then(|g| g.supervisor.clone()) {
+                    tokio::spawn(bottle_sidecars::supervise::http::serve(
+                        stream,
+                        sup,
+                        info.guest_addr.to_string(),
+                    ));
+                }
             })),
         );
     }
-    if let Some(gate) = gate {
+    if pooled || present.as_ref().is_some_and(|g| g.gate.is_some()) {
+        let s = slot.clone();
         forwards.insert(
             bottle_contract::GIT_PORT,
             Forward::Handler(Arc::new(move |stream, info| {
-                let g = gate.clone();
-                tokio::spawn(async move { g.serve(stream, info.guest_addr.to_string()).await });
+                if let Some(g) = s.get().and_then(|g| g.gate.clone()) {
+                    tokio::spawn(async move { g.serve(stream, info.guest_addr.to_string()).await });
+                }
             })),
         );
     }
@@ -350,15 +461,32 @@ async fn serve_vm(
     // What the netstack refused goes into the audit chain every minute (when
     // anything was) and once more at the end.
     let counters = netstack.counters_reader();
-    let summary = bottle_sidecars::audit::SummaryTask::spawn(
-        proxy.audit_log().clone(),
-        bottle_sidecars::audit::Kind::Netstack,
-        bottle_sidecars::audit::SUMMARY_PERIOD,
-        move || {
-            let refusals = counters.snapshot().refusals();
-            refusals.into_iter().map(|(k, v)| (k.into(), v)).collect()
-        },
-    );
+    let summary: SummarySlot = Arc::default();
+    let start_summary = {
+        let summary = summary.clone();
+        move |audit: Arc<bottle_sidecars::audit::AuditLog>| {
+            let task = bottle_sidecars::audit::SummaryTask::spawn(
+                audit,
+                bottle_sidecars::audit::Kind::Netstack,
+                bottle_sidecars::audit::SUMMARY_PERIOD,
+                move || {
+                    let refusals = counters.snapshot().refusals();
+                    refusals.into_iter().map(|(k, v)| (k.into(), v)).collect()
+                },
+            );
+            *summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+    };
+    match claims {
+        Some((listener, audit)) => {
+            tokio::spawn(serve_claims(listener, slot, audit, start_summary));
+        }
+        None => {
+            if let Some(g) = present {
+                start_summary(g.proxy.audit_log().clone());
+            }
+        }
+    }
     announce(ready)?;
 
     // Live until the VM exits, the stack's transport closes, or we are told to stop.
@@ -379,9 +507,95 @@ async fn serve_vm(
             }
         }
     }
-    summary.finish().await;
+    let task = summary.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(task) = task {
+        task.finish().await;
+    }
     netstack.request_shutdown();
     Ok(())
+}
+
+/// A pooled bundle's claim: one line `{"dir": "<state dir>"}` on
+/// `pool.sock` from the launcher, which has moved the pooled entry to that
+/// bottle state directory and written the bottle's `bundle.json` there. The
+/// bundle builds the bottle's guards from it (its CA, policy, audit log,
+/// supervise, git-gate), installs them at once, and answers `OK <ca
+/// fingerprint>` or `ERR <why>`. The first successful claim is the only one.
+async fn serve_claims(
+    listener: UnixListener,
+    slot: GuardSlot,
+    audit: AuditCell,
+    start_summary: impl FnOnce(Arc<bottle_sidecars::audit::AuditLog>),
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut start_summary = Some(start_summary);
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("pool claim: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (read, mut write) = stream.split();
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(read.take(64 * 1024));
+        let answer = match reader.read_line(&mut line).await {
+            Ok(_) => match claim(&line, &slot) {
+                Ok(guards) => {
+                    let _ = audit.set(guards.proxy.audit_log().clone());
+                    if let Some(start) = start_summary.take() {
+                        start(guards.proxy.audit_log().clone());
+                    }
+                    Ok(guards.fingerprint.clone())
+                }
+                Err(e) => Err(format!("{e:#}")),
+            },
+            Err(e) => Err(format!("cannot read the claim: {e}")),
+        };
+        let (reply, claimed) = match answer {
+            Ok(fp) => (format!("OK {fp}\n"), true),
+            Err(why) => (format!("ERR {}\n", why.replace('\n', "; ")), false),
+        };
+        let _ = write.write_all(reply.as_bytes()).await;
+        let _ = write.flush().await;
+        if claimed {
+            eprintln!("bottle: claimed; serving the bottle's guards");
+            return;
+        }
+    }
+}
+
+/// What a launcher sends on `pool.sock`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ClaimRequest {
+    /// The bottle's state directory (the pooled entry, moved there).
+    pub dir: PathBuf,
+}
+
+fn claim(line: &str, slot: &GuardSlot) -> anyhow::Result<Guards> {
+    anyhow::ensure!(slot.get().is_none(), "this pooled guest is already claimed");
+    let request: ClaimRequest =
+        serde_json::from_str(line.trim()).context("the claim is not a claim request")?;
+    let dir = request.dir;
+    anyhow::ensure!(
+        dir.is_absolute(),
+        "the claimed state directory must be absolute"
+    );
+    let path = dir.join(files::CONFIG);
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: BundleConfig = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a bundle config", path.display()))?;
+    anyhow::ensure!(
+        !config.pooled && matches!(config.mode, Mode::Vm(_)),
+        "{} is not a VM bottle's config",
+        path.display()
+    );
+    let guards = build_guards(&dir, &config)?;
+    slot.set(guards.clone())
+        .map_err(|_| anyhow::anyhow!("this pooled guest is already claimed"))?;
+    Ok(guards)
 }
 
 /// Bind a unix listener, replacing a stale socket file. Sockets are 0600,

@@ -153,13 +153,13 @@ pub fn start(
 /// Whether the bottle's bundle process (and so its guards) still runs.
 pub fn is_alive(meta: &Metadata) -> bool {
     meta.bundle_pid
-        .is_some_and(|pid| process::pid_matches(pid, &meta.identity))
+        .is_some_and(|pid| process::pid_matches(pid, meta.process_tag()))
 }
 
 /// Stop the bundle process and remove its cgroup. Idempotent.
 pub fn stop(meta: &Metadata) {
     if let Some(pid) = meta.bundle_pid {
-        process::stop_process(pid, &meta.identity, Duration::from_secs(3));
+        process::stop_process(pid, meta.process_tag(), Duration::from_secs(3));
     }
     if let Some(confined) = &meta.cgroup {
         crate::sys::cgroup::release(confined);
@@ -174,4 +174,10 @@ pub fn processes(root: &Path) -> Vec<(u32, String)> {
         .into_iter()
         .filter(|(_, identity)| crate::identity::is_identity(identity))
         .collect()
+}
+
+/// Bundle processes started with a state directory right under `dir`
+/// (pooled guests' under `<root>/pool`): (pid, directory name).
+pub fn started_under(dir: &Path) -> Vec<(u32, String)> {
+    process::started_with(SUBCOMMAND, dir)
 }

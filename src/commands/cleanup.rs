@@ -63,6 +63,33 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
             }
         }
     }
+    // Pooled guests whose pool is gone or which died, and their processes.
+    for name in crate::pool::reap_dead(&root, dry_run)? {
+        print(&format!(
+            "{name}: pooled guest's processes are gone{}\n",
+            if dry_run {
+                " (would remove)"
+            } else {
+                ": removing"
+            }
+        ))?;
+        if !dry_run {
+            removed += 1;
+        }
+    }
+    for name in crate::pool::sweep(&root, dry_run)? {
+        print(&format!(
+            "{name}: pooled guest without a pool{}\n",
+            if dry_run {
+                " (would remove)"
+            } else {
+                ": removing"
+            }
+        ))?;
+        if !dry_run {
+            removed += 1;
+        }
+    }
     if !dry_run {
         print(&format!(
             "removed {removed} orphan{}\n",

@@ -56,6 +56,8 @@ pub fn ls(json: bool) -> anyhow::Result<()> {
             r.backend, r.identity, r.agent, r.status, r.started
         ));
     }
+    // Pooled guests (`bottle pool`), apart from the bottles.
+    out.push_str(&super::pool::ls_lines(&root));
     print(&out)?;
     for r in rows.iter().filter(|r| r.problem.is_some()) {
         eprintln!(

@@ -7,6 +7,7 @@ mod cp;
 mod doctor;
 mod lifecycle;
 mod ls;
+mod pool;
 mod resume;
 pub(crate) mod run;
 mod save;
@@ -100,6 +101,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(())
         }
         Command::Image(cmd) => lifecycle::image(manifest, cmd),
+        Command::Pool(cmd) => match cmd {
+            crate::cli::PoolCommand::Start {
+                size,
+                image,
+                cpus,
+                memory_mib,
+            } => pool::start(size, &image, cpus, memory_mib),
+            crate::cli::PoolCommand::Status { json } => pool::status(json),
+            crate::cli::PoolCommand::Stop => pool::stop(),
+        },
+        Command::PoolRefill { after } => {
+            crate::pool::refill(&crate::state::state_root()?, after.as_deref())
+        }
         Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
         Command::Session { state_dir } => crate::detached::serve(&state_dir),
         // git-gate's pre-receive hook: its messages and exit status are git's.

@@ -448,6 +448,7 @@ pub fn run(manifest: Option<PathBuf>) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let theme = Theme::from_env();
     let mut state = State::new(model::load(&root, time::OffsetDateTime::now_utc())?);
+    state.ui.pool = crate::pool::summary(&root);
     let mut terminal = ratatui::try_init()?;
     let ctx = Context {
         root,
@@ -500,7 +501,10 @@ fn event_loop(
         }
         if loaded.elapsed() >= REFRESH {
             match model::load_cached(&ctx.root, time::OffsetDateTime::now_utc(), &mut cache) {
-                Ok(rows) => state.refresh(rows),
+                Ok(rows) => {
+                    state.refresh(rows);
+                    state.ui.pool = crate::pool::summary(&ctx.root);
+                }
                 Err(e) => {
                     state.ui.message = Some(format!("cannot read {}: {e}", ctx.root.display()))
                 }

@@ -88,6 +88,8 @@ pub struct Ui {
     pub policy: Option<String>,
     /// The new-agent screen, while it is up.
     pub new: Option<NewAgent>,
+    /// The warm pool's line (`bottle pool`), when one runs.
+    pub pool: Option<String>,
 }
 
 /// Colours, or none (`NO_COLOR`): then only bold and reverse are used, so
@@ -182,8 +184,15 @@ pub fn render(area: Rect, buf: &mut Buffer, rows: &[Row], ui: &Ui, theme: Theme)
 fn list(area: Rect, buf: &mut Buffer, rows: &[Row], ui: &Ui, theme: Theme) {
     let [title, table] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
     let running = rows.iter().filter(|r| r.is_running()).count();
+    let pool = ui
+        .pool
+        .as_deref()
+        .map_or_else(String::new, |p| format!("; {p}"));
     Paragraph::new(Line::from(Span::styled(
-        format!("bottle dashboard: {running} running, {} in all", rows.len()),
+        format!(
+            "bottle dashboard: {running} running, {} in all{pool}",
+            rows.len()
+        ),
         Style::default().add_modifier(Modifier::BOLD),
     )))
     .render(title, buf);

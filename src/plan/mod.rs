@@ -236,6 +236,10 @@ pub struct Plan {
     /// VM engine or container runtime (set by the backend's `prepare`), and why.
     pub engine: Option<Engine>,
     pub engine_reason: Option<String>,
+    /// VM with a pool running (`bottle pool`): whether a pooled guest will
+    /// be claimed (`warm: …`) or why the bottle boots cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
     #[serde(skip)]
     pub requested: Requested,
     pub warnings: Vec<String>,
@@ -290,6 +294,21 @@ pub struct Plan {
     /// Extra roots for upstream TLS (resolved and checked; read at launch).
     #[serde(skip)]
     pub upstream_ca: Vec<PathBuf>,
+}
+
+/// A bottle network's subnet (`[bottles.NAME.network] subnet`; an invalid
+/// one means the default 10.0.2.0/24), the gateway (`proxy.internal`, .2)
+/// and the guest's address (.15, or the last host of a smaller subnet).
+pub fn addresses(subnet: &str) -> (Subnet, Ipv4Addr, Ipv4Addr) {
+    let (net, prefix) = validate::parse_subnet(subnet).unwrap_or((Ipv4Addr::new(10, 0, 2, 0), 24));
+    let octets = u32::from(net) & (u32::MAX << (32 - u32::from(prefix)));
+    let gateway = Ipv4Addr::from(octets + 2);
+    let guest = Ipv4Addr::from(octets + 15.min((1u32 << (32 - u32::from(prefix))) - 2));
+    let subnet = Subnet {
+        network: Ipv4Addr::from(octets),
+        prefix_len: prefix,
+    };
+    (subnet, gateway, guest)
 }
 
 /// Inputs of [`prepare`].
@@ -430,11 +449,8 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         .map(|r| route_plan(r, &base_dir))
         .collect::<Result<Vec<_>, _>>()
         .map_err(policy_error)?;
-    let (net, prefix) =
-        validate::parse_subnet(&bottle.network.subnet).unwrap_or((Ipv4Addr::new(10, 0, 2, 0), 24));
-    let octets = u32::from(net) & (u32::MAX << (32 - u32::from(prefix)));
-    let gateway = Ipv4Addr::from(octets + 2);
-    let guest = Ipv4Addr::from(octets + 15.min((1u32 << (32 - u32::from(prefix))) - 2));
+    let (subnet, gateway, guest) = addresses(&bottle.network.subnet);
+    let (octets, prefix) = (u32::from(subnet.network), subnet.prefix_len);
     let mut ports = vec![(PROXY_PORT, "proxy (firewall + egress)")];
     if !bottle.git.is_empty() {
         ports.push((GIT_PORT, "git-gate"));
@@ -470,6 +486,7 @@ pub fn prepare(inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
         backend_reason: inputs.backend_reason,
         engine: None,
         engine_reason: None,
+        start: None,
         requested: Requested {
             engine: inputs.engine.unwrap_or(bottle.vm.engine),
             runtime: inputs.runtime.unwrap_or(bottle.docker.runtime),

@@ -64,6 +64,9 @@ impl Plan {
                 self.engine_reason.as_deref().unwrap_or("")
             );
         }
+        if let Some(start) = &self.start {
+            let _ = writeln!(o, "  start          : {start}");
+        }
         let _ = writeln!(
             o,
             "  image          : {}  ({} vCPU, {} MiB)",

@@ -371,3 +371,21 @@ fn confirmations_ask_on_the_line_above_the_keys() {
         "{screen}"
     );
 }
+
+#[test]
+fn a_running_pool_is_shown_apart_from_the_bottles() {
+    let rows = vec![row(1, Status::Running)];
+    let ui = Ui {
+        pool: Some("pool: 1 of 2 ready (tiny)".into()),
+        ..Ui::default()
+    };
+    let screen = text(&draw(&rows, &ui, true));
+    let title = screen.lines().next().unwrap_or_default();
+    assert!(
+        title.contains("1 running, 1 in all; pool: 1 of 2 ready (tiny)"),
+        "{screen}"
+    );
+    // Without a pool the title is unchanged.
+    let screen = text(&draw(&rows, &Ui::default(), true));
+    assert!(!screen.contains("pool:"), "{screen}");
+}

@@ -1,0 +1,110 @@
+use super::*;
+
+fn shape() -> Shape {
+    Shape {
+        engine: EngineKind::Qemu,
+        accel: Accel::Tcg,
+        kernel: "/k/vmlinux".into(),
+        initramfs: "/img/tiny-abc/initramfs.cpio.gz".into(),
+        root_disk: None,
+        image: "tiny".into(),
+        cpus: 1,
+        memory_mib: 512,
+        gateway: Ipv4Addr::new(10, 0, 2, 2),
+        guest: Ipv4Addr::new(10, 0, 2, 15),
+        prefix_len: 24,
+        mtu: 1500,
+        limits: Limits::default(),
+    }
+}
+
+#[test]
+fn a_pooled_guest_boots_with_nothing_of_any_bottle() {
+    let config = entry_config("pool-abcde", &shape());
+    assert!(config.pooled);
+    assert_eq!(config.identity, "pool-abcde");
+    // No policy (deny-all), no git remotes, no extra roots, no pins.
+    assert_eq!(config.policy, bottle_sidecars::policy::Policy::default());
+    assert!(config.policy.allow.is_empty() && config.policy.routes.is_empty());
+    assert!(!config.policy.supervise);
+    assert!(config.git.is_empty() && config.extra_root_pems.is_empty());
+    assert!(config.resolve.is_empty());
+    let Mode::Vm(vm) = &config.mode else {
+        panic!("a pooled guest is a VM")
+    };
+    // Its kernel command line: the shape's network, no hostname (the guest
+    // keeps its default until the claiming bottle's is set at provisioning).
+    let boot = crate::bundle::vm_boot(&config, vm);
+    assert_eq!(boot.hostname, None);
+    let line = boot.to_cmdline().unwrap();
+    assert!(!line.contains("bottle.hostname"), "{line}");
+    assert!(!line.contains("pool-abcde"), "{line}");
+    // Two pooled guests of one shape boot with the same command line: it
+    // cannot carry anything that differs between bottles.
+    let other = entry_config("pool-fghij", &shape());
+    let Mode::Vm(vm2) = &other.mode else {
+        panic!("a pooled guest is a VM")
+    };
+    assert_eq!(
+        crate::bundle::vm_boot(&other, vm2).to_cmdline().unwrap(),
+        line
+    );
+    // A bottle booted for itself does carry its name.
+    let mut own = config.clone();
+    own.pooled = false;
+    own.identity = "demo-ab12c".into();
+    let own = crate::bundle::vm_boot(&own, vm);
+    assert!(own
+        .to_cmdline()
+        .unwrap()
+        .contains("bottle.hostname=demo-ab12c"));
+}
+
+#[test]
+fn a_shape_mismatch_says_what_differs() {
+    let pool = shape();
+    assert_eq!(shape().mismatch(&pool), None);
+    let mut want = shape();
+    want.memory_mib = 1024;
+    assert!(want.mismatch(&pool).unwrap().contains("1024 MiB"));
+    let mut want = shape();
+    want.image = "debian".into();
+    want.root_disk = Some("/img/debian/root.img".into());
+    assert!(want.mismatch(&pool).unwrap().contains("image debian"));
+    let mut want = shape();
+    want.limits.flows = 10;
+    assert!(want.mismatch(&pool).unwrap().contains("limits"));
+}
+
+#[test]
+fn pool_state_is_written_atomically_and_removed_when_stopped() {
+    let root = tempfile::tempdir().unwrap();
+    assert!(read(root.path()).unwrap().is_none());
+    update(root.path(), |p| {
+        *p = Some(PoolState {
+            version: VERSION,
+            size: 2,
+            shape: shape(),
+            entries: vec![Entry {
+                name: "pool-abcde".into(),
+                ready: false,
+                started_at: "now".into(),
+                boot_ms: None,
+            }],
+        })
+    })
+    .unwrap();
+    let back = read(root.path()).unwrap().unwrap();
+    assert_eq!(back.size, 2);
+    assert_eq!(back.entries[0].name, "pool-abcde");
+    let leftovers: Vec<_> = std::fs::read_dir(dir(root.path()))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+    // The pool's directory is not a bottle's.
+    assert!(crate::state::list(root.path()).unwrap().is_empty());
+    update(root.path(), |p| *p = None).unwrap();
+    assert!(read(root.path()).unwrap().is_none());
+}
