@@ -214,6 +214,7 @@ mod tests {
             command: vec![],
             audit_head: None,
             manifest,
+            pooled: None,
         }
     }
 
