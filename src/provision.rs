@@ -171,46 +171,70 @@ async fn provision_with(
         .write_file(l.ca_pem, ca_pem.as_bytes(), 0o644, root.clone())
         .await
         .map_err(step("ca"))?;
-    let script = if l.privileged {
-        // Joined to the store without rehashing it (`update-ca-certificates`
-        // costs about a minute under TCG): the PEM appended to the bundle,
-        // the one `<subject hash>.0` link computed here on the host, and a
-        // copy where a later `update-ca-certificates` in the guest keeps it.
-        client
-            .write_file(
-                "/usr/local/share/ca-certificates/bottle.crt",
-                ca_pem.as_bytes(),
-                0o644,
-                root.clone(),
-            )
-            .await
-            .map_err(step("ca"))?;
+    // Joined to the store without a shell and without rehashing it
+    // (`update-ca-certificates` costs about a minute under TCG, and each
+    // program a shell runs costs tens of ms): the PEM appended to the
+    // bundle every TLS library reads, through the agent's own file calls.
+    let system_roots = client
+        .read_file("/etc/ssl/certs/ca-certificates.crt")
+        .await
+        .unwrap_or_default();
+    client
+        .write_file(
+            l.ca_bundle,
+            &joined_bundle(&system_roots, ca_pem),
+            0o644,
+            root.clone(),
+        )
+        .await
+        .map_err(step("ca"))?;
+    if l.privileged {
+        // A copy where a later `update-ca-certificates` in the guest keeps
+        // it, and `<subject hash>.N` (hash computed here on the host) for
+        // OpenSSL's directory lookup, at the first N no other CA holds.
         let hash =
             crate::cert_hash::subject_hash_pem(ca_pem).map_err(|e| ProvisionError::Host {
                 step: "ca",
                 why: format!("cannot hash the bottle CA's subject: {e}"),
             })?;
-        match root_script {
-            Some(first) => format!("set -e\n{first}\n{}", ca_trust_script(l.ca_pem, &hash)),
-            None => ca_trust_script(l.ca_pem, &hash),
+        for path in [
+            "/usr/local/share/ca-certificates/bottle.crt",
+            "/etc/ssl/certs/bottle.pem",
+        ] {
+            client
+                .write_file(path, ca_pem.as_bytes(), 0o644, root.clone())
+                .await
+                .map_err(step("ca"))?;
         }
-    } else {
-        format!("set -e; {{ cat /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true; cat {}; }} > {}", l.ca_pem, l.ca_bundle)
-    };
-    let update = client
-        .run_capture(
-            vec!["/bin/sh".into(), "-c".into(), script],
-            Vec::new(),
-            None,
-            root.clone(),
-        )
-        .await
-        .map_err(step("ca"))?;
-    if update.status.shell_code() != 0 {
-        return Err(ProvisionError::Host {
-            step: "ca",
-            why: String::from_utf8_lossy(&update.stderr).into_owned(),
-        });
+        let mut n = 0;
+        let link = loop {
+            let candidate = format!("/etc/ssl/certs/{hash}.{n}");
+            match client.read_file(&candidate).await {
+                Ok(held) if held != ca_pem.as_bytes() && n < 16 => n += 1,
+                _ => break candidate,
+            }
+        };
+        client
+            .write_file(&link, ca_pem.as_bytes(), 0o644, root.clone())
+            .await
+            .map_err(step("ca"))?;
+    }
+    if let Some(script) = root_script {
+        let done = client
+            .run_capture(
+                vec!["/bin/sh".into(), "-c".into(), format!("set -e\n{script}")],
+                Vec::new(),
+                None,
+                root.clone(),
+            )
+            .await
+            .map_err(step("ca"))?;
+        if done.status.shell_code() != 0 {
+            return Err(ProvisionError::Host {
+                step: "ca",
+                why: String::from_utf8_lossy(&done.stderr).into_owned(),
+            });
+        }
     }
     log(
         "ca",
@@ -454,19 +478,15 @@ fn agent_path_key<'a>(plan: &'a Plan, key: &'static str) -> crate::manifest::pat
     }
 }
 
-/// Add the bottle CA (at `ca_pem`, subject hash `hash`) to the guest's
-/// trust store in place: appended to the bundle every TLS library reads,
-/// and linked as `/etc/ssl/certs/<hash>.0` for OpenSSL's directory lookup.
-fn ca_trust_script(ca_pem: &str, hash: &str) -> String {
-    format!(
-        "set -e
-mkdir -p /etc/ssl/certs
-cat {ca_pem} >> /etc/ssl/certs/ca-certificates.crt
-ln -sf /usr/local/share/ca-certificates/bottle.crt /etc/ssl/certs/bottle.pem
-n=0
-while [ -e /etc/ssl/certs/{hash}.$n ] && ! cmp -s /etc/ssl/certs/{hash}.$n {ca_pem}; do n=$((n + 1)); done
-ln -sf bottle.pem /etc/ssl/certs/{hash}.$n"
-    )
+/// The system roots (`system`, possibly empty) with the bottle CA after
+/// them, as the one bundle the guest's TLS libraries read.
+fn joined_bundle(system: &[u8], ca_pem: &str) -> Vec<u8> {
+    let mut bundle = system.to_vec();
+    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(ca_pem.as_bytes());
+    bundle
 }
 
 /// Read the CA the bundle wrote.
@@ -481,6 +501,19 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bottle_ca_joins_the_system_roots_on_a_line_of_its_own() {
+        let ca = "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n";
+        assert_eq!(joined_bundle(b"", ca), ca.as_bytes());
+        let system = b"-----BEGIN CERTIFICATE-----\nS\n-----END CERTIFICATE-----";
+        let joined = String::from_utf8(joined_bundle(system, ca)).unwrap();
+        assert_eq!(
+            joined,
+            format!("{}\n{ca}", String::from_utf8_lossy(system)),
+            "a bundle without a final newline must not glue two PEM lines"
+        );
+    }
 
     #[test]
     fn the_mcp_server_is_merged_into_claude_user_settings() {
