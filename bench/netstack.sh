@@ -30,7 +30,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, TAP)" >&2; exit 2; }
 
 cargo build --release -q -p bottle-netstack --bin netstack-tap
-BIN=target/release/netstack-tap
+BIN=${CARGO_TARGET_DIR:-target}/release/netstack-tap
 
 IPERF_PORT=$((20000 + RANDOM % 10000))
 SP_PORT=$((IPERF_PORT + 1))
