@@ -2,6 +2,7 @@
 # Guest networking throughput and latency: our netstack vs pasta vs slirp4netns.
 #
 # Usage (root): bench/netstack.sh [SECONDS_PER_RUN]     (default 10)
+#        NETSTACK_BIN=/path/to/netstack-tap bench/netstack.sh 5   (a given build, no cargo)
 #
 # Each peer gets its own network namespace whose only link leads to it; the
 # client (iperf3 -c / sockperf pp) runs in the namespace and reaches servers
@@ -29,8 +30,13 @@ for p in iperf3 sockperf pasta slirp4netns ip jq; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, TAP)" >&2; exit 2; }
 
-cargo build --release -q -p bottle-netstack --bin netstack-tap
-BIN=target/release/netstack-tap
+# NETSTACK_BIN=path runs that binary instead (to compare builds in the same conditions).
+if [ -n "${NETSTACK_BIN:-}" ]; then
+    BIN=$NETSTACK_BIN
+else
+    cargo build --release -q -p bottle-netstack --bin netstack-tap
+    BIN=${CARGO_TARGET_DIR:-target}/release/netstack-tap
+fi
 
 IPERF_PORT=$((20000 + RANDOM % 10000))
 SP_PORT=$((IPERF_PORT + 1))

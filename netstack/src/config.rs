@@ -146,7 +146,7 @@ impl Default for Tuning {
         Tuning {
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
-            pipe_buffer: 256 << 10,
+            pipe_buffer: 1 << 20,
             max_flows: 2048,
             dns_per_second: 200,
             tx_queue_frames: 512,

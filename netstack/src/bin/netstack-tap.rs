@@ -91,7 +91,7 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 /// Splice buffer per direction for dialled connections.
-const SPLICE_BUF: usize = 256 << 10;
+const SPLICE_BUF: usize = 1 << 20;
 
 /// Dial `addr` on the host for each connection and splice (this tool's
 /// benchmarks only: the netstack itself never opens a socket for the guest).
