@@ -149,17 +149,8 @@ impl Backend for DockerBackend {
 
     fn launch(&self, plan: &Plan, state: &StateDir) -> Result<(), BackendError> {
         let (image, tar) = image_ref(plan)?;
-        let config = BundleConfig {
-            identity: plan.identity.clone(),
-            mode: Mode::Docker,
-            policy: plan.policy.clone(),
-            git: plan.git_remotes.clone(),
-            extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
-                .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
-            limits: plan.limits,
-            resolve: plan.resolve.clone(),
-            pooled: false,
-        };
+        let config = BundleConfig::for_plan(plan, Mode::Docker)
+            .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?;
         crate::bundle::start(state, &config, Duration::from_secs(30))?;
         let choice = plan.requested.runtime;
         let container = block_on(async {

@@ -208,29 +208,21 @@ pub fn bundle_config(plan: &Plan) -> Result<BundleConfig, BackendError> {
     let mut mac = [0x02, 0, 0, 0, 0, 0];
     let seed: [u8; 4] = rand::random();
     mac[2..].copy_from_slice(&seed);
-    let config = BundleConfig {
-        identity: plan.identity.clone(),
-        mode: Mode::Vm(VmLaunch {
-            engine: plan.requested.engine,
-            decided: plan.engine.and_then(Engine::decided_vm),
-            cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
-            memory_mib: plan.memory_mib,
-            kernel,
-            initramfs,
-            root_disk,
-            gateway: plan.network.gateway,
-            guest: plan.network.guest,
-            prefix_len: plan.network.subnet.prefix_len,
-            mtu: plan.network.mtu,
-            guest_mac: mac,
-        }),
-        policy: plan.policy.clone(),
-        git: plan.git_remotes.clone(),
-        extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)
-            .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?,
-        limits: plan.limits,
-        resolve: plan.resolve.clone(),
-        pooled: false,
-    };
+    let mode = Mode::Vm(VmLaunch {
+        engine: plan.requested.engine,
+        decided: plan.engine.and_then(Engine::decided_vm),
+        cpus: u8::try_from(plan.cpus).unwrap_or(u8::MAX),
+        memory_mib: plan.memory_mib,
+        kernel,
+        initramfs,
+        root_disk,
+        gateway: plan.network.gateway,
+        guest: plan.network.guest,
+        prefix_len: plan.network.subnet.prefix_len,
+        mtu: plan.network.mtu,
+        guest_mac: mac,
+    });
+    let config = BundleConfig::for_plan(plan, mode)
+        .map_err(|e| BackendError::failed("cannot read the upstream CAs", e))?;
     Ok(config)
 }

@@ -98,6 +98,25 @@ pub struct BundleConfig {
     pub pooled: bool,
 }
 
+impl BundleConfig {
+    /// The guards of `plan`'s bottle in `mode` (not pooled).
+    pub fn for_plan(
+        plan: &crate::plan::Plan,
+        mode: Mode,
+    ) -> Result<Self, crate::policy::PolicyError> {
+        Ok(BundleConfig {
+            identity: plan.identity.clone(),
+            mode,
+            policy: plan.policy.clone(),
+            git: plan.git_remotes.clone(),
+            extra_root_pems: crate::policy::read_pems(&plan.upstream_ca)?,
+            limits: plan.limits,
+            resolve: plan.resolve.clone(),
+            pooled: false,
+        })
+    }
+}
+
 /// The line the bundle prints when it is serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {

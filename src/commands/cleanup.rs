@@ -64,28 +64,21 @@ pub fn cleanup(dry_run: bool) -> anyhow::Result<()> {
         }
     }
     // Pooled guests whose pool is gone or which died, and their processes.
-    for name in crate::pool::reap_dead(&root, dry_run)? {
-        print(&format!(
-            "{name}: pooled guest's processes are gone{}\n",
-            if dry_run {
-                " (would remove)"
-            } else {
-                ": removing"
-            }
-        ))?;
-        if !dry_run {
-            removed += 1;
-        }
-    }
-    for name in crate::pool::sweep(&root, dry_run)? {
-        print(&format!(
-            "{name}: pooled guest without a pool{}\n",
-            if dry_run {
-                " (would remove)"
-            } else {
-                ": removing"
-            }
-        ))?;
+    let dead = crate::pool::reap_dead(&root, dry_run)?;
+    let strays = crate::pool::sweep(&root, dry_run)?;
+    let dead = dead
+        .into_iter()
+        .map(|n| (n, "pooled guest's processes are gone"));
+    let strays = strays
+        .into_iter()
+        .map(|n| (n, "pooled guest without a pool"));
+    for (name, what) in dead.chain(strays) {
+        let act = if dry_run {
+            " (would remove)"
+        } else {
+            ": removing"
+        };
+        print(&format!("{name}: {what}{act}\n"))?;
         if !dry_run {
             removed += 1;
         }
