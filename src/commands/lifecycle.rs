@@ -158,17 +158,15 @@ pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()>
             print(&out)
         }
         ImageCommand::Rm { name } => {
-            let victims: Vec<_> = store
-                .list()?
-                .into_iter()
-                .filter(|i| i.name == name)
-                .collect();
-            if victims.is_empty() {
-                anyhow::bail!("no image `{name}` (see `bottle image ls`)");
-            }
+            let victims = match store.builds(&name) {
+                Err(bottle_vmm::VmmError::ImageMissing(_)) => {
+                    anyhow::bail!("no image `{name}` (see `bottle image ls`)")
+                }
+                other => other?,
+            };
             let mut out = String::new();
             for i in &victims {
-                remove_build(i, &mut out)?;
+                remove_build(&store, i, &mut out)?;
             }
             out.push_str(&format!(
                 "removed {} build{} of {name}\n",
@@ -187,7 +185,7 @@ pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()>
                     continue;
                 }
                 if !dry_run {
-                    remove_build(&i, &mut out)?;
+                    remove_build(&store, &i, &mut out)?;
                 }
                 freed += i.size_bytes;
                 out.push_str(&format!(
@@ -210,8 +208,13 @@ pub fn image(manifest: Option<PathBuf>, cmd: ImageCommand) -> anyhow::Result<()>
 
 /// Deletes one built image: its directory, and the copy Docker imported
 /// (noted in `out` when dockerd refuses, e.g. a container still uses it).
-fn remove_build(i: &bottle_vmm::image::ImageInfo, out: &mut String) -> anyhow::Result<()> {
-    std::fs::remove_dir_all(&i.dir)
+fn remove_build(
+    store: &bottle_vmm::image::ImageStore,
+    i: &bottle_vmm::image::ImageInfo,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    store
+        .remove_build(i)
         .with_context(|| format!("cannot remove {}", i.dir.display()))?;
     if let Err(e) = crate::backend::docker_backend::remove_image_copy(&i.name, &i.key) {
         out.push_str(&format!(

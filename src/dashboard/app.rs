@@ -335,15 +335,10 @@ impl State {
                     self.ui.message = Some("cancelled".into());
                 }
                 KeyCode::Enter => return self.typed(input.trim().to_string()),
-                KeyCode::Backspace => {
-                    input.pop();
+                _ => {
+                    edit_line(&mut input, code, |c| c.is_ascii_graphic(), 255);
                     self.ui.prompt = Some(Prompt::Input { label, input });
                 }
-                KeyCode::Char(c) if c.is_ascii_graphic() && input.len() < 255 => {
-                    input.push(c);
-                    self.ui.prompt = Some(Prompt::Input { label, input });
-                }
-                _ => self.ui.prompt = Some(Prompt::Input { label, input }),
             },
             Prompt::Approve { req, mut input } => match code {
                 KeyCode::Esc => self.ui.message = Some("cancelled".into()),
@@ -363,15 +358,10 @@ impl State {
                     }
                     return Action::Run(args);
                 }
-                KeyCode::Backspace => {
-                    input.pop();
+                _ => {
+                    edit_line(&mut input, code, |c| c.is_ascii_alphanumeric(), 12);
                     self.ui.prompt = Some(Prompt::Approve { req, input });
                 }
-                KeyCode::Char(c) if c.is_ascii_alphanumeric() && input.len() < 12 => {
-                    input.push(c);
-                    self.ui.prompt = Some(Prompt::Approve { req, input });
-                }
-                _ => self.ui.prompt = Some(Prompt::Approve { req, input }),
             },
         }
         Action::None
@@ -421,6 +411,18 @@ impl State {
 
 fn run_cli(args: &[&str]) -> Action {
     Action::Run(args.iter().map(|s| s.to_string()).collect())
+}
+
+/// A prompt's line editing: Backspace, and the characters `accept` takes
+/// while the line is shorter than `max`; any other key leaves it as it is.
+fn edit_line(input: &mut String, code: KeyCode, accept: impl Fn(char) -> bool, max: usize) {
+    match code {
+        KeyCode::Backspace => {
+            input.pop();
+        }
+        KeyCode::Char(c) if accept(c) && input.len() < max => input.push(c),
+        _ => {}
+    }
 }
 
 /// A background job's word to the event loop.

@@ -122,18 +122,29 @@ impl ImageStore {
         (meta["name"] == name && meta["key"] == key).then_some(dir)
     }
 
-    /// Removes every build of `name`; returns how many were removed.
-    pub fn remove(&self, name: &str) -> Result<usize, VmmError> {
-        let victims: Vec<ImageInfo> = self
+    /// Every build of `name` (an error when there is none).
+    pub fn builds(&self, name: &str) -> Result<Vec<ImageInfo>, VmmError> {
+        let builds: Vec<ImageInfo> = self
             .list()?
             .into_iter()
             .filter(|i| i.name == name)
             .collect();
-        if victims.is_empty() {
+        if builds.is_empty() {
             return Err(VmmError::ImageMissing(name.into()));
         }
+        Ok(builds)
+    }
+
+    /// Removes one build (its directory).
+    pub fn remove_build(&self, build: &ImageInfo) -> Result<(), VmmError> {
+        std::fs::remove_dir_all(&build.dir).map_err(VmmError::io("remove image", &build.dir))
+    }
+
+    /// Removes every build of `name`; returns how many were removed.
+    pub fn remove(&self, name: &str) -> Result<usize, VmmError> {
+        let victims = self.builds(name)?;
         for v in &victims {
-            std::fs::remove_dir_all(&v.dir).map_err(VmmError::io("remove image", &v.dir))?;
+            self.remove_build(v)?;
         }
         Ok(victims.len())
     }
