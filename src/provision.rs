@@ -175,14 +175,24 @@ async fn provision_with(
     // (`update-ca-certificates` costs about a minute under TCG, and each
     // program a shell runs costs tens of ms): the PEM appended to the
     // bundle every TLS library reads, through the agent's own file calls.
-    let system_roots = client
-        .read_file("/etc/ssl/certs/ca-certificates.crt")
-        .await
-        .unwrap_or_default();
+    let (roots_path, system_roots) = match guest_file(client, SYSTEM_ROOTS).await {
+        Ok(found) => found,
+        // A container's agent writes its own bundle: system roots it cannot
+        // read are left out of it, as they always were.
+        Err(_) if !l.privileged => (SYSTEM_ROOTS.to_string(), None),
+        Err(e) => return Err(step("ca")(e)),
+    };
+    // In a VM the system bundle itself (where a symlink leads, as `cat >>`
+    // would), in a container the agent's own.
+    let bundle_path = if l.privileged {
+        roots_path.as_str()
+    } else {
+        l.ca_bundle
+    };
     client
         .write_file(
-            l.ca_bundle,
-            &joined_bundle(&system_roots, ca_pem),
+            bundle_path,
+            &joined_bundle(system_roots.as_deref().unwrap_or_default(), ca_pem),
             0o644,
             root.clone(),
         )
@@ -209,8 +219,8 @@ async fn provision_with(
         let mut n = 0;
         let link = loop {
             let candidate = format!("/etc/ssl/certs/{hash}.{n}");
-            match client.read_file(&candidate).await {
-                Ok(held) if held != ca_pem.as_bytes() && n < 16 => n += 1,
+            match guest_file(client, &candidate).await.map_err(step("ca"))? {
+                (_, Some(held)) if held != ca_pem.as_bytes() && n < 16 => n += 1,
                 _ => break candidate,
             }
         };
@@ -478,6 +488,55 @@ fn agent_path_key<'a>(plan: &'a Plan, key: &'static str) -> crate::manifest::pat
     }
 }
 
+/// Where Debian keeps the system's root bundle.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A guest file's bytes, symlinks followed as `cat` follows them, with the
+/// path they led to; `None` when nothing is there (a dangling link's
+/// target included). Any other failure is an error, never "empty".
+async fn guest_file(
+    client: &Client,
+    path: &str,
+) -> Result<(String, Option<Vec<u8>>), bottle_guest::host::ClientError> {
+    use bottle_guest::host::ClientError;
+    use bottle_guest::proto::EntryKind;
+    let mut path = path.to_string();
+    for _ in 0..8 {
+        let mut entries = match client
+            .read_tree(&path, bottle_guest::host::client::READ_FILE_LIMIT)
+            .await
+        {
+            Ok(entries) => entries,
+            // The agent's words for ENOENT (an io::Error after the path).
+            Err(ClientError::Remote(why)) if why.ends_with("(os error 2)") => {
+                return Ok((path, None))
+            }
+            Err(e) => return Err(e),
+        };
+        match entries.pop().map(|e| (e.kind, e.data)) {
+            Some((EntryKind::File { .. }, data)) if entries.is_empty() => {
+                return Ok((path, Some(data)))
+            }
+            Some((EntryKind::Symlink { target }, _)) if entries.is_empty() => {
+                path = link_target(&path, &target);
+            }
+            _ => return Err(ClientError::Remote(format!("{path} is not a regular file"))),
+        }
+    }
+    Err(ClientError::Remote(format!(
+        "{path}: too many levels of symbolic links"
+    )))
+}
+
+/// Where the symlink at `link` pointing to `target` leads.
+fn link_target(link: &str, target: &str) -> String {
+    if target.starts_with('/') {
+        return target.to_string();
+    }
+    let dir = link.rsplit_once('/').map_or("", |(dir, _)| dir);
+    format!("{dir}/{target}")
+}
+
 /// The system roots (`system`, possibly empty) with the bottle CA after
 /// them, as the one bundle the guest's TLS libraries read.
 fn joined_bundle(system: &[u8], ca_pem: &str) -> Vec<u8> {
@@ -501,6 +560,22 @@ pub fn read_ca(state_dir: &Path) -> Result<String, ProvisionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlinks_lead_where_cat_would_follow_them() {
+        assert_eq!(
+            link_target("/etc/ssl/certs/ca-certificates.crt", "/usr/share/ca.crt"),
+            "/usr/share/ca.crt"
+        );
+        assert_eq!(
+            link_target("/etc/ssl/certs/abcd1234.0", "bottle.pem"),
+            "/etc/ssl/certs/bottle.pem"
+        );
+        assert_eq!(
+            link_target("/etc/ssl/certs/x.pem", "../../usr/share/x.crt"),
+            "/etc/ssl/certs/../../usr/share/x.crt"
+        );
+    }
 
     #[test]
     fn the_bottle_ca_joins_the_system_roots_on_a_line_of_its_own() {
