@@ -163,11 +163,7 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     let client = match ready {
         Ok(c) => c,
         Err(e) => {
-            let tails = format!(
-                "--- bundle log ---\n{}\n--- VM console ---\n{}",
-                dir.log_tail(files::LOG, 20),
-                dir.log_tail(files::CONSOLE, 20)
-            );
+            let tails = crate::bundle::failure_logs(&dir);
             return Err(fail(e.context(format!(
                 "{} started but could not be provisioned\n{tails}",
                 plan.identity

@@ -264,9 +264,11 @@ fn the_manifests_limits_bound_what_the_proxy_buffers() {
         ),
     );
     let _stop_tight = StopOnDrop(&tight_sb, tight.clone());
+    // Uploads that start after an earlier one has left the budget can
+    // pass too; on a loaded machine the twelve start over a second or more.
     let (passed, refused) = uploads(&tight_sb, &tight, upstream.port, 12);
     assert!(
-        (1..=2).contains(&passed) && refused >= 10,
+        (1..=4).contains(&passed) && passed + refused == 12,
         "with buffered_mib = 32, {passed} uploads passed and {refused} were refused"
     );
 }

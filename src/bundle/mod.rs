@@ -37,6 +37,8 @@ pub mod files {
     pub const GUEST: &str = "guest.sock";
     pub const NET: &str = "net.sock";
     pub const CONSOLE: &str = "console.log";
+    /// The VM engine's own stderr (qemu's or libkrun's), next to the console.
+    pub const ENGINE_LOG: &str = "console.log.engine";
     /// A pooled bundle's claim socket (`bottle pool`), gone once claimed.
     pub const POOL_CLAIM: &str = "pool.sock";
     /// VM: the image's initramfs plus a segment with the guest channel key.
@@ -44,6 +46,26 @@ pub mod files {
     pub const MIRRORS: &str = "git";
     /// Docker: the directory bind-mounted into the container.
     pub const SOCK_DIR: &str = "sock";
+}
+
+/// The tails of the bundle log, the VM console and the engine's own log
+/// (when it said anything), for a start or provisioning failure report.
+pub fn failure_logs(dir: &crate::state::StateDir) -> String {
+    let mut out = format!(
+        "--- bundle log ({}) ---\n{}\n--- VM console ({}) ---\n{}",
+        dir.file(files::LOG).display(),
+        dir.log_tail(files::LOG, 25),
+        dir.file(files::CONSOLE).display(),
+        dir.log_tail(files::CONSOLE, 15)
+    );
+    let engine = dir.log_tail(files::ENGINE_LOG, 15);
+    if !engine.trim().is_empty() && dir.file(files::ENGINE_LOG).exists() {
+        out.push_str(&format!(
+            "\n--- VM engine log ({}) ---\n{engine}",
+            dir.file(files::ENGINE_LOG).display()
+        ));
+    }
+    out
 }
 
 /// How the guest reaches the bundle.

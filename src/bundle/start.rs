@@ -118,13 +118,7 @@ pub fn start(
     let mut failure = |why: String| {
         let _ = child.kill();
         let _ = child.wait();
-        StartError::NotReady(format!(
-            "{why}\n--- bundle log ({}) ---\n{}\n--- VM console ({}) ---\n{}",
-            log_path.display(),
-            dir.log_tail(files::LOG, 25),
-            dir.file(files::CONSOLE).display(),
-            dir.log_tail(files::CONSOLE, 15)
-        ))
+        StartError::NotReady(format!("{why}\n{}", super::failure_logs(dir)))
     };
     match rx.recv_timeout(timeout) {
         Ok(line) => match Ready::parse(&line) {
