@@ -188,7 +188,7 @@ pub fn rootfs_tar_of(def: &ImageDef) -> anyhow::Result<PathBuf> {
             let initramfs = dir.join(bottle_vmm::image::INITRAMFS);
             let tar = dir.join("rootfs.tar");
             if !tar.is_file() {
-                cpio_gz_to_tar(&initramfs, &tar).with_context(|| {
+                cpio_to_tar(&initramfs, &tar).with_context(|| {
                     format!("cannot convert {} to a tarball", initramfs.display())
                 })?;
             }
@@ -198,12 +198,17 @@ pub fn rootfs_tar_of(def: &ImageDef) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Rewrite a gzip'd `newc` cpio archive as a tar archive (regular files,
-/// directories, symlinks; device nodes are left to the container runtime).
-pub fn cpio_gz_to_tar(cpio_gz: &Path, out: &Path) -> anyhow::Result<()> {
+/// Rewrite a `newc` cpio archive, plain or gzip'd, as a tar archive (regular
+/// files, directories, symlinks; device nodes are left to the container
+/// runtime).
+pub fn cpio_to_tar(cpio: &Path, out: &Path) -> anyhow::Result<()> {
     use std::io::Read;
-    let mut data = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(cpio_gz)?).read_to_end(&mut data)?;
+    let mut data = std::fs::read(cpio)?;
+    if data.starts_with(&[0x1f, 0x8b]) {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut plain)?;
+        data = plain;
+    }
     // Unique per process: two bottles starting at once both convert, and a
     // shared temp name let one rename the other's file away.
     let tmp = out.with_extension(format!("tar.tmp.{}", std::process::id()));

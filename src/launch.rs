@@ -224,8 +224,10 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     }
     let code =
         runtime.block_on(interrupts.guard(session::run(&client, &session, plan.command.clone())));
+    timing::step("command-exited");
     // What the agent left, for `bottle resume`.
     report_kept(&runtime.block_on(crate::kept::keep(&client, &dir)));
+    timing::step("kept");
     match plan.backend {
         // Power the guest off first: the VM, then the bundle, exit at once.
         BackendName::Vm => {

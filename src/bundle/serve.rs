@@ -13,12 +13,8 @@ use tokio::net::UnixListener;
 
 /// Entry point of `bottle __bundle STATE_DIR`.
 pub fn run(state_dir: &Path) -> anyhow::Result<()> {
-    // The launcher closes our stdin once it has put us in the bottle's
-    // cgroup: wait for that, so the VM we start is born inside it.
-    {
-        use std::io::Read;
-        let _ = std::io::stdin().read(&mut [0u8; 1]);
-    }
+    crate::timing::step("bundle-exec");
+    let confined = Confinement::watch();
     let config_path = state_dir.join(files::CONFIG);
     let bytes = std::fs::read(&config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -30,17 +26,38 @@ pub fn run(state_dir: &Path) -> anyhow::Result<()> {
         .thread_name("bundle")
         .build()
         .context("cannot start the bundle's runtime")?;
-    runtime.block_on(serve(state_dir.to_path_buf(), config))
+    runtime.block_on(serve(state_dir.to_path_buf(), config, confined))
 }
 
-async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
+/// The launcher closes our stdin once it has put us (every thread) in the
+/// bottle's cgroup, which takes ~20 ms on a cgroup v1 host. The bundle
+/// builds its guards meanwhile and waits for it only before it starts a
+/// process of its own (the VM), so that the VM is born inside the cgroup.
+struct Confinement(std::thread::JoinHandle<()>);
+
+impl Confinement {
+    fn watch() -> Self {
+        Confinement(std::thread::spawn(|| {
+            use std::io::Read;
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+        }))
+    }
+
+    async fn wait(self) {
+        let _ = tokio::task::spawn_blocking(move || self.0.join()).await;
+        crate::timing::step("bundle-confined");
+    }
+}
+
+async fn serve(dir: PathBuf, config: BundleConfig, confined: Confinement) -> anyhow::Result<()> {
     if config.pooled {
         return match config.mode.clone() {
-            Mode::Vm(vm) => serve_pooled(dir, config, vm).await,
+            Mode::Vm(vm) => serve_pooled(dir, config, vm, confined).await,
             Mode::Docker => anyhow::bail!("only a VM bundle can be pooled"),
         };
     }
     let guards = build_guards(&dir, &config)?;
+    crate::timing::step("bundle-guards");
     let audit = Arc::new(std::sync::OnceLock::new());
     let _ = audit.set(guards.proxy.audit_log().clone());
     let key = start_mux(&dir, &config, audit)?;
@@ -94,6 +111,7 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
                     });
                 }));
             }
+            confined.wait().await;
             announce(&ready)?;
             wait_for_stop_signal().await;
             Ok(())
@@ -104,7 +122,8 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
             let slot = Arc::new(std::sync::OnceLock::new());
             let _ = slot.set(guards);
             let boot = vm_boot(&config, &vm);
-            serve_vm(dir, vm, boot, flows, slot, None, &mut ready).await
+            let run = VmRun { vm, boot, flows };
+            serve_vm(dir, run, slot, None, confined, &mut ready).await
         }
     }
 }
@@ -113,7 +132,12 @@ async fn serve(dir: PathBuf, config: BundleConfig) -> anyhow::Result<()> {
 /// and the booted VM, but no guards, no CA, no policy and no audit log until
 /// a bottle claims it through `pool.sock` (see [`serve_claims`]). Until then
 /// every connection the guest makes to `proxy.internal` is closed at once.
-async fn serve_pooled(dir: PathBuf, config: BundleConfig, mut vm: VmLaunch) -> anyhow::Result<()> {
+async fn serve_pooled(
+    dir: PathBuf,
+    config: BundleConfig,
+    mut vm: VmLaunch,
+    confined: Confinement,
+) -> anyhow::Result<()> {
     let audit = Arc::new(std::sync::OnceLock::new());
     let key = start_mux(&dir, &config, audit.clone())?;
     vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
@@ -126,16 +150,8 @@ async fn serve_pooled(dir: PathBuf, config: BundleConfig, mut vm: VmLaunch) -> a
     let slot = Arc::new(std::sync::OnceLock::new());
     let flows = config.limits.flows as usize;
     let boot = boot_config(&vm, None);
-    serve_vm(
-        dir,
-        vm,
-        boot,
-        flows,
-        slot,
-        Some((claims, audit)),
-        &mut ready,
-    )
-    .await
+    let run = VmRun { vm, boot, flows };
+    serve_vm(dir, run, slot, Some((claims, audit)), confined, &mut ready).await
 }
 
 /// The boot configuration a bundle gives its VM: a bottle's own VM carries
@@ -352,17 +368,32 @@ type Claims = (UnixListener, AuditCell);
 /// The netstack summary task, started with the bottle's audit log.
 type SummarySlot = Arc<std::sync::Mutex<Option<bottle_sidecars::audit::SummaryTask>>>;
 
-async fn serve_vm(
-    dir: PathBuf,
+/// The VM a bundle starts: its launch settings, its boot configuration and
+/// the netstack's flow cap.
+struct VmRun {
     vm: VmLaunch,
     boot: bottle_contract::BootConfig,
     flows: usize,
+}
+
+async fn serve_vm(
+    dir: PathBuf,
+    run: VmRun,
     slot: GuardSlot,
     claims: Option<Claims>,
+    confined: Confinement,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
     use bottle_netstack::{Forward, NetConfig};
+    let VmRun { vm, boot, flows } = run;
     let net_listener = bind(&dir.join(files::NET))?;
+    // Probing an engine starts a VM too.
+    let mut confined = Some(confined);
+    if vm.decided.is_none() {
+        if let Some(c) = confined.take() {
+            c.wait().await;
+        }
+    }
     let (engine, selection) = match vm.decided {
         Some((kind, accel)) => (
             bottle_vmm::engine_for(kind, accel),
@@ -394,7 +425,11 @@ async fn serve_vm(
         console_log: dir.join(files::CONSOLE),
         guest_mac: bottle_vmm::MacAddr(vm.guest_mac),
     };
+    if let Some(c) = confined.take() {
+        c.wait().await;
+    }
     let mut process = engine.spawn(&spec).context("cannot start the VM")?;
+    crate::timing::step("bundle-spawned");
     ready.vm_pid = Some(process.pid());
     ready.engine = Some(Engine::Vm(selection.engine, selection.accel));
     let transport = tokio::time::timeout(
@@ -487,6 +522,7 @@ async fn serve_vm(
             }
         }
     }
+    crate::timing::step("bundle-ready");
     announce(ready)?;
 
     // Live until the VM exits, the stack's transport closes, or we are told to stop.

@@ -5,7 +5,7 @@ fn shape() -> Shape {
         engine: EngineKind::Qemu,
         accel: Accel::Tcg,
         kernel: "/k/vmlinux".into(),
-        initramfs: "/img/tiny-abc/initramfs.cpio.gz".into(),
+        initramfs: "/img/tiny-abc/initramfs.cpio".into(),
         root_disk: None,
         image: "tiny".into(),
         cpus: 1,

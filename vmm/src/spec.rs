@@ -140,7 +140,7 @@ pub(crate) fn test_spec() -> VmSpec {
         cpus: 1,
         memory_mib: 256,
         kernel: "/k/vmlinux".into(),
-        initramfs: "/k/tiny.cpio.gz".into(),
+        initramfs: "/k/tiny.cpio".into(),
         root_disk: None,
         boot: BootConfig {
             hostname: Some("demo".into()),

@@ -226,7 +226,7 @@ fn krun_helper_without_libkrun_exits_with_the_reason() {
         cpus: 1,
         memory_mib: 128,
         kernel: dir.path().join("vmlinux"),
-        initramfs: dir.path().join("i.cpio.gz"),
+        initramfs: dir.path().join("i.cpio"),
         root_disk: None,
         boot: bottle_contract::BootConfig::default(),
         cmdline_extra: vec![],

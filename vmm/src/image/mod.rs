@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::VmmError;
 
 /// File name of the initramfs inside an image directory.
-pub const INITRAMFS: &str = "initramfs.cpio.gz";
+pub const INITRAMFS: &str = "initramfs.cpio";
 
 /// Name of the tiny image built with the placeholder init (no agent): what
 /// probes and the bare-boot benchmark boot, since the real agent prints the

@@ -33,8 +33,33 @@ impl QemuEngine {
         self.accel
     }
 
-    /// `QEMU emulator version 7.2.22 (...)` -> `7.2.22`.
+    /// `QEMU emulator version 7.2.22 (...)` -> `7.2.22`. Asked once per
+    /// binary: the answer is cached under the binary's path, inode, size
+    /// and modification time (an upgrade changes them), since running
+    /// `--version` costs ~15 ms of every launch.
     pub fn version(&self) -> Result<String, VmmError> {
+        let identity = binary_identity(&self.binary);
+        let cache = crate::paths::cache_root().join("qemu-versions.json");
+        if let Some(v) = identity
+            .as_ref()
+            .and_then(|id| load_versions(&cache).remove(id))
+        {
+            return Ok(v);
+        }
+        let v = self.ask_version()?;
+        if let Some(id) = identity {
+            let mut all = load_versions(&cache);
+            all.insert(id, v.clone());
+            if let Ok(bytes) = serde_json::to_vec_pretty(&all) {
+                // A cache that cannot be written only costs the next launch
+                // the same ~15 ms.
+                let _ = crate::paths::write_atomic(&cache, &bytes);
+            }
+        }
+        Ok(v)
+    }
+
+    fn ask_version(&self) -> Result<String, VmmError> {
         let out = Command::new(&self.binary)
             .arg("--version")
             .stderr(Stdio::null())
@@ -47,6 +72,37 @@ impl QemuEngine {
             "apt-get install qemu-system-x86",
         ))
     }
+}
+
+/// `path|inode|size|mtime_ns` of the program `binary` names (looked up on
+/// PATH when it has no slash), or `None` when it is not found.
+fn binary_identity(binary: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = if binary.components().count() > 1 {
+        binary.to_path_buf()
+    } else {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(binary))
+            .find(|p| p.is_file())?
+    };
+    let path = std::fs::canonicalize(path).ok()?;
+    let m = std::fs::metadata(&path).ok()?;
+    Some(format!(
+        "{}|{}|{}|{}.{}",
+        path.display(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+fn load_versions(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 pub(crate) fn parse_version(out: &str) -> Option<String> {
