@@ -2,7 +2,8 @@
 # Boot benchmark, bottle next to the bare engine in one run (issue 8, 9):
 #   - bare engine (the vmm `boot` example): spawn to the BOTTLE-GUEST-READY
 #     marker, same kernel and busybox image with an init that prints the
-#     marker at once (no agent handshake), no bottle around it;
+#     marker at once (no agent handshake), no bottle around it; one bare
+#     boot before each bottle run, so both sides see the same load;
 #   - `bottle run --vm --yes bench -- true` to its exit, with a breakdown
 #     (planned, launched = bundle ready + VM started, agent ready,
 #     provisioned, command done, torn down) and the bundle's idle RSS;
