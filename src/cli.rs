@@ -371,7 +371,7 @@ pub enum RouteChange {
 pub enum PoolCommand {
     /// Boot SIZE guests of one shape (image, vCPUs, memory; the default network and limits) and keep the pool full.
     #[command(
-        after_help = "A bottle whose plan has this shape claims a pooled guest instead of booting one; a detached refiller boots its replacement. See docs/pool.md.\n\nExamples:\n  bottle pool start\n  bottle pool start --size 2 --image debian --cpus 2 --memory 1024"
+        after_help = "A bottle whose plan has this shape claims a pooled guest instead of booting one; a detached refiller boots its replacement. See docs/pool.md.\n\nExamples:\n  bottle pool start\n  bottle pool start --size 2 --image debian --cpus 2 --memory 1024\n  bottle pool start --engine libkrun"
     )]
     Start {
         /// Guests kept booted (1-16).
@@ -386,6 +386,9 @@ pub enum PoolCommand {
         /// Memory of each guest in MiB (a bottle's `memory_mib` must match).
         #[arg(long = "memory", default_value_t = 1024)]
         memory_mib: u32,
+        /// VM engine of the guests (a bottle's engine must match; auto picks as `bottle run --vm` does).
+        #[arg(long, value_enum, value_name = "ENGINE", default_value = "auto")]
+        engine: EngineArg,
     },
     /// The pool's shape and guests (name, status, qemu and bundle pids, RSS, boot time).
     Status {

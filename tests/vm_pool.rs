@@ -239,3 +239,24 @@ command = ["/bin/true"]
     // The pooled guest was not touched.
     assert_eq!(ready_guest(&sb), pooled);
 }
+
+#[test]
+fn a_pool_of_an_engine_that_cannot_run_here_is_refused_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    let out = sb
+        .bottle()
+        .args(["pool", "start", "--engine", "libkrun"])
+        .env("BOTTLE_LIBKRUN", "/nonexistent/libkrun.so.1")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("libkrun was requested but cannot boot the guest here"),
+        "{err}"
+    );
+    assert!(err.contains("--engine qemu"), "{err}");
+    assert!(!sb.state_dir().join("pool").exists(), "{err}");
+    let s = status(&sb);
+    assert!(s["guests"].as_array().is_none_or(|g| g.is_empty()), "{s}");
+}

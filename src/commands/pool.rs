@@ -5,8 +5,15 @@ use crate::pool::{self, Shape};
 use crate::state;
 
 /// `bottle pool start`: the shape from the flags and the defaults a bottle
-/// without its own `[network]`, `[limits]` and `[vm] engine` has.
-pub fn start(size: u32, image: &str, cpus: u8, memory_mib: u32) -> anyhow::Result<()> {
+/// without its own `[network]` and `[limits]` has; the engine chosen as
+/// `bottle run --vm --engine CHOICE` chooses it.
+pub fn start(
+    size: u32,
+    image: &str,
+    cpus: u8,
+    memory_mib: u32,
+    choice: bottle_vmm::EngineChoice,
+) -> anyhow::Result<()> {
     if size == 0 || size > 16 {
         return Err(UsageError("--size must be from 1 to 16".into()).into());
     }
@@ -25,7 +32,6 @@ pub fn start(size: u32, image: &str, cpus: u8, memory_mib: u32) -> anyhow::Resul
             })?)
         }
     };
-    let choice = bottle_vmm::EngineChoice::Auto;
     let selection = match crate::backend::vm::decide_engine(choice) {
         Some(s) => s,
         None => bottle_vmm::select_engine(choice)?.1,
