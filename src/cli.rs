@@ -369,7 +369,7 @@ pub enum RouteChange {
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// Boot SIZE guests of one shape (image, vCPUs, memory; the default network and limits) and keep the pool full.
+    /// Boot SIZE guests of one shape (image, vCPUs, memory, engine; the default network and limits) and keep that shape's pool full; another shape adds a pool.
     #[command(
         after_help = "A bottle whose plan has this shape claims a pooled guest instead of booting one; a detached refiller boots its replacement. See docs/pool.md.\n\nExamples:\n  bottle pool start\n  bottle pool start --size 2 --image debian --cpus 2 --memory 1024\n  bottle pool start --engine libkrun"
     )]

@@ -197,7 +197,7 @@ command = ["/bin/true"]
 }
 
 #[test]
-fn without_a_matching_pooled_guest_the_bottle_boots_cold_and_says_why() {
+fn without_a_matching_pooled_guest_the_bottle_boots_cold_then_a_pool_of_its_shape_serves_it() {
     let _g = serial();
     if !require_vm() {
         return;
@@ -238,6 +238,53 @@ command = ["/bin/true"]
     assert!(!se.contains("warm: claimed"), "{se}");
     // The pooled guest was not touched.
     assert_eq!(ready_guest(&sb), pooled);
+
+    // A pool of the bottle's shape next to the first: the bottle claims
+    // from it, and the first pool's guest is still not touched.
+    let start = sb.run(&[
+        "pool", "start", "--size", "1", "--cpus", "1", "--memory", "384",
+    ]);
+    assert!(start.status.success(), "{}", stderr(&start));
+    let s = status(&sb);
+    let pools = s["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 2, "{s}");
+    let ready_of = |mib: u64| -> u64 {
+        let s = status(&sb);
+        let pool = s["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["shape"]["memory_mib"] == mib)
+            .unwrap_or_else(|| panic!("no pool of {mib} MiB: {s}"))
+            .clone();
+        pool["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["status"] == "ready")
+            .and_then(|g| g["vm_pid"].as_u64())
+            .unwrap_or_else(|| panic!("no ready guest of {mib} MiB: {s}"))
+    };
+    let second = ready_of(384);
+    let text = stdout(&sb.run(&["pool", "status"]));
+    assert!(
+        text.contains("1 vCPU, 256 MiB") && text.contains("1 vCPU, 384 MiB"),
+        "{text}"
+    );
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--manifest"])
+        .arg(&manifest)
+        .args(["a", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let se = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{se}");
+    assert!(se.contains(&format!("(qemu pid {second})")), "{se}");
+    assert_eq!(ready_of(256), pooled);
+    let stop = stdout(&sb.run(&["pool", "stop"]));
+    assert!(stop.contains("pooled guests removed"), "{stop}");
+    assert!(status(&sb).is_null());
 }
 
 #[test]

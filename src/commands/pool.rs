@@ -70,7 +70,7 @@ pub fn start(
 }
 
 /// One row of `bottle pool status`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 struct Row {
     name: String,
     status: &'static str,
@@ -82,14 +82,23 @@ struct Row {
     started: String,
 }
 
+/// `bottle pool status --json`: every guest (`guests`), and per shape its
+/// size, how many are ready and its guests (`pools`).
 #[derive(Debug, serde::Serialize)]
 struct Status {
+    pools: Vec<PoolRows>,
+    guests: Vec<Row>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PoolRows {
     size: u32,
+    ready: usize,
     shape: Shape,
     guests: Vec<Row>,
 }
 
-fn rows(root: &std::path::Path, p: &pool::PoolState) -> Vec<Row> {
+fn rows(root: &std::path::Path, p: &pool::ShapePool) -> Vec<Row> {
     p.entries
         .iter()
         .map(|e| {
@@ -124,43 +133,57 @@ fn rows(root: &std::path::Path, p: &pool::PoolState) -> Vec<Row> {
 /// `bottle pool status`.
 pub fn status(json: bool) -> anyhow::Result<()> {
     let root = state::state_root()?;
-    let Some(p) = pool::read(&root)? else {
+    let Some(state) = pool::read(&root)? else {
         if json {
             return print("null\n");
         }
         eprintln!("no pool is running (`bottle pool start` starts one)");
         return Ok(());
     };
-    let guests = rows(&root, &p);
+    let pools: Vec<PoolRows> = state
+        .pools
+        .into_iter()
+        .map(|p| {
+            let guests = rows(&root, &p);
+            PoolRows {
+                size: p.size,
+                ready: guests.iter().filter(|g| g.status == "ready").count(),
+                shape: p.shape,
+                guests,
+            }
+        })
+        .collect();
     if json {
         let s = Status {
-            size: p.size,
-            shape: p.shape,
-            guests,
+            guests: pools.iter().flat_map(|p| p.guests.clone()).collect(),
+            pools,
         };
         return print(&format!("{}\n", serde_json::to_string_pretty(&s)?));
     }
-    let mut out = format!(
-        "pool: {} of {} ready; {} image, {} vCPU, {} MiB, {}-{}\n",
-        guests.iter().filter(|g| g.status == "ready").count(),
-        p.size,
-        p.shape.image,
-        p.shape.cpus,
-        p.shape.memory_mib,
-        p.shape.engine,
-        p.shape.accel
-    );
-    for g in &guests {
+    let mut out = String::new();
+    for p in &pools {
         out.push_str(&format!(
-            "{}\t{}\tqemu {}\tbundle {}\t{} MiB\tboot {}\t{}\n",
-            g.name,
-            g.status,
-            g.vm_pid.map_or("-".to_string(), |p| p.to_string()),
-            g.bundle_pid.map_or("-".to_string(), |p| p.to_string()),
-            g.rss_kib / 1024,
-            g.boot_ms.map_or("-".to_string(), |m| format!("{m} ms")),
-            g.started
+            "pool: {} of {} ready; {} image, {} vCPU, {} MiB, {}-{}\n",
+            p.ready,
+            p.size,
+            p.shape.image,
+            p.shape.cpus,
+            p.shape.memory_mib,
+            p.shape.engine,
+            p.shape.accel
         ));
+        for g in &p.guests {
+            out.push_str(&format!(
+                "{}\t{}\tqemu {}\tbundle {}\t{} MiB\tboot {}\t{}\n",
+                g.name,
+                g.status,
+                g.vm_pid.map_or("-".to_string(), |p| p.to_string()),
+                g.bundle_pid.map_or("-".to_string(), |p| p.to_string()),
+                g.rss_kib / 1024,
+                g.boot_ms.map_or("-".to_string(), |m| format!("{m} ms")),
+                g.started
+            ));
+        }
     }
     print(&out)
 }
@@ -177,11 +200,13 @@ pub fn stop() -> anyhow::Result<()> {
 
 /// The lines `bottle ls` prints for pooled guests, after the bottles.
 pub fn ls_lines(root: &std::path::Path) -> String {
-    let Ok(Some(p)) = pool::read(root) else {
+    let Ok(Some(state)) = pool::read(root) else {
         return String::new();
     };
-    rows(root, &p)
+    state
+        .pools
         .iter()
+        .flat_map(|p| rows(root, p))
         .map(|g| format!("pool\t{}\t-\t{}\t{}\n", g.name, g.status, g.started))
         .collect()
 }

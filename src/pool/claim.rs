@@ -1,4 +1,5 @@
-//! Claiming a pooled guest for a bottle: pick one of the plan's shape, move
+//! Claiming a pooled guest for a bottle: pick one of the plan's shape (from
+//! the pool of that shape), move
 //! its entry into the bottle's state directory, hand its bundle the
 //! bottle's config, set the bottle's hostname in the guest.
 
@@ -51,9 +52,10 @@ pub fn preview(plan: &Plan) -> Option<String> {
         Ok(s) => s,
         Err(why) => return Some(format!("cold boot: {why}")),
     };
-    if let Some(why) = want.mismatch(&pool.shape) {
+    if let Some(why) = pool.mismatch(&want) {
         return Some(format!("cold boot: {why}"));
     }
+    let pool = pool.of_shape(&want)?;
     let ready = pool.entries.iter().filter(|e| e.ready).count();
     Some(if ready > 0 {
         format!(
@@ -76,13 +78,16 @@ pub fn claim(root: &Path, plan: &Plan) -> Start {
         Ok(s) => s,
         Err(why) => return Start::Cold(why),
     };
-    let taken = update(root, |pool| {
-        let Some(pool) = pool.as_mut() else {
+    let taken = update(root, |state| {
+        let Some(state) = state.as_mut() else {
             return Err("the pool was stopped".to_string());
         };
-        if let Some(why) = want.mismatch(&pool.shape) {
+        if let Some(why) = state.mismatch(&want) {
             return Err(why);
         }
+        let Some(pool) = state.pools.iter_mut().find(|p| p.shape == want) else {
+            return Err("no pool of this bottle's shape".to_string());
+        };
         // The oldest ready entry whose processes still run; dead ones go.
         let mut dead = Vec::new();
         let mut found = None;

@@ -1,6 +1,8 @@
 //! Starting, refilling, stopping and sweeping the pool.
 
-use super::{destroy, dir, entry_config, lock, read, update, Entry, PoolState, Shape, VERSION};
+use super::{
+    destroy, dir, entry_config, lock, read, update, Entry, PoolState, Shape, ShapePool, VERSION,
+};
 use crate::bundle::files;
 use crate::manifest::BackendName;
 use crate::plan::Engine;
@@ -20,41 +22,34 @@ pub const REFILL_SUBCOMMAND: &str = "__pool-refill";
 const REFILL_LOCK: &str = "refill.lock";
 const REFILL_LOG: &str = "refill.log";
 
-/// Start (or resize) the pool: record its size and shape, then boot guests
-/// until it is full. Returns once they are ready. A pool of another shape
-/// is refused (`bottle pool stop` first).
+/// Start (or resize) the pool of `shape`: record its size, then boot guests
+/// until every shape's pool is full. Returns once they are ready. Pools of
+/// other shapes keep theirs.
 pub fn start(root: &Path, size: u32, shape: Shape) -> anyhow::Result<()> {
-    update(root, |pool| match pool {
-        Some(p) if p.shape != shape => Err(anyhow::anyhow!(
-            "a pool of another shape runs ({} image, {} vCPU, {} MiB); `bottle pool stop` it first",
-            p.shape.image,
-            p.shape.cpus,
-            p.shape.memory_mib
-        )),
-        Some(p) => {
-            p.size = size;
-            Ok(())
-        }
-        None => {
-            *pool = Some(PoolState {
-                version: VERSION,
-                size,
-                shape,
-                entries: Vec::new(),
-            });
-            Ok(())
-        }
-    })??;
     // Fewer wanted than there are: the newest go.
-    let extra = update(root, |pool| {
-        let Some(p) = pool.as_mut() else {
-            return Vec::new();
-        };
-        let keep = p.size as usize;
-        if p.entries.len() > keep {
-            p.entries.split_off(keep)
-        } else {
-            Vec::new()
+    let extra = update(root, |state| {
+        let state = state.get_or_insert_with(|| PoolState {
+            version: VERSION,
+            pools: Vec::new(),
+        });
+        match state.pools.iter_mut().find(|p| p.shape == shape) {
+            Some(p) => {
+                p.size = size;
+                let keep = size as usize;
+                if p.entries.len() > keep {
+                    p.entries.split_off(keep)
+                } else {
+                    Vec::new()
+                }
+            }
+            None => {
+                state.pools.push(ShapePool {
+                    size,
+                    shape,
+                    entries: Vec::new(),
+                });
+                Vec::new()
+            }
         }
     })?;
     for e in extra {
@@ -67,7 +62,12 @@ pub fn start(root: &Path, size: u32, shape: Shape) -> anyhow::Result<()> {
 /// for a refiller at work to give up, and sweep what is left. Bottles that
 /// claimed a guest keep running.
 pub fn stop(root: &Path) -> anyhow::Result<usize> {
-    let entries = update(root, |pool| pool.take().map(|p| p.entries))?.unwrap_or_default();
+    let entries: Vec<Entry> = update(root, |state| {
+        state
+            .take()
+            .map(|s| s.pools.into_iter().flat_map(|p| p.entries).collect())
+    })?
+    .unwrap_or_default();
     let n = entries.len();
     for e in &entries {
         destroy(root, &e.name);
@@ -91,7 +91,7 @@ pub fn sweep(root: &Path, dry_run: bool) -> anyhow::Result<Vec<String>> {
     let pool = read(root)?;
     let mut known: BTreeSet<String> = pool
         .iter()
-        .flat_map(|p| p.entries.iter().map(|e| e.name.clone()))
+        .flat_map(|s| s.entries().map(|e| e.name.clone()))
         .collect();
     // Claimed guests belong to their bottles (which `cleanup` handles).
     for entry in state::list(root)? {
@@ -137,18 +137,19 @@ pub fn reap_dead(root: &Path, dry_run: bool) -> anyhow::Result<Vec<String>> {
     if read(root)?.is_none() {
         return Ok(Vec::new());
     }
-    let dead = update(root, |pool| {
-        let Some(p) = pool.as_mut() else {
+    let dead = update(root, |state| {
+        let Some(state) = state.as_mut() else {
             return Vec::new();
         };
-        let dead: Vec<String> = p
-            .entries
-            .iter()
+        let dead: Vec<String> = state
+            .entries()
             .filter(|e| e.ready && !super::entry_alive(root, &e.name))
             .map(|e| e.name.clone())
             .collect();
         if !dry_run {
-            p.entries.retain(|e| !dead.contains(&e.name));
+            for p in &mut state.pools {
+                p.entries.retain(|e| !dead.contains(&e.name));
+            }
         }
         dead
     })?;
@@ -197,28 +198,32 @@ pub fn refill(root: &Path, after: Option<&str>) -> anyhow::Result<()> {
         }
         drop(guard);
         // A claim between the last check and the unlock: look once more.
-        if read(root)?.is_none_or(|p| (p.entries.len() as u64) >= u64::from(p.size)) {
+        let full = |p: &ShapePool| p.entries.len() as u64 >= u64::from(p.size);
+        if read(root)?.is_none_or(|s| s.pools.iter().all(full)) {
             return Ok(());
         }
     }
 }
 
-/// Reserve an entry for the next guest to boot, if the pool misses one
-/// (dead entries are dropped first).
+/// Reserve an entry for the next guest to boot, in the first pool that
+/// misses one (dead entries are dropped first).
 fn next_missing(root: &Path) -> anyhow::Result<Option<(String, Shape)>> {
     let mut dead = Vec::new();
-    let next = update(root, |pool| {
-        let p = pool.as_mut()?;
-        p.entries.retain(|e| {
-            let gone = e.ready && !super::entry_alive(root, &e.name);
-            if gone {
-                dead.push(e.name.clone());
-            }
-            !gone
-        });
-        if p.entries.len() >= p.size as usize {
-            return None;
+    let next = update(root, |state| {
+        let state = state.as_mut()?;
+        for p in &mut state.pools {
+            p.entries.retain(|e| {
+                let gone = e.ready && !super::entry_alive(root, &e.name);
+                if gone {
+                    dead.push(e.name.clone());
+                }
+                !gone
+            });
         }
+        let p = state
+            .pools
+            .iter_mut()
+            .find(|p| p.entries.len() < p.size as usize)?;
         let name = crate::identity::new_identity(super::DIR);
         p.entries.push(Entry {
             name: name.clone(),
@@ -276,11 +281,13 @@ fn boot_one(root: &Path, name: &str, shape: &Shape) -> anyhow::Result<()> {
     })();
     let boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let kept = result.is_ok()
-        && update(root, |pool| {
-            match pool
-                .as_mut()
-                .and_then(|p| p.entries.iter_mut().find(|e| e.name == name))
-            {
+        && update(root, |state| {
+            match state.as_mut().and_then(|s| {
+                s.pools
+                    .iter_mut()
+                    .flat_map(|p| p.entries.iter_mut())
+                    .find(|e| e.name == name)
+            }) {
                 Some(e) => {
                     e.ready = true;
                     e.boot_ms = Some(boot_ms);
@@ -290,8 +297,8 @@ fn boot_one(root: &Path, name: &str, shape: &Shape) -> anyhow::Result<()> {
             }
         })?;
     if !kept {
-        let _ = update(root, |pool| {
-            if let Some(p) = pool.as_mut() {
+        let _ = update(root, |state| {
+            for p in state.iter_mut().flat_map(|s| s.pools.iter_mut()) {
                 p.entries.retain(|e| e.name != name);
             }
         });

@@ -1,14 +1,15 @@
-//! The warm pool (`bottle pool`): booted, unprovisioned VM guests of one
-//! shape, each with its own bundle (guest channel, netstack, VM) and no
-//! guards, no CA and no policy. `bottle run --vm` claims one whose shape
-//! matches its plan, moves the entry into its own state directory, has its
+//! The warm pool (`bottle pool`): booted, unprovisioned VM guests, kept per
+//! shape (each `bottle pool start` of another shape adds one), each with its
+//! own bundle (guest channel, netstack, VM) and no guards, no CA and no
+//! policy. `bottle run --vm` claims one whose shape matches its plan, moves the entry into its own state directory, has its
 //! bundle build the bottle's guards there, provisions it (hostname
 //! included) and runs the command; a detached `bottle __pool-refill` boots
 //! a replacement. A claimed guest is never returned: it is torn down as
 //! any bottle.
 //!
-//! State: `<state root>/pool/pool.json` (size, shape, entries; written
-//! atomically under `pool.lock`), one directory per entry next to it.
+//! State: `<state root>/pool/pool.json` (per shape: size and entries;
+//! written atomically under `pool.lock`), one directory per entry next to
+//! it.
 
 mod claim;
 mod fill;
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub const DIR: &str = "pool";
 const STATE: &str = "pool.json";
 const LOCK: &str = "pool.lock";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// What a pooled guest is: everything its boot depends on. A bottle claims
 /// only a guest of exactly its own shape.
@@ -147,14 +148,66 @@ pub fn entry_config(name: &str, shape: &Shape) -> BundleConfig {
     }
 }
 
-/// `pool.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `pool.json`: the pools, one per shape, in the order they were started.
+#[derive(Debug, Clone, Serialize)]
 pub struct PoolState {
     pub version: u32,
+    pub pools: Vec<ShapePool>,
+}
+
+/// The guests kept booted for one shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShapePool {
     /// Guests kept booted.
     pub size: u32,
     pub shape: Shape,
     pub entries: Vec<Entry>,
+}
+
+impl PoolState {
+    /// Every pooled guest, of every shape.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.pools.iter().flat_map(|p| p.entries.iter())
+    }
+
+    /// The pool of exactly `shape`, if one runs.
+    pub fn of_shape(&self, shape: &Shape) -> Option<&ShapePool> {
+        self.pools.iter().find(|p| &p.shape == shape)
+    }
+
+    /// Why a bottle of shape `want` finds no pool of its shape (`None`
+    /// when it does): what differs from the one pool, or from the first.
+    pub fn mismatch(&self, want: &Shape) -> Option<String> {
+        if self.of_shape(want).is_some() {
+            return None;
+        }
+        let first = self.pools.first()?;
+        let why = want.mismatch(&first.shape)?;
+        Some(match self.pools.len() {
+            1 => why,
+            n => format!("{why}; none of the {n} pooled shapes matches (`bottle pool status`)"),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolState {
+    /// Version 2, or version 1 (one shape: `size`, `shape`, `entries` at the
+    /// top), as a pool started by an earlier bottle wrote it.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            V2 { version: u32, pools: Vec<ShapePool> },
+            V1(ShapePool),
+        }
+        Ok(match Any::deserialize(d)? {
+            Any::V2 { version, pools } => PoolState { version, pools },
+            Any::V1(one) => PoolState {
+                version: VERSION,
+                pools: vec![one],
+            },
+        })
+    }
 }
 
 /// One pooled guest.
@@ -192,7 +245,7 @@ fn lock(root: &Path) -> anyhow::Result<Flock<File>> {
         .map_err(|(_, e)| anyhow::anyhow!("cannot lock the pool: {e}"))
 }
 
-/// The pool's state, `None` when no pool is running.
+/// The pools' state, `None` when no pool is running.
 pub fn read(root: &Path) -> anyhow::Result<Option<PoolState>> {
     let path = dir(root).join(STATE);
     match std::fs::read(&path) {
@@ -261,18 +314,23 @@ fn stop_processes(meta: &Metadata) {
 }
 
 /// One line on the pool for the dashboard, `None` without a pool:
-/// `pool: 1 of 2 ready (tiny)` (`bottle pool status` has the rest).
+/// `pool: 1 of 2 ready (tiny), 0 of 1 ready (debian)` (`bottle pool
+/// status` has the rest).
 pub fn summary(root: &Path) -> Option<String> {
-    let p = read(root).ok().flatten()?;
-    let ready = p
-        .entries
+    let state = read(root).ok().flatten()?;
+    let parts: Vec<String> = state
+        .pools
         .iter()
-        .filter(|e| e.ready && entry_alive(root, &e.name))
-        .count();
-    Some(format!(
-        "pool: {ready} of {} ready ({})",
-        p.size, p.shape.image
-    ))
+        .map(|p| {
+            let ready = p
+                .entries
+                .iter()
+                .filter(|e| e.ready && entry_alive(root, &e.name))
+                .count();
+            format!("{ready} of {} ready ({})", p.size, p.shape.image)
+        })
+        .collect();
+    Some(format!("pool: {}", parts.join(", ")))
 }
 
 /// A resident set size in KiB (`VmRSS` of /proc/PID/status), 0 when gone.

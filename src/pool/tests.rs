@@ -18,6 +18,15 @@ fn shape() -> Shape {
     }
 }
 
+fn entry(name: &str) -> Entry {
+    Entry {
+        name: name.into(),
+        ready: true,
+        started_at: "now".into(),
+        boot_ms: None,
+    }
+}
+
 #[test]
 fn a_pooled_guest_boots_with_nothing_of_any_bottle() {
     let config = entry_config("pool-abcde", &shape());
@@ -83,20 +92,17 @@ fn pool_state_is_written_atomically_and_removed_when_stopped() {
     update(root.path(), |p| {
         *p = Some(PoolState {
             version: VERSION,
-            size: 2,
-            shape: shape(),
-            entries: vec![Entry {
-                name: "pool-abcde".into(),
-                ready: false,
-                started_at: "now".into(),
-                boot_ms: None,
+            pools: vec![ShapePool {
+                size: 2,
+                shape: shape(),
+                entries: vec![entry("pool-abcde")],
             }],
         })
     })
     .unwrap();
     let back = read(root.path()).unwrap().unwrap();
-    assert_eq!(back.size, 2);
-    assert_eq!(back.entries[0].name, "pool-abcde");
+    assert_eq!(back.pools[0].size, 2);
+    assert_eq!(back.pools[0].entries[0].name, "pool-abcde");
     let leftovers: Vec<_> = std::fs::read_dir(dir(root.path()))
         .unwrap()
         .flatten()
@@ -107,4 +113,66 @@ fn pool_state_is_written_atomically_and_removed_when_stopped() {
     assert!(crate::state::list(root.path()).unwrap().is_empty());
     update(root.path(), |p| *p = None).unwrap();
     assert!(read(root.path()).unwrap().is_none());
+}
+
+#[test]
+fn pools_of_two_shapes_serve_each_its_own_and_say_what_differs_otherwise() {
+    let tiny = shape();
+    let mut debian = shape();
+    debian.image = "debian".into();
+    debian.root_disk = Some("/img/debian/root.ext4".into());
+    debian.cpus = 2;
+    let one = PoolState {
+        version: VERSION,
+        pools: vec![ShapePool {
+            size: 1,
+            shape: tiny.clone(),
+            entries: vec![entry("pool-aaaaa")],
+        }],
+    };
+    assert_eq!(one.mismatch(&tiny), None);
+    // One pool: what differs from it.
+    assert!(one.mismatch(&debian).unwrap().contains("image debian"));
+    let mut two = one.clone();
+    two.pools.push(ShapePool {
+        size: 2,
+        shape: debian.clone(),
+        entries: vec![entry("pool-bbbbb"), entry("pool-ccccc")],
+    });
+    assert_eq!(two.mismatch(&tiny), None);
+    assert_eq!(two.mismatch(&debian), None);
+    assert_eq!(two.of_shape(&debian).unwrap().entries.len(), 2);
+    assert_eq!(two.entries().count(), 3);
+    let mut other = shape();
+    other.memory_mib = 4096;
+    let why = two.mismatch(&other).unwrap();
+    assert!(
+        why.contains("4096 MiB") && why.contains("none of the 2"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_pool_file_of_the_one_shape_format_reads_as_one_pool() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir(root.path())).unwrap();
+    let v1 = serde_json::json!({
+        "version": 1,
+        "size": 2,
+        "shape": shape(),
+        "entries": [entry("pool-abcde")],
+    });
+    std::fs::write(dir(root.path()).join(STATE), v1.to_string()).unwrap();
+    let back = read(root.path()).unwrap().unwrap();
+    assert_eq!(back.pools.len(), 1);
+    assert_eq!(back.pools[0].size, 2);
+    assert_eq!(back.pools[0].shape, shape());
+    assert_eq!(back.pools[0].entries[0].name, "pool-abcde");
+    // Written back in the current format.
+    update(root.path(), |_| ()).unwrap();
+    let text = std::fs::read_to_string(dir(root.path()).join(STATE)).unwrap();
+    assert!(
+        text.contains("\"pools\"") && text.contains("\"version\": 2"),
+        "{text}"
+    );
 }
