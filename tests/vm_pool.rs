@@ -196,6 +196,21 @@ command = ["/bin/true"]
     assert!(status(&sb).is_null());
 }
 
+/// `bottle run --vm --yes --manifest MANIFEST a -- /bin/true`, which must
+/// succeed; its stderr.
+fn run_true(sb: &Sandbox, manifest: &std::path::Path) -> String {
+    let out = sb
+        .bottle()
+        .args(["run", "--vm", "--yes", "--manifest"])
+        .arg(manifest)
+        .args(["a", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let se = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{se}");
+    se
+}
+
 #[test]
 fn without_a_matching_pooled_guest_the_bottle_boots_cold_then_a_pool_of_its_shape_serves_it() {
     let _g = serial();
@@ -222,15 +237,7 @@ command = ["/bin/true"]
     ]);
     assert!(start.status.success(), "{}", stderr(&start));
     let pooled = ready_guest(&sb);
-    let out = sb
-        .bottle()
-        .args(["run", "--vm", "--yes", "--manifest"])
-        .arg(&manifest)
-        .args(["a", "--", "/bin/true"])
-        .output()
-        .unwrap();
-    let se = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{se}");
+    let se = run_true(&sb, &manifest);
     assert!(
         se.contains("cold boot: this bottle needs 1 vCPU, 384 MiB (the pool's: 1 vCPU, 256 MiB)"),
         "{se}"
@@ -271,15 +278,7 @@ command = ["/bin/true"]
         text.contains("1 vCPU, 256 MiB") && text.contains("1 vCPU, 384 MiB"),
         "{text}"
     );
-    let out = sb
-        .bottle()
-        .args(["run", "--vm", "--yes", "--manifest"])
-        .arg(&manifest)
-        .args(["a", "--", "/bin/true"])
-        .output()
-        .unwrap();
-    let se = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{se}");
+    let se = run_true(&sb, &manifest);
     assert!(se.contains(&format!("(qemu pid {second})")), "{se}");
     assert_eq!(ready_of(256), pooled);
     let stop = stdout(&sb.run(&["pool", "stop"]));
