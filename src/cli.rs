@@ -335,7 +335,8 @@ pub enum PolicyChange {
 pub enum RouteChange {
     /// Inject HEADER: PREFIX+TOKEN into every HTTPS request to HOST; the token is read here, on the host, and never enters the bottle.
     #[command(
-        after_help = "The token is read now by this command (from the environment variable or the file) and handed to the running proxy; the bottle's state keeps only where it comes from, so `bottle resume` reads it again from the same source (export the variable before resuming). A route for HOST from the manifest or an earlier `route add` is replaced. The host must also be allowed (`allow` in the manifest, or `bottle policy ID allow HOST`).\n\nExamples:\n  bottle policy claude-x1y2z route add api.example.com --header authorization --prefix 'Bearer ' --from-env EXAMPLE_TOKEN\n  bottle policy claude-x1y2z route add api.example.com --header x-api-key --from-file ~/.config/example/key --save"
+        after_help = "The token is read now by this command (from the environment variable, the file or the command's output) and handed to the running proxy; the bottle's state keeps only where it comes from, so `bottle resume` reads it again from the same source (export the variable before resuming). A route for HOST from the manifest or an earlier `route add` is replaced. The host must also be allowed (`allow` in the manifest, or `bottle policy ID allow HOST`).\n\nExamples:\n  bottle policy claude-x1y2z route add api.example.com --header authorization --prefix 'Bearer ' --from-env EXAMPLE_TOKEN\n  bottle policy claude-x1y2z route add api.example.com --header x-api-key --from-file ~/.config/example/key --save\n  bottle policy claude-x1y2z route add api.github.com --header authorization --prefix 'Bearer ' --from-command 'gh auth token'",
+        group(clap::ArgGroup::new("token_source").required(true).multiple(false))
     )]
     Add {
         /// The host (or `*.domain` pattern) whose requests get the header.
@@ -350,16 +351,14 @@ pub enum RouteChange {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Read the token from this environment variable of this command.
-        #[arg(
-            long,
-            value_name = "VAR",
-            conflicts_with = "from_file",
-            required_unless_present = "from_file"
-        )]
+        #[arg(long, value_name = "VAR", group = "token_source")]
         from_env: Option<String>,
         /// Read the token from this file (trimmed).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", group = "token_source")]
         from_file: Option<PathBuf>,
+        /// Read the token from what this command prints (trimmed), e.g. 'gh auth token'; split into words as a shell would, and run without a shell.
+        #[arg(long, value_name = "COMMAND", group = "token_source")]
+        from_command: Option<String>,
         #[command(flatten)]
         save: SaveFlags,
     },

@@ -181,10 +181,15 @@ pub fn policy(
             name,
             from_env,
             from_file,
+            from_command,
             save,
         })) => {
-            let (route, token, edit) =
-                route_from_host(id, &host, header, prefix, name, from_env, from_file)?;
+            let source = TokenFrom {
+                env: from_env,
+                file: from_file,
+                command: from_command,
+            };
+            let (route, token, edit) = route_from_host(id, &host, header, prefix, name, source)?;
             (
                 ControlRequest::RouteAdd {
                     route,
@@ -310,6 +315,14 @@ fn finish_save(pending: Option<&super::save::Pending>) -> anyhow::Result<()> {
     }
 }
 
+/// Where `route add` reads the token: one of `--from-env`, `--from-file`,
+/// `--from-command`.
+struct TokenFrom {
+    env: Option<String>,
+    file: Option<std::path::PathBuf>,
+    command: Option<String>,
+}
+
 /// A route for `route add`, its token read here on the host, and the
 /// manifest entry `--save` writes (the source, never the token).
 fn route_from_host(
@@ -318,21 +331,34 @@ fn route_from_host(
     header: String,
     prefix: String,
     name: Option<String>,
-    from_env: Option<String>,
-    from_file: Option<std::path::PathBuf>,
+    from: TokenFrom,
 ) -> anyhow::Result<(Route, String, Edit)> {
+    use crate::manifest::edit::TokenSourceEdit;
     let pattern = HostPattern::parse(host)
         .map_err(|e| UsageError(format!("`{host}` is not a host pattern: {e}")))?;
-    let (token, source) = match (from_env, from_file) {
-        (Some(var), None) => (TokenSource::Env(var.clone()), ("env".to_string(), var)),
-        (None, Some(path)) => {
+    let (token, source) = match (from.env, from.file, from.command) {
+        (Some(var), None, None) => (TokenSource::Env(var.clone()), TokenSourceEdit::Env(var)),
+        (None, Some(path), None) => {
             let abs = std::path::absolute(&path)
                 .with_context(|| format!("cannot resolve {}", path.display()))?;
             let shown = abs.display().to_string();
-            (TokenSource::File(abs), ("file".to_string(), shown))
+            (TokenSource::File(abs), TokenSourceEdit::File(shown))
+        }
+        (None, None, Some(line)) => {
+            let argv = shlex::split(&line)
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "--from-command `{line}` is not a command (empty, or an unclosed quote)"
+                    ))
+                })?;
+            (
+                TokenSource::Command(argv.clone()),
+                TokenSourceEdit::Command(argv),
+            )
         }
         _ => return Err(UsageError(
-            "name where the token comes from: exactly one of --from-env VAR or --from-file PATH"
+            "name where the token comes from: exactly one of --from-env VAR, --from-file PATH or --from-command COMMAND"
                 .into(),
         )
         .into()),
@@ -550,6 +576,61 @@ pub fn reject(id: &str, req: &str, reason: Option<String>) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn from_command(line: &str) -> TokenFrom {
+        TokenFrom {
+            env: None,
+            file: None,
+            command: Some(line.into()),
+        }
+    }
+
+    #[test]
+    fn a_route_token_from_a_command_is_read_now_and_saved_as_its_argv() {
+        let (route, token, edit) = route_from_host(
+            "t-abcde",
+            "api.example.com",
+            "authorization".into(),
+            "Bearer ".into(),
+            None,
+            from_command("printf '%s\\n' 'tok en-123'"),
+        )
+        .unwrap();
+        assert_eq!(token, "tok en-123");
+        let argv: Vec<String> = ["printf", "%s\\n", "tok en-123"].map(String::from).into();
+        assert_eq!(route.token, TokenSource::Command(argv.clone()));
+        let Edit::Route { source, .. } = edit else {
+            panic!("not a route edit")
+        };
+        assert_eq!(
+            source,
+            crate::manifest::edit::TokenSourceEdit::Command(argv)
+        );
+        // An unclosed quote or nothing at all is refused, and nothing runs.
+        for bad in ["gh 'auth", "", "   "] {
+            let err = route_from_host(
+                "t-abcde",
+                "api.example.com",
+                "authorization".into(),
+                String::new(),
+                None,
+                from_command(bad),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("is not a command"), "{bad}: {err}");
+        }
+        // A command that fails leaves the bottle unchanged, and says so.
+        let err = route_from_host(
+            "t-abcde",
+            "api.example.com",
+            "authorization".into(),
+            String::new(),
+            None,
+            from_command("false"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("was not changed"), "{err}");
+    }
 
     #[test]
     fn allow_targets_split_into_host_and_port() {

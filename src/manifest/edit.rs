@@ -33,8 +33,16 @@ pub enum Edit {
         host: String,
         header: String,
         prefix: String,
-        source: (String, String),
+        source: TokenSourceEdit,
     },
+}
+
+/// Where a saved route's token comes from (`token = { env | file | command }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSourceEdit {
+    Env(String),
+    File(String),
+    Command(Vec<String>),
 }
 
 /// Why the manifest could not be changed as asked.
@@ -133,7 +141,13 @@ fn apply_one(table: &mut dyn TableLike, bottle: &str, edit: &Edit) -> Result<(),
                 t.insert("prefix", prefix.as_str().into());
             }
             let mut token = InlineTable::new();
-            token.insert(&source.0, source.1.as_str().into());
+            match source {
+                TokenSourceEdit::Env(var) => token.insert("env", var.as_str().into()),
+                TokenSourceEdit::File(path) => token.insert("file", path.as_str().into()),
+                TokenSourceEdit::Command(argv) => {
+                    token.insert("command", Value::Array(strings(argv)))
+                }
+            };
             t.insert("token", Value::InlineTable(token));
             push_entry(table, bottle, "routes", t)
         }
@@ -494,7 +508,7 @@ bottle = "t"
                     host: "api.example.com".into(),
                     header: "authorization".into(),
                     prefix: "Bearer ".into(),
-                    source: ("env".into(), "API_TOKEN".into()),
+                    source: TokenSourceEdit::Env("API_TOKEN".into()),
                 },
             ],
         );
@@ -505,6 +519,24 @@ bottle = "t"
         assert_eq!(b.routes[0].prefix, "Bearer ");
         assert!(out.contains("[[bottles.t.routes]]"), "{out}");
         assert!(out.contains("# keep this comment"));
+        // A token from a command is saved as its argv.
+        let out = edited(
+            TEXT,
+            &[Edit::Route {
+                name: None,
+                host: "api.github.com".into(),
+                header: "authorization".into(),
+                prefix: String::new(),
+                source: TokenSourceEdit::Command(vec!["gh".into(), "auth".into(), "token".into()]),
+            }],
+        );
+        let m = crate::manifest::parse("t", &out).unwrap();
+        let token = &m.bottles["t"].routes[0].token;
+        assert_eq!(
+            token.command.as_deref(),
+            Some(&["gh", "auth", "token"].map(String::from)[..])
+        );
+        assert!(token.env.is_none() && token.file.is_none(), "{out}");
     }
 
     #[test]
