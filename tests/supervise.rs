@@ -463,10 +463,50 @@ fn file_egress(sb: &Sandbox, id: &str, port: u16) -> String {
     ))
 }
 
+/// `bottle ARGS` on a terminal (a pty made by `script`), typing `input`;
+/// its exit code and everything it printed there.
+fn on_terminal(sb: &Sandbox, args: &[&str], input: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let base = sb.bottle();
+    let quote = |w: &str| format!("'{}'", w.replace('\'', "'\\''"));
+    let mut line = quote(&base.get_program().to_string_lossy());
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let mut cmd = std::process::Command::new("script");
+    if let Some(dir) = base.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    cmd.args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd.spawn().expect("run script(1) (util-linux)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
 /// `bottle approve --save`: without a terminal and without `--yes` nothing
-/// changes (file, request, proxy); with `--yes` the manifest file gets the
-/// host (its comments kept), stays trusted, and the next `bottle run` of
-/// it, without `bottle trust`, allows the host from the start.
+/// changes (file, request, proxy); on a terminal, answering `n` changes
+/// nothing either, and `y` gives the manifest file the host (its comments
+/// kept); it stays trusted, and the next `bottle run` of it, without
+/// `bottle trust`, allows the host from the start.
 #[test]
 fn docker_approve_save_writes_the_manifest_and_it_stays_trusted() {
     if !require_docker("runc") {
@@ -498,14 +538,23 @@ fn docker_approve_save_writes_the_manifest_and_it_stays_trusted() {
     assert!(stdout(&sb.run(&["requests", &id])).contains("pending"));
     assert!(exec(&sb, &id, port, "get blocked.localhost\n").contains("403"));
 
-    let out = sb.run(&["approve", &id, &req, "--save", "--yes"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // On a terminal the diff is shown and the answer asked for: `n`
+    // changes nothing, `y` writes the file and approves.
+    let (code, shown) = on_terminal(&sb, &["approve", &id, &req, "--save"], "n\n");
+    assert_ne!(code, Some(0), "{shown}");
     assert!(
-        stderr(&out).contains("+allow = [\"localhost\", \"blocked.localhost\"] # loopback only"),
-        "the diff: {}",
-        stderr(&out)
+        shown.contains("? [y/N]") && shown.contains("was not changed"),
+        "{shown}"
     );
-    assert!(stdout(&out).contains("stays trusted"), "{}", stdout(&out));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    assert!(stdout(&sb.run(&["requests", &id])).contains("pending"));
+    let (code, shown) = on_terminal(&sb, &["approve", &id, &req, "--save"], "y\n");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains("+allow = [\"localhost\", \"blocked.localhost\"] # loopback only"),
+        "the diff: {shown}"
+    );
+    assert!(shown.contains("stays trusted"), "{shown}");
     let saved = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
         saved,
