@@ -32,29 +32,41 @@ pub fn run(state_dir: &Path) -> anyhow::Result<()> {
 /// The launcher closes our stdin once it has put us (every thread) in the
 /// bottle's cgroup, which takes ~20 ms on a cgroup v1 host. The bundle
 /// builds its guards meanwhile and waits for it only before it starts a
-/// process of its own (the VM), so that the VM is born inside the cgroup.
-struct Confinement(std::thread::JoinHandle<()>);
+/// process of its own (the VM, an engine probe, git-gate's `git init`), so
+/// that every process it starts is born inside the cgroup.
+struct Confinement(Option<std::thread::JoinHandle<()>>);
 
 impl Confinement {
     fn watch() -> Self {
-        Confinement(std::thread::spawn(|| {
+        Confinement(Some(std::thread::spawn(|| {
             use std::io::Read;
             let _ = std::io::stdin().read(&mut [0u8; 1]);
-        }))
+        })))
     }
 
-    async fn wait(self) {
-        let _ = tokio::task::spawn_blocking(move || self.0.join()).await;
-        crate::timing::step("bundle-confined");
+    /// Returns once the launcher has confined us (at once the second time).
+    async fn wait(&mut self) {
+        if let Some(watcher) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+            crate::timing::step("bundle-confined");
+        }
     }
 }
 
-async fn serve(dir: PathBuf, config: BundleConfig, confined: Confinement) -> anyhow::Result<()> {
+async fn serve(
+    dir: PathBuf,
+    config: BundleConfig,
+    mut confined: Confinement,
+) -> anyhow::Result<()> {
     if config.pooled {
         return match config.mode.clone() {
             Mode::Vm(vm) => serve_pooled(dir, config, vm, confined).await,
             Mode::Docker => anyhow::bail!("only a VM bundle can be pooled"),
         };
+    }
+    if !config.git.is_empty() {
+        // git-gate runs `git` for its mirrors when it starts.
+        confined.wait().await;
     }
     let guards = build_guards(&dir, &config)?;
     crate::timing::step("bundle-guards");
@@ -381,18 +393,15 @@ async fn serve_vm(
     run: VmRun,
     slot: GuardSlot,
     claims: Option<Claims>,
-    confined: Confinement,
+    mut confined: Confinement,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
     use bottle_netstack::{Forward, NetConfig};
     let VmRun { vm, boot, flows } = run;
     let net_listener = bind(&dir.join(files::NET))?;
     // Probing an engine starts a VM too.
-    let mut confined = Some(confined);
     if vm.decided.is_none() {
-        if let Some(c) = confined.take() {
-            c.wait().await;
-        }
+        confined.wait().await;
     }
     let (engine, selection) = match vm.decided {
         Some((kind, accel)) => (
@@ -425,9 +434,7 @@ async fn serve_vm(
         console_log: dir.join(files::CONSOLE),
         guest_mac: bottle_vmm::MacAddr(vm.guest_mac),
     };
-    if let Some(c) = confined.take() {
-        c.wait().await;
-    }
+    confined.wait().await;
     let mut process = engine.spawn(&spec).context("cannot start the VM")?;
     crate::timing::step("bundle-spawned");
     ready.vm_pid = Some(process.pid());
