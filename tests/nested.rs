@@ -178,15 +178,27 @@ fn vm_tests_pass_on_libkrun_inside_the_nested_runner() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(out.status.code(), Some(0), "stdout:\n{so}\nstderr:\n{se}");
-    // `nested-vm-tests: passed N; failed: none; retried: …` (a test that
-    // failed once in L1 and passed on its second run is named there, and
-    // its first output is above).
+    // `nested-vm-tests: passed N of N; failed: none; retried: …; L1 boots:
+    // K; not run: none` (a test that failed once in L1 and passed on its
+    // second run is named there, with its first output above; a fresh L1
+    // after one that locked up counts in the boots).
     let result = so
         .lines()
-        .find(|l| l.starts_with("nested-vm-tests: passed "))
+        .rfind(|l| l.starts_with("nested-vm-tests: passed "))
         .unwrap_or_else(|| panic!("no summary line:\n{so}\nstderr:\n{se}"));
+    let counts: Vec<&str> = result
+        .trim_start_matches("nested-vm-tests: passed ")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .split(" of ")
+        .collect();
     assert!(
-        result.contains("; failed: none;") && !result.starts_with("nested-vm-tests: passed 0;"),
+        counts.len() == 2 && counts[0] == counts[1] && counts[0] != "0",
+        "{result}\n{so}"
+    );
+    assert!(
+        result.contains("; failed: none;") && result.ends_with("; not run: none"),
         "{result}\n{so}"
     );
     for name in [
