@@ -606,30 +606,26 @@ mod tests {
             source,
             crate::manifest::edit::TokenSourceEdit::Command(argv)
         );
-        // An unclosed quote or nothing at all is refused, and nothing runs.
-        for bad in ["gh 'auth", "", "   "] {
-            let err = route_from_host(
+        let refused = |line: &str| {
+            route_from_host(
                 "t-abcde",
                 "api.example.com",
                 "authorization".into(),
                 String::new(),
                 None,
-                from_command(bad),
+                from_command(line),
             )
-            .unwrap_err();
-            assert!(err.to_string().contains("is not a command"), "{bad}: {err}");
+            .unwrap_err()
+            .to_string()
+        };
+        // An unclosed quote or nothing at all is refused, and nothing runs.
+        for bad in ["gh 'auth", "", "   "] {
+            let err = refused(bad);
+            assert!(err.contains("is not a command"), "{bad}: {err}");
         }
         // A command that fails leaves the bottle unchanged, and says so.
-        let err = route_from_host(
-            "t-abcde",
-            "api.example.com",
-            "authorization".into(),
-            String::new(),
-            None,
-            from_command("false"),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("was not changed"), "{err}");
+        let err = refused("false");
+        assert!(err.contains("was not changed"), "{err}");
     }
 
     #[test]
