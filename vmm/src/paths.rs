@@ -27,3 +27,19 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
+
+/// `path|inode|size|mtime` of a file, or `None` when it cannot be read: what
+/// a cached answer about the file is keyed by (a rebuild or an upgrade
+/// changes it).
+pub(crate) fn file_stamp(p: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(format!(
+        "{}|{}|{}|{}.{}",
+        p.display(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}

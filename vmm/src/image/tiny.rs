@@ -98,6 +98,7 @@ pub fn tiny_key(guest_bin: Option<&Path>) -> Result<String, VmmError> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static KEYS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    use crate::paths::file_stamp;
     let bb = busybox_path();
     let memo = match guest_bin {
         Some(g) => file_stamp(&bb)
@@ -122,20 +123,6 @@ pub fn tiny_key(guest_bin: Option<&Path>) -> Result<String, VmmError> {
             .insert(m, key.clone());
     }
     Ok(key)
-}
-
-/// `path|inode|size|mtime` of a file, or `None` when it cannot be read.
-fn file_stamp(p: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some(format!(
-        "{}|{}|{}|{}.{}",
-        p.display(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
 }
 
 fn hash_tiny_inputs(bb: &Path, guest_bin: Option<&Path>) -> Result<String, VmmError> {

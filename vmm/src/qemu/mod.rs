@@ -74,10 +74,10 @@ impl QemuEngine {
     }
 }
 
-/// `path|inode|size|mtime_ns` of the program `binary` names (looked up on
-/// PATH when it has no slash), or `None` when it is not found.
+/// The [`crate::paths::file_stamp`] of the program `binary` names (looked
+/// up on PATH when it has no slash, links resolved), or `None` when it is
+/// not found.
 fn binary_identity(binary: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let path = if binary.components().count() > 1 {
         binary.to_path_buf()
     } else {
@@ -86,16 +86,7 @@ fn binary_identity(binary: &std::path::Path) -> Option<String> {
             .map(|dir| dir.join(binary))
             .find(|p| p.is_file())?
     };
-    let path = std::fs::canonicalize(path).ok()?;
-    let m = std::fs::metadata(&path).ok()?;
-    Some(format!(
-        "{}|{}|{}|{}.{}",
-        path.display(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
+    crate::paths::file_stamp(&std::fs::canonicalize(path).ok()?)
 }
 
 fn load_versions(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
