@@ -1,7 +1,6 @@
-//! Claiming a pooled guest for a bottle: pick one of the plan's shape (from
-//! the pool of that shape), move
-//! its entry into the bottle's state directory, hand its bundle the
-//! bottle's config, set the bottle's hostname in the guest.
+//! Claiming a pooled guest for a bottle: pick one from the pool of the
+//! plan's shape, move its entry into the bottle's state directory, hand its
+//! bundle the bottle's config, set the bottle's hostname in the guest.
 
 use super::{entry_alive, update, Shape};
 use crate::backend::BackendError;
@@ -52,10 +51,10 @@ pub fn preview(plan: &Plan) -> Option<String> {
         Ok(s) => s,
         Err(why) => return Some(format!("cold boot: {why}")),
     };
-    if let Some(why) = pool.mismatch(&want) {
-        return Some(format!("cold boot: {why}"));
-    }
-    let pool = pool.of_shape(&want)?;
+    let pool = match pool.pool_for(&want) {
+        Ok(i) => &pool.pools[i],
+        Err(why) => return Some(format!("cold boot: {why}")),
+    };
     let ready = pool.entries.iter().filter(|e| e.ready).count();
     Some(if ready > 0 {
         format!(
@@ -82,12 +81,8 @@ pub fn claim(root: &Path, plan: &Plan) -> Start {
         let Some(state) = state.as_mut() else {
             return Err("the pool was stopped".to_string());
         };
-        if let Some(why) = state.mismatch(&want) {
-            return Err(why);
-        }
-        let Some(pool) = state.pools.iter_mut().find(|p| p.shape == want) else {
-            return Err("no pool of this bottle's shape".to_string());
-        };
+        let i = state.pool_for(&want)?;
+        let pool = &mut state.pools[i];
         // The oldest ready entry whose processes still run; dead ones go.
         let mut dead = Vec::new();
         let mut found = None;

@@ -141,15 +141,9 @@ pub fn reap_dead(root: &Path, dry_run: bool) -> anyhow::Result<Vec<String>> {
         let Some(state) = state.as_mut() else {
             return Vec::new();
         };
-        let dead: Vec<String> = state
-            .entries()
-            .filter(|e| e.ready && !super::entry_alive(root, &e.name))
-            .map(|e| e.name.clone())
-            .collect();
+        let dead = state.dead_entries(root);
         if !dry_run {
-            for p in &mut state.pools {
-                p.entries.retain(|e| !dead.contains(&e.name));
-            }
+            state.forget(&dead);
         }
         dead
     })?;
@@ -211,15 +205,8 @@ fn next_missing(root: &Path) -> anyhow::Result<Option<(String, Shape)>> {
     let mut dead = Vec::new();
     let next = update(root, |state| {
         let state = state.as_mut()?;
-        for p in &mut state.pools {
-            p.entries.retain(|e| {
-                let gone = e.ready && !super::entry_alive(root, &e.name);
-                if gone {
-                    dead.push(e.name.clone());
-                }
-                !gone
-            });
-        }
+        dead = state.dead_entries(root);
+        state.forget(&dead);
         let p = state
             .pools
             .iter_mut()
@@ -298,8 +285,8 @@ fn boot_one(root: &Path, name: &str, shape: &Shape) -> anyhow::Result<()> {
         })?;
     if !kept {
         let _ = update(root, |state| {
-            for p in state.iter_mut().flat_map(|s| s.pools.iter_mut()) {
-                p.entries.retain(|e| e.name != name);
+            if let Some(s) = state.as_mut() {
+                s.forget(&[name.to_string()]);
             }
         });
         destroy(root, name);

@@ -1,10 +1,10 @@
 //! The warm pool (`bottle pool`): booted, unprovisioned VM guests, kept per
 //! shape (each `bottle pool start` of another shape adds one), each with its
 //! own bundle (guest channel, netstack, VM) and no guards, no CA and no
-//! policy. `bottle run --vm` claims one whose shape matches its plan, moves the entry into its own state directory, has its
-//! bundle build the bottle's guards there, provisions it (hostname
-//! included) and runs the command; a detached `bottle __pool-refill` boots
-//! a replacement. A claimed guest is never returned: it is torn down as
+//! policy. `bottle run --vm` claims one whose shape matches its plan, moves
+//! the entry into its own state directory, has its bundle build the
+//! bottle's guards there, provisions it (hostname included) and runs the
+//! command; a detached `bottle __pool-refill` boots a replacement. A claimed guest is never returned: it is torn down as
 //! any bottle.
 //!
 //! State: `<state root>/pool/pool.json` (per shape: size and entries;
@@ -170,23 +170,37 @@ impl PoolState {
         self.pools.iter().flat_map(|p| p.entries.iter())
     }
 
-    /// The pool of exactly `shape`, if one runs.
-    pub fn of_shape(&self, shape: &Shape) -> Option<&ShapePool> {
-        self.pools.iter().find(|p| &p.shape == shape)
-    }
-
-    /// Why a bottle of shape `want` finds no pool of its shape (`None`
-    /// when it does): what differs from the one pool, or from the first.
-    pub fn mismatch(&self, want: &Shape) -> Option<String> {
-        if self.of_shape(want).is_some() {
-            return None;
+    /// The index in `pools` of the pool of exactly `want`'s shape, or why a
+    /// bottle of that shape finds none: what differs from the one pool, or
+    /// from the first.
+    pub fn pool_for(&self, want: &Shape) -> Result<usize, String> {
+        if let Some(i) = self.pools.iter().position(|p| &p.shape == want) {
+            return Ok(i);
         }
-        let first = self.pools.first()?;
-        let why = want.mismatch(&first.shape)?;
-        Some(match self.pools.len() {
-            1 => why,
+        let why = self
+            .pools
+            .first()
+            .and_then(|first| want.mismatch(&first.shape))
+            .unwrap_or_else(|| "no pool of this bottle's shape".to_string());
+        Err(match self.pools.len() {
+            0 | 1 => why,
             n => format!("{why}; none of the {n} pooled shapes matches (`bottle pool status`)"),
         })
+    }
+
+    /// Ready guests whose processes are gone, of every shape.
+    fn dead_entries(&self, root: &Path) -> Vec<String> {
+        self.entries()
+            .filter(|e| e.ready && !entry_alive(root, &e.name))
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// Forget the entries named in `names`, whatever their shape.
+    fn forget(&mut self, names: &[String]) {
+        for p in &mut self.pools {
+            p.entries.retain(|e| !names.contains(&e.name));
+        }
     }
 }
 

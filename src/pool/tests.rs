@@ -130,22 +130,22 @@ fn pools_of_two_shapes_serve_each_its_own_and_say_what_differs_otherwise() {
             entries: vec![entry("pool-aaaaa")],
         }],
     };
-    assert_eq!(one.mismatch(&tiny), None);
+    assert_eq!(one.pool_for(&tiny), Ok(0));
     // One pool: what differs from it.
-    assert!(one.mismatch(&debian).unwrap().contains("image debian"));
+    assert!(one.pool_for(&debian).unwrap_err().contains("image debian"));
     let mut two = one.clone();
     two.pools.push(ShapePool {
         size: 2,
         shape: debian.clone(),
         entries: vec![entry("pool-bbbbb"), entry("pool-ccccc")],
     });
-    assert_eq!(two.mismatch(&tiny), None);
-    assert_eq!(two.mismatch(&debian), None);
-    assert_eq!(two.of_shape(&debian).unwrap().entries.len(), 2);
+    assert_eq!(two.pool_for(&tiny), Ok(0));
+    assert_eq!(two.pool_for(&debian), Ok(1));
+    assert_eq!(two.pools[1].entries.len(), 2);
     assert_eq!(two.entries().count(), 3);
     let mut other = shape();
     other.memory_mib = 4096;
-    let why = two.mismatch(&other).unwrap();
+    let why = two.pool_for(&other).unwrap_err();
     assert!(
         why.contains("4096 MiB") && why.contains("none of the 2"),
         "{why}"
