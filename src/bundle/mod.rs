@@ -58,12 +58,15 @@ pub fn failure_logs(dir: &crate::state::StateDir) -> String {
         dir.file(files::CONSOLE).display(),
         dir.log_tail(files::CONSOLE, 15)
     );
-    let engine = dir.log_tail(files::ENGINE_LOG, 15);
-    if !engine.trim().is_empty() && dir.file(files::ENGINE_LOG).exists() {
-        out.push_str(&format!(
-            "\n--- VM engine log ({}) ---\n{engine}",
-            dir.file(files::ENGINE_LOG).display()
-        ));
+    let engine_log = dir.file(files::ENGINE_LOG);
+    if engine_log.exists() {
+        let engine = dir.log_tail(files::ENGINE_LOG, 15);
+        if !engine.trim().is_empty() {
+            out.push_str(&format!(
+                "\n--- VM engine log ({}) ---\n{engine}",
+                engine_log.display()
+            ));
+        }
     }
     out
 }
