@@ -188,12 +188,14 @@ impl<T: FrameTransport> Engine<T> {
                 guest_addr: SocketAddr::new(ip, remote.port),
                 port,
             };
-            let (flow, stream) = Flow::new(self.tuning.pipe_buffer);
+            // Listeners exist only on forwarded ports.
+            let Some(fwd) = self.forwards.get(&port) else {
+                self.sockets.remove(h);
+                continue;
+            };
+            let flow = fwd.open(info, self.tuning.pipe_buffer);
             LiveCounters::inc(&self.counters.flows_accepted);
             LiveCounters::inc(&self.counters.flows_active);
-            if let Some(fwd) = self.forwards.get(&port) {
-                fwd.start(stream, info);
-            }
             self.flows.push((h, flow));
         }
     }

@@ -1,5 +1,6 @@
 //! One accepted TCP connection: moves bytes between its smoltcp socket and
-//! the in-process pipe whose other end the forward handler holds.
+//! whatever the forward leads to: the in-process pipe whose other end a
+//! handler holds, or a host connection ([`crate::dial`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -7,6 +8,8 @@ use std::task::{Context, Poll};
 
 use smoltcp::socket::tcp::{Socket, State};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+use crate::dial::DialFlow;
 
 /// The guest's side of one TCP connection, as an async byte stream.
 /// Reading yields what the guest sent; writing sends to the guest; shutting
@@ -51,25 +54,55 @@ pub struct ConnInfo {
 
 /// The engine's end of one connection.
 #[derive(Debug)]
-pub(crate) struct Flow {
+pub(crate) enum Flow {
+    /// To an in-process handler, through a pipe.
+    Pipe(PipeFlow),
+    /// Straight to a host socket.
+    Dial(DialFlow),
+}
+
+impl Flow {
+    /// Moves what it can in both directions; true when the flow is finished.
+    pub(crate) fn pump(&mut self, sock: &mut Socket<'_>, cx: &mut Context<'_>) -> bool {
+        match self {
+            Flow::Pipe(f) => f.pump(sock, cx),
+            Flow::Dial(f) => f.pump(sock, cx),
+        }
+    }
+}
+
+/// A flow whose bytes go through an in-process pipe to a handler.
+#[derive(Debug)]
+pub(crate) struct PipeFlow {
     app: DuplexStream,
     fin_to_app: bool,
     app_eof: bool,
     app_gone: bool,
 }
 
-enum Step {
+/// What one attempt to move bytes did.
+pub(crate) enum Step {
     Moved,
     Blocked,
     Gone,
 }
 
-impl Flow {
+/// The guest sent FIN and everything before it was taken from the socket.
+pub(crate) fn guest_finished(sock: &Socket<'_>) -> bool {
+    !sock.may_recv()
+        && sock.recv_queue() == 0
+        && !matches!(
+            sock.state(),
+            State::Listen | State::SynReceived | State::SynSent
+        )
+}
+
+impl PipeFlow {
     /// A flow and the stream for its handler.
-    pub(crate) fn new(pipe_buffer: usize) -> (Flow, GuestStream) {
+    pub(crate) fn new(pipe_buffer: usize) -> (PipeFlow, GuestStream) {
         let (ours, theirs) = tokio::io::duplex(pipe_buffer);
         (
-            Flow {
+            PipeFlow {
                 app: ours,
                 fin_to_app: false,
                 app_eof: false,
@@ -105,12 +138,7 @@ impl Flow {
         // Guest sent FIN and everything before it was delivered.
         if !self.fin_to_app
             && !self.app_gone
-            && !sock.may_recv()
-            && sock.recv_queue() == 0
-            && !matches!(
-                sock.state(),
-                State::Listen | State::SynReceived | State::SynSent
-            )
+            && guest_finished(sock)
             && Pin::new(&mut self.app).poll_shutdown(cx).is_ready()
         {
             self.fin_to_app = true;

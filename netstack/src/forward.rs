@@ -1,10 +1,12 @@
 //! The forward table's handler kind, and the built-in TCP DNS handler.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::flow::{ConnInfo, GuestStream};
+use crate::dial::DialFlow;
+use crate::flow::{ConnInfo, Flow, GuestStream, PipeFlow};
 use crate::gate::DnsService;
 
 /// Handler called once per accepted connection.
@@ -16,20 +18,31 @@ pub enum Forward {
     /// In-process handler: called once per accepted connection, on the
     /// engine task, so it must return quickly (spawn for real work).
     Handler(HandlerFn),
+    /// Each connection is dialled to this host address, and the engine
+    /// moves bytes between the two sockets itself (no pipe, no task). The
+    /// address is fixed by whoever builds the table, never by the guest.
+    Dial(SocketAddr),
 }
 
 impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Forward::Handler(_) => f.write_str("Handler"),
+            Forward::Dial(addr) => write!(f, "Dial({addr})"),
         }
     }
 }
 
 impl Forward {
-    pub(crate) fn start(&self, stream: GuestStream, info: ConnInfo) {
+    /// The engine's end of a connection just accepted for this forward.
+    pub(crate) fn open(&self, info: ConnInfo, pipe_buffer: usize) -> Flow {
         match self {
-            Forward::Handler(h) => h(stream, info),
+            Forward::Handler(h) => {
+                let (flow, stream) = PipeFlow::new(pipe_buffer);
+                h(stream, info);
+                Flow::Pipe(flow)
+            }
+            Forward::Dial(addr) => Flow::Dial(DialFlow::connect(*addr)),
         }
     }
 }

@@ -13,6 +13,7 @@ mod config;
 mod counters;
 mod device;
 mod dhcp;
+mod dial;
 mod dns;
 mod engine;
 mod flow;

@@ -431,3 +431,98 @@ async fn five_hundred_concurrent_flows_all_echo() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `f` on a thread inside the lab's namespace.
+async fn in_guest<T: Send + 'static>(lab: &Lab, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = lab.ns.path();
+    tokio::task::spawn_blocking(move || bottle_netstack::sys::in_netns(&path, f).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn wait_flows_closed(lab: &Lab) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lab.stack.counters().flows_active != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flows never closed: {:?}",
+            lab.stack.counters()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_forward_moves_megabytes_both_ways_with_half_close() {
+    if !ready() {
+        return;
+    }
+    // The host end is a listener of our own on loopback: it reads all the
+    // guest sends until the guest's FIN, then answers with its own bytes.
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = host.local_addr().unwrap();
+    let up = pattern(8 << 20, 1);
+    let down = pattern(6 << 20, 7);
+    let server = {
+        let (up, down) = (up.clone(), down.clone());
+        std::thread::spawn(move || {
+            let (mut s, _) = host.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert!(got == up, "host got {} bytes, not the guest's", got.len());
+            s.write_all(&down).unwrap();
+        })
+    };
+    let lab = Lab::start("dial", BTreeMap::from([(9000, Forward::Dial(addr))]), true);
+    let got = in_guest(&lab, move || {
+        let mut s =
+            TcpStream::connect_timeout(&"10.0.2.2:9000".parse().unwrap(), Duration::from_secs(10))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&up).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    })
+    .await;
+    server.join().unwrap();
+    assert!(got == down, "guest got {} bytes, not the host's", got.len());
+    wait_flows_closed(&lab).await;
+    assert_eq!(lab.stack.counters().flows_accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_forward_resets_the_guest_when_the_host_refuses() {
+    if !ready() {
+        return;
+    }
+    // A port of our own that nobody listens on any more.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let lab = Lab::start(
+        "dialrst",
+        BTreeMap::from([(9000, Forward::Dial(closed))]),
+        true,
+    );
+    // The stack accepts before it dials, so the reset can reach the guest
+    // while its connect is still returning, or at its first read.
+    let read = in_guest(&lab, || {
+        let mut s =
+            TcpStream::connect_timeout(&"10.0.2.2:9000".parse().unwrap(), Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.read(&mut [0u8; 16])
+    })
+    .await;
+    let err = read.expect_err("the guest must see the refused dial, not a clean end");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    wait_flows_closed(&lab).await;
+}

@@ -90,26 +90,11 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// Splice buffer per direction for dialled connections.
-const SPLICE_BUF: usize = 1 << 20;
-
-/// Dial `addr` on the host for each connection and splice (this tool's
-/// benchmarks only: the netstack itself never opens a socket for the guest).
+/// Dial `addr` on the host for each connection; the engine moves the bytes
+/// itself (this tool's benchmarks and tests only: bottle's forwards all lead
+/// to in-process guards).
 fn dial(addr: SocketAddr) -> Forward {
-    Forward::Handler(Arc::new(move |mut guest, _info| {
-        tokio::spawn(async move {
-            match tokio::net::TcpStream::connect(addr).await {
-                Ok(mut up) => {
-                    let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut guest, &mut up, SPLICE_BUF, SPLICE_BUF,
-                    )
-                    .await;
-                }
-                Err(e) => tracing::debug!(%addr, error = %e, "dial forward failed"),
-            }
-        });
-    }))
+    Forward::Dial(addr)
 }
 
 /// Built-in echo handler: writes back whatever the guest sends.
