@@ -5,7 +5,8 @@
 //!
 //! `proxy-bench proxy DIR`: the guard proxy on 127.0.0.1 allowing `localhost`
 //! (and 127.0.0.1 / ::1 through `allow_ips`), trusting `DIR/upstream-ca.pem`,
-//! auditing to `DIR/audit.jsonl`; the bottle CA in `DIR/bottle-ca.pem`, the
+//! auditing to `DIR/audit.jsonl` (`PROXY_AUDIT=off`: no audit log, to
+//! measure what it costs); the bottle CA in `DIR/bottle-ca.pem`, the
 //! port in `DIR/proxy.port`.
 #![allow(clippy::expect_used)] // a benchmark driver: setup failures end it
 
@@ -57,7 +58,10 @@ fn proxy(dir: PathBuf) {
     };
     let mut config = ProxyConfig::new("bench-00000", policy);
     config.extra_root_pems = vec![upstream_ca];
-    config.audit_path = Some(dir.join("audit.jsonl"));
+    // PROXY_AUDIT=off measures the proxy without its audit log.
+    if std::env::var("PROXY_AUDIT").as_deref() != Ok("off") {
+        config.audit_path = Some(dir.join("audit.jsonl"));
+    }
     let ca = BottleCa::generate("bench-00000").expect("CA");
     std::fs::write(dir.join("bottle-ca.pem"), ca.cert_pem()).expect("write CA");
     let proxy = Proxy::new(config, ca, Scanner::builtin().expect("scanner")).expect("proxy");
