@@ -6,7 +6,8 @@
 //! `proxy-bench proxy DIR`: the guard proxy on 127.0.0.1 allowing `localhost`
 //! (and 127.0.0.1 / ::1 through `allow_ips`), trusting `DIR/upstream-ca.pem`,
 //! auditing to `DIR/audit.jsonl` (`PROXY_AUDIT=off`: no audit log, to
-//! measure what it costs); the bottle CA in `DIR/bottle-ca.pem`, the
+//! measure what it costs; `PROXY_PASSTHROUGH=1`: `localhost` spliced, not
+//! intercepted, to measure the extra hop alone); the bottle CA in `DIR/bottle-ca.pem`, the
 //! port in `DIR/proxy.port`.
 #![allow(clippy::expect_used)] // a benchmark driver: setup failures end it
 
@@ -55,6 +56,16 @@ fn proxy(dir: PathBuf) {
         allow_ports: vec![port],
         allow_ips: vec!["127.0.0.1".into(), "::1".into()],
         ..Policy::default()
+    };
+    // PROXY_PASSTHROUGH=1 splices the upstream's TLS instead of
+    // intercepting it: the cost of the extra hop alone.
+    let policy = if std::env::var("PROXY_PASSTHROUGH").as_deref() == Ok("1") {
+        Policy {
+            passthrough: vec![HostPattern::parse("localhost").expect("pattern")],
+            ..policy
+        }
+    } else {
+        policy
     };
     let mut config = ProxyConfig::new("bench-00000", policy);
     config.extra_root_pems = vec![upstream_ca];

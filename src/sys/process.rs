@@ -20,25 +20,81 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 
 /// Stop a process we started: SIGTERM, wait up to `grace`, then SIGKILL.
 /// Nothing happens when `pid` is gone or is not ours (`needle`, see
-/// [`pid_matches`]), so stopping twice is harmless.
+/// [`pid_matches`]), so stopping twice is harmless. The wait ends the moment
+/// the process exits (a pidfd), not at the next tick of a poll.
 pub fn stop_process(pid: u32, needle: &str, grace: Duration) {
     if !pid_matches(pid, needle) {
         return;
     }
-    signal(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if !pid_matches(pid, needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // Opened after the check: from here on the pidfd names this process
+    // even if its pid is reused once it is gone.
+    use nix::sys::signal::Signal;
+    let pidfd = PidFd::open(pid);
+    let send = |sig: Signal| match &pidfd {
+        Some(fd) => fd.signal(sig),
+        None => signal(pid, sig),
+    };
+    send(Signal::SIGTERM);
+    if wait_gone(pid, needle, pidfd.as_ref(), grace) {
+        return;
     }
-    signal(pid, nix::sys::signal::Signal::SIGKILL);
-    for _ in 0..40 {
+    send(Signal::SIGKILL);
+    wait_gone(pid, needle, pidfd.as_ref(), Duration::from_secs(2));
+}
+
+/// Waits up to `limit` for the process to exit; whether it did.
+fn wait_gone(pid: u32, needle: &str, pidfd: Option<&PidFd>, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
         if !pid_matches(pid, needle) {
-            return;
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match pidfd {
+            // Readable once the process has exited (a zombie counts: it
+            // runs nothing any more).
+            Some(fd) if fd.wait_exited(left) => return true,
+            Some(_) => {}
+            None => std::thread::sleep(left.min(Duration::from_millis(10))),
+        }
+    }
+}
+
+/// A pidfd (Linux 5.3+): signals that cannot reach a recycled pid, and a
+/// descriptor that becomes readable when the process exits.
+struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> Option<PidFd> {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .ok()
+            .map(PidFd)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(sig) = rustix::process::Signal::from_named_raw(sig as i32) {
+            let _ = rustix::process::pidfd_send_signal(&self.0, sig);
+        }
+    }
+
+    /// Whether the process exited within `limit`.
+    fn wait_exited(&self, limit: Duration) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let ms = u16::try_from(limit.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) => n > 0,
+            Err(_) => {
+                // Interrupted or refused: do not spin.
+                std::thread::sleep(Duration::from_millis(10));
+                false
+            }
+        }
     }
 }
 
@@ -182,6 +238,52 @@ mod tests {
         assert!(!pid_matches(pid, ""));
         // Stopping again is harmless.
         stop_process(pid, "x-abcde", Duration::from_millis(10));
+    }
+
+    /// Starts `sh -c SCRIPT` and waits until its command line shows `shown`.
+    fn start_marked(script: &str, shown: &str) -> Reap {
+        let child = std::process::Command::new("sh")
+            .args(["-c", script, "__marker"])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pid_matches(child.id(), shown) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Reap(child)
+    }
+
+    #[test]
+    fn a_stop_returns_when_the_process_exits_not_when_the_grace_ends() {
+        let mut child = start_marked("exec sleep 30", "30");
+        let pid = child.0.id();
+        let began = std::time::Instant::now();
+        stop_process(pid, "sleep", Duration::from_secs(20));
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "waited {:?} for a process that exits on SIGTERM",
+            began.elapsed()
+        );
+        let status = child.0.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(15)
+        );
+    }
+
+    #[test]
+    fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
+        // The shell ignores TERM and waits on a child of its own.
+        let mut child = start_marked("trap '' TERM; while :; do sleep 1; done", "trap");
+        let pid = child.0.id();
+        let began = std::time::Instant::now();
+        stop_process(pid, "trap", Duration::from_millis(300));
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        let status = child.0.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
     }
 
     #[test]
