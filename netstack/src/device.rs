@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{ChecksumCapabilities, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
 /// A frame: a pooled buffer and how much of it is used.
@@ -35,10 +35,13 @@ pub(crate) struct QueueDevice {
     /// Receive buffer size: one more than the largest frame, to spot oversize.
     buf_len: usize,
     tx_limit: usize,
+    checksums: ChecksumCapabilities,
 }
 
 impl QueueDevice {
-    pub(crate) fn new(mtu: usize, tx_limit: usize) -> Self {
+    /// `checksums`: what smoltcp checks on received frames and computes on
+    /// sent ones.
+    pub(crate) fn new(mtu: usize, tx_limit: usize, checksums: ChecksumCapabilities) -> Self {
         QueueDevice {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
@@ -47,6 +50,7 @@ impl QueueDevice {
             frame_max: mtu + 14,
             buf_len: mtu + 15,
             tx_limit,
+            checksums,
         }
     }
 
@@ -169,6 +173,7 @@ impl Device for QueueDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.frame_max;
+        caps.checksum = self.checksums.clone();
         caps
     }
 }
@@ -179,7 +184,7 @@ mod tests {
 
     #[test]
     fn received_buffers_are_reused() {
-        let mut d = QueueDevice::new(1500, 8);
+        let mut d = QueueDevice::new(1500, 8, ChecksumCapabilities::default());
         let buf = d.rx_buffer();
         assert_eq!(buf.len(), 1515);
         let ptr = buf.as_ptr();
@@ -192,7 +197,7 @@ mod tests {
 
     #[test]
     fn transmitted_frames_have_the_requested_length() {
-        let mut d = QueueDevice::new(1500, 8);
+        let mut d = QueueDevice::new(1500, 8, ChecksumCapabilities::default());
         let tx = d.transmit(Instant::from_millis(0)).unwrap();
         tx.consume(42, |b| b.fill(7));
         assert_eq!(d.tx_front().unwrap().bytes(), &[7u8; 42][..]);

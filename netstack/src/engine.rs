@@ -79,8 +79,14 @@ impl<T: FrameTransport> Engine<T> {
         counters: Arc<LiveCounters>,
         stop: Arc<Stop>,
     ) -> Self {
-        let gate = Gate::new(config.clone(), dns, Arc::clone(&counters));
-        let mut device = QueueDevice::new(config.mtu, tuning.tx_queue_frames);
+        let checksums = crate::gate::rx_checksums(transport.trusts_l4_checksums());
+        let gate = Gate::new(
+            config.clone(),
+            dns,
+            Arc::clone(&counters),
+            checksums.clone(),
+        );
+        let mut device = QueueDevice::new(config.mtu, tuning.tx_queue_frames, checksums);
         let mut ic = Config::new(HardwareAddress::Ethernet(EthernetAddress(
             config.gateway_mac,
         )));

@@ -95,10 +95,24 @@ pub(crate) struct Gate {
     guest_mac: Option<EthernetAddress>,
     dns: Arc<DnsService>,
     counters: Arc<LiveCounters>,
+    rx_checksums: ChecksumCapabilities,
 }
 
+/// Checksums computed on what the gate sends, checked on what it reads.
 fn checksums() -> ChecksumCapabilities {
     ChecksumCapabilities::default()
+}
+
+/// What the gate and smoltcp check on frames from the guest: everything,
+/// or (when the transport says the guest's kernel leaves TCP/UDP checksums
+/// partial, see `FrameTransport::trusts_l4_checksums`) the IPv4 header only.
+pub(crate) fn rx_checksums(trust_l4: bool) -> ChecksumCapabilities {
+    let mut caps = ChecksumCapabilities::default();
+    if trust_l4 {
+        caps.tcp = smoltcp::phy::Checksum::Tx;
+        caps.udp = smoltcp::phy::Checksum::Tx;
+    }
+    caps
 }
 
 impl Gate {
@@ -106,6 +120,7 @@ impl Gate {
         config: NetConfig,
         dns: Arc<DnsService>,
         counters: Arc<LiveCounters>,
+        rx_checksums: ChecksumCapabilities,
     ) -> Self {
         Gate {
             gw_mac: EthernetAddress(config.gateway_mac),
@@ -113,6 +128,7 @@ impl Gate {
             config,
             dns,
             counters,
+            rx_checksums,
         }
     }
 
@@ -179,7 +195,7 @@ impl Gate {
         if ip.more_frags() || ip.frag_offset() != 0 {
             return self.drop(&c.drop_fragment);
         }
-        let Ok(repr) = Ipv4Repr::parse(&ip, &checksums()) else {
+        let Ok(repr) = Ipv4Repr::parse(&ip, &self.rx_checksums) else {
             return self.drop(&c.drop_malformed);
         };
         let body = ip.payload();
@@ -209,7 +225,7 @@ impl Gate {
                     return self.drop(&c.drop_malformed);
                 };
                 let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
-                if UdpRepr::parse(&udp, &s, &d, &checksums()).is_err() {
+                if UdpRepr::parse(&udp, &s, &d, &self.rx_checksums).is_err() {
                     return self.drop(&c.drop_malformed);
                 }
                 if udp.dst_port() == DNS_PORT {
@@ -250,7 +266,7 @@ impl Gate {
     ) -> Verdict {
         let c = &self.counters;
         let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
-        if UdpRepr::parse(udp, &s, &d, &checksums()).is_err() {
+        if UdpRepr::parse(udp, &s, &d, &self.rx_checksums).is_err() {
             return self.drop(&c.drop_malformed);
         }
         match dhcp::handle(&self.config, src_mac, udp.payload()) {
@@ -393,7 +409,7 @@ mod tests {
         let config = NetConfig::default();
         let counters = Arc::new(LiveCounters::default());
         let dns = Arc::new(DnsService::new(&config, 1000, Arc::clone(&counters)));
-        Gate::new(config, dns, counters)
+        Gate::new(config, dns, counters, rx_checksums(false))
     }
 
     fn frame(

@@ -5,7 +5,7 @@
 mod linux;
 
 #[cfg(target_os = "linux")]
-pub use linux::{async_fd, in_netns, open_tap};
+pub use linux::{async_fd, in_netns, open_tap, TapMode};
 
 /// A platform call failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,8 @@ pub enum SysError {
     OpenTun(#[source] std::io::Error),
     #[error("TUNSETIFF on {0:?}")]
     SetIff(String, #[source] std::io::Error),
+    #[error("TUNSETOFFLOAD (checksum offload) on {0:?}")]
+    SetOffload(String, #[source] std::io::Error),
     #[error("opening network namespace {0:?}")]
     OpenNetns(std::path::PathBuf, #[source] std::io::Error),
     #[error("entering a network namespace")]

@@ -65,6 +65,12 @@ pub trait FrameTransport: Send + Debug + 'static {
     fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
         Poll::Ready(Ok(()))
     }
+    /// Whether TCP and UDP checksums of received frames need no check: the
+    /// frames come from a local kernel that may leave them partial
+    /// (checksum offload). IPv4 header checksums are always checked.
+    fn trusts_l4_checksums(&self) -> bool {
+        false
+    }
 }
 
 impl FrameTransport for Box<dyn FrameTransport> {
@@ -84,6 +90,9 @@ impl FrameTransport for Box<dyn FrameTransport> {
     }
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
         (**self).poll_flush(cx)
+    }
+    fn trusts_l4_checksums(&self) -> bool {
+        (**self).trusts_l4_checksums()
     }
 }
 

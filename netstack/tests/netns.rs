@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bottle_netstack::sys::TapMode;
 use bottle_netstack::{spawn, Forward, GuestStream, NetConfig, NetstackHandle, TapTransport};
 use bottle_test_harness::netns::{have_tun, Netns};
 use bottle_test_harness::skip::{require, require_programs, require_root};
@@ -54,8 +55,18 @@ struct Lab {
 
 impl Lab {
     fn start(prefix: &str, forwards: BTreeMap<u16, Forward>, configure: bool) -> Lab {
+        Lab::start_as(prefix, forwards, configure, TapMode::Plain)
+    }
+
+    fn start_as(
+        prefix: &str,
+        forwards: BTreeMap<u16, Forward>,
+        configure: bool,
+        mode: TapMode,
+    ) -> Lab {
         let ns = Netns::new(prefix).expect("create namespace");
-        let tap = TapTransport::open_in_netns(&ns.path(), "tap0").expect("open TAP in namespace");
+        let tap = TapTransport::open_in_netns_as(&ns.path(), "tap0", mode)
+            .expect("open TAP in namespace");
         let stack = spawn(NetConfig::default(), tap, forwards).expect("start netstack");
         if configure {
             ns.configure("tap0", "10.0.2.15/24", GW, 1500)
@@ -463,6 +474,12 @@ async fn dial_forward_moves_megabytes_both_ways_with_half_close() {
     if !ready() {
         return;
     }
+    for mode in [TapMode::Plain, TapMode::ChecksumOffload] {
+        dial_megabytes(mode).await;
+    }
+}
+
+async fn dial_megabytes(mode: TapMode) {
     // The host end is a listener of our own on loopback: it reads all the
     // guest sends until the guest's FIN, then answers with its own bytes.
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -479,7 +496,12 @@ async fn dial_forward_moves_megabytes_both_ways_with_half_close() {
             s.write_all(&down).unwrap();
         })
     };
-    let lab = Lab::start("dial", BTreeMap::from([(9000, Forward::Dial(addr))]), true);
+    let lab = Lab::start_as(
+        "dial",
+        BTreeMap::from([(9000, Forward::Dial(addr))]),
+        true,
+        mode,
+    );
     let got = in_guest(&lab, move || {
         let mut s =
             TcpStream::connect_timeout(&"10.0.2.2:9000".parse().unwrap(), Duration::from_secs(10))
@@ -493,7 +515,11 @@ async fn dial_forward_moves_megabytes_both_ways_with_half_close() {
     })
     .await;
     server.join().unwrap();
-    assert!(got == down, "guest got {} bytes, not the host's", got.len());
+    assert!(
+        got == down,
+        "guest got {} bytes, not the host's ({mode:?})",
+        got.len()
+    );
     wait_flows_closed(&lab).await;
     assert_eq!(lab.stack.counters().flows_accepted, 1);
 }
@@ -525,4 +551,46 @@ async fn dial_forward_resets_the_guest_when_the_host_refuses() {
     let err = read.expect_err("the guest must see the refused dial, not a clean end");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     wait_flows_closed(&lab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_offload_tap_still_answers_dns_and_http() {
+    if !ready() {
+        return;
+    }
+    // With offload on, the namespace's kernel sends UDP and TCP with partial
+    // checksums: DNS (UDP and TCP) and a handler must work all the same.
+    let lab = Lab::start_as(
+        "offload",
+        BTreeMap::from([(8080, http_handler())]),
+        true,
+        TapMode::ChecksumOffload,
+    );
+    lab.ns.set_resolv_conf("nameserver 10.0.2.2\n").unwrap();
+    for transport in ["+notcp", "+tcp"] {
+        let dig = lab
+            .stdout(&[
+                "dig",
+                "@10.0.2.2",
+                "+time=2",
+                "+tries=2",
+                "+short",
+                transport,
+                "proxy.internal",
+            ])
+            .await;
+        assert_eq!(dig.trim(), GW, "dig {transport}");
+    }
+    let body = lab
+        .stdout(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "http://proxy.internal:8080/offload",
+        ])
+        .await;
+    assert_eq!(body, "hello from handler /offload\n");
+    let c = lab.stack.counters();
+    assert_eq!(c.drop_malformed, 0, "{c:?}");
 }

@@ -2,11 +2,14 @@
 //! tests and benchmarks.
 //!
 //! ```text
-//! netstack-tap --netns NAME|PATH [--tap tap0] [--mtu 1500]
+//! netstack-tap --netns NAME|PATH [--tap tap0] [--mtu 1500] [--no-offload]
 //!              [--forward PORT=dial:HOST:PORT]... [--echo PORT]... [--counters]
 //! ```
 //! Runs until SIGINT/SIGTERM or until the TAP goes away; `--counters` prints
-//! the counters as JSON on exit.
+//! the counters as JSON on exit. The TAP carries a virtio-net header with
+//! checksum offload on (the namespace's kernel leaves TCP/UDP checksums to
+//! the stack, which does not check them); `--no-offload` makes it a plain
+//! TAP with full checksums, checked.
 
 #![deny(unsafe_code)]
 
@@ -17,6 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use bottle_netstack::sys::TapMode;
 use bottle_netstack::{Forward, NetConfig, TapTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,10 +31,11 @@ struct Args {
     mtu: usize,
     forwards: BTreeMap<u16, Forward>,
     counters: bool,
+    mode: TapMode,
 }
 
 fn usage() -> &'static str {
-    "usage: netstack-tap --netns NAME|PATH [--tap tap0] [--mtu N] [--forward PORT=dial:HOST:PORT]... [--echo PORT]... [--counters]"
+    "usage: netstack-tap --netns NAME|PATH [--tap tap0] [--mtu N] [--no-offload] [--forward PORT=dial:HOST:PORT]... [--echo PORT]... [--counters]"
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -40,6 +45,7 @@ fn parse_args() -> anyhow::Result<Args> {
         mtu: 1500,
         forwards: BTreeMap::new(),
         counters: false,
+        mode: TapMode::ChecksumOffload,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -77,6 +83,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.forwards.insert(port, echo());
             }
             "--counters" => args.counters = true,
+            "--no-offload" => args.mode = TapMode::Plain,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -118,7 +125,7 @@ fn echo() -> Forward {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let transport = TapTransport::open_in_netns(&args.netns, &args.tap)
+    let transport = TapTransport::open_in_netns_as(&args.netns, &args.tap, args.mode)
         .with_context(|| format!("attaching to TAP {} in {}", args.tap, args.netns.display()))?;
     let config = NetConfig {
         mtu: args.mtu,
