@@ -20,12 +20,25 @@ pub fn guest_binary() -> anyhow::Result<PathBuf> {
     }
     candidates
         .into_iter()
-        .find(|p| std::fs::read(p).is_ok_and(|bytes| bottle_vmm::image::is_static_elf(&bytes)))
+        .find(|p| elf_head(p).is_some_and(|bytes| bottle_vmm::image::is_static_elf(&bytes)))
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "no static guest agent found; run scripts/build-guest.sh (or set BOTTLE_GUEST_BIN)"
             )
         })
+}
+
+/// The first 64 KiB of `path`, which hold an ELF file's header and program
+/// headers: enough to tell a static binary without reading megabytes.
+fn elf_head(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
 }
 
 /// The root disk of a built image (`root.ext4` or `root.erofs`).

@@ -43,3 +43,81 @@ pub(crate) fn file_stamp(p: &std::path::Path) -> Option<String> {
         m.mtime_nsec()
     ))
 }
+
+/// A value remembered on disk under a key made of [`file_stamp`]s, in
+/// `<cache root>/<name>`: what costs a process run or a hash of megabytes,
+/// asked once per version of the files it depends on. A cache that cannot
+/// be read or written only costs the next caller the work again.
+pub(crate) struct StampCache {
+    path: std::path::PathBuf,
+}
+
+impl StampCache {
+    pub(crate) fn new(name: &str) -> StampCache {
+        StampCache::at(cache_root().join(name))
+    }
+
+    fn at(path: std::path::PathBuf) -> StampCache {
+        StampCache { path }
+    }
+
+    fn load(&self) -> std::collections::BTreeMap<String, String> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
+        self.load().remove(key)
+    }
+
+    pub(crate) fn put(&self, key: String, value: String) {
+        /// Entries kept: stamps of files since rebuilt are never asked again.
+        const KEEP: usize = 32;
+        let mut all = self.load();
+        while all.len() >= KEEP {
+            all.pop_first();
+        }
+        all.insert(key, value);
+        if let Ok(bytes) = serde_json::to_vec_pretty(&all) {
+            let _ = write_atomic(&self.path, &bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_cache_remembers_and_forgets_the_oldest_keys_past_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = StampCache::at(dir.path().join("sub").join("c.json"));
+        assert_eq!(cache.get("a"), None);
+        cache.put("a".into(), "1".into());
+        assert_eq!(cache.get("a").as_deref(), Some("1"));
+        // A fresh handle reads what the first wrote.
+        let again = StampCache::at(dir.path().join("sub").join("c.json"));
+        assert_eq!(again.get("a").as_deref(), Some("1"));
+        for i in 0..40 {
+            cache.put(format!("k{i:02}"), i.to_string());
+        }
+        assert_eq!(cache.load().len(), 32);
+        assert_eq!(cache.get("k39").as_deref(), Some("39"));
+        // A file that is not JSON is an empty cache, not an error.
+        std::fs::write(dir.path().join("sub").join("c.json"), "not json").unwrap();
+        assert_eq!(cache.get("k39"), None);
+    }
+
+    #[test]
+    fn a_file_stamp_changes_when_the_file_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bin");
+        std::fs::write(&f, "one").unwrap();
+        let first = file_stamp(&f).unwrap();
+        std::fs::write(&f, "two!").unwrap();
+        assert_ne!(file_stamp(&f).unwrap(), first);
+        assert_eq!(file_stamp(&dir.path().join("missing")), None);
+    }
+}

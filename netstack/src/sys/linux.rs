@@ -126,6 +126,9 @@ mod tests {
             open_tap("a-very-long-interface", TapMode::Plain),
             Err(SysError::IfName(_))
         ));
-        assert!(matches!(open_tap("", TapMode::Plain), Err(SysError::IfName(_))));
+        assert!(matches!(
+            open_tap("", TapMode::Plain),
+            Err(SysError::IfName(_))
+        ));
     }
 }

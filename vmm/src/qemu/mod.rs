@@ -39,22 +39,13 @@ impl QemuEngine {
     /// `--version` costs ~15 ms of every launch.
     pub fn version(&self) -> Result<String, VmmError> {
         let identity = binary_identity(&self.binary);
-        let cache = crate::paths::cache_root().join("qemu-versions.json");
-        if let Some(v) = identity
-            .as_ref()
-            .and_then(|id| load_versions(&cache).remove(id))
-        {
+        let cache = crate::paths::StampCache::new("qemu-versions.json");
+        if let Some(v) = identity.as_deref().and_then(|id| cache.get(id)) {
             return Ok(v);
         }
         let v = self.ask_version()?;
         if let Some(id) = identity {
-            let mut all = load_versions(&cache);
-            all.insert(id, v.clone());
-            if let Ok(bytes) = serde_json::to_vec_pretty(&all) {
-                // A cache that cannot be written only costs the next launch
-                // the same ~15 ms.
-                let _ = crate::paths::write_atomic(&cache, &bytes);
-            }
+            cache.put(id, v.clone());
         }
         Ok(v)
     }
@@ -87,13 +78,6 @@ fn binary_identity(binary: &std::path::Path) -> Option<String> {
             .find(|p| p.is_file())?
     };
     crate::paths::file_stamp(&std::fs::canonicalize(path).ok()?)
-}
-
-fn load_versions(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 pub(crate) fn parse_version(out: &str) -> Option<String> {
