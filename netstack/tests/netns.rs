@@ -91,6 +91,11 @@ impl Lab {
     async fn stdout(&self, argv: &[&str]) -> String {
         String::from_utf8_lossy(&self.run(argv).await.stdout).into_owned()
     }
+
+    /// What `curl` in the namespace prints for `url`.
+    async fn curl(&self, url: &str) -> String {
+        self.stdout(&["curl", "-sS", "--max-time", "10", url]).await
+    }
 }
 
 /// Answers one HTTP request with the path it asked for.
@@ -244,15 +249,7 @@ async fn curl_reaches_the_in_process_handler_by_name() {
     let forwards = BTreeMap::from([(8080, http_handler()), (7, echo_handler())]);
     let lab = Lab::start("curl", forwards, true);
     lab.ns.set_resolv_conf("nameserver 10.0.2.2\n").unwrap();
-    let body = lab
-        .stdout(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "http://proxy.internal:8080/hello",
-        ])
-        .await;
+    let body = lab.curl("http://proxy.internal:8080/hello").await;
     assert_eq!(body, "hello from handler /hello\n");
     // Raw bytes and half-close through the echo handler.
     let mut cmd = tokio::process::Command::from(lab.ns.command("nc"));
@@ -432,15 +429,7 @@ async fn five_hundred_concurrent_flows_all_echo() {
     // All of them are still open here.
     assert_eq!(c.flows_active, FLOWS as u64);
     drop(echoed);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while lab.stack.counters().flows_active != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "flows never closed: {:?}",
-            lab.stack.counters()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_flows_closed(&lab).await;
 }
 
 /// Runs `f` on a thread inside the lab's namespace.
@@ -581,15 +570,7 @@ async fn checksum_offload_tap_still_answers_dns_and_http() {
             .await;
         assert_eq!(dig.trim(), GW, "dig {transport}");
     }
-    let body = lab
-        .stdout(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "http://proxy.internal:8080/offload",
-        ])
-        .await;
+    let body = lab.curl("http://proxy.internal:8080/offload").await;
     assert_eq!(body, "hello from handler /offload\n");
     let c = lab.stack.counters();
     assert_eq!(c.drop_malformed, 0, "{c:?}");

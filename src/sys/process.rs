@@ -253,37 +253,37 @@ mod tests {
         Reap(child)
     }
 
+    /// Stops `sh -c SCRIPT` once it shows `shown`, with `grace`: how long
+    /// the stop took and the signal the process died of.
+    fn stop_marked(script: &str, shown: &str, grace: Duration) -> (Duration, Option<i32>) {
+        let mut child = start_marked(script, shown);
+        let began = std::time::Instant::now();
+        stop_process(child.0.id(), shown, grace);
+        let took = began.elapsed();
+        let status = child.0.wait().unwrap();
+        (took, std::os::unix::process::ExitStatusExt::signal(&status))
+    }
+
     #[test]
     fn a_stop_returns_when_the_process_exits_not_when_the_grace_ends() {
-        let mut child = start_marked("exec sleep 30", "30");
-        let pid = child.0.id();
-        let began = std::time::Instant::now();
-        stop_process(pid, "sleep", Duration::from_secs(20));
+        let (took, signal) = stop_marked("exec sleep 30", "30", Duration::from_secs(20));
         assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "waited {:?} for a process that exits on SIGTERM",
-            began.elapsed()
+            took < Duration::from_secs(10),
+            "waited {took:?} for a process that exits on SIGTERM"
         );
-        let status = child.0.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(15)
-        );
+        assert_eq!(signal, Some(15));
     }
 
     #[test]
     fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
         // The shell ignores TERM and waits on a child of its own.
-        let mut child = start_marked("trap '' TERM; while :; do sleep 1; done", "trap");
-        let pid = child.0.id();
-        let began = std::time::Instant::now();
-        stop_process(pid, "trap", Duration::from_millis(300));
-        assert!(began.elapsed() >= Duration::from_millis(300));
-        let status = child.0.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
+        let (took, signal) = stop_marked(
+            "trap '' TERM; while :; do sleep 1; done",
+            "trap",
+            Duration::from_millis(300),
         );
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert_eq!(signal, Some(9));
     }
 
     #[test]
