@@ -23,13 +23,13 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 /// [`pid_matches`]), so stopping twice is harmless. The wait ends the moment
 /// the process exits (a pidfd), not at the next tick of a poll.
 pub fn stop_process(pid: u32, needle: &str, grace: Duration) {
+    use nix::sys::signal::Signal;
+    // The pidfd names one process even if its pid is reused once it is
+    // gone; the check after opening it makes sure that process is ours.
+    let pidfd = PidFd::open(pid);
     if !pid_matches(pid, needle) {
         return;
     }
-    // Opened after the check: from here on the pidfd names this process
-    // even if its pid is reused once it is gone.
-    use nix::sys::signal::Signal;
-    let pidfd = PidFd::open(pid);
     let send = |sig: Signal| match &pidfd {
         Some(fd) => fd.signal(sig),
         None => signal(pid, sig),
