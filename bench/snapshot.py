@@ -23,16 +23,21 @@ ACCEL = os.environ.get("ACCEL", "tcg")
 MARKER = b"BOTTLE-GUEST-READY"
 
 
-def find(pattern_dir, name):
-    for d in sorted(os.listdir(pattern_dir)):
-        p = os.path.join(pattern_dir, d, name)
-        if os.path.isfile(p):
-            yield p
+def built_kernel(kernels):
+    """The newest finished kernel build in the cache (a `vmlinux` next to its
+    `fragment.sha256`), or None. `bottle doctor` names the one bottle boots;
+    BOTTLE_KERNEL=path picks it when the cache holds several."""
+    if not os.path.isdir(kernels):
+        return None
+    done = [os.path.join(kernels, d, "vmlinux") for d in os.listdir(kernels)
+            if os.path.isfile(os.path.join(kernels, d, "vmlinux"))
+            and os.path.isfile(os.path.join(kernels, d, "fragment.sha256"))]
+    return max(done, key=os.path.getmtime, default=None)
 
 
 def assets():
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bottle")
-    kernel = os.environ.get("BOTTLE_KERNEL") or next(find(os.path.join(cache, "kernel"), "vmlinux"), None)
+    kernel = os.environ.get("BOTTLE_KERNEL") or built_kernel(os.path.join(cache, "kernel"))
     images = os.path.join(cache, "images")
     probes = [os.path.join(images, d, "initramfs.cpio.gz") for d in sorted(os.listdir(images))
               if d.startswith("tiny-probe-") and os.path.isfile(os.path.join(images, d, "initramfs.cpio.gz"))]

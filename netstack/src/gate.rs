@@ -98,7 +98,8 @@ pub(crate) struct Gate {
     rx_checksums: ChecksumCapabilities,
 }
 
-/// Checksums computed on what the gate sends, checked on what it reads.
+/// Checksums the gate computes on the frames it sends (all of them); what
+/// it checks on frames it reads is `rx_checksums`.
 fn checksums() -> ChecksumCapabilities {
     ChecksumCapabilities::default()
 }

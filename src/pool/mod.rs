@@ -4,8 +4,8 @@
 //! policy. `bottle run --vm` claims one whose shape matches its plan, moves
 //! the entry into its own state directory, has its bundle build the
 //! bottle's guards there, provisions it (hostname included) and runs the
-//! command; a detached `bottle __pool-refill` boots a replacement. A claimed guest is never returned: it is torn down as
-//! any bottle.
+//! command; a detached `bottle __pool-refill` boots a replacement. A
+//! claimed guest is never returned: it is torn down as any bottle.
 //!
 //! State: `<state root>/pool/pool.json` (per shape: size and entries;
 //! written atomically under `pool.lock`), one directory per entry next to

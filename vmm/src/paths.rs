@@ -73,7 +73,8 @@ impl StampCache {
     }
 
     pub(crate) fn put(&self, key: String, value: String) {
-        /// Entries kept: stamps of files since rebuilt are never asked again.
+        /// Entries kept: stamps of files since rebuilt are never asked
+        /// again. Past it the first keys in order go, never the one put.
         const KEEP: usize = 32;
         let mut all = self.load();
         while all.len() >= KEEP {
@@ -91,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stamp_cache_remembers_and_forgets_the_oldest_keys_past_its_size() {
+    fn a_stamp_cache_remembers_keeps_at_most_32_entries_and_always_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let cache = StampCache::at(dir.path().join("sub").join("c.json"));
         assert_eq!(cache.get("a"), None);
