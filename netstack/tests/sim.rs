@@ -73,6 +73,21 @@ struct Link {
     loss: f64,
     reorder: f64,
     lost: u64,
+    /// Flip the TCP checksum of every frame the guest sends.
+    corrupt_tcp: bool,
+}
+
+/// Flips the TCP checksum of an Ethernet/IPv4/TCP frame (others untouched).
+fn corrupt_tcp_checksum(frame: &mut [u8]) {
+    let ipv4_tcp = frame.len() > 34 && frame[12..14] == [0x08, 0x00] && frame[23] == 6;
+    if !ipv4_tcp {
+        return;
+    }
+    let at = 14 + usize::from(frame[14] & 0x0f) * 4 + 16;
+    if let Some(sum) = frame.get_mut(at..at + 2) {
+        sum[0] ^= 0xff;
+        sum[1] ^= 0x5a;
+    }
 }
 
 impl Link {
@@ -99,10 +114,13 @@ impl Link {
         if frames.len() >= 2 && self.rng.gen_bool(self.reorder) {
             frames.swap(0, 1);
         }
-        for f in frames {
+        for mut f in frames {
             if self.rng.gen_bool(self.loss) {
                 self.lost += 1;
                 continue;
+            }
+            if self.corrupt_tcp {
+                corrupt_tcp_checksum(&mut f);
             }
             assert!(
                 self.transport.poll_send(&mut cx, &f).is_ready(),
@@ -144,6 +162,7 @@ impl Guest {
             loss,
             reorder,
             lost: 0,
+            corrupt_tcp: false,
         };
         Guest {
             iface,
@@ -341,4 +360,59 @@ async fn udp_dns_and_refused_ports_through_the_simulated_link() {
     assert!(counters.refusals()["tcp-closed-port"] >= 1, "{counters:?}");
     assert_eq!(counters.refusals()["tcp-other-address"], 0);
     stack.shutdown().await;
+}
+
+/// The VM transports (qemu's stream, libkrun's datagrams) carry frames whose
+/// checksums the guest computed in full: one whose TCP checksum is wrong is
+/// dropped, so a guest that corrupts them never connects. Only a TAP with
+/// checksum offload (tests/netns.rs) is trusted not to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_tcp_checksum_over_the_vm_transports_is_dropped() {
+    let (sa, sb) = tokio::net::UnixStream::pair().unwrap();
+    let (da, db) = tokio::net::UnixDatagram::pair().unwrap();
+    let links: [(Box<dyn FrameTransport>, Box<dyn FrameTransport>); 2] = [
+        (
+            Box::new(UnixStreamTransport::new(sa)),
+            Box::new(UnixStreamTransport::new(sb)),
+        ),
+        (
+            Box::new(UnixDatagramTransport::from_connected(da)),
+            Box::new(UnixDatagramTransport::from_connected(db)),
+        ),
+    ];
+    for (ours, theirs) in links {
+        assert!(!ours.trusts_l4_checksums());
+        let stack = spawn(config(), ours, BTreeMap::from([(7, echo())])).unwrap();
+        let mut guest = Guest::new(theirs, 17, 0.0, 0.0);
+        guest.link.corrupt_tcp = true;
+        let rx = tcp::SocketBuffer::new(vec![0u8; 4096]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; 4096]);
+        let h = guest.sockets.add(tcp::Socket::new(rx, tx));
+        let remote = IpEndpoint::new(IpAddress::v4(10, 0, 2, 2), 7);
+        guest
+            .sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(guest.iface.context(), remote, 49_153)
+            .unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            guest.step().await;
+            assert_ne!(
+                guest.sockets.get::<tcp::Socket>(h).state(),
+                tcp::State::Established,
+                "a SYN with a wrong checksum was answered"
+            );
+        }
+        assert_eq!(stack.counters().flows_accepted, 0);
+        // The same guest with its checksums left alone connects (its SYN is
+        // retransmitted): the test above could have seen a connection.
+        guest.link.corrupt_tcp = false;
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while guest.sockets.get::<tcp::Socket>(h).state() != tcp::State::Established {
+            assert!(std::time::Instant::now() < until, "never connected");
+            guest.step().await;
+        }
+        assert_eq!(stack.counters().flows_accepted, 1);
+        stack.shutdown().await;
+    }
 }
