@@ -16,7 +16,7 @@ use bottle_netstack::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
@@ -208,17 +208,24 @@ fn config() -> NetConfig {
     }
 }
 
-/// Sends `total` bytes to the echo port and checks every byte comes back.
-async fn echo_through(guest: &mut Guest, stack: &NetstackHandle, total: usize) -> Counters {
-    let rx = tcp::SocketBuffer::new(vec![0u8; 64 << 10]);
-    let tx = tcp::SocketBuffer::new(vec![0u8; 64 << 10]);
+/// A guest socket with `buffer` bytes each way, connecting from `local_port`
+/// to the gateway's echo port 7.
+fn connect_to_echo(guest: &mut Guest, buffer: usize, local_port: u16) -> SocketHandle {
+    let rx = tcp::SocketBuffer::new(vec![0u8; buffer]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; buffer]);
     let h = guest.sockets.add(tcp::Socket::new(rx, tx));
     let remote = IpEndpoint::new(IpAddress::v4(10, 0, 2, 2), 7);
     guest
         .sockets
         .get_mut::<tcp::Socket>(h)
-        .connect(guest.iface.context(), remote, 49_152)
+        .connect(guest.iface.context(), remote, local_port)
         .unwrap();
+    h
+}
+
+/// Sends `total` bytes to the echo port and checks every byte comes back.
+async fn echo_through(guest: &mut Guest, stack: &NetstackHandle, total: usize) -> Counters {
+    let h = connect_to_echo(guest, 64 << 10, 49_152);
     let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
     let (mut sent, mut got) = (0usize, Vec::with_capacity(total));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -385,15 +392,7 @@ async fn a_wrong_tcp_checksum_over_the_vm_transports_is_dropped() {
         let stack = spawn(config(), ours, BTreeMap::from([(7, echo())])).unwrap();
         let mut guest = Guest::new(theirs, 17, 0.0, 0.0);
         guest.link.corrupt_tcp = true;
-        let rx = tcp::SocketBuffer::new(vec![0u8; 4096]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; 4096]);
-        let h = guest.sockets.add(tcp::Socket::new(rx, tx));
-        let remote = IpEndpoint::new(IpAddress::v4(10, 0, 2, 2), 7);
-        guest
-            .sockets
-            .get_mut::<tcp::Socket>(h)
-            .connect(guest.iface.context(), remote, 49_153)
-            .unwrap();
+        let h = connect_to_echo(&mut guest, 4096, 49_153);
         let until = std::time::Instant::now() + Duration::from_millis(1500);
         while std::time::Instant::now() < until {
             guest.step().await;
