@@ -1,12 +1,14 @@
 //! Provisioning a launched bottle through the guest agent, the same for both
-//! backends and always in this order: CA → proxy env → prompt → skills →
-//! workspace → git config → route placeholders → agent settings → supervise's
-//! MCP server (when on). Each step is
-//! idempotent (it writes whole files) and logged on stderr.
+//! backends, its steps logged on stderr always in this order: CA → proxy env
+//! → prompt → skills → workspace → git config → route placeholders → agent
+//! settings → supervise's MCP server (when on). Each step is idempotent (it
+//! writes whole files). The small files go in two sessions (root's: CA and
+//! env; the agent's: prompt, git config, settings, MCP server) before the
+//! copies, since each round trip to the guest costs milliseconds under TCG.
 
 use crate::manifest::BackendName;
 use crate::plan::{placeholder_env, Plan, Prompt};
-use bottle_guest::host::Client;
+use bottle_guest::host::{Client, GuestFile};
 use bottle_guest::proto::User;
 use bottle_util::shell_quote;
 use std::path::Path;
@@ -166,16 +168,44 @@ async fn provision_with(
         None
     };
 
+    // Each step's files are gathered first and written in two sessions,
+    // root's and the agent's, after the reads they depend on (run at once):
+    // under TCG every round trip to the guest costs milliseconds.
+    let hash = if l.privileged {
+        Some(
+            crate::cert_hash::subject_hash_pem(ca_pem).map_err(|e| ProvisionError::Host {
+                step: "ca",
+                why: format!("cannot hash the bottle CA's subject: {e}"),
+            })?,
+        )
+    } else {
+        None
+    };
+    let mcp_path = format!("{AGENT_HOME}/.claude.json");
+    let (roots, link, mcp_existing) = tokio::join!(
+        guest_file(client, SYSTEM_ROOTS),
+        async {
+            match &hash {
+                Some(hash) => free_hash_link(client, hash, ca_pem).await.map(Some),
+                None => Ok(None),
+            }
+        },
+        async {
+            if plan.supervise {
+                client.read_file(&mcp_path).await.ok()
+            } else {
+                None
+            }
+        },
+    );
+
     // 1. CA: alone, and joined to the system roots.
-    client
-        .write_file(l.ca_pem, ca_pem.as_bytes(), 0o644, root.clone())
-        .await
-        .map_err(step("ca"))?;
+    let mut root_files = vec![guest_file_of(l.ca_pem, ca_pem.as_bytes(), 0o644)];
     // Joined to the store without a shell and without rehashing it
     // (`update-ca-certificates` costs about a minute under TCG, and each
     // program a shell runs costs tens of ms): the PEM appended to the
     // bundle every TLS library reads, through the agent's own file calls.
-    let (roots_path, system_roots) = match guest_file(client, SYSTEM_ROOTS).await {
+    let (roots_path, system_roots) = match roots {
         Ok(found) => found,
         // A container's agent writes its own bundle: system roots it cannot
         // read are left out of it, as they always were.
@@ -189,46 +219,35 @@ async fn provision_with(
     } else {
         l.ca_bundle
     };
-    client
-        .write_file(
-            bundle_path,
-            &joined_bundle(system_roots.as_deref().unwrap_or_default(), ca_pem),
-            0o644,
-            root.clone(),
-        )
-        .await
-        .map_err(step("ca"))?;
-    if l.privileged {
-        // A copy where a later `update-ca-certificates` in the guest keeps
-        // it, and `<subject hash>.N` (hash computed here on the host) for
-        // OpenSSL's directory lookup, at the first N no other CA holds.
-        let hash =
-            crate::cert_hash::subject_hash_pem(ca_pem).map_err(|e| ProvisionError::Host {
-                step: "ca",
-                why: format!("cannot hash the bottle CA's subject: {e}"),
-            })?;
+    root_files.push(guest_file_of(
+        bundle_path,
+        &joined_bundle(system_roots.as_deref().unwrap_or_default(), ca_pem),
+        0o644,
+    ));
+    // In a VM, a copy where a later `update-ca-certificates` in the guest
+    // keeps it, and `<subject hash>.N` (hash computed here on the host) for
+    // OpenSSL's directory lookup, at the first N no other CA holds.
+    if let Some(link) = link.map_err(step("ca"))? {
         for path in [
             "/usr/local/share/ca-certificates/bottle.crt",
             "/etc/ssl/certs/bottle.pem",
+            link.as_str(),
         ] {
-            client
-                .write_file(path, ca_pem.as_bytes(), 0o644, root.clone())
-                .await
-                .map_err(step("ca"))?;
+            root_files.push(guest_file_of(path, ca_pem.as_bytes(), 0o644));
         }
-        let mut n = 0;
-        let link = loop {
-            let candidate = format!("/etc/ssl/certs/{hash}.{n}");
-            match guest_file(client, &candidate).await.map_err(step("ca"))? {
-                (_, Some(held)) if held != ca_pem.as_bytes() && n < 16 => n += 1,
-                _ => break candidate,
-            }
-        };
-        client
-            .write_file(&link, ca_pem.as_bytes(), 0o644, root.clone())
-            .await
-            .map_err(step("ca"))?;
     }
+
+    // 2. Proxy environment, for login shells too (written with the CA).
+    let env = agent_env(plan);
+    let profile: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+        .collect();
+    root_files.push(guest_file_of(l.profile, profile.as_bytes(), 0o644));
+    client
+        .write_files(&root_files, root.clone())
+        .await
+        .map_err(step("ca"))?;
     if let Some(script) = root_script {
         let done = client
             .run_capture(
@@ -253,17 +272,6 @@ async fn provision_with(
             l.ca_pem, l.ca_bundle
         ),
     );
-
-    // 2. Proxy environment, for login shells too.
-    let env = agent_env(plan);
-    let profile: String = env
-        .iter()
-        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
-        .collect();
-    client
-        .write_file(l.profile, profile.as_bytes(), 0o644, root.clone())
-        .await
-        .map_err(step("env"))?;
     log(
         "env",
         format!(
@@ -271,6 +279,11 @@ async fn provision_with(
             bottle_contract::proxy_url()
         ),
     );
+
+    // The agent's own small files, written in one session before the
+    // copies: the prompt (3), git config (6), settings (8) and supervise's
+    // MCP server (9). Each is logged in its turn below.
+    let mut agent_files = Vec::new();
 
     // 3. Prompt, where Claude Code reads the user's memory.
     let prompt = match &plan.prompt {
@@ -293,16 +306,51 @@ async fn provision_with(
         }
         None => None,
     };
-    if let Some(prompt) = prompt {
-        client
-            .write_file(
-                &format!("{AGENT_HOME}/.claude/CLAUDE.md"),
-                prompt.as_bytes(),
-                0o644,
-                agent_user(plan),
-            )
-            .await
-            .map_err(step("prompt"))?;
+    if let Some(prompt) = &prompt {
+        agent_files.push(guest_file_of(
+            &format!("{AGENT_HOME}/.claude/CLAUDE.md"),
+            prompt.as_bytes(),
+            0o644,
+        ));
+    }
+
+    // 6. git config: every declared upstream goes through git-gate.
+    let mut gitconfig = String::from(
+        "[user]\n\tname = bottle agent\n\temail = agent@bottle.invalid\n[safe]\n\tdirectory = *\n",
+    );
+    gitconfig.push_str(&bottle_sidecars::gitgate::agent_git_config(
+        &plan.git_remotes,
+    ));
+    agent_files.push(guest_file_of(
+        &format!("{AGENT_HOME}/.gitconfig"),
+        gitconfig.as_bytes(),
+        0o644,
+    ));
+
+    // 8. Agent settings: no telemetry or auto-update.
+    let settings = serde_json::json!({
+        "env": { "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1" },
+    });
+    agent_files.push(guest_file_of(
+        &format!("{AGENT_HOME}/.claude/settings.json"),
+        settings.to_string().as_bytes(),
+        0o644,
+    ));
+
+    // 9. supervise: the `bottle` MCP server in Claude Code's user scope
+    // (`~/.claude.json`, merged into what the image has there).
+    if plan.supervise {
+        agent_files.push(guest_file_of(
+            &mcp_path,
+            &mcp_user_settings(mcp_existing.as_deref()),
+            0o600,
+        ));
+    }
+    client
+        .write_files(&agent_files, agent_user(plan))
+        .await
+        .map_err(step(if prompt.is_some() { "prompt" } else { "git" }))?;
+    if prompt.is_some() {
         log(
             "prompt",
             "prompt written to ~/.claude/CLAUDE.md".to_string(),
@@ -378,22 +426,6 @@ async fn provision_with(
         );
     }
 
-    // 6. git config: every declared upstream goes through git-gate.
-    let mut gitconfig = String::from(
-        "[user]\n\tname = bottle agent\n\temail = agent@bottle.invalid\n[safe]\n\tdirectory = *\n",
-    );
-    gitconfig.push_str(&bottle_sidecars::gitgate::agent_git_config(
-        &plan.git_remotes,
-    ));
-    client
-        .write_file(
-            &format!("{AGENT_HOME}/.gitconfig"),
-            gitconfig.as_bytes(),
-            0o644,
-            agent_user(plan),
-        )
-        .await
-        .map_err(step("git"))?;
     log(
         "git",
         format!(
@@ -414,38 +446,11 @@ async fn provision_with(
         );
     }
 
-    // 8. Agent settings: no telemetry or auto-update.
-    let settings = serde_json::json!({
-        "env": { "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1" },
-    });
-    client
-        .write_file(
-            &format!("{AGENT_HOME}/.claude/settings.json"),
-            settings.to_string().as_bytes(),
-            0o644,
-            agent_user(plan),
-        )
-        .await
-        .map_err(step("settings"))?;
     log(
         "settings",
         "agent settings written (no telemetry, no auto-update)".to_string(),
     );
-
-    // 9. supervise: the `bottle` MCP server in Claude Code's user scope
-    // (`~/.claude.json`, merged into what the image has there).
     if plan.supervise {
-        let path = format!("{AGENT_HOME}/.claude.json");
-        let existing = client.read_file(&path).await.ok();
-        client
-            .write_file(
-                &path,
-                &mcp_user_settings(existing.as_deref()),
-                0o600,
-                agent_user(plan),
-            )
-            .await
-            .map_err(step("supervise"))?;
         log(
             "supervise",
             format!(
@@ -485,6 +490,31 @@ fn agent_path_key<'a>(plan: &'a Plan, key: &'static str) -> crate::manifest::pat
         name: &plan.agent,
         key,
         allow_secret_paths: plan.allow_secret_paths,
+    }
+}
+
+fn guest_file_of(path: &str, bytes: &[u8], mode: u32) -> GuestFile {
+    GuestFile {
+        path: path.to_string(),
+        bytes: bytes.to_vec(),
+        mode,
+    }
+}
+
+/// The first `/etc/ssl/certs/<hash>.N` that is free or already holds
+/// `ca_pem` (at most N = 16, where it is taken over).
+async fn free_hash_link(
+    client: &Client,
+    hash: &str,
+    ca_pem: &str,
+) -> Result<String, bottle_guest::host::ClientError> {
+    let mut n = 0;
+    loop {
+        let candidate = format!("/etc/ssl/certs/{hash}.{n}");
+        match guest_file(client, &candidate).await? {
+            (_, Some(held)) if held != ca_pem.as_bytes() && n < 16 => n += 1,
+            _ => return Ok(candidate),
+        }
     }
 }
 

@@ -8,6 +8,6 @@ mod tree;
 
 pub use attach::{attach, attach_with, terminal_size, AttachError, RawMode};
 pub use client::{
-    Client, ClientError, Event, GuestInfo, Output, Session, SessionHandle, TreeEntry,
+    Client, ClientError, Event, GuestFile, GuestInfo, Output, Session, SessionHandle, TreeEntry,
 };
 pub use mux::{run_mux, run_mux_with, MuxError, RefusalHook};

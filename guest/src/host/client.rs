@@ -55,6 +55,15 @@ fn lock(s: &Sessions) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<Fra
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One file for [`Client::write_files`]: its absolute guest path, bytes and
+/// permission bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
+
 /// A connection to the mux.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -270,17 +279,38 @@ impl Client {
         mode: u32,
         owner: Option<User>,
     ) -> Result<(), ClientError> {
+        self.write_files(
+            &[GuestFile {
+                path: path.to_string(),
+                bytes: bytes.to_vec(),
+                mode,
+            }],
+            owner,
+        )
+        .await
+    }
+
+    /// Writes `files` in the guest, in order, all owned by `owner`, in one
+    /// session (one round trip, not one per file); stops at the first that
+    /// fails. Parent directories are created.
+    pub async fn write_files(
+        &self,
+        files: &[GuestFile],
+        owner: Option<User>,
+    ) -> Result<(), ClientError> {
         let (id, events) = self.open(Msg::Put { owner }).await?;
-        let entry = Entry {
-            path: path.to_string(),
-            mode,
-            kind: EntryKind::File {
-                len: bytes.len() as u64,
-            },
-        };
-        self.send(Frame::control(id, Msg::Entry(entry))).await?;
-        for f in data_frames(id, Stream::File, Bytes::copy_from_slice(bytes)) {
-            self.send(f).await?;
+        for file in files {
+            let entry = Entry {
+                path: file.path.clone(),
+                mode: file.mode,
+                kind: EntryKind::File {
+                    len: file.bytes.len() as u64,
+                },
+            };
+            self.send(Frame::control(id, Msg::Entry(entry))).await?;
+            for f in data_frames(id, Stream::File, Bytes::copy_from_slice(&file.bytes)) {
+                self.send(f).await?;
+            }
         }
         self.send(Frame::control(id, Msg::End)).await?;
         self.finish(events).await.map(|_| ())
