@@ -244,8 +244,10 @@ pub fn launch_and_run(plan: &Plan, detach: bool) -> anyhow::Result<i32> {
     drop(interrupts);
     runtime.shutdown_background();
     timing::step("command-done");
+    timing::guest_steps(&dir.file(files::CONSOLE));
     let meta = dir.read_metadata().unwrap_or(meta);
     stop(&meta, &dir)?;
+    timing::step("stopped");
     let _ = dir.update_metadata(|m| m.status = Status::Stopped);
     dir.retire()?;
     timing::step("torn-down");

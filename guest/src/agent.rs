@@ -9,6 +9,7 @@ pub mod init;
 pub mod passwd;
 pub mod reaper;
 pub mod server;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub async fn run(
             default_user: default_user.clone(),
         };
         let conn = channel::dial_retry(&target).await;
+        trace::step("dialed");
         match server::serve(conn, reaper.clone(), &opts, announce).await {
             Ok(()) => eprintln!("bottle-guest: host closed the channel; redialing"),
             Err(e) => {

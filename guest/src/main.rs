@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use bottle_guest::agent::{
-    self, channel::Target, forward::Forward, init, reaper::Reaper, KeySource,
+    self, channel::Target, forward::Forward, init, reaper::Reaper, trace, KeySource,
 };
 use bottle_guest::proto::User;
 use bottle_util::error_chain;
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             user,
         } => {
             let _ = nix::sys::prctl::set_child_subreaper(true);
-            run_runtime(async move {
+            run_runtime(Threads::Two, async move {
                 start_forwards(forwards).await?;
                 let reaper = Reaper::start().map_err(|e| e.to_string())?;
                 agent::run(connect, reaper, key, user, announce_stdout).await;
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
             })
         }
         Mode::Dial { target, key } => {
-            let code = run_runtime(async move {
+            let code = run_runtime(Threads::One, async move {
                 let answer = agent::dial_once(&target, &key).await;
                 println!("{answer}");
                 match answer {
@@ -184,7 +184,7 @@ fn main() -> ExitCode {
             });
             code
         }
-        Mode::Forward { forwards } => run_runtime(async move {
+        Mode::Forward { forwards } => run_runtime(Threads::Two, async move {
             start_forwards(forwards).await?;
             std::future::pending::<()>().await;
             Ok(())
@@ -201,12 +201,31 @@ async fn start_forwards(forwards: Vec<Forward>) -> Result<(), String> {
     Ok(())
 }
 
-fn run_runtime(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+/// How many threads the agent's runtime runs on.
+#[derive(Clone, Copy)]
+enum Threads {
+    /// One: init in a VM, where every thread shares the guest's few vCPUs
+    /// (under TCG a wake-up across threads is a context switch the guest
+    /// pays for) and the network does not pass through the agent.
+    One,
+    /// Two workers: a container's agent, whose forwards carry the agent's
+    /// proxy traffic.
+    Two,
+}
+
+fn run_runtime(
+    threads: Threads,
+    fut: impl std::future::Future<Output = Result<(), String>>,
+) -> ExitCode {
+    let mut builder = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+        Threads::Two => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bottle-guest: tokio runtime: {e}");
@@ -250,10 +269,12 @@ fn run_init(stage2: bool) -> ExitCode {
     let read_cmdline = || std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     // The channel key is taken (read, then deleted) before anything else runs.
     let key;
+    trace::step("init");
     if !stage2 {
         if let Err(e) = init::mount_early() {
             return fatal("mounts", &e);
         }
+        trace::step("mounted");
         key = init::take_key(std::path::Path::new(INITRAMFS_KEY_PATH));
         let cfg = match bottle_contract::BootConfig::parse(&read_cmdline()) {
             Ok(c) => c,
@@ -296,6 +317,7 @@ fn run_init(stage2: bool) -> ExitCode {
     if let Err(e) = init::mount_tmp() {
         return fatal("/tmp", &e);
     }
+    trace::step("tmp");
     let cfg = match bottle_contract::BootConfig::parse(&read_cmdline()) {
         Ok(c) => c,
         Err(e) => return fatal("kernel command line", &e),
@@ -303,11 +325,15 @@ fn run_init(stage2: bool) -> ExitCode {
     if let Err(e) = init::configure_network(cfg.net, cfg.mtu) {
         return fatal("network", &e);
     }
+    trace::step("network");
     if let Err(e) = init::write_files(&cfg) {
         return fatal("guest files", &e);
     }
-    let code = run_runtime(async move {
+    trace::step("configured");
+    let code = run_runtime(Threads::One, async move {
+        trace::step("runtime");
         let reaper = Reaper::start().map_err(|e| e.to_string())?;
+        trace::step("reaper");
         agent::run(
             Target::Boot(cfg.channel),
             reaper,

@@ -170,6 +170,7 @@ impl Backend for VmBackend {
         // The VM first (the bundle would stop it too, but it may be gone).
         if let Some(pid) = meta.vm_pid {
             crate::sys::process::stop_process(pid, meta.process_tag(), Duration::from_secs(2));
+            crate::timing::step("vm-stopped");
         }
         crate::bundle::stop(meta);
         Ok(())

@@ -428,7 +428,11 @@ async fn serve_vm(
         initramfs: vm.initramfs.clone(),
         root_disk: vm.root_disk.clone(),
         boot,
-        cmdline_extra: Vec::new(),
+        // BOTTLE_TIMING=guest also times the guest agent's steps (on the console).
+        cmdline_extra: crate::timing::guest_enabled()
+            .then(|| bottle_guest::agent::trace::WORD.to_string())
+            .into_iter()
+            .collect(),
         net_socket: dir.join(files::NET),
         agent_socket: dir.join(files::GUEST),
         console_log: dir.join(files::CONSOLE),

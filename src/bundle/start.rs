@@ -154,9 +154,11 @@ pub fn is_alive(meta: &Metadata) -> bool {
 pub fn stop(meta: &Metadata) {
     if let Some(pid) = meta.bundle_pid {
         process::stop_process(pid, meta.process_tag(), Duration::from_secs(3));
+        crate::timing::step("bundle-stopped");
     }
     if let Some(confined) = &meta.cgroup {
         crate::sys::cgroup::release(confined);
+        crate::timing::step("cgroup-released");
     }
 }
 

@@ -147,6 +147,7 @@ pub(crate) async fn run(mut ctx: SessionCtx, req: ExecRequest) {
         pty_master,
         tty,
     } = started;
+    super::trace::step("exec-started");
     ctx.send(Frame::control(
         id,
         Msg::Started {
@@ -196,6 +197,7 @@ pub(crate) async fn run(mut ctx: SessionCtx, req: ExecRequest) {
             },
         }
     };
+    super::trace::step("exec-exited");
     drop(in_tx);
     for p in pumps {
         let _ = p.await;

@@ -99,6 +99,7 @@ where
             )))
         }
     }
+    super::trace::step("welcomed");
     on_ready();
 
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
@@ -180,6 +181,14 @@ async fn open(
     reaper: &Reaper,
     default_user: &Option<User>,
 ) -> Option<mpsc::UnboundedSender<Frame>> {
+    super::trace::step(match &msg {
+        Msg::Exec(_) => "request-exec",
+        Msg::Put { .. } => "request-put",
+        Msg::Get { .. } => "request-get",
+        Msg::Probe => "request-probe",
+        Msg::Poweroff { .. } => "request-poweroff",
+        _ => "request-other",
+    });
     let (tx, inbound) = mpsc::unbounded_channel();
     let ctx = SessionCtx {
         id,
