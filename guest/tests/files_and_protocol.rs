@@ -36,6 +36,55 @@ async fn write_file_then_read_file_keeps_bytes_and_mode() {
 }
 
 #[tokio::test]
+async fn write_files_writes_each_in_order_in_one_session_and_stops_at_the_first_failure() {
+    use bottle_guest::host::GuestFile;
+    let (rig, client) = Rig::start().await;
+    let file = |rel: &str, bytes: &[u8], mode: u32| GuestFile {
+        path: rig.dir.path().join(rel).display().to_string(),
+        bytes: bytes.to_vec(),
+        mode,
+    };
+    client
+        .write_files(
+            &[
+                file("a/ca.pem", b"pem", 0o644),
+                file("b/c/profile", b"export X=1\n", 0o600),
+                file("a/ca.pem", b"pem again", 0o644),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let read = |rel: &str| std::fs::read(rig.dir.path().join(rel)).unwrap();
+    assert_eq!(read("a/ca.pem"), b"pem again", "a later entry wins");
+    assert_eq!(read("b/c/profile"), b"export X=1\n");
+    let mode = std::fs::metadata(rig.dir.path().join("b/c/profile"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A relative path fails the session; what came before it is written,
+    // what comes after it is not.
+    let err = client
+        .write_files(
+            &[
+                file("first", b"1", 0o644),
+                GuestFile {
+                    path: "relative".into(),
+                    bytes: b"2".to_vec(),
+                    mode: 0o644,
+                },
+                file("third", b"3", 0o644),
+            ],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("relative"), "{err}");
+    assert_eq!(read("first"), b"1");
+    assert!(!rig.dir.path().join("third").exists());
+}
+
+#[tokio::test]
 async fn write_file_chowns_to_the_owner() {
     if !bottle_test_harness::skip::require_root("chown to uid 1000") {
         return;
