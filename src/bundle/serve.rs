@@ -14,6 +14,12 @@ use tokio::net::UnixListener;
 /// Entry point of `bottle __bundle STATE_DIR`.
 pub fn run(state_dir: &Path) -> anyhow::Result<()> {
     crate::timing::step("bundle-exec");
+    // The scanner's rules and the system's roots on a thread of their own
+    // while this one reads the config and makes the CA; the guards take
+    // them ready (a pooled bundle's at its claim).
+    let _ = std::thread::Builder::new()
+        .name("proxy-warm-up".into())
+        .spawn(bottle_sidecars::proxy::warm_up);
     let confined = Confinement::watch();
     let config_path = state_dir.join(files::CONFIG);
     let bytes = std::fs::read(&config_path)
@@ -68,11 +74,19 @@ async fn serve(
         // git-gate runs `git` for its mirrors when it starts.
         confined.wait().await;
     }
+    // The mux (and a VM's keyed initramfs) first: they do not need the
+    // guards, which wait for the scanner's rules compiling on another thread.
+    // Refusals reach the audit log once there is one (the guest cannot dial
+    // before its VM is started, after the guards).
+    let audit: AuditCell = Arc::default();
+    let key = start_mux(&dir, &config, audit.clone())?;
+    let initramfs = match &config.mode {
+        Mode::Vm(vm) => Some(keyed_initramfs(&dir, vm, &key)?),
+        Mode::Docker => None,
+    };
     let guards = build_guards(&dir, &config)?;
     crate::timing::step("bundle-guards");
-    let audit = Arc::new(std::sync::OnceLock::new());
     let _ = audit.set(guards.proxy.audit_log().clone());
-    let key = start_mux(&dir, &config, audit)?;
     let mut ready = Ready {
         ca_fingerprint: guards.fingerprint.clone(),
         vm_pid: None,
@@ -129,7 +143,9 @@ async fn serve(
             Ok(())
         }
         Mode::Vm(mut vm) => {
-            vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
+            if let Some(initramfs) = initramfs {
+                vm.initramfs = initramfs;
+            }
             let flows = config.limits.flows as usize;
             let slot = Arc::new(std::sync::OnceLock::new());
             let _ = slot.set(guards);

@@ -226,20 +226,34 @@ pub enum RootsError {
     Protocols(#[source] rustls::Error),
 }
 
+/// The system's root certificates, read and parsed once per process (a few
+/// ms: every file under the system's certificate paths); later calls clone
+/// them, and a call made while another thread reads them waits for it.
+pub fn system_root_store() -> rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // Individual unparsable system certificates are skipped, as browsers do.
+                let _ = roots.add(cert);
+            }
+            roots
+        })
+        .clone()
+}
+
 /// rustls client config: system roots (unless disabled) plus extra PEM roots,
 /// HTTP/1.1 ALPN.
 pub fn client_config(
     system_roots: bool,
     extra_root_pems: &[String],
 ) -> Result<rustls::ClientConfig, RootsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if system_roots {
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            // Individual unparsable system certificates are skipped, as browsers do.
-            let _ = roots.add(cert);
-        }
-    }
+    let mut roots = if system_roots {
+        system_root_store()
+    } else {
+        rustls::RootCertStore::empty()
+    };
     for (i, pem) in extra_root_pems.iter().enumerate() {
         let index = i + 1;
         let mut found = 0;
