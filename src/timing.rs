@@ -43,12 +43,49 @@ pub fn guest_steps(console: &std::path::Path) {
     let Ok(text) = std::fs::read_to_string(console) else {
         return;
     };
-    for line in text.lines() {
-        if let Some(rest) = line
-            .trim_end_matches('\r')
-            .strip_prefix("bottle-guest: trace ")
-        {
-            eprintln!("bottle: guest timing {rest}");
+    for (step, ms) in text.lines().filter_map(guest_step) {
+        eprintln!("bottle: guest timing {step} {ms} ms");
+    }
+}
+
+/// `(STEP, N)` of a console line `bottle-guest: trace STEP N ms`, where STEP
+/// is lowercase letters, digits and dashes: the console is the guest's, and
+/// nothing else it holds (escape sequences included) reaches the terminal.
+fn guest_step(line: &str) -> Option<(&str, u64)> {
+    let rest = line
+        .trim_end_matches('\r')
+        .strip_prefix("bottle-guest: trace ")?;
+    let mut words = rest.split(' ');
+    let (step, ms, unit) = (words.next()?, words.next()?, words.next()?);
+    let step_ok = !step.is_empty()
+        && step
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (step_ok && unit == "ms" && words.next().is_none())
+        .then(|| ms.parse().ok().map(|ms| (step, ms)))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest_step;
+
+    #[test]
+    fn only_well_formed_guest_trace_lines_are_taken() {
+        assert_eq!(
+            guest_step("bottle-guest: trace request-exec 694 ms\r"),
+            Some(("request-exec", 694))
+        );
+        for bad in [
+            "BOTTLE-GUEST-READY",
+            "bottle-guest: trace \x1b]0;pwned\x07 1 ms",
+            "bottle-guest: trace Exec 1 ms",
+            "bottle-guest: trace exec 1 ms and more",
+            "bottle-guest: trace exec x ms",
+            "bottle-guest: trace exec 1 s",
+            "bottle-guest: trace  1 ms",
+        ] {
+            assert_eq!(guest_step(bad), None, "{bad:?}");
         }
     }
 }
