@@ -276,14 +276,30 @@ mod tests {
 
     #[test]
     fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
-        // The shell ignores TERM and waits on a child of its own.
-        let (took, signal) = stop_marked(
-            "trap '' TERM; while :; do sleep 1; done",
-            "trap",
-            Duration::from_millis(300),
+        // The shell ignores TERM and waits on a child of its own. Its
+        // command line shows `trap` from its exec on, before the trap is
+        // set: the file it writes after the trap says when it is.
+        let dir = tempfile::tempdir().unwrap();
+        let trapped = dir.path().join("trapped");
+        let script = format!(
+            "trap '' TERM; : > '{}'; while :; do sleep 1; done",
+            trapped.display()
         );
+        let mut child = start_marked(&script, "trap");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !trapped.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(trapped.exists(), "the shell never set its trap");
+        let began = std::time::Instant::now();
+        stop_process(child.0.id(), "trap", Duration::from_millis(300));
+        let took = began.elapsed();
+        let status = child.0.wait().unwrap();
         assert!(took >= Duration::from_millis(300), "{took:?}");
-        assert_eq!(signal, Some(9));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
     }
 
     #[test]
