@@ -279,15 +279,8 @@ impl Client {
         mode: u32,
         owner: Option<User>,
     ) -> Result<(), ClientError> {
-        self.write_files(
-            &[GuestFile {
-                path: path.to_string(),
-                bytes: bytes.to_vec(),
-                mode,
-            }],
-            owner,
-        )
-        .await
+        self.put_files(std::iter::once((path, bytes, mode)), owner)
+            .await
     }
 
     /// Writes `files` in the guest, in order, all owned by `owner`, in one
@@ -298,17 +291,30 @@ impl Client {
         files: &[GuestFile],
         owner: Option<User>,
     ) -> Result<(), ClientError> {
+        let files = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.bytes.as_slice(), f.mode));
+        self.put_files(files, owner).await
+    }
+
+    /// One Put session of `(path, bytes, mode)` files, borrowed: a file's
+    /// bytes are copied once, into its frames.
+    async fn put_files<'a>(
+        &self,
+        files: impl Iterator<Item = (&'a str, &'a [u8], u32)>,
+        owner: Option<User>,
+    ) -> Result<(), ClientError> {
         let (id, events) = self.open(Msg::Put { owner }).await?;
-        for file in files {
+        for (path, bytes, mode) in files {
             let entry = Entry {
-                path: file.path.clone(),
-                mode: file.mode,
+                path: path.to_string(),
+                mode,
                 kind: EntryKind::File {
-                    len: file.bytes.len() as u64,
+                    len: bytes.len() as u64,
                 },
             };
             self.send(Frame::control(id, Msg::Entry(entry))).await?;
-            for f in data_frames(id, Stream::File, Bytes::copy_from_slice(&file.bytes)) {
+            for f in data_frames(id, Stream::File, Bytes::copy_from_slice(bytes)) {
                 self.send(f).await?;
             }
         }
