@@ -13,9 +13,10 @@ pub fn guest_binary() -> anyhow::Result<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(dir) = exe.parent() {
         candidates.push(dir.join("bottle-guest-static"));
-        // target/{debug,release}/bottle → target/x86_64-unknown-linux-gnu/release/bottle-guest
+        // target/{debug,release}/bottle → target/x86_64-unknown-linux-gnu/guest/bottle-guest
+        // (the `guest` profile of scripts/build-guest.sh)
         if let Some(target) = dir.parent() {
-            candidates.push(target.join("x86_64-unknown-linux-gnu/release/bottle-guest"));
+            candidates.push(target.join("x86_64-unknown-linux-gnu/guest/bottle-guest"));
         }
     }
     candidates

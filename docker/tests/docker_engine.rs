@@ -497,7 +497,7 @@ fn guest_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("x86_64-unknown-linux-gnu/release/bottle-guest")
+    target.join("x86_64-unknown-linux-gnu/guest/bottle-guest")
 }
 
 /// The real guest agent as the container's command (`guest_command`): it
