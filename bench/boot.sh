@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 export BOTTLE="$target/release/bottle" BOOT_EXAMPLE="$target/release/examples/boot"
-cargo build --release -q --bin bottle
+cargo build --release -q --bin bottle --bin bottle-bundle
 cargo build --release -q -p bottle-vmm --example boot
 ./scripts/build-guest.sh >/dev/null
 "$BOTTLE" image build tiny >/dev/null

@@ -9,7 +9,7 @@
 # Last lines: "layered rebuild s: X", "mmdebstrap s: Y", "layered/mmdebstrap ratio: Z.ZZ"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q --bin bottle
+cargo build --release -q --bin bottle --bin bottle-bundle
 bottle=$PWD/target/release/bottle
 work=$(mktemp -d)
 cleanup() { rm -rf "$work"; }

@@ -276,21 +276,12 @@ pub enum Command {
         #[arg(long)]
         after: Option<String>,
     },
-    /// Internal: the per-bottle guard bundle process.
-    #[command(name = "__bundle", hide = true)]
-    Bundle { state_dir: PathBuf },
     /// Internal: one libkrun VM in this process (`krun_start_enter` never returns).
     #[command(name = "__krun", hide = true)]
     Krun { spec_json: String },
     /// Internal: holds a detached bottle's agent session (`bottle run --detach`).
     #[command(name = "__session", hide = true)]
     Session { state_dir: PathBuf },
-    /// Internal: git-gate's pre-receive hook.
-    #[command(name = "__git-hook", hide = true)]
-    GitHook {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 /// `--save [--yes]`: also write a change into the manifest file.

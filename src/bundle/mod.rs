@@ -1,4 +1,5 @@
-//! The per-bottle bundle process (`bottle __bundle STATE_DIR`): the guards
+//! The per-bottle bundle process (`bottle-bundle __bundle STATE_DIR`, a
+//! binary of its own next to `bottle`: src/bin/bottle-bundle.rs): the guards
 //! (proxy, git-gate), the guest-agent mux and, for the VM backend, the
 //! netstack and the VM process it supervises — all in one process.
 //!
@@ -16,8 +17,8 @@ pub use serve::run;
 pub(crate) use serve::vm_boot;
 pub(crate) use serve::ClaimRequest;
 pub use start::{
-    is_alive, processes, start, started_under, stop, StartError, BUNDLE_MEMORY_MIB, BUNDLE_PIDS,
-    SUBCOMMAND,
+    executable, is_alive, processes, start, started_under, stop, StartError, BINARY,
+    BUNDLE_MEMORY_MIB, BUNDLE_PIDS, GIT_HOOK, SUBCOMMAND,
 };
 
 use crate::plan::Engine;

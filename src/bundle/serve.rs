@@ -1,4 +1,4 @@
-//! The bundle process itself (`bottle __bundle STATE_DIR`): reads
+//! The bundle process itself (`bottle-bundle __bundle STATE_DIR`): reads
 //! `bundle.json`, serves the guards and the guest mux, starts and supervises
 //! the VM, prints `READY …` and lives until told to stop.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
-/// Entry point of `bottle __bundle STATE_DIR`.
+/// Entry point of `bottle-bundle __bundle STATE_DIR`.
 pub fn run(state_dir: &Path) -> anyhow::Result<()> {
     crate::timing::step("bundle-exec");
     // The scanner's rules and the system's roots on a thread of their own
@@ -261,12 +261,13 @@ fn build_guards(dir: &Path, config: &BundleConfig) -> anyhow::Result<Guards> {
     let gate = if config.git.is_empty() {
         None
     } else {
-        let exe =
-            std::env::current_exe().context("cannot find the bottle binary for git-gate's hook")?;
+        // This process's own binary (`bottle-bundle`) serves the hook.
+        let exe = std::env::current_exe()
+            .context("cannot find the bundle's binary for git-gate's hook")?;
         let gate_config = bottle_sidecars::gitgate::GitGateConfig {
             mirrors_dir: dir.join(files::MIRRORS),
             remotes: config.git.clone(),
-            hook_command: vec![exe.display().to_string(), "__git-hook".to_string()],
+            hook_command: vec![exe.display().to_string(), super::GIT_HOOK.to_string()],
             audit: Some(proxy.audit_log().clone()),
         };
         Some(

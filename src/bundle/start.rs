@@ -4,11 +4,16 @@
 use super::{files, BundleConfig, Mode, Ready};
 use crate::state::{self, Metadata, StateDir};
 use crate::sys::process;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The hidden subcommand the bundle runs as: `bottle __bundle STATE_DIR`.
+/// How the bundle is started: `bottle-bundle __bundle STATE_DIR` (the word
+/// also finds its processes in /proc).
 pub const SUBCOMMAND: &str = "__bundle";
+/// The bundle's binary, next to `bottle`.
+pub const BINARY: &str = "bottle-bundle";
+/// git-gate's pre-receive hook: `bottle-bundle __git-hook`.
+pub const GIT_HOOK: &str = "__git-hook";
 
 /// Memory the bundle's guards may use beyond the VM's own memory (qemu's
 /// TCG translation cache included); past it the kernel stops this bottle,
@@ -39,6 +44,23 @@ fn failed(
         what: what.into(),
         source: Box::new(source),
     }
+}
+
+/// The bundle's binary: `bottle-bundle` next to this executable, or one
+/// directory up (a test binary runs from `target/*/deps`).
+pub fn executable() -> Result<PathBuf, StartError> {
+    let exe = std::env::current_exe().map_err(|e| failed("cannot find the bottle binary", e))?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(BINARY))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            StartError::NotReady(format!(
+                "no `{BINARY}` next to {}: it runs each bottle's guards; build it with `cargo build --release --bin {BINARY}` (scripts/setup does) or install it next to `bottle`",
+                exe.display()
+            ))
+        })
 }
 
 /// Put the bundle (and so the VM it starts) in its own cgroup with memory
@@ -85,7 +107,7 @@ pub fn start(
         .append(true)
         .open(&log_path)
         .map_err(|e| failed(format!("cannot open {}", log_path.display()), e))?;
-    let exe = std::env::current_exe().map_err(|e| failed("cannot find the bottle binary", e))?;
+    let exe = executable()?;
     let mut child = Command::new(exe)
         .arg(SUBCOMMAND)
         .arg(dir.path())

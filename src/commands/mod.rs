@@ -115,18 +115,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PoolRefill { after } => {
             crate::pool::refill(&crate::state::state_root()?, after.as_deref())
         }
-        Command::Bundle { state_dir } => crate::bundle::run(&state_dir),
         Command::Session { state_dir } => crate::detached::serve(&state_dir),
-        // git-gate's pre-receive hook: its messages and exit status are git's.
-        Command::GitHook { .. } => return Ok(bottle_sidecars::gitgate::run_hook_main()),
         Command::Krun { spec_json } => bottle_vmm::krun_main(&spec_json),
     };
     done.map(|()| ExitCode::SUCCESS)
 }
 
 /// Print an error as one paragraph (the chain, without a debug dump) and pick
-/// the exit code.
-fn report(err: &anyhow::Error) -> ExitCode {
+/// the exit code (also `bottle-bundle`'s).
+pub fn report(err: &anyhow::Error) -> ExitCode {
     if let Some(ExitStatusError(code)) = err.downcast_ref::<ExitStatusError>() {
         return ExitCode::from(*code);
     }

@@ -1,5 +1,5 @@
 //! The git-gate pre-receive hook as a standalone binary (tests and bench; the
-//! `bottle` CLI runs the same code as its hidden `__git-hook` subcommand).
+//! bundle binary `bottle-bundle` runs the same code as `bottle-bundle __git-hook`).
 
 fn main() -> std::process::ExitCode {
     bottle_sidecars::gitgate::run_hook_main()

@@ -73,7 +73,7 @@ pub struct GitGateConfig {
     pub mirrors_dir: PathBuf,
     pub remotes: Vec<GitRemote>,
     /// argv git runs as the pre-receive hook; it must call [`run_hook`]
-    /// (production: `[<bottle binary>, "__git-hook"]`).
+    /// (production: `[<bottle-bundle binary>, "__git-hook"]`).
     pub hook_command: Vec<String>,
     /// The bottle's audit log (the proxy's): every fetch, push and refusal
     /// is written to it; `None` writes nothing (tests, benchmarks).
