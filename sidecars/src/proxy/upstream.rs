@@ -226,21 +226,72 @@ pub enum RootsError {
     Protocols(#[source] rustls::Error),
 }
 
-/// The system's root certificates, read and parsed once per process (a few
-/// ms: every file under the system's certificate paths); later calls clone
-/// them, and a call made while another thread reads them waits for it.
+/// The system's root certificates. Reading and parsing them takes a few ms
+/// (every file under the system's certificate paths), so they are read once
+/// per process and again only when the store changed on disk since (a
+/// pooled bundle reads them when its guest boots and builds its bottle's
+/// guards at a claim, maybe hours later). A call made while another thread
+/// reads them waits for it.
 pub fn system_root_store() -> rustls::RootCertStore {
-    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_native_certs::load_native_certs().certs {
-                // Individual unparsable system certificates are skipped, as browsers do.
-                let _ = roots.add(cert);
-            }
-            roots
+    static ROOTS: StampedCache<Vec<StoreEntry>, rustls::RootCertStore> = StampedCache::new();
+    ROOTS.get(store_stamp(), || {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // Individual unparsable system certificates are skipped, as browsers do.
+            let _ = roots.add(cert);
+        }
+        roots
+    })
+}
+
+/// One path rustls-native-certs reads the store from, with its size and
+/// modification time (`None`: gone).
+type StoreEntry = (std::path::PathBuf, Option<(u64, std::time::SystemTime)>);
+
+/// The paths rustls-native-certs reads (`SSL_CERT_FILE`/`SSL_CERT_DIR`, else
+/// OpenSSL's usual bundle file and directories; the same probe it makes),
+/// each with its size and modification time. `update-ca-certificates`
+/// rewrites the bundle file and changes the directory's links, so a change
+/// of the store changes this.
+fn store_stamp() -> Vec<StoreEntry> {
+    let probe = openssl_probe::probe();
+    stamp_of(probe.cert_file.into_iter().chain(probe.cert_dir))
+}
+
+fn stamp_of(paths: impl IntoIterator<Item = std::path::PathBuf>) -> Vec<StoreEntry> {
+    paths
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (path, meta)
         })
-        .clone()
+        .collect()
+}
+
+/// A value computed once and again only when its stamp changed.
+struct StampedCache<S, T>(std::sync::Mutex<Option<(S, T)>>);
+
+impl<S: PartialEq, T: Clone> StampedCache<S, T> {
+    const fn new() -> Self {
+        StampedCache(std::sync::Mutex::new(None))
+    }
+
+    /// The cached value when it was made under `stamp`, else `make()`'s
+    /// (cached under `stamp`). Callers wait for one another, so a value
+    /// being made is made once.
+    fn get(&self, stamp: S, make: impl FnOnce() -> T) -> T {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, value)) = cached.as_ref() {
+            if *s == stamp {
+                return value.clone();
+            }
+        }
+        let value = make();
+        *cached = Some((stamp, value.clone()));
+        value
+    }
 }
 
 /// rustls client config: system roots (unless disabled) plus extra PEM roots,
@@ -276,4 +327,39 @@ pub fn client_config(
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamped_value_is_made_again_only_when_its_stamp_changes() {
+        let cache = StampedCache::new();
+        let made = std::cell::Cell::new(0);
+        let make = |v: &'static str| {
+            made.set(made.get() + 1);
+            v
+        };
+        assert_eq!(cache.get(1, || make("a")), "a");
+        assert_eq!(cache.get(1, || make("b")), "a");
+        assert_eq!(made.get(), 1);
+        assert_eq!(cache.get(2, || make("c")), "c");
+        assert_eq!(cache.get(2, || make("d")), "c");
+        assert_eq!(made.get(), 2);
+    }
+
+    #[test]
+    fn the_store_stamp_changes_when_a_bundle_file_is_rewritten_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca-certificates.crt");
+        std::fs::write(&bundle, "one root\n").unwrap();
+        let first = stamp_of([bundle.clone()]);
+        assert_eq!(first, stamp_of([bundle.clone()]));
+        std::fs::write(&bundle, "one root\nand another\n").unwrap();
+        let second = stamp_of([bundle.clone()]);
+        assert_ne!(first, second);
+        std::fs::remove_file(&bundle).unwrap();
+        assert_eq!(stamp_of([bundle.clone()]), vec![(bundle, None)]);
+    }
 }
