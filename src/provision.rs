@@ -346,10 +346,12 @@ async fn provision_with(
             0o600,
         ));
     }
+    // One session for all of them: a failure is the batch's (the agent's
+    // error names the file).
     client
         .write_files(&agent_files, agent_user(plan))
         .await
-        .map_err(step(if prompt.is_some() { "prompt" } else { "git" }))?;
+        .map_err(step("agent files (prompt, git config, settings, MCP server)"))?;
     if prompt.is_some() {
         log(
             "prompt",
