@@ -351,7 +351,9 @@ async fn provision_with(
     client
         .write_files(&agent_files, agent_user(plan))
         .await
-        .map_err(step("agent files (prompt, git config, settings, MCP server)"))?;
+        .map_err(step(
+            "agent files (prompt, git config, settings, MCP server)",
+        ))?;
     if prompt.is_some() {
         log(
             "prompt",

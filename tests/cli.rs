@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::process::Command;
 
 #[test]
 fn plan_json_works_on_the_embedded_default() {
@@ -191,4 +192,77 @@ fn exec_on_unknown_bottle_says_how_to_list() {
     let out = sb.run(&["exec", "nope-abcde", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bottle ls"), "{}", stderr(&out));
+}
+
+/// `bottle` copied on its own into a directory: no `bottle-bundle` beside it.
+fn bottle_alone(sb: &Sandbox) -> std::path::PathBuf {
+    let bin = sb.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let alone = bin.join("bottle");
+    std::fs::copy(env!("CARGO_BIN_EXE_bottle"), &alone).unwrap();
+    alone
+}
+
+#[test]
+fn doctor_finds_the_bundle_binary_or_says_how_to_build_it() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["doctor"]);
+    let text = stdout(&out);
+    assert!(text.contains("ok   bottle-bundle: "), "{text}");
+
+    let alone = bottle_alone(&sb);
+    let out = Command::new(&alone)
+        .arg("doctor")
+        .env("BOTTLE_STATE_DIR", sb.state_dir())
+        .env("XDG_CONFIG_HOME", sb.dir.path().join("config"))
+        .current_dir(sb.cwd())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("bottle-bundle"))
+        .unwrap_or_else(|| panic!("no bottle-bundle line:\n{text}"));
+    assert!(!line.starts_with("ok"), "{line}");
+    assert!(line.contains("no `bottle-bundle` next to"), "{line}");
+    assert!(
+        text.contains("cargo build --release --bin bottle-bundle"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_run_without_the_bundle_binary_is_refused_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    let doctor = stdout(&sb.run(&["doctor"]));
+    if !skip::require(
+        doctor.contains("backend docker: ready"),
+        &format!("Docker is not ready here (run scripts/setup):\n{doctor}"),
+    ) {
+        return;
+    }
+    let manifest = sb.manifest(
+        "[bottles.b]\nimage = \"tiny\"\n[agents.a]\nbottle = \"b\"\ncopy_cwd = false\ncommand = [\"true\"]\n",
+    );
+    // The guest agent where `bottle` itself finds it (target/<triple>/guest).
+    let guest = std::path::Path::new(env!("CARGO_BIN_EXE_bottle"))
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|t| t.join("x86_64-unknown-linux-gnu/guest/bottle-guest"))
+        .unwrap();
+    let out = Command::new(bottle_alone(&sb))
+        .env("BOTTLE_GUEST_BIN", guest)
+        .args(["run", "--docker", "--yes", "--manifest"])
+        .arg(&manifest)
+        .arg("a")
+        .env("BOTTLE_STATE_DIR", sb.state_dir())
+        .env("XDG_CONFIG_HOME", sb.dir.path().join("config"))
+        .env_remove("BOTTLE_BACKEND")
+        .current_dir(sb.cwd())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no `bottle-bundle` next to"), "{err}");
+    assert!(sb.state_entries().is_empty(), "{:?}", sb.state_entries());
 }

@@ -34,6 +34,9 @@ pub enum StartError {
     /// It started but did not report ready; the text ends with its log.
     #[error("{0}")]
     NotReady(String),
+    /// Its binary, `bottle-bundle`, is not next to this one.
+    #[error("{0}")]
+    NoBinary(String),
 }
 
 fn failed(
@@ -56,7 +59,7 @@ pub fn executable() -> Result<PathBuf, StartError> {
         .map(|dir| dir.join(BINARY))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            StartError::NotReady(format!(
+            StartError::NoBinary(format!(
                 "no `{BINARY}` next to {}: it runs each bottle's guards; build it with `cargo build --release --bin {BINARY}` (scripts/setup does) or install it next to `bottle`",
                 exe.display()
             ))
