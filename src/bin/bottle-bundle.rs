@@ -3,8 +3,8 @@
 //! (and `bottle pool`) start it from next to their own binary as
 //! `bottle-bundle __bundle STATE_DIR`. It is a binary of its own, without
 //! the command line, the dashboard or the image builder, so that every
-//! bottle's bundle maps only the code it runs (idle RSS 17.9 → 14.8 MiB,
-//! docs/BENCHMARKS.md).
+//! bottle's bundle maps only the code it runs (idle RSS 17.9 → 14.3–14.6
+//! MiB, docs/BENCHMARKS.md).
 //!
 //! It also serves the two programs the bundle starts from its own binary:
 //! git-gate's pre-receive hook (`__git-hook`) and, where no
