@@ -211,9 +211,12 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, ManifestError> {
             )]))
         }
     };
-    let scanner = bottle_sidecars::scanner::Scanner::builtin().ok();
+    // Compiling the scanner's rules takes ~8 ms: only a manifest that names
+    // a rule (to switch it off) pays for it.
+    let scanner = std::cell::OnceCell::new();
     let known_rule = |id: &str| {
         scanner
+            .get_or_init(|| bottle_sidecars::scanner::Scanner::builtin().ok())
             .as_ref()
             .is_some_and(|s| s.rule_ids().any(|r| r == id))
     };

@@ -299,3 +299,16 @@ fn resolve_pins_names_to_addresses_and_names_bad_entries() {
     assert!(text.contains("is not a host name"), "{text}");
     assert!(text.contains("`y.example` is not an address"), "{text}");
 }
+
+#[test]
+fn disable_rules_names_are_checked_against_the_scanners_rules() {
+    let with = |id: &str| {
+        format!(
+            "[bottles.b]\n[bottles.b.dlp]\ndisable_rules = [\"{id}\"]\n[agents.a]\nbottle = \"b\"\n"
+        )
+    };
+    parse("test.toml", &with("aws-access-key-id")).expect("a built-in rule id may be disabled");
+    let (problem, _, text) = only(&with("no-such-rule"));
+    assert!(problem.key_path.contains("disable_rules"), "{text}");
+    assert!(text.contains("no-such-rule"), "{text}");
+}
