@@ -3,7 +3,7 @@
 //! (and `bottle pool`) start it from next to their own binary as
 //! `bottle-bundle __bundle STATE_DIR`. It is a binary of its own, without
 //! the command line, the dashboard or the image builder, so that every
-//! bottle's bundle maps only the code it runs (idle RSS 17.9 → 14.3–14.6
+//! bottle's bundle maps only the code it runs (idle RSS 17.9 → 14.3–14.8
 //! MiB, docs/BENCHMARKS.md).
 //!
 //! It also serves the two programs the bundle starts from its own binary:
