@@ -54,16 +54,25 @@ fn program_check(name: &str, program: &str, args: &[&str], package: &str, why: &
 /// The host's own checks (KVM, programs, cgroups), before the backends'.
 pub fn host_checks() -> Vec<Check> {
     let mut checks = Vec::new();
-    let bundle = crate::bundle::executable();
-    checks.push(Check::new(
-        "bottle-bundle",
-        bundle.is_ok(),
-        match &bundle {
-            Ok(path) => format!("{} (each bottle's guards run from it)", path.display()),
-            Err(e) => e.to_string(),
-        },
-        Some("cargo build --release --bin bottle-bundle (scripts/setup builds it)"),
-    ));
+    checks.push(match crate::bundle::executable() {
+        Ok(path) => Check::new(
+            "bottle-bundle",
+            true,
+            format!("{} (each bottle's guards run from it)", path.display()),
+            None,
+        ),
+        Err(crate::bundle::StartError::NoBinary { beside }) => Check::new(
+            "bottle-bundle",
+            false,
+            format!(
+                "no `{}` next to {}",
+                crate::bundle::BINARY,
+                beside.display()
+            ),
+            Some(crate::bundle::BUILD_HINT),
+        ),
+        Err(e) => Check::new("bottle-bundle", false, e.to_string(), None),
+    });
     let kvm = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

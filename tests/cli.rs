@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 #[test]
 fn plan_json_works_on_the_embedded_default() {
@@ -211,13 +210,7 @@ fn doctor_finds_the_bundle_binary_or_says_how_to_build_it() {
     assert!(text.contains("ok   bottle-bundle: "), "{text}");
 
     let alone = bottle_alone(&sb);
-    let out = Command::new(&alone)
-        .arg("doctor")
-        .env("BOTTLE_STATE_DIR", sb.state_dir())
-        .env("XDG_CONFIG_HOME", sb.dir.path().join("config"))
-        .current_dir(sb.cwd())
-        .output()
-        .unwrap();
+    let out = sb.command(&alone).arg("doctor").output().unwrap();
     let text = stdout(&out);
     let line = text
         .lines()
@@ -250,15 +243,12 @@ fn a_run_without_the_bundle_binary_is_refused_and_leaves_nothing() {
         .and_then(|d| d.parent())
         .map(|t| t.join("x86_64-unknown-linux-gnu/guest/bottle-guest"))
         .unwrap();
-    let out = Command::new(bottle_alone(&sb))
+    let out = sb
+        .command(bottle_alone(&sb))
         .env("BOTTLE_GUEST_BIN", guest)
         .args(["run", "--docker", "--yes", "--manifest"])
         .arg(&manifest)
         .arg("a")
-        .env("BOTTLE_STATE_DIR", sb.state_dir())
-        .env("XDG_CONFIG_HOME", sb.dir.path().join("config"))
-        .env_remove("BOTTLE_BACKEND")
-        .current_dir(sb.cwd())
         .output()
         .unwrap();
     let err = stderr(&out);

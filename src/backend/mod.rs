@@ -51,9 +51,8 @@ impl From<crate::bundle::StartError> for BackendError {
                 what,
                 source: Some(source),
             },
-            crate::bundle::StartError::NotReady(why) | crate::bundle::StartError::NoBinary(why) => {
-                Self::Unavailable(why)
-            }
+            crate::bundle::StartError::NotReady(why) => Self::Unavailable(why),
+            e @ crate::bundle::StartError::NoBinary { .. } => Self::Unavailable(e.to_string()),
         }
     }
 }

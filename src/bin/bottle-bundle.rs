@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             Err(e) => bottle::commands::report(&e),
         },
         (Some(bottle::bundle::GIT_HOOK), _) => bottle_sidecars::gitgate::run_hook_main(),
-        (Some("__krun"), [spec]) => match spec.to_str() {
+        (Some(bottle_vmm::KRUN_SUBCOMMAND), [spec]) => match spec.to_str() {
             Some(spec) => bottle_vmm::krun_main(spec),
             None => usage(),
         },

@@ -17,7 +17,7 @@ pub use serve::run;
 pub(crate) use serve::vm_boot;
 pub(crate) use serve::ClaimRequest;
 pub use start::{
-    executable, is_alive, processes, start, started_under, stop, StartError, BINARY,
+    executable, is_alive, processes, start, started_under, stop, StartError, BINARY, BUILD_HINT,
     BUNDLE_MEMORY_MIB, BUNDLE_PIDS, GIT_HOOK, SUBCOMMAND,
 };
 

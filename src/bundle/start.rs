@@ -12,6 +12,8 @@ use std::time::Duration;
 pub const SUBCOMMAND: &str = "__bundle";
 /// The bundle's binary, next to `bottle`.
 pub const BINARY: &str = "bottle-bundle";
+/// How to get `bottle-bundle` where it is missing.
+pub const BUILD_HINT: &str = "build it with `cargo build --release --bin bottle-bundle` (scripts/setup does) or install it next to `bottle`";
 /// git-gate's pre-receive hook: `bottle-bundle __git-hook`.
 pub const GIT_HOOK: &str = "__git-hook";
 
@@ -34,9 +36,9 @@ pub enum StartError {
     /// It started but did not report ready; the text ends with its log.
     #[error("{0}")]
     NotReady(String),
-    /// Its binary, `bottle-bundle`, is not next to this one.
-    #[error("{0}")]
-    NoBinary(String),
+    /// Its binary, `bottle-bundle`, is not next to this one (`beside`).
+    #[error("no `{BINARY}` next to {}: it runs each bottle's guards; {BUILD_HINT}", beside.display())]
+    NoBinary { beside: PathBuf },
 }
 
 fn failed(
@@ -53,17 +55,7 @@ fn failed(
 /// directory up (a test binary runs from `target/*/deps`).
 pub fn executable() -> Result<PathBuf, StartError> {
     let exe = std::env::current_exe().map_err(|e| failed("cannot find the bottle binary", e))?;
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(BINARY))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            StartError::NoBinary(format!(
-                "no `{BINARY}` next to {}: it runs each bottle's guards; build it with `cargo build --release --bin {BINARY}` (scripts/setup does) or install it next to `bottle`",
-                exe.display()
-            ))
-        })
+    bottle_util::exe::beside(&exe, BINARY).ok_or(StartError::NoBinary { beside: exe })
 }
 
 /// Put the bundle (and so the VM it starts) in its own cgroup with memory

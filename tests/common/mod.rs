@@ -61,7 +61,13 @@ impl Sandbox {
 
     /// A `bottle` command with this sandbox's state, config and cwd.
     pub fn bottle(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bottle"));
+        self.command(env!("CARGO_BIN_EXE_bottle"))
+    }
+
+    /// `program` (a copy of `bottle`, say) with this sandbox's state, config
+    /// and cwd.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env("BOTTLE_STATE_DIR", self.state_dir())
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env_remove("BOTTLE_BACKEND")

@@ -22,7 +22,7 @@ mod sys;
 pub use doctor::{doctor, Check};
 pub use engine::{Accel, Engine, EngineChoice, EngineKind, VmProcess};
 pub use error::VmmError;
-pub use krun::{krun_main, KrunEngine};
+pub use krun::{krun_main, KrunEngine, KRUN_SUBCOMMAND};
 pub use marker::{boot_with_watchdog, wait_for_marker, wait_for_marker_or_exit, Booted};
 pub use paths::cache_root;
 pub use probe::{probe, EngineMissing, KvmError, ProbeResult};

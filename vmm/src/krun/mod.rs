@@ -13,6 +13,9 @@ use crate::{sys, VmSpec, VmmError};
 pub const LIBKRUN: &str = "libkrun.so.1";
 /// Name of the helper binary this crate builds.
 pub const HELPER_BIN: &str = "bottle-vmm-krun";
+/// Without the helper, the current executable's hidden subcommand that runs
+/// one VM: `EXE __krun SPEC` (`bottle` and `bottle-bundle` both have it).
+pub const KRUN_SUBCOMMAND: &str = "__krun";
 /// ELF vmlinux, for `krun_set_kernel`.
 const KERNEL_FORMAT_ELF: u32 = 1;
 
@@ -78,15 +81,10 @@ impl KrunEngine {
             return KrunEngine::with_helper(PathBuf::from(p), Vec::new());
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("bottle"));
-        let mut dirs = exe.ancestors().skip(1).take(2);
-        if let Some(h) = dirs
-            .by_ref()
-            .map(|d| d.join(HELPER_BIN))
-            .find(|p| p.is_file())
-        {
+        if let Some(h) = bottle_util::exe::beside(&exe, HELPER_BIN) {
             return KrunEngine::with_helper(h, Vec::new());
         }
-        KrunEngine::with_helper(exe, vec!["__krun".into()])
+        KrunEngine::with_helper(exe, vec![KRUN_SUBCOMMAND.into()])
     }
 
     /// Runs `program args... <spec-json>` for each VM.
