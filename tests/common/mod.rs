@@ -219,3 +219,11 @@ pub fn teardown_twice(sb: &Sandbox, identity: &str) -> bottle::state::Metadata {
 pub fn gone(path: &Path) -> bool {
     !path.exists()
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by the tests of one test binary that must not overlap (load or
+/// timing one of them measures); each binary has its own lock.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
