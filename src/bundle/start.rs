@@ -58,9 +58,10 @@ pub fn executable() -> Result<PathBuf, StartError> {
     bottle_util::exe::beside(&exe, BINARY).ok_or(StartError::NoBinary { beside: exe })
 }
 
-/// Put the bundle (and so the VM it starts) in its own cgroup with memory
-/// and pids limits, where the host lets us; warn where it does not.
-fn confine(config: &BundleConfig, pid: u32) -> Option<crate::sys::cgroup::Confined> {
+/// The bundle's own cgroup (and so its VM's), with memory and pids limits,
+/// made before it is spawned so that it is born inside; where the host does
+/// not let us, warn, and the bundle runs unconfined.
+fn prepare_groups(config: &BundleConfig) -> Option<crate::sys::cgroup::Prepared> {
     let vm_mib = match &config.mode {
         Mode::Vm(vm) => u64::from(vm.memory_mib),
         Mode::Docker => 0,
@@ -69,16 +70,16 @@ fn confine(config: &BundleConfig, pid: u32) -> Option<crate::sys::cgroup::Confin
         memory_bytes: (vm_mib + BUNDLE_MEMORY_MIB) << 20,
         pids: BUNDLE_PIDS,
     };
-    match crate::sys::cgroup::confine(&config.identity, pid, limits) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!(
-                "bottle: warning: {}: the bundle runs without memory and pids limits ({e})",
-                config.identity
-            );
-            None
-        }
-    }
+    crate::sys::cgroup::prepare(&config.identity, limits)
+        .map_err(|e| unconfined(config, &e))
+        .ok()
+}
+
+fn unconfined(config: &BundleConfig, e: &crate::sys::cgroup::CgroupError) {
+    eprintln!(
+        "bottle: warning: {}: the bundle runs without memory and pids limits ({e})",
+        config.identity
+    );
 }
 
 /// Write `bundle.json`, spawn the bundle process for a bottle and wait for
@@ -103,19 +104,36 @@ pub fn start(
         .open(&log_path)
         .map_err(|e| failed(format!("cannot open {}", log_path.display()), e))?;
     let exe = executable()?;
-    let mut child = Command::new(exe)
-        .arg(SUBCOMMAND)
+    let groups = prepare_groups(config);
+    let mut cmd = Command::new(exe);
+    cmd.arg(SUBCOMMAND)
         .arg(dir.path())
         // Closed once the bundle is in its cgroup (it waits for that).
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         // Its own process group: a Ctrl-C on the terminal is for the agent, not the guards.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| failed("cannot start the bundle process", e))?;
+        .process_group(0);
+    if let Some(groups) = &groups {
+        groups.enter_in_child(&mut cmd);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(groups) = groups {
+                groups.abandon();
+            }
+            return Err(failed("cannot start the bundle process", e));
+        }
+    };
     let pid = child.id();
-    let confined = confine(config, pid);
+    let confined = groups.map(|g| {
+        let (groups, entered) = g.confirm(pid);
+        if let Err(e) = entered {
+            unconfined(config, &e);
+        }
+        groups
+    });
     // Confined (or not confinable here): let the bundle go on.
     drop(child.stdin.take());
     dir.update_metadata(|m| {

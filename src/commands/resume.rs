@@ -86,8 +86,6 @@ pub fn resume(id: &str, detach: bool, yes: bool) -> anyhow::Result<()> {
     if !yes {
         run::confirm()?;
     }
-    // The bundle is confined a few ms from now (see `run`).
-    crate::sys::cgroup::prime();
     run::build_own_image(&plan)?;
     let code = crate::launch::launch_and_run(&plan, detach)?;
     lifecycle::exit_with(code)

@@ -99,10 +99,6 @@ pub fn plan(
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.yes && !args.dry_run {
-        // The bundle is confined a few ms from now.
-        crate::sys::cgroup::prime();
-    }
     let (loaded, cwd) = load_manifest(args.manifest)?;
     manifest::trust::require(&loaded)?;
     let plan = make_plan(&loaded, &cwd, &args.agent, args.backend, args.command)?;
@@ -114,7 +110,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     eprint!("{}", plan.render());
     if !args.yes {
         confirm()?;
-        crate::sys::cgroup::prime();
     }
     build_own_image(&plan)?;
     let code = crate::launch::launch_and_run(&plan, args.detach)?;

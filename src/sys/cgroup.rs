@@ -9,6 +9,8 @@
 //! user without delegation) the bottle runs unconfined and `bottle doctor`
 //! says so.
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Where cgroups are mounted.
@@ -94,61 +96,31 @@ fn writable(dir: &Path) -> bool {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-/// Starts, on a thread of its own, a move that changes nothing: this
-/// process into the v1 memory group it is already in. On a cgroup v1 host
-/// the first move into a group after a quiet spell waits for an RCU grace
-/// period (the kernel's threadgroup lock switching to its slow mode: 4–13 ms
-/// measured here), and moves that come while one is under way, or just
-/// after, share it. `bottle run` calls this as it starts, so that the
-/// bundle's confinement a few ms later does not wait a grace period of its
-/// own, and the VM starts that much sooner. Nothing happens on cgroup v2 or
-/// where the group is not writable.
-pub fn prime() {
-    let Some(Layout::V1 { memory, .. }) = layout(Path::new(ROOT)) else {
-        return;
-    };
-    let _ = std::thread::Builder::new()
-        .name("cgroup-prime".into())
-        .spawn(move || {
-            let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
-                return;
-            };
-            if let Some(group) = own_v1_group(&own, "memory") {
-                let procs = memory
-                    .join(group.trim_start_matches('/'))
-                    .join("cgroup.procs");
-                let _ = std::fs::write(procs, std::process::id().to_string());
-            }
-        });
+/// A bottle's groups, made and limited, that no process has entered yet.
+/// The process meant for them enters them itself, between its fork and its
+/// exec ([`Prepared::enter_in_child`]): on cgroup v1 a thread that writes
+/// `0` to a group's `tasks` moves only itself, for which the kernel takes no
+/// global lock. Moving it from outside (its pid into `cgroup.procs`) takes
+/// the kernel's threadgroup lock, whose switch to its slow mode waits for an
+/// RCU grace period: 7–21 ms here, on the way to every VM's start.
+#[derive(Debug)]
+pub struct Prepared {
+    groups: Confined,
+    /// The file, per group, that a process writes `0` to to enter it (v1
+    /// `tasks`, v2 `cgroup.procs`), ready for a child that cannot allocate.
+    entries: Vec<CString>,
 }
 
-/// This process's group in the v1 hierarchy of `controller`, from the
-/// contents of `/proc/self/cgroup` (`ID:CONTROLLERS:PATH` lines).
-fn own_v1_group<'a>(proc_cgroup: &'a str, controller: &str) -> Option<&'a str> {
-    proc_cgroup.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == controller)
-            .then_some(path)
-    })
+/// Make the groups `bottle/<identity>` with `limits`, for a process about to
+/// be spawned.
+pub fn prepare(identity: &str, limits: Limits) -> Result<Prepared, CgroupError> {
+    prepare_at(Path::new(ROOT), identity, limits)
 }
 
-/// Put `pid` in a new group `bottle/<identity>` with `limits`.
-pub fn confine(identity: &str, pid: u32, limits: Limits) -> Result<Confined, CgroupError> {
-    confine_at(Path::new(ROOT), identity, pid, limits)
-}
-
-fn confine_at(
-    root: &Path,
-    identity: &str,
-    pid: u32,
-    limits: Limits,
-) -> Result<Confined, CgroupError> {
+fn prepare_at(root: &Path, identity: &str, limits: Limits) -> Result<Prepared, CgroupError> {
     let layout = layout(root).ok_or(CgroupError::Unavailable)?;
     let write = |path: PathBuf, value: String| std::fs::write(&path, value).map_err(io(&path));
-    let made = match layout {
+    let (dirs, entry) = match layout {
         Layout::V2(root) => {
             let parent = root.join(PARENT);
             mkdir(&parent)?;
@@ -159,8 +131,7 @@ fn confine_at(
             write(dir.join("memory.max"), limits.memory_bytes.to_string())?;
             write(dir.join("memory.swap.max"), "0".into()).ok();
             write(dir.join("pids.max"), limits.pids.to_string())?;
-            write(dir.join("cgroup.procs"), pid.to_string())?;
-            vec![dir]
+            (vec![dir], "cgroup.procs")
         }
         Layout::V1 { memory, pids } => {
             let mem = memory.join(PARENT).join(identity);
@@ -172,12 +143,72 @@ fn confine_at(
                 limits.memory_bytes.to_string(),
             )?;
             write(pid_dir.join("pids.max"), limits.pids.to_string())?;
-            write(mem.join("cgroup.procs"), pid.to_string())?;
-            write(pid_dir.join("cgroup.procs"), pid.to_string())?;
-            vec![mem, pid_dir]
+            (vec![mem, pid_dir], "tasks")
         }
     };
-    Ok(Confined { dirs: made })
+    let entries = dirs
+        .iter()
+        .map(|d| {
+            let path = d.join(entry);
+            CString::new(path.as_os_str().as_bytes()).map_err(|e| CgroupError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Prepared {
+        groups: Confined { dirs },
+        entries,
+    })
+}
+
+impl Prepared {
+    /// Makes `cmd`'s child enter the groups itself before it execs, so that
+    /// it, and every thread and process it starts, is born in them. A group
+    /// the child cannot enter is left to [`Prepared::confirm`].
+    pub fn enter_in_child(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let entries = self.entries.clone();
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the child between fork and exec, where
+        // only async-signal-safe calls are allowed: it allocates nothing (the
+        // paths were made before the fork) and calls open, write and close.
+        unsafe {
+            cmd.pre_exec(move || {
+                for path in &entries {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Checks that `pid` is in each group, moving it from here (the slow
+    /// way) where the child could not enter one itself. Returns the groups
+    /// (to release at the bottle's stop) even when that failed.
+    pub fn confirm(self, pid: u32) -> (Confined, Result<(), CgroupError>) {
+        let me = pid.to_string();
+        let entered = self.groups.dirs.iter().try_for_each(|dir| {
+            let procs = dir.join("cgroup.procs");
+            let inside = std::fs::read_to_string(&procs)
+                .is_ok_and(|text| text.lines().any(|line| line.trim() == me));
+            if inside {
+                Ok(())
+            } else {
+                std::fs::write(&procs, &me).map_err(io(&procs))
+            }
+        });
+        (self.groups, entered)
+    }
+
+    /// Remove the groups (the spawn failed: nobody entered them).
+    pub fn abandon(self) {
+        release(&self.groups);
+    }
 }
 
 fn mkdir(dir: &Path) -> Result<(), CgroupError> {
@@ -275,16 +306,6 @@ fn container_usage_at(root: &Path, id: &str) -> Option<crate::sys::process::Usag
 mod tests {
     use super::*;
 
-    #[test]
-    fn own_v1_group_reads_the_controllers_line() {
-        let proc_cgroup =
-            "12:pids:/user.slice\n5:cpu,cpuacct:/a\n4:memory:/process_api/x\n0::/unified\n";
-        assert_eq!(own_v1_group(proc_cgroup, "memory"), Some("/process_api/x"));
-        assert_eq!(own_v1_group(proc_cgroup, "cpu"), Some("/a"));
-        assert_eq!(own_v1_group(proc_cgroup, "blkio"), None);
-        assert_eq!(own_v1_group("0::/only-v2\n", "memory"), None);
-    }
-
     fn fake_v1(root: &Path) {
         std::fs::create_dir_all(root.join("memory")).unwrap();
         std::fs::create_dir_all(root.join("pids")).unwrap();
@@ -292,29 +313,62 @@ mod tests {
         std::fs::write(root.join("pids/cgroup.procs"), "").unwrap();
     }
 
+    const LIMITS: Limits = Limits {
+        memory_bytes: 1 << 30,
+        pids: 256,
+    };
+
     #[test]
     fn v1_layout_gets_a_memory_and_a_pids_group_with_the_limits() {
         let t = tempfile::tempdir().unwrap();
         fake_v1(t.path());
-        let limits = Limits {
-            memory_bytes: 1 << 30,
-            pids: 256,
-        };
-        let c = confine_at(t.path(), "demo-abcde", 4242, limits).unwrap();
-        assert_eq!(c.dirs.len(), 2);
+        let prepared = prepare_at(t.path(), "demo-abcde", LIMITS).unwrap();
         let mem = t.path().join("memory/bottle/demo-abcde");
+        let pids = t.path().join("pids/bottle/demo-abcde");
+        // A child enters a v1 group through `tasks`: only itself, no global lock.
+        let entries: Vec<PathBuf> = prepared
+            .entries
+            .iter()
+            .map(|c| PathBuf::from(c.to_str().unwrap()))
+            .collect();
+        assert_eq!(entries, vec![mem.join("tasks"), pids.join("tasks")]);
         assert_eq!(
             std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
             (1u64 << 30).to_string()
         );
         assert_eq!(
-            std::fs::read_to_string(mem.join("cgroup.procs")).unwrap(),
-            "4242"
-        );
-        let pids = t.path().join("pids/bottle/demo-abcde");
-        assert_eq!(
             std::fs::read_to_string(pids.join("pids.max")).unwrap(),
             "256"
+        );
+        // The child did not get in (a fake hierarchy): it is moved from outside.
+        let (c, entered) = prepared.confirm(4242);
+        entered.unwrap();
+        assert_eq!(c.dirs, vec![mem.clone(), pids.clone()]);
+        for dir in [&mem, &pids] {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(),
+                "4242"
+            );
+        }
+    }
+
+    #[test]
+    fn a_process_already_in_its_groups_is_not_moved_again() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        let prepared = prepare_at(t.path(), "demo-abcde", LIMITS).unwrap();
+        let mem = t.path().join("memory/bottle/demo-abcde");
+        let pids = t.path().join("pids/bottle/demo-abcde");
+        std::fs::write(mem.join("cgroup.procs"), "17\n4242\n").unwrap();
+        std::fs::write(pids.join("cgroup.procs"), "4242\n").unwrap();
+        prepared.confirm(4242).1.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mem.join("cgroup.procs")).unwrap(),
+            "17\n4242\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(pids.join("cgroup.procs")).unwrap(),
+            "4242\n"
         );
     }
 
@@ -327,27 +381,67 @@ mod tests {
             memory_bytes: 5 << 20,
             pids: 64,
         };
-        let c = confine_at(t.path(), "x-aaaaa", 7, limits).unwrap();
+        let prepared = prepare_at(t.path(), "x-aaaaa", limits).unwrap();
         let dir = t.path().join("bottle/x-aaaaa");
-        assert_eq!(c.dirs, vec![dir.clone()]);
+        assert_eq!(
+            prepared.entries,
+            vec![CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap()]
+        );
         assert_eq!(
             std::fs::read_to_string(dir.join("memory.max")).unwrap(),
             (5u64 << 20).to_string()
         );
         assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "64");
+        let (c, entered) = prepared.confirm(7);
+        entered.unwrap();
+        assert_eq!(c.dirs, vec![dir]);
     }
 
     #[test]
     fn no_hierarchy_is_an_error_not_a_guess() {
         let t = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            memory_bytes: 1,
-            pids: 1,
-        };
         assert!(matches!(
-            confine_at(t.path(), "x-aaaaa", 7, limits),
+            prepare_at(t.path(), "x-aaaaa", LIMITS),
             Err(CgroupError::Unavailable)
         ));
+    }
+
+    /// On this host's real hierarchy (root, cgroups writable): a child
+    /// spawned with `enter_in_child` is in its groups when the spawn
+    /// returns, before anyone moved it.
+    #[test]
+    fn a_child_enters_its_groups_itself_before_it_execs() {
+        if describe().is_err() {
+            eprintln!(
+                "skipped: no writable cgroup hierarchy here ({:?})",
+                describe()
+            );
+            return;
+        }
+        let identity = format!("unit-enter-{}", std::process::id());
+        let prepared = prepare(&identity, LIMITS).unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        prepared.enter_in_child(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id().to_string();
+        let mut missing = Vec::new();
+        for dir in &prepared.groups.dirs {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            if !procs.lines().any(|l| l == pid) {
+                missing.push(dir.clone());
+            }
+        }
+        let (groups, entered) = prepared.confirm(child.id());
+        entered.unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        release(&groups);
+        assert!(missing.is_empty(), "the child was not in {missing:?}");
+        assert!(
+            groups.dirs.iter().all(|d| !d.exists()),
+            "groups left behind"
+        );
     }
 
     #[test]
