@@ -14,18 +14,17 @@ use tokio::net::UnixListener;
 /// Entry point of `bottle-bundle __bundle STATE_DIR`.
 pub fn run(state_dir: &Path) -> anyhow::Result<()> {
     crate::timing::step("bundle-exec");
-    // The scanner's rules and the system's roots on a thread of their own
-    // while this one reads the config and makes the CA; the guards take
-    // them ready (a pooled bundle's at its claim).
-    let _ = std::thread::Builder::new()
-        .name("proxy-warm-up".into())
-        .spawn(bottle_sidecars::proxy::warm_up);
     let confined = Confinement::watch();
     let config_path = state_dir.join(files::CONFIG);
     let bytes = std::fs::read(&config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
     let config: BundleConfig = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a bundle config", config_path.display()))?;
+    if config.pooled || matches!(config.mode, Mode::Docker) {
+        // A bottle's own VM starts first and warms up after (see
+        // `serve_own_vm`); the others from here.
+        warm_up_guards();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,11 +34,20 @@ pub fn run(state_dir: &Path) -> anyhow::Result<()> {
     runtime.block_on(serve(state_dir.to_path_buf(), config, confined))
 }
 
-/// The launcher closes our stdin once it has put us (every thread) in the
-/// bottle's cgroup, which takes ~20 ms on a cgroup v1 host. The bundle
-/// builds its guards meanwhile and waits for it only before it starts a
-/// process of its own (the VM, an engine probe, git-gate's `git init`), so
-/// that every process it starts is born inside the cgroup.
+/// The scanner's rules and the system's roots, on a thread of their own
+/// while this one goes on; the guards take them ready (a pooled bundle's at
+/// its claim).
+fn warm_up_guards() {
+    let _ = std::thread::Builder::new()
+        .name("proxy-warm-up".into())
+        .spawn(bottle_sidecars::proxy::warm_up);
+}
+
+/// The launcher closes our stdin once we are in the bottle's cgroup: we
+/// entered it ourselves before our exec (`cgroup::Prepared`), else it moved
+/// us. The bundle waits for that only before it starts a process of its own
+/// (the VM, an engine probe, git-gate's `git init`), so that every process
+/// it starts is born inside the cgroup.
 struct Confinement(Option<std::thread::JoinHandle<()>>);
 
 impl Confinement {
@@ -59,35 +67,65 @@ impl Confinement {
     }
 }
 
-async fn serve(
+async fn serve(dir: PathBuf, config: BundleConfig, confined: Confinement) -> anyhow::Result<()> {
+    match (config.mode.clone(), config.pooled) {
+        (Mode::Vm(vm), true) => serve_pooled(dir, config, vm, confined).await,
+        (Mode::Docker, true) => anyhow::bail!("only a VM bundle can be pooled"),
+        (Mode::Vm(vm), false) => serve_own_vm(dir, config, vm, confined).await,
+        (Mode::Docker, false) => serve_docker(dir, config, confined).await,
+    }
+}
+
+/// A bottle's own VM bundle. The VM starts first, and boots while the
+/// guards are built (the scanner's rules and the CA take ~10 ms of CPU,
+/// which would delay it on a small host); the netstack forwards to them
+/// once they are, long before the guest can dial.
+async fn serve_own_vm(
     dir: PathBuf,
     config: BundleConfig,
+    mut vm: VmLaunch,
     mut confined: Confinement,
 ) -> anyhow::Result<()> {
-    if config.pooled {
-        return match config.mode.clone() {
-            Mode::Vm(vm) => serve_pooled(dir, config, vm, confined).await,
-            Mode::Docker => anyhow::bail!("only a VM bundle can be pooled"),
-        };
-    }
     if !config.git.is_empty() {
         // git-gate runs `git` for its mirrors when it starts.
         confined.wait().await;
     }
-    // The mux (and a VM's keyed initramfs) first: they do not need the
-    // guards, which wait for the scanner's rules compiling on another thread.
-    // Refusals reach the audit log once there is one (the guest cannot dial
-    // before its VM is started, after the guards).
+    // Refusals on the guest channel reach the audit log once there is one.
     let audit: AuditCell = Arc::default();
     let key = start_mux(&dir, &config, audit.clone())?;
-    let initramfs = match &config.mode {
-        Mode::Vm(vm) => Some(keyed_initramfs(&dir, vm, &key)?),
-        Mode::Docker => None,
+    vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
+    let guarded = Guarded::Own(GuardPlan {
+        config: Box::new(config.clone()),
+        audit,
+    });
+    let mut ready = Ready {
+        ca_fingerprint: String::new(),
+        vm_pid: None,
+        engine: None,
     };
+    let flows = config.limits.flows as usize;
+    let boot = vm_boot(&config, &vm);
+    let run = VmRun { vm, boot, flows };
+    let slot = Arc::new(std::sync::OnceLock::new());
+    serve_vm(dir, run, slot, guarded, confined, &mut ready).await
+}
+
+/// A Docker bottle's bundle: the guards on the sockets the container mounts.
+async fn serve_docker(
+    dir: PathBuf,
+    config: BundleConfig,
+    mut confined: Confinement,
+) -> anyhow::Result<()> {
+    if !config.git.is_empty() {
+        // git-gate runs `git` for its mirrors when it starts.
+        confined.wait().await;
+    }
+    let audit: AuditCell = Arc::default();
+    start_mux(&dir, &config, audit.clone())?;
     let guards = build_guards(&dir, &config)?;
     crate::timing::step("bundle-guards");
     let _ = audit.set(guards.proxy.audit_log().clone());
-    let mut ready = Ready {
+    let ready = Ready {
         ca_fingerprint: guards.fingerprint.clone(),
         vm_pid: None,
         engine: None,
@@ -97,63 +135,47 @@ async fn serve(
         gate,
         supervisor,
         ..
-    } = guards.clone();
-    match config.mode.clone() {
-        Mode::Docker => {
-            let cap = config.limits.connections as usize;
-            let sock_dir = dir.join(files::SOCK_DIR);
-            let proxy_listener = bind(&sock_dir.join(bottle_contract::PROXY_SOCKET))?;
-            let proxy2 = proxy.clone();
-            tokio::spawn(accept_loop(
-                proxy_listener,
-                "proxy",
-                cap,
-                move |s, permit| {
-                    let p = proxy2.clone();
-                    tokio::spawn(async move {
-                        p.serve(s, "container".to_string()).await;
-                        drop(permit);
-                    });
-                },
-            ));
-            if let Some(sup) = supervisor.clone() {
-                let listener = bind(&sock_dir.join("supervise.sock"))?;
-                tokio::spawn(accept_loop(listener, "supervise", cap, move |s, permit| {
-                    let sup = sup.clone();
-                    tokio::spawn(async move {
-                        bottle_sidecars::supervise::http::serve(s, sup, "container".to_string())
-                            .await;
-                        drop(permit);
-                    });
-                }));
-            }
-            if let Some(gate) = gate.clone() {
-                let listener = bind(&sock_dir.join(bottle_contract::GIT_GATE_SOCKET))?;
-                tokio::spawn(accept_loop(listener, "git-gate", cap, move |s, permit| {
-                    let g = gate.clone();
-                    tokio::spawn(async move {
-                        g.serve(s, "container".to_string()).await;
-                        drop(permit);
-                    });
-                }));
-            }
-            confined.wait().await;
-            announce(&ready)?;
-            wait_for_stop_signal().await;
-            Ok(())
-        }
-        Mode::Vm(mut vm) => {
-            if let Some(initramfs) = initramfs {
-                vm.initramfs = initramfs;
-            }
-            let flows = config.limits.flows as usize;
-            let slot = Arc::new(std::sync::OnceLock::new());
-            let _ = slot.set(guards);
-            let boot = vm_boot(&config, &vm);
-            let run = VmRun { vm, boot, flows };
-            serve_vm(dir, run, slot, None, confined, &mut ready).await
-        }
+    } = guards;
+    let cap = config.limits.connections as usize;
+    let sock_dir = dir.join(files::SOCK_DIR);
+    let proxy_listener = bind(&sock_dir.join(bottle_contract::PROXY_SOCKET))?;
+    let proxy2 = proxy.clone();
+    tokio::spawn(accept_loop(
+        proxy_listener,
+        "proxy",
+        cap,
+        move |s, permit| {
+            let p = proxy2.clone();
+            tokio::spawn(async move {
+                p.serve(s, "container".to_string()).await;
+                drop(permit);
+            });
+        },
+    ));
+    if let Some(sup) = supervisor.clone() {
+        let listener = bind(&sock_dir.join("supervise.sock"))?;
+        tokio::spawn(accept_loop(listener, "supervise", cap, move |s, permit| {
+            let sup = sup.clone();
+            tokio::spawn(async move {
+                bottle_sidecars::supervise::http::serve(s, sup, "container".to_string()).await;
+                drop(permit);
+            });
+        }));
     }
+    if let Some(gate) = gate.clone() {
+        let listener = bind(&sock_dir.join(bottle_contract::GIT_GATE_SOCKET))?;
+        tokio::spawn(accept_loop(listener, "git-gate", cap, move |s, permit| {
+            let g = gate.clone();
+            tokio::spawn(async move {
+                g.serve(s, "container".to_string()).await;
+                drop(permit);
+            });
+        }));
+    }
+    confined.wait().await;
+    announce(&ready)?;
+    wait_for_stop_signal().await;
+    Ok(())
 }
 
 /// A pooled VM bundle (`bottle pool start`): the guest channel, the netstack
@@ -179,7 +201,15 @@ async fn serve_pooled(
     let flows = config.limits.flows as usize;
     let boot = boot_config(&vm, None);
     let run = VmRun { vm, boot, flows };
-    serve_vm(dir, run, slot, Some((claims, audit)), confined, &mut ready).await
+    serve_vm(
+        dir,
+        run,
+        slot,
+        Guarded::Pooled((claims, audit)),
+        confined,
+        &mut ready,
+    )
+    .await
 }
 
 /// The boot configuration a bundle gives its VM: a bottle's own VM carries
@@ -394,6 +424,21 @@ type GuardSlot = Arc<std::sync::OnceLock<Guards>>;
 /// A pooled bundle's claim socket and where its audit log goes once claimed.
 type Claims = (UnixListener, AuditCell);
 
+/// A bottle's own VM bundle's guards, built once its VM is started.
+struct GuardPlan {
+    config: Box<BundleConfig>,
+    /// Where refusals of the guest channel go once the audit log exists.
+    audit: AuditCell,
+}
+
+/// Where a VM bundle's guards come from.
+enum Guarded {
+    /// Its own bottle's, built at start.
+    Own(GuardPlan),
+    /// The claiming bottle's (a pooled bundle).
+    Pooled(Claims),
+}
+
 /// The netstack summary task, started with the bottle's audit log.
 type SummarySlot = Arc<std::sync::Mutex<Option<bottle_sidecars::audit::SummaryTask>>>;
 
@@ -409,7 +454,7 @@ async fn serve_vm(
     dir: PathBuf,
     run: VmRun,
     slot: GuardSlot,
-    claims: Option<Claims>,
+    guarded: Guarded,
     mut confined: Confinement,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
@@ -460,6 +505,31 @@ async fn serve_vm(
     crate::timing::step("bundle-spawned");
     ready.vm_pid = Some(process.pid());
     ready.engine = Some(Engine::Vm(selection.engine, selection.accel));
+    let (claims, supervise, git) = match guarded {
+        Guarded::Own(GuardPlan { config, audit }) => {
+            warm_up_guards();
+            let (supervise, git) = (config.policy.supervise, !config.git.is_empty());
+            let build_dir = dir.clone();
+            let building = tokio::task::spawn_blocking(move || build_guards(&build_dir, &config));
+            let built = match building.await {
+                Ok(built) => built,
+                Err(e) => Err(anyhow::anyhow!("building the guards failed: {e}")),
+            };
+            let guards = match built {
+                Ok(guards) => guards,
+                Err(e) => {
+                    let _ = process.kill();
+                    return Err(e);
+                }
+            };
+            crate::timing::step("bundle-guards");
+            let _ = audit.set(guards.proxy.audit_log().clone());
+            ready.ca_fingerprint = guards.fingerprint.clone();
+            let _ = slot.set(guards);
+            (None, supervise, git)
+        }
+        Guarded::Pooled(claims) => (Some(claims), true, true),
+    };
     let transport = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         bottle_netstack::accept_unix_stream(&net_listener),
@@ -481,7 +551,6 @@ async fn serve_vm(
     };
     // Each guard port forwards to the bottle's guard; before a pooled
     // bundle's claim there is none and the connection is closed at once.
-    let pooled = claims.is_some();
     let present = slot.get().cloned();
     let mut forwards = BTreeMap::new();
     let s = slot.clone();
@@ -493,7 +562,7 @@ async fn serve_vm(
             }
         })),
     );
-    if pooled || present.as_ref().is_some_and(|g| g.supervisor.is_some()) {
+    if supervise {
         let s = slot.clone();
         forwards.insert(
             crate::plan::SUPERVISE_PORT,
@@ -508,7 +577,7 @@ async fn serve_vm(
             })),
         );
     }
-    if pooled || present.as_ref().is_some_and(|g| g.gate.is_some()) {
+    if git {
         let s = slot.clone();
         forwards.insert(
             bottle_contract::GIT_PORT,
