@@ -2,3 +2,6 @@
 #[allow(unsafe_code)]
 mod linux;
 pub use linux::*;
+#[allow(unsafe_code)]
+mod spawn;
+pub use spawn::{spawn, Creds, SpawnPlan};

@@ -1,8 +1,7 @@
 //! An exec session: run a program as the requested user, on pipes or a
 //! pseudo-terminal, and relay its stdio, resizes, signals and exit status.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{kill, Signal};
@@ -93,24 +92,38 @@ pub(crate) fn resolve_user(user: Option<&User>) -> Result<Identity, ExecError> {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn build_command(req: &ExecRequest, who: &Identity) -> Result<Command, ExecError> {
-    let (argv0, args) = req.argv.split_first().ok_or(ExecError::EmptyArgv)?;
-    let mut cmd = Command::new(argv0);
-    cmd.args(args).env_clear();
-    cmd.env("PATH", DEFAULT_PATH)
-        .env("HOME", &who.home)
-        .env("USER", &who.name)
-        .env("LOGNAME", &who.name)
-        .env(
-            "TERM",
-            if req.tty.is_some() {
-                "xterm-256color"
-            } else {
-                "dumb"
-            },
-        );
+/// What a session's program is started with: its environment (the
+/// defaults, then the request's own) and working directory.
+#[derive(Debug)]
+struct Launch {
+    env: Vec<(String, String)>,
+    cwd: String,
+}
+
+fn launch_of(req: &ExecRequest, who: &Identity) -> Result<Launch, ExecError> {
+    if req.argv.is_empty() {
+        return Err(ExecError::EmptyArgv);
+    }
+    let term = if req.tty.is_some() {
+        "xterm-256color"
+    } else {
+        "dumb"
+    };
+    let mut env: Vec<(String, String)> = [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", who.home.as_str()),
+        ("USER", who.name.as_str()),
+        ("LOGNAME", who.name.as_str()),
+        ("TERM", term),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     for (k, v) in &req.env {
-        cmd.env(k, v);
+        match env.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
+        }
     }
     let cwd = match &req.cwd {
         Some(cwd) => cwd.clone(),
@@ -120,8 +133,12 @@ fn build_command(req: &ExecRequest, who: &Identity) -> Result<Command, ExecError
     if !std::path::Path::new(&cwd).is_dir() {
         return Err(ExecError::Cwd(cwd));
     }
-    cmd.current_dir(cwd);
-    Ok(cmd)
+    Ok(Launch { env, cwd })
+}
+
+/// A pipe whose two ends close on exec (the child gets its end by dup).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
 enum Input {
@@ -217,52 +234,56 @@ struct Started {
 
 fn start(ctx: &SessionCtx, req: &ExecRequest) -> Result<Started, ExecError> {
     let who = resolve_user(req.user.as_ref())?;
-    let mut cmd = build_command(req, &who)?;
+    let launch = launch_of(req, &who)?;
     let tty = req.tty.is_some();
-    let mut pty_master = None;
-    if let Some((rows, cols)) = req.tty {
-        let ws = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&ws), None).map_err(ExecError::Pty)?;
-        cmd.stdin(Stdio::from(pty.slave.try_clone()?))
-            .stdout(Stdio::from(pty.slave.try_clone()?))
-            .stderr(Stdio::from(pty.slave));
-        pty_master = Some(pty.master);
-    } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-    }
-    sys::prepare_child(&mut cmd, who.creds.clone(), tty);
-    let argv0 = req.argv.first().cloned().unwrap_or_default();
-    let (mut child, exit) = ctx
-        .reaper
-        .spawn(&mut cmd)
-        .map_err(|source| ExecError::Spawn { argv0, source })?;
-    drop(cmd);
-    let pid = Pid::from_raw(child.id() as i32);
-    let (stdin, outputs) = match &pty_master {
-        Some(master) => (
-            master.try_clone()?,
-            vec![(Stream::Stdout, master.try_clone()?)],
-        ),
+    // The parent's ends, and the child's (closed here once it has started).
+    let (stdin, outputs, pty_master, child_ends) = match req.tty {
+        Some((rows, cols)) => {
+            let ws = nix::pty::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let pty = nix::pty::openpty(Some(&ws), None).map_err(ExecError::Pty)?;
+            for fd in [&pty.master, &pty.slave] {
+                nix::fcntl::fcntl(
+                    fd.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            let stdin = pty.master.try_clone()?;
+            let outputs = vec![(Stream::Stdout, pty.master.try_clone()?)];
+            (stdin, outputs, Some(pty.master), vec![pty.slave])
+        }
         None => {
-            let missing = || std::io::Error::other("child stdio missing");
-            let stdin: OwnedFd = child.stdin.take().ok_or_else(missing)?.into();
-            let stdout: OwnedFd = child.stdout.take().ok_or_else(missing)?.into();
-            let stderr: OwnedFd = child.stderr.take().ok_or_else(missing)?.into();
-            (
-                stdin,
-                vec![(Stream::Stdout, stdout), (Stream::Stderr, stderr)],
-            )
+            let (in_r, in_w) = pipe()?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let outputs = vec![(Stream::Stdout, out_r), (Stream::Stderr, err_r)];
+            (in_w, outputs, None, vec![in_r, out_w, err_w])
         }
     };
+    let stdio = match child_ends.as_slice() {
+        [slave] => [slave.as_raw_fd(); 3],
+        [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
+        _ => unreachable!("one terminal or three pipes"),
+    };
+    let argv0 = req.argv.first().cloned().unwrap_or_default();
+    let spawn_error = |source| ExecError::Spawn {
+        argv0: argv0.clone(),
+        source,
+    };
+    let plan = sys::SpawnPlan::new(&req.argv, &launch.env, &launch.cwd, stdio, tty, who.creds)
+        .map_err(spawn_error)?;
+    let (pid, exit) = ctx
+        .reaper
+        .spawn(|| sys::spawn(&plan))
+        .map_err(spawn_error)?;
+    drop(child_ends);
     Ok(Started {
-        pid,
+        pid: Pid::from_raw(pid),
         exit,
         outputs,
         stdin,
@@ -330,20 +351,15 @@ mod tests {
             env: vec![("TERM".into(), "vt100".into()), ("X".into(), "1".into())],
             ..Default::default()
         };
-        let cmd = build_command(&req, &who).unwrap();
-        let envs: std::collections::HashMap<_, _> = cmd
-            .get_envs()
-            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-            .collect();
-        assert_eq!(
-            envs[std::ffi::OsStr::new("TERM")].as_deref(),
-            Some(std::ffi::OsStr::new("vt100"))
-        );
-        assert_eq!(
-            envs[std::ffi::OsStr::new("HOME")].as_deref(),
-            Some(std::ffi::OsStr::new("/nonexistent-home"))
-        );
-        assert_eq!(cmd.get_current_dir(), Some(std::path::Path::new("/")));
+        let launch = launch_of(&req, &who).unwrap();
+        let env: std::collections::HashMap<_, _> = launch.env.iter().cloned().collect();
+        assert_eq!(env["TERM"], "vt100");
+        assert_eq!(env["HOME"], "/nonexistent-home");
+        assert_eq!(env["X"], "1");
+        assert_eq!(env["PATH"], DEFAULT_PATH);
+        // One entry per name: the request's value replaced the default.
+        assert_eq!(launch.env.iter().filter(|(k, _)| k == "TERM").count(), 1);
+        assert_eq!(launch.cwd, "/");
     }
 
     #[test]
@@ -356,7 +372,7 @@ mod tests {
             gid: 0,
         };
         assert!(matches!(
-            build_command(&ExecRequest::default(), &who),
+            launch_of(&ExecRequest::default(), &who),
             Err(ExecError::EmptyArgv)
         ));
     }
@@ -375,7 +391,7 @@ mod tests {
             cwd: Some("/nonexistent-dir-xyz".into()),
             ..Default::default()
         };
-        let err = build_command(&req, &who).unwrap_err();
+        let err = launch_of(&req, &who).unwrap_err();
         assert!(err.to_string().contains("/nonexistent-dir-xyz"), "{err}");
     }
 }

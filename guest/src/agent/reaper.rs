@@ -2,7 +2,6 @@
 //! handing each exit status to whoever spawned that child.
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -58,16 +57,17 @@ impl Reaper {
         }
     }
 
-    /// Spawns `cmd`; the receiver yields its exit status. Holding the lock
-    /// across the spawn means the child cannot be reaped before it is known.
+    /// Runs `spawn` (which starts a child and returns its pid); the receiver
+    /// yields the child's exit status. Holding the lock across the spawn
+    /// means the child cannot be reaped before it is known.
     pub fn spawn(
         &self,
-        cmd: &mut Command,
-    ) -> std::io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
+        spawn: impl FnOnce() -> std::io::Result<libc::pid_t>,
+    ) -> std::io::Result<(libc::pid_t, oneshot::Receiver<ExitStatus>)> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        let child = cmd.spawn()?;
+        let pid = spawn()?;
         let (tx, rx) = oneshot::channel();
-        waiting.insert(child.id() as i32, tx);
-        Ok((child, rx))
+        waiting.insert(pid, tx);
+        Ok((pid, rx))
     }
 }

@@ -4,8 +4,6 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 /// Errors from the system calls in this module.
 #[derive(Debug, thiserror::Error)]
@@ -68,45 +66,6 @@ pub fn async_fd(
     // dropped (which happens when the `AsyncFd` is dropped), and its
     // `as_raw_fd` always returns that same descriptor.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
-}
-
-/// Credentials a child switches to before exec.
-#[derive(Debug, Clone)]
-pub struct Creds {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-}
-
-/// Arranges for the child of `cmd` to start a new session (making its stdin
-/// the controlling terminal when `tty`) and to drop to `creds`.
-pub fn prepare_child(cmd: &mut Command, creds: Option<Creds>, tty: bool) {
-    let groups: Option<Vec<nix::unistd::Gid>> = creds.as_ref().map(|c| {
-        c.groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect()
-    });
-    let hook = move || -> io::Result<()> {
-        nix::unistd::setsid().map_err(io::Error::from)?;
-        if tty {
-            // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the pty
-            // slave that `Command` installed as stdin.
-            check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })?;
-        }
-        if let (Some(c), Some(groups)) = (&creds, &groups) {
-            nix::unistd::setgroups(groups).map_err(io::Error::from)?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(c.gid)).map_err(io::Error::from)?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(c.uid)).map_err(io::Error::from)?;
-        }
-        Ok(())
-    };
-    // SAFETY: the hook runs between fork and exec; it only makes system calls
-    // (setsid, ioctl, setgroups, setgid, setuid) and allocates nothing: the
-    // group list was built before the fork.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
 }
 
 fn ifreq(name: &str) -> Result<libc::ifreq, SysError> {
