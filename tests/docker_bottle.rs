@@ -9,14 +9,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn manifest(runtime: &str, extra: &str) -> String {
     format!(

@@ -10,15 +10,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// VM tests share 2 cores: one pool at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A plain HTTP upstream on host loopback, answering every request with `body`.
 fn http_upstream(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
