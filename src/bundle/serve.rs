@@ -68,60 +68,68 @@ impl Confinement {
 }
 
 async fn serve(dir: PathBuf, config: BundleConfig, confined: Confinement) -> anyhow::Result<()> {
-    match (config.mode.clone(), config.pooled) {
-        (Mode::Vm(vm), true) => serve_pooled(dir, config, vm, confined).await,
-        (Mode::Docker, true) => anyhow::bail!("only a VM bundle can be pooled"),
-        (Mode::Vm(vm), false) => serve_own_vm(dir, config, vm, confined).await,
-        (Mode::Docker, false) => serve_docker(dir, config, confined).await,
+    if config.pooled && matches!(config.mode, Mode::Docker) {
+        anyhow::bail!("only a VM bundle can be pooled");
+    }
+    // Refusals on the guest channel reach the audit log once there is one
+    // (a pooled bundle's at its claim).
+    let audit: AuditCell = Arc::default();
+    let key = start_mux(&dir, &config, audit.clone())?;
+    match config.mode.clone() {
+        Mode::Vm(vm) => serve_vm_bundle(dir, config, vm, &key, audit, confined).await,
+        Mode::Docker => serve_docker(dir, config, audit, confined).await,
     }
 }
 
-/// A bottle's own VM bundle. The VM starts first, and boots while the
-/// guards are built (the scanner's rules and the CA take ~10 ms of CPU,
+/// A VM bundle. A bottle's own starts its VM first, and the VM boots while
+/// the guards are built (the scanner's rules and the CA take ~10 ms of CPU,
 /// which would delay it on a small host); the netstack forwards to them
-/// once they are, long before the guest can dial.
-async fn serve_own_vm(
+/// once they are, long before the guest can dial. A pooled one (`bottle
+/// pool start`) has the guest channel, the netstack and the booted VM, but
+/// no guards, no CA, no policy and no audit log until a bottle claims it
+/// through `pool.sock` (see [`serve_claims`]); until then every connection
+/// the guest makes to `proxy.internal` is closed at once.
+async fn serve_vm_bundle(
     dir: PathBuf,
     config: BundleConfig,
     mut vm: VmLaunch,
-    mut confined: Confinement,
+    key: &bottle_guest::auth::ChannelKey,
+    audit: AuditCell,
+    confined: Confinement,
 ) -> anyhow::Result<()> {
-    if !config.git.is_empty() {
-        // git-gate runs `git` for its mirrors when it starts.
-        confined.wait().await;
-    }
-    // Refusals on the guest channel reach the audit log once there is one.
-    let audit: AuditCell = Arc::default();
-    let key = start_mux(&dir, &config, audit.clone())?;
-    vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
-    let guarded = Guarded::Own(GuardPlan {
-        config: Box::new(config.clone()),
-        audit,
-    });
+    vm.initramfs = keyed_initramfs(&dir, &vm, key)?;
+    let boot = vm_boot(&config, &vm);
+    let flows = config.limits.flows as usize;
+    let run = VmRun { vm, boot, flows };
+    let (guarded, fingerprint) = if config.pooled {
+        let claims = bind(&dir.join(files::POOL_CLAIM))?;
+        (Guarded::Pooled((claims, audit)), "pooled")
+    } else {
+        let plan = GuardPlan {
+            config: Box::new(config),
+            audit,
+        };
+        (Guarded::Own(plan), "")
+    };
     let mut ready = Ready {
-        ca_fingerprint: String::new(),
+        ca_fingerprint: fingerprint.to_string(),
         vm_pid: None,
         engine: None,
     };
-    let flows = config.limits.flows as usize;
-    let boot = vm_boot(&config, &vm);
-    let run = VmRun { vm, boot, flows };
-    let slot = Arc::new(std::sync::OnceLock::new());
-    serve_vm(dir, run, slot, guarded, confined, &mut ready).await
+    serve_vm(dir, run, guarded, confined, &mut ready).await
 }
 
 /// A Docker bottle's bundle: the guards on the sockets the container mounts.
 async fn serve_docker(
     dir: PathBuf,
     config: BundleConfig,
+    audit: AuditCell,
     mut confined: Confinement,
 ) -> anyhow::Result<()> {
     if !config.git.is_empty() {
         // git-gate runs `git` for its mirrors when it starts.
         confined.wait().await;
     }
-    let audit: AuditCell = Arc::default();
-    start_mux(&dir, &config, audit.clone())?;
     let guards = build_guards(&dir, &config)?;
     crate::timing::step("bundle-guards");
     let _ = audit.set(guards.proxy.audit_log().clone());
@@ -176,40 +184,6 @@ async fn serve_docker(
     announce(&ready)?;
     wait_for_stop_signal().await;
     Ok(())
-}
-
-/// A pooled VM bundle (`bottle pool start`): the guest channel, the netstack
-/// and the booted VM, but no guards, no CA, no policy and no audit log until
-/// a bottle claims it through `pool.sock` (see [`serve_claims`]). Until then
-/// every connection the guest makes to `proxy.internal` is closed at once.
-async fn serve_pooled(
-    dir: PathBuf,
-    config: BundleConfig,
-    mut vm: VmLaunch,
-    confined: Confinement,
-) -> anyhow::Result<()> {
-    let audit = Arc::new(std::sync::OnceLock::new());
-    let key = start_mux(&dir, &config, audit.clone())?;
-    vm.initramfs = keyed_initramfs(&dir, &vm, &key)?;
-    let claims = bind(&dir.join(files::POOL_CLAIM))?;
-    let mut ready = Ready {
-        ca_fingerprint: "pooled".to_string(),
-        vm_pid: None,
-        engine: None,
-    };
-    let slot = Arc::new(std::sync::OnceLock::new());
-    let flows = config.limits.flows as usize;
-    let boot = boot_config(&vm, None);
-    let run = VmRun { vm, boot, flows };
-    serve_vm(
-        dir,
-        run,
-        slot,
-        Guarded::Pooled((claims, audit)),
-        confined,
-        &mut ready,
-    )
-    .await
 }
 
 /// The boot configuration a bundle gives its VM: a bottle's own VM carries
@@ -453,13 +427,13 @@ struct VmRun {
 async fn serve_vm(
     dir: PathBuf,
     run: VmRun,
-    slot: GuardSlot,
     guarded: Guarded,
     mut confined: Confinement,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
     use bottle_netstack::{Forward, NetConfig};
     let VmRun { vm, boot, flows } = run;
+    let slot: GuardSlot = Arc::default();
     let net_listener = bind(&dir.join(files::NET))?;
     // Probing an engine starts a VM too.
     if vm.decided.is_none() {

@@ -411,11 +411,11 @@ mod tests {
     /// returns, before anyone moved it.
     #[test]
     fn a_child_enters_its_groups_itself_before_it_execs() {
-        if describe().is_err() {
-            eprintln!(
-                "skipped: no writable cgroup hierarchy here ({:?})",
-                describe()
-            );
+        let here = describe();
+        if !bottle_test_harness::skip::require(
+            here.is_ok(),
+            &format!("no writable cgroup hierarchy here ({here:?})"),
+        ) {
             return;
         }
         let identity = format!("unit-enter-{}", std::process::id());

@@ -236,8 +236,9 @@ fn start(ctx: &SessionCtx, req: &ExecRequest) -> Result<Started, ExecError> {
     let who = resolve_user(req.user.as_ref())?;
     let launch = launch_of(req, &who)?;
     let tty = req.tty.is_some();
-    // The parent's ends, and the child's (closed here once it has started).
-    let (stdin, outputs, pty_master, child_ends) = match req.tty {
+    // The parent's ends, and the child's (closed here once it has started)
+    // with the descriptors it gets as its stdin, stdout and stderr.
+    let (stdin, outputs, pty_master, child_ends, stdio) = match req.tty {
         Some((rows, cols)) => {
             let ws = nix::pty::Winsize {
                 ws_row: rows,
@@ -255,20 +256,17 @@ fn start(ctx: &SessionCtx, req: &ExecRequest) -> Result<Started, ExecError> {
             }
             let stdin = pty.master.try_clone()?;
             let outputs = vec![(Stream::Stdout, pty.master.try_clone()?)];
-            (stdin, outputs, Some(pty.master), vec![pty.slave])
+            let stdio = [pty.slave.as_raw_fd(); 3];
+            (stdin, outputs, Some(pty.master), vec![pty.slave], stdio)
         }
         None => {
             let (in_r, in_w) = pipe()?;
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
             let outputs = vec![(Stream::Stdout, out_r), (Stream::Stderr, err_r)];
-            (in_w, outputs, None, vec![in_r, out_w, err_w])
+            let stdio = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+            (in_w, outputs, None, vec![in_r, out_w, err_w], stdio)
         }
-    };
-    let stdio = match child_ends.as_slice() {
-        [slave] => [slave.as_raw_fd(); 3],
-        [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
-        _ => unreachable!("one terminal or three pipes"),
     };
     let argv0 = req.argv.first().cloned().unwrap_or_default();
     let spawn_error = |source| ExecError::Spawn {

@@ -109,6 +109,15 @@ struct ChildArgs<'a> {
     error: libc::c_int,
 }
 
+/// The array of pointers `execve` takes: one per string, then a null.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 /// The child's stack: it runs only the few calls of `child_main`.
 const STACK_BYTES: usize = 64 * 1024;
 
@@ -116,18 +125,8 @@ const STACK_BYTES: usize = 64 * 1024;
 /// error means it never ran (the child it was meant for has exited, and is
 /// reaped here).
 pub fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
-    let argv: Vec<*const libc::c_char> = plan
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = plan
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = null_terminated(&plan.argv);
+    let envp = null_terminated(&plan.envp);
     let mut args = ChildArgs {
         plan,
         argv: &argv,
@@ -371,8 +370,10 @@ mod tests {
 
     #[test]
     fn a_root_agent_switches_the_program_to_its_user_and_terminal() {
-        if nix::unistd::geteuid().as_raw() != 0 {
-            eprintln!("skipped: switching users needs root");
+        if !bottle_test_harness::skip::require(
+            bottle_test_harness::skip::is_root(),
+            "switching users needs root",
+        ) {
             return;
         }
         let pty = nix::pty::openpty(None, None).unwrap();

@@ -232,10 +232,18 @@ mod tests {
         assert!(!is_static_elf(&sh));
     }
 
+    /// Whether busybox-static and cpio are here (a skip, or a failure under
+    /// BOTTLE_TEST_STRICT, when not).
+    fn busybox_and_cpio() -> bool {
+        bottle_test_harness::skip::require(
+            Path::new(BUSYBOX).exists() && Path::new("/usr/bin/cpio").exists(),
+            "needs busybox-static and cpio (apt-get install busybox-static cpio)",
+        )
+    }
+
     #[test]
     fn the_agent_is_in_the_image_once_and_linked_as_its_path() {
-        if !Path::new(BUSYBOX).exists() || !Path::new("/usr/bin/cpio").exists() {
-            eprintln!("skipped: needs busybox-static and cpio");
+        if !busybox_and_cpio() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -265,7 +273,7 @@ mod tests {
 
     #[test]
     fn tiny_image_holds_init_busybox_and_console() {
-        if !Path::new(BUSYBOX).exists() || !Path::new("/usr/bin/cpio").exists() {
+        if !busybox_and_cpio() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
