@@ -22,7 +22,7 @@ pub fn run(state_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a bundle config", config_path.display()))?;
     if config.pooled || matches!(config.mode, Mode::Docker) {
         // A bottle's own VM starts first and warms up after (see
-        // `serve_own_vm`); the others from here.
+        // `serve_vm_bundle`); the others from here.
         warm_up_guards();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
