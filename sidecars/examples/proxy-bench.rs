@@ -8,11 +8,12 @@
 //! auditing to `DIR/audit.jsonl` (`PROXY_AUDIT=off`: no audit log, to
 //! measure what it costs; `PROXY_PASSTHROUGH=1`: `localhost` spliced, not
 //! intercepted, to measure the extra hop alone); the bottle CA in `DIR/bottle-ca.pem`, the
-//! port in `DIR/proxy.port`.
+//! port in `DIR/proxy.port`. It serves on the proxy's own thread, as in a
+//! bundle (`PROXY_WORKERS=N`: on a runtime of N worker threads instead).
 #![allow(clippy::expect_used)] // a benchmark driver: setup failures end it
 
 use bottle_sidecars::policy::{HostPattern, Policy};
-use bottle_sidecars::proxy::{serve_tcp, BottleCa, Proxy, ProxyConfig};
+use bottle_sidecars::proxy::{serve_tcp, BottleCa, Proxy, ProxyConfig, ProxyRuntime};
 use bottle_sidecars::scanner::Scanner;
 use bottle_test_harness::tls::{TestCa, Upstream};
 use std::path::PathBuf;
@@ -76,21 +77,35 @@ fn proxy(dir: PathBuf) {
     let ca = BottleCa::generate("bench-00000").expect("CA");
     std::fs::write(dir.join("bottle-ca.pem"), ca.cert_pem()).expect("write CA");
     let proxy = Proxy::new(config, ca, Scanner::builtin().expect("scanner")).expect("proxy");
-    // PROXY_WORKERS=N (default: one per core) sets the runtime's worker threads.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("PROXY_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        builder.worker_threads(n);
-    }
-    let rt = builder.enable_all().build().expect("runtime");
-    rt.block_on(async move {
+    // The proxy runs as a bundle runs it: on a thread of its own
+    // (`ProxyRuntime`). PROXY_WORKERS=N runs it on a runtime of N worker
+    // threads instead, to compare.
+    let serve = async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         std::fs::write(dir.join("proxy.port"), port.to_string()).expect("write port");
         serve_tcp(proxy, listener).await;
-    });
+    };
+    match std::env::var("PROXY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(serve),
+        None => {
+            let rt = ProxyRuntime::start().expect("proxy thread");
+            let served = rt.spawn(serve);
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(served)
+                .expect("proxy task");
+        }
+    }
 }

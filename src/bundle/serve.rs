@@ -5,6 +5,7 @@
 use super::{files, BundleConfig, Mode, Ready, VmLaunch};
 use crate::plan::Engine;
 use anyhow::Context;
+use bottle_sidecars::proxy::ProxyRuntime;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,9 +76,11 @@ async fn serve(dir: PathBuf, config: BundleConfig, confined: Confinement) -> any
     // (a pooled bundle's at its claim).
     let audit: AuditCell = Arc::default();
     let key = start_mux(&dir, &config, audit.clone())?;
+    // The proxy serves the bottle's connections on a thread of its own.
+    let proxy_rt = Arc::new(ProxyRuntime::start().context("cannot start the proxy's thread")?);
     match config.mode.clone() {
-        Mode::Vm(vm) => serve_vm_bundle(dir, config, vm, &key, audit, confined).await,
-        Mode::Docker => serve_docker(dir, config, audit, confined).await,
+        Mode::Vm(vm) => serve_vm_bundle(dir, config, vm, &key, audit, confined, proxy_rt).await,
+        Mode::Docker => serve_docker(dir, config, audit, confined, &proxy_rt).await,
     }
 }
 
@@ -96,11 +99,17 @@ async fn serve_vm_bundle(
     key: &bottle_guest::auth::ChannelKey,
     audit: AuditCell,
     confined: Confinement,
+    proxy_rt: Arc<ProxyRuntime>,
 ) -> anyhow::Result<()> {
     vm.initramfs = keyed_initramfs(&dir, &vm, key)?;
     let boot = vm_boot(&config, &vm);
     let flows = config.limits.flows as usize;
-    let run = VmRun { vm, boot, flows };
+    let run = VmRun {
+        vm,
+        boot,
+        flows,
+        proxy_rt,
+    };
     let (guarded, fingerprint) = if config.pooled {
         let claims = bind(&dir.join(files::POOL_CLAIM))?;
         (Guarded::Pooled((claims, audit)), "pooled")
@@ -125,6 +134,7 @@ async fn serve_docker(
     config: BundleConfig,
     audit: AuditCell,
     mut confined: Confinement,
+    proxy_rt: &ProxyRuntime,
 ) -> anyhow::Result<()> {
     if !config.git.is_empty() {
         // git-gate runs `git` for its mirrors when it starts.
@@ -146,9 +156,13 @@ async fn serve_docker(
     } = guards;
     let cap = config.limits.connections as usize;
     let sock_dir = dir.join(files::SOCK_DIR);
-    let proxy_listener = bind(&sock_dir.join(bottle_contract::PROXY_SOCKET))?;
+    // Bound inside the proxy's runtime, whose thread then watches it.
+    let proxy_listener = {
+        let _in = proxy_rt.handle().enter();
+        bind(&sock_dir.join(bottle_contract::PROXY_SOCKET))?
+    };
     let proxy2 = proxy.clone();
-    tokio::spawn(accept_loop(
+    proxy_rt.spawn(accept_loop(
         proxy_listener,
         "proxy",
         cap,
@@ -416,12 +430,14 @@ enum Guarded {
 /// The netstack summary task, started with the bottle's audit log.
 type SummarySlot = Arc<std::sync::Mutex<Option<bottle_sidecars::audit::SummaryTask>>>;
 
-/// The VM a bundle starts: its launch settings, its boot configuration and
-/// the netstack's flow cap.
+/// The VM a bundle starts: its launch settings, its boot configuration, the
+/// netstack's flow cap and the proxy's thread.
 struct VmRun {
     vm: VmLaunch,
     boot: bottle_contract::BootConfig,
     flows: usize,
+    /// Where the proxy's connections are served.
+    proxy_rt: Arc<ProxyRuntime>,
 }
 
 async fn serve_vm(
@@ -432,7 +448,12 @@ async fn serve_vm(
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
     use bottle_netstack::{Forward, NetConfig};
-    let VmRun { vm, boot, flows } = run;
+    let VmRun {
+        vm,
+        boot,
+        flows,
+        proxy_rt,
+    } = run;
     let slot: GuardSlot = Arc::default();
     let net_listener = bind(&dir.join(files::NET))?;
     // Probing an engine starts a VM too.
@@ -532,7 +553,7 @@ async fn serve_vm(
         bottle_contract::PROXY_PORT,
         Forward::Handler(Arc::new(move |stream, info| {
             if let Some(p) = s.get().map(|g| g.proxy.clone()) {
-                tokio::spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
+                proxy_rt.spawn(async move { p.serve(stream, info.guest_addr.to_string()).await });
             }
         })),
     );

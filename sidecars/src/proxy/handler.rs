@@ -147,54 +147,35 @@ impl Proxy {
             }
         };
         let bytes = u64::try_from(raw.len()).unwrap_or(u64::MAX);
+        // Read before the hop-by-hop headers go: a `Connection` header may
+        // name `Content-Encoding`, and the body is still encoded.
         let encoding = content_encoding(&parts.headers);
-        let decoded = match dlp::decode(&encoding, raw.clone(), self.body_cap, &self.budget) {
-            Ok(d) => d,
-            Err(BodyError::OverBudget(e)) => return deny(self.over_budget("request", e), bytes),
-            Err(e) => {
-                return deny(
-                    Refusal::forbidden("body-unscannable", format!("{e}; it cannot be scanned")),
-                    bytes,
-                )
-            }
-        };
         strip_hop_by_hop(&mut parts.headers);
         for r in &routes {
             parts.headers.remove(&r.header);
         }
-        let dlp = Dlp {
-            scanner: &state.scanner,
-            literals: &state.literals,
-            route_names: &state.route_names,
+        // Decoding and scanning are CPU work: a big or encoded body is
+        // inspected on the blocking pool, so that the proxy's thread goes on
+        // serving the other connections meanwhile.
+        let inspected = if inspect_inline(raw.len(), &encoding) {
+            self.inspect_request(&state, &target, &pq, &encoding, parts, raw)
+        } else {
+            let (me, state, target, pq) = (self.clone(), state.clone(), target.clone(), pq.clone());
+            tokio::task::spawn_blocking(move || {
+                me.inspect_request(&state, &target, &pq, &encoding, parts, raw)
+            })
+            .await
+            .unwrap_or_else(|e| Err(inspection_failed(&e)))
         };
-        let hits = dlp.scan_request(&pq, &parts.headers, &decoded);
-        let action = state.policy.dlp.action_for(&target.host);
-        let verdict = dlp_action::apply(&dlp, action, hits, &parts.headers, &decoded, &target.host);
-        drop(decoded);
-        let (mut body, mut warned, mut redacted) = (raw, None, None);
-        match verdict {
-            Verdict::Clean => {}
-            Verdict::Warn { rule } => warned = Some(rule),
-            Verdict::Block(hit) => return deny(hit_refusal(&hit, &target), bytes),
-            Verdict::Refuse(refusal) => return deny(refusal, bytes),
-            Verdict::Redacted {
-                body: new,
-                counts,
-                rule,
-            } => {
-                // Sent as rewritten: decoded, so without its encoding.
-                let mut reservation = self.budget.reservation();
-                if let Err(e) = reservation.grow(new.capacity()) {
-                    return deny(self.over_budget("request", e), bytes);
-                }
-                body = budget::hold(new, reservation);
-                parts.headers.remove(header::CONTENT_ENCODING);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                (warned, redacted) = (Some(rule), Some(counts));
-            }
-        }
+        let Inspected {
+            mut parts,
+            body,
+            warned,
+            redacted,
+        } = match inspected {
+            Ok(i) => i,
+            Err(refusal) => return deny(refusal, bytes),
+        };
         for r in &routes {
             if let Some(value) = r.header_value() {
                 parts.headers.insert(r.header.clone(), value);
@@ -283,17 +264,14 @@ impl Proxy {
     /// read whole (within the cap and the budget), decoded and redacted, or
     /// refused when it cannot be decoded.
     async fn redacted_response(
-        &self,
+        self: &Arc<Self>,
         mut parts: http::response::Parts,
         body: Incoming,
-        state: &State,
+        state: &Arc<State>,
     ) -> Result<Response<Body>, Refusal> {
         redact_headers(&mut parts.headers, state);
         let encoding = content_encoding(&parts.headers);
-        let identity = encoding
-            .split(',')
-            .all(|e| matches!(e.trim().to_ascii_lowercase().as_str(), "" | "identity"));
-        if identity {
+        if is_identity(&encoding) {
             parts.headers.remove(header::CONTENT_ENCODING);
             if !hyper::body::Body::is_end_stream(&body) {
                 // Redaction may change the length.
@@ -311,7 +289,86 @@ impl Proxy {
                 ))
             }
         };
-        let decoded = match dlp::decode(&encoding, raw, self.body_cap, &self.budget) {
+        parts.headers.remove(header::CONTENT_ENCODING);
+        // An encoded body may decode to the cap: off the proxy's thread.
+        let (me, state) = (self.clone(), state.clone());
+        let body = tokio::task::spawn_blocking(move || me.redact_whole(&encoding, raw, &state))
+            .await
+            .unwrap_or_else(|e| Err(inspection_failed(&e)))?;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Ok(Response::from_parts(parts, full(body)))
+    }
+
+    /// Decodes a request body (`encoding`: its `Content-Encoding` as it
+    /// arrived), scans it with its URL and headers, and
+    /// applies the host's DLP action: the request as it may go upstream, or
+    /// why it may not. CPU only, no I/O.
+    fn inspect_request(
+        &self,
+        state: &State,
+        target: &Target,
+        pq: &str,
+        encoding: &str,
+        mut parts: http::request::Parts,
+        raw: Bytes,
+    ) -> Result<Inspected, Refusal> {
+        let decoded = match dlp::decode(encoding, raw.clone(), self.body_cap, &self.budget) {
+            Ok(d) => d,
+            Err(BodyError::OverBudget(e)) => return Err(self.over_budget("request", e)),
+            Err(e) => {
+                return Err(Refusal::forbidden(
+                    "body-unscannable",
+                    format!("{e}; it cannot be scanned"),
+                ))
+            }
+        };
+        let dlp = Dlp {
+            scanner: &state.scanner,
+            literals: &state.literals,
+            route_names: &state.route_names,
+        };
+        let hits = dlp.scan_request(pq, &parts.headers, &decoded);
+        let action = state.policy.dlp.action_for(&target.host);
+        let verdict = dlp_action::apply(&dlp, action, hits, &parts.headers, &decoded, &target.host);
+        drop(decoded);
+        let (mut body, mut warned, mut redacted) = (raw, None, None);
+        match verdict {
+            Verdict::Clean => {}
+            Verdict::Warn { rule } => warned = Some(rule),
+            Verdict::Block(hit) => return Err(hit_refusal(&hit, target)),
+            Verdict::Refuse(refusal) => return Err(refusal),
+            Verdict::Redacted {
+                body: new,
+                counts,
+                rule,
+            } => {
+                // Sent as rewritten: decoded, so without its encoding.
+                let mut reservation = self.budget.reservation();
+                if let Err(e) = reservation.grow(new.capacity()) {
+                    return Err(self.over_budget("request", e));
+                }
+                body = budget::hold(new, reservation);
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                (warned, redacted) = (Some(rule), Some(counts));
+            }
+        }
+        Ok(Inspected {
+            parts,
+            body,
+            warned,
+            redacted,
+        })
+    }
+
+    /// A route host's whole (encoded) response, decoded and with every real
+    /// token replaced by its placeholder. CPU only, no I/O.
+    fn redact_whole(&self, encoding: &str, raw: Bytes, state: &State) -> Result<Bytes, Refusal> {
+        let decoded = match dlp::decode(encoding, raw, self.body_cap, &self.budget) {
             Ok(d) => d,
             Err(BodyError::OverBudget(e)) => return Err(self.over_budget("response", e)),
             Err(e) => {
@@ -320,22 +377,19 @@ impl Proxy {
                 )))
             }
         };
-        parts.headers.remove(header::CONTENT_ENCODING);
-        let body = match state.literals.redact_tokens(&decoded, &state.routes) {
-            Some(new) => {
-                drop(decoded);
-                let mut reservation = self.budget.reservation();
-                if let Err(e) = reservation.grow(new.capacity()) {
-                    return Err(self.over_budget("response", e));
+        Ok(
+            match state.literals.redact_tokens(&decoded, &state.routes) {
+                Some(new) => {
+                    drop(decoded);
+                    let mut reservation = self.budget.reservation();
+                    if let Err(e) = reservation.grow(new.capacity()) {
+                        return Err(self.over_budget("response", e));
+                    }
+                    budget::hold(new, reservation)
                 }
-                budget::hold(new, reservation)
-            }
-            None => decoded,
-        };
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Ok(Response::from_parts(parts, full(body)))
+                None => decoded,
+            },
+        )
     }
 
     /// 503 when the budget for buffered bodies is in use.
@@ -402,6 +456,41 @@ impl Proxy {
             Outcome::UpstreamFailed,
         )
     }
+}
+
+/// Plain bodies up to this size are scanned on the proxy's own thread
+/// (well under a millisecond).
+const INLINE_INSPECT_MAX: usize = 64 << 10;
+
+/// Whether a request body is inspected where the request is served: small
+/// and not encoded (an encoded body may decode to the cap). Others go to
+/// the blocking pool.
+fn inspect_inline(len: usize, encoding: &str) -> bool {
+    len <= INLINE_INSPECT_MAX && is_identity(encoding)
+}
+
+/// A `Content-Encoding` (values joined by commas) that leaves the body as is.
+fn is_identity(encoding: &str) -> bool {
+    encoding
+        .split(',')
+        .all(|e| matches!(e.trim().to_ascii_lowercase().as_str(), "" | "identity"))
+}
+
+/// A request that passed inspection, as it may go upstream.
+struct Inspected {
+    parts: http::request::Parts,
+    body: Bytes,
+    /// The rule of a finding let through (`warn`) or redacted.
+    warned: Option<String>,
+    redacted: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// The inspection of a body could not finish (it panicked): refused.
+fn inspection_failed(e: &tokio::task::JoinError) -> Refusal {
+    Refusal::forbidden(
+        "body-unscannable",
+        format!("the body's inspection failed ({e}), so it was not sent"),
+    )
 }
 
 /// Answer `refusal` to a request whose `decided` line is written, and

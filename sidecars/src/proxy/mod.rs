@@ -30,6 +30,7 @@ pub mod path;
 mod ratelimit;
 pub mod redact_json;
 pub mod routes;
+mod runtime;
 pub mod stream;
 pub mod target;
 mod upstream;
@@ -38,6 +39,7 @@ pub use ca::{BottleCa, LEAF_CACHE_CAP};
 pub use net::{
     AddressPin, Dialer, IpAllowlist, PinnedResolver, Resolver, SystemResolver, TcpDialer,
 };
+pub use runtime::ProxyRuntime;
 pub use upstream::ConnectError;
 
 /// Does ahead of time what every proxy's start needs and what is the same
