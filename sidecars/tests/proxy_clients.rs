@@ -379,6 +379,19 @@ fn clean_bodies_above_the_inline_limit_are_scanned_off_thread_and_sent_whole() {
         "the gzip body as sent"
     );
     assert_eq!(seen[1].header("content-encoding"), Some("gzip"));
+    // More at once than the proxy inspects at once: they wait their turn.
+    let env = std::sync::Arc::new(env);
+    let arg = format!("@{}", file.display());
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (env, arg, url) = (env.clone(), arg.clone(), url.clone());
+            std::thread::spawn(move || env.curl_status(&["--data-binary", &arg, &url]).0)
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), "200");
+    }
+    assert_eq!(env.upstream.seen().len(), 14);
 }
 
 #[test]

@@ -160,12 +160,11 @@ impl Proxy {
         let inspected = if inspect_inline(raw.len(), &encoding) {
             self.inspect_request(&state, &target, &pq, &encoding, parts, raw)
         } else {
-            let (me, state, target, pq) = (self.clone(), state.clone(), target.clone(), pq.clone());
-            tokio::task::spawn_blocking(move || {
+            let (state, target, pq) = (state.clone(), target.clone(), pq.clone());
+            self.off_thread(move |me| {
                 me.inspect_request(&state, &target, &pq, &encoding, parts, raw)
             })
             .await
-            .unwrap_or_else(|e| Err(inspection_failed(&e)))
         };
         let Inspected {
             mut parts,
@@ -291,14 +290,31 @@ impl Proxy {
         };
         parts.headers.remove(header::CONTENT_ENCODING);
         // An encoded body may decode to the cap: off the proxy's thread.
-        let (me, state) = (self.clone(), state.clone());
-        let body = tokio::task::spawn_blocking(move || me.redact_whole(&encoding, raw, &state))
-            .await
-            .unwrap_or_else(|e| Err(inspection_failed(&e)))?;
+        let state = state.clone();
+        let body = self
+            .off_thread(move |me| me.redact_whole(&encoding, raw, &state))
+            .await?;
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         Ok(Response::from_parts(parts, full(body)))
+    }
+
+    /// Runs `inspect` on the blocking pool, at most `scan_threads` at once
+    /// (the others wait their turn, their bodies already counted in the
+    /// budget), so that big bodies cannot take every thread the pool may
+    /// start, which the resolver needs too.
+    async fn off_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        inspect: impl FnOnce(&Proxy) -> Result<T, Refusal> + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let Ok(_turn) = self.scans.clone().acquire_owned().await else {
+            return Err(inspection_failed("the proxy is stopping"));
+        };
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || inspect(&me))
+            .await
+            .unwrap_or_else(|e| Err(inspection_failed(&e.to_string())))
     }
 
     /// Decodes a request body (`encoding`: its `Content-Encoding` as it
@@ -485,11 +501,11 @@ struct Inspected {
     redacted: Option<std::collections::BTreeMap<String, u64>>,
 }
 
-/// The inspection of a body could not finish (it panicked): refused.
-fn inspection_failed(e: &tokio::task::JoinError) -> Refusal {
+/// The inspection of a body could not finish: refused.
+fn inspection_failed(why: &str) -> Refusal {
     Refusal::forbidden(
         "body-unscannable",
-        format!("the body's inspection failed ({e}), so it was not sent"),
+        format!("the body's inspection could not finish ({why}), so it was not sent"),
     )
 }
 

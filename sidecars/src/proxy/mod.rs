@@ -235,6 +235,11 @@ impl State {
 
 type HttpClient = Client<Connector, Full<Bytes>>;
 
+/// Big or encoded bodies inspected at once: one per core, at most four.
+fn scan_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// One bottle's proxy. Serve client connections with [`Proxy::serve`].
 #[derive(Debug)]
 pub struct Proxy {
@@ -249,6 +254,8 @@ pub struct Proxy {
     budget: Arc<budget::Budget>,
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
+    /// Turns on the blocking pool for inspecting big or encoded bodies.
+    scans: Arc<tokio::sync::Semaphore>,
     http2: bool,
     log: RateLimitedLog,
 }
@@ -307,6 +314,7 @@ impl Proxy {
             budget: budget::Budget::new(config.body_budget),
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
+            scans: Arc::new(tokio::sync::Semaphore::new(scan_threads())),
             http2: config.http2,
             log: RateLimitedLog::new(20, Duration::from_secs(10)),
         }))

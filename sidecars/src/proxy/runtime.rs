@@ -32,6 +32,9 @@ impl ProxyRuntime {
     pub fn start() -> io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(1)
+            // Body scans take at most four (`Proxy::off_thread`); the rest
+            // is the resolver's.
+            .max_blocking_threads(16)
             .thread_name("proxy")
             .enable_all()
             .build()?;
