@@ -254,7 +254,7 @@ pub struct Proxy {
     budget: Arc<budget::Budget>,
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
-    /// Turns on the blocking pool for inspecting big or encoded bodies.
+    /// One permit per body inspected on the blocking pool at a time.
     scans: Arc<tokio::sync::Semaphore>,
     http2: bool,
     log: RateLimitedLog,
