@@ -3,6 +3,13 @@
 #
 # Usage (root): bench/netstack.sh [SECONDS_PER_RUN]     (default 10)
 #        NETSTACK_BIN=/path/to/netstack-tap bench/netstack.sh 5   (a given build, no cargo)
+#        ROUNDS=5 bench/netstack.sh 5   (rounds of every measurement; default 3)
+#
+# Every measurement runs ROUNDS times, the three stacks in turn and their
+# order rotated each round; the table shows the median of each cell (and,
+# below it, the range), and the ratios are those of the medians. One run
+# each was not enough: pasta's single stream varied 14-20 Gbit/s between
+# back-to-back runs here while ours stayed within 2 %.
 #
 # Each peer gets its own network namespace whose only link leads to it; the
 # client (iperf3 -c / sockperf pp) runs in the namespace and reaches servers
@@ -23,6 +30,7 @@ set -euo pipefail
 
 T=${1:-10}
 LAT_T=5
+ROUNDS=${ROUNDS:-3}
 cd "$(dirname "$0")/.."
 
 for p in iperf3 sockperf pasta slirp4netns ip jq; do
@@ -140,24 +148,39 @@ latency() { # ns target -> average round trip in microseconds
     echo "$out" | sed -n 's/.*avg-latency=\([0-9.]*\).*/\1/p' | tail -1 | awk '{ if ($1 == "") print "n/a"; else printf "%.1f\n", $1 * 2 }'
 }
 
-declare -A R
-for peer in ours pasta slirp; do
+declare -A RUNS # peer,key -> the rounds' values, space-separated
+measure() { # peer
+    local peer=$1 ns target
     case $peer in
         ours) ns=$NS_OURS target=$TARGET_OURS ;;
         pasta) ns=$NS_PASTA target=$TARGET_PASTA ;;
         slirp) ns=$NS_SLIRP target=$TARGET_SLIRP ;;
     esac
-    log "$peer: target $target, ${T}s per run"
-    R[$peer,up1]=$(iperf "$ns" "$target")
-    R[$peer,up4]=$(iperf "$ns" "$target" -P 4)
-    R[$peer,down1]=$(iperf "$ns" "$target" -R)
-    R[$peer,down4]=$(iperf "$ns" "$target" -R -P 4)
-    R[$peer,rtt]=$(latency "$ns" "$target")
+    log "round $round: $peer, target $target, ${T}s per run"
+    RUNS[$peer,up1]+="$(iperf "$ns" "$target") "
+    RUNS[$peer,up4]+="$(iperf "$ns" "$target" -P 4) "
+    RUNS[$peer,down1]+="$(iperf "$ns" "$target" -R) "
+    RUNS[$peer,down4]+="$(iperf "$ns" "$target" -R -P 4) "
+    RUNS[$peer,rtt]+="$(latency "$ns" "$target") "
+}
+PEERS=(ours pasta slirp)
+for round in $(seq "$ROUNDS"); do
+    for i in 0 1 2; do measure "${PEERS[$(((i + round - 1) % 3))]}"; done
+done
+
+numbers() { tr ' ' '\n' | awk '$1 ~ /^[0-9.]+$/' | sort -g; }
+median() { numbers | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { numbers | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR == 0) print "n/a"; else print lo "-" hi }'; }
+declare -A R
+for peer in "${PEERS[@]}"; do
+    for k in up1 up4 down1 down4 rtt; do
+        R[$peer,$k]=$(echo "${RUNS[$peer,$k]}" | median)
+    done
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
-echo "host: $(nproc) cores, $(uname -r), MTU 65520, ${T}s per iperf3 run, TCP ping-pong ${LAT_T}s (sockperf), tcp_[rw]mem max: host 128 MiB, guests stock (4-6 MiB), congestion control $(sysctl -n net.ipv4.tcp_congestion_control)"
+echo "host: $(nproc) cores, $(uname -r), MTU 65520, ${T}s per iperf3 run, $ROUNDS rounds, TCP ping-pong ${LAT_T}s (sockperf), tcp_[rw]mem max: host 128 MiB, guests stock (4-6 MiB), congestion control $(sysctl -n net.ipv4.tcp_congestion_control)"
 printf '%-34s %10s %10s %12s\n' "Gbit/s (RTT in us)" netstack pasta slirp4netns
 for k in up1 up4 down1 down4; do
     case $k in
@@ -169,6 +192,10 @@ for k in up1 up4 down1 down4; do
     printf '%-34s %10s %10s %12s\n' "$name" "${R[ours,$k]}" "${R[pasta,$k]}" "${R[slirp,$k]}"
 done
 printf '%-34s %10s %10s %12s\n' "TCP ping-pong RTT (us)" "${R[ours,rtt]}" "${R[pasta,rtt]}" "${R[slirp,rtt]}"
+echo "(medians of $ROUNDS rounds; ranges:)"
+for k in up1 up4 down1 down4 rtt; do
+    printf '%-34s %10s %10s %12s\n' "  $k" "$(echo "${RUNS[ours,$k]}" | range)" "$(echo "${RUNS[pasta,$k]}" | range)" "$(echo "${RUNS[slirp,$k]}" | range)"
+done
 for k in up4 down1 down4; do
     echo "netstack/pasta $k ratio: $(ratio "${R[ours,$k]}" "${R[pasta,$k]}"), netstack/slirp4netns $k ratio: $(ratio "${R[ours,$k]}" "${R[slirp,$k]}")"
 done
